@@ -12,3 +12,7 @@ pub fn redact(url: &url::Url) -> String {
     let _ = u.set_password(None);
     u.to_string()
 }
+pub mod error;
+pub mod runtime;
+pub mod target;
+pub mod disk;

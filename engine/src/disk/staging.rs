@@ -1,0 +1,275 @@
+//! The staging directory a pull writes into, and the atomic publish.
+//!
+//! A pull into `DEST` writes under the hidden sibling `.NAME.modelpull/` (same filesystem, so
+//! the final step is a rename) while holding an exclusive lock on `.NAME.modelpull.lock`.
+//! Only when every file is verified are the files and directories flushed, the completion
+//! marker written, the directory renamed to `DEST` and the parent directory flushed: a reader
+//! sees either no `DEST` or the whole, verified model.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// Name of the completion marker inside a published model directory.
+pub const MARKER: &str = ".modelpull.json";
+const MARKER_VERSION: u32 = 1;
+
+/// One requested source, as the marker records it (no credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub path: String,
+    pub source: String,
+    pub expected: Vec<Digest>,
+}
+
+/// One published file with its size and the digests computed while it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub path: String,
+    pub size: u64,
+    pub digests: Vec<Digest>,
+}
+
+/// The completion marker: what was asked for and what was verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub version: u32,
+    pub request: Vec<SourceRecord>,
+    pub files: Vec<FileRecord>,
+}
+
+impl Marker {
+    pub fn new(request: Vec<SourceRecord>, files: Vec<FileRecord>) -> Self {
+        Self {
+            version: MARKER_VERSION,
+            request,
+            files,
+        }
+    }
+
+    /// Reads the marker of a published directory, if it has a valid one.
+    pub fn read(dir: &Path) -> Option<Self> {
+        let text = std::fs::read(dir.join(MARKER)).ok()?;
+        let marker: Marker = serde_json::from_slice(&text).ok()?;
+        (marker.version == MARKER_VERSION).then_some(marker)
+    }
+
+    /// Whether every recorded file is present with its recorded size.
+    pub fn files_present(&self, dir: &Path) -> bool {
+        self.files.iter().all(|f| {
+            std::fs::symlink_metadata(dir.join(&f.path)).is_ok_and(|m| m.is_file() && m.len() == f.size)
+        })
+    }
+}
+
+/// What [`Staging::prepare`] found.
+#[derive(Debug)]
+pub enum Prepared {
+    /// `DEST` already holds this exact request, verified.
+    UpToDate(Marker),
+    Ready(Staging),
+}
+
+/// A locked staging directory.
+#[derive(Debug)]
+pub struct Staging {
+    pub dest: PathBuf,
+    pub dir: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+impl Staging {
+    /// Locks and opens the staging directory for `dest`, or reports that `dest` is complete.
+    pub fn prepare(dest: &Path, request: &[SourceRecord]) -> Result<Prepared> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::InvalidOption(format!("destination {} has no directory name", dest.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::local("create directory", &parent, e))?;
+        let lock_path = parent.join(format!(".{name}.modelpull.lock"));
+        let lock = lock(&lock_path)?;
+
+        if let Ok(meta) = std::fs::symlink_metadata(dest) {
+            if let Some(marker) = Marker::read(dest) {
+                if marker.request == request && marker.files_present(dest) {
+                    return Ok(Prepared::UpToDate(marker));
+                }
+            }
+            let empty_dir = meta.is_dir()
+                && std::fs::read_dir(dest)
+                    .map_err(|e| Error::local("read directory", dest, e))?
+                    .next()
+                    .is_none();
+            if !empty_dir {
+                return Err(Error::DestinationOccupied { path: dest.to_owned() });
+            }
+        }
+        let dir = parent.join(format!(".{name}.modelpull"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::local("create directory", &dir, e))?;
+        Ok(Prepared::Ready(Staging {
+            dest: dest.to_owned(),
+            dir,
+            lock_path,
+            _lock: lock,
+        }))
+    }
+
+    /// Where `rel` (already checked) is written, with its parent directories created.
+    pub fn path_for(&self, rel: &str) -> Result<PathBuf> {
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::local("create directory", parent, e))?;
+        }
+        Ok(path)
+    }
+
+    /// Flushes everything, writes the marker and renames the staging directory to `dest`.
+    pub fn publish(self, marker: &Marker) -> Result<()> {
+        let marker_path = self.dir.join(MARKER);
+        let tmp = self.dir.join(format!("{MARKER}.tmp"));
+        let json = serde_json::to_vec_pretty(marker).expect("marker serialises");
+        write_durably(&tmp, &json).map_err(|e| Error::local("write", &tmp, e))?;
+        std::fs::rename(&tmp, &marker_path).map_err(|e| Error::local("rename", &tmp, e))?;
+        sync_dirs(&self.dir).map_err(|e| Error::local("flush", &self.dir, e))?;
+        std::fs::rename(&self.dir, &self.dest).map_err(|e| Error::local("publish (rename)", &self.dest, e))?;
+        let parent = self.dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent).map_err(|e| Error::local("flush", parent, e))?;
+        let _ = std::fs::remove_file(&self.lock_path);
+        Ok(())
+    }
+
+    /// Removes the staging directory and everything in it (after a failure that resuming
+    /// cannot fix, such as a full disk).
+    pub fn discard(self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+fn lock(path: &Path) -> Result<File> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::local("open lock file", path, e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(Error::Locked {
+                path: path.to_owned(),
+                pid: pid.trim().to_owned(),
+            });
+        }
+        Err(e) => return Err(Error::local("lock", path, e.into())),
+    }
+    file.set_len(0).map_err(|e| Error::local("write lock file", path, e))?;
+    let _ = write!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Flushes `dir` and every directory below it, so that renames inside are durable.
+fn sync_dirs(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_dirs(&entry.path())?;
+        }
+    }
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Vec<SourceRecord> {
+        vec![SourceRecord {
+            path: "a".into(),
+            source: "http://h/a".into(),
+            expected: vec![],
+        }]
+    }
+
+    fn ready(p: Prepared) -> Staging {
+        match p {
+            Prepared::Ready(s) => s,
+            Prepared::UpToDate(_) => panic!("expected a staging directory"),
+        }
+    }
+
+    #[test]
+    fn publish_then_up_to_date() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("models/m");
+        let staging = ready(Staging::prepare(&dest, &request()).unwrap());
+        std::fs::write(staging.path_for("a").unwrap(), b"xyz").unwrap();
+        assert!(!dest.exists());
+        let marker = Marker::new(
+            request(),
+            vec![FileRecord {
+                path: "a".into(),
+                size: 3,
+                digests: vec![],
+            }],
+        );
+        staging.publish(&marker).unwrap();
+        assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"xyz");
+        assert!(matches!(Staging::prepare(&dest, &request()).unwrap(), Prepared::UpToDate(_)));
+        // A different request into the same directory is refused, not merged.
+        let mut other = request();
+        other[0].source = "http://h/b".into();
+        assert!(matches!(Staging::prepare(&dest, &other), Err(Error::DestinationOccupied { .. })));
+        // A damaged model is not up to date.
+        std::fs::write(dest.join("a"), b"xy").unwrap();
+        assert!(matches!(Staging::prepare(&dest, &request()), Err(Error::DestinationOccupied { .. })));
+    }
+
+    #[test]
+    fn second_process_is_locked_out() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("m");
+        let _first = ready(Staging::prepare(&dest, &request()).unwrap());
+        // flock locks belong to the open file description, so a second open conflicts even
+        // within one process, as a second process would.
+        match Staging::prepare(&dest, &request()) {
+            Err(Error::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_destination_is_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("m");
+        std::fs::create_dir(&dest).unwrap();
+        let staging = ready(Staging::prepare(&dest, &request()).unwrap());
+        std::fs::write(staging.path_for("a").unwrap(), b"1").unwrap();
+        staging.publish(&Marker::new(request(), vec![])).unwrap();
+        assert!(dest.join("a").exists());
+    }
+}

@@ -1,0 +1,105 @@
+//! The engine's error type. Every variant names what failed and hints at what to do; each maps
+//! to one of the documented process exit codes through [`Error::exit_code`].
+
+use std::path::PathBuf;
+
+use crate::digest::{Digest, DigestError};
+use crate::http::HttpError;
+
+/// Process exit codes of `modelpull`, also used by the agent to classify failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    Ok = 0,
+    Internal = 1,
+    BadInput = 2,
+    Source = 3,
+    Verify = 4,
+    LocalIo = 5,
+    Interrupted = 130,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid source `{input}`: {reason}")]
+    InvalidSource { input: String, reason: String },
+    #[error("invalid digest for `{input}`: {source}")]
+    Digest {
+        input: String,
+        #[source]
+        source: DigestError,
+    },
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    #[error("{path} already exists and holds other files; pull into a new or empty directory")]
+    DestinationOccupied { path: PathBuf },
+    #[error("fetching {file} failed after {attempts} attempt(s): {source}")]
+    Source {
+        file: String,
+        attempts: u32,
+        #[source]
+        source: HttpError,
+    },
+    #[error("{file}: {message}")]
+    Remote { file: String, message: String },
+    #[error(
+        "{file} failed verification after {attempts} download(s): expected {expected}, got {actual}; the store's copy may be corrupt"
+    )]
+    Verify {
+        file: String,
+        attempts: u32,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{op} {path} failed: {source}")]
+    Local {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is locked by another modelpull process (pid {pid}); wait for it or stop it")]
+    Locked { path: PathBuf, pid: String },
+    #[error("cannot start the I/O runtime: {0}")]
+    Runtime(String),
+    #[error("interrupted; run the same command again to resume")]
+    Interrupted,
+}
+
+impl Error {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::InvalidSource { .. }
+            | Error::Digest { .. }
+            | Error::InvalidOption(_)
+            | Error::DestinationOccupied { .. } => ExitCode::BadInput,
+            Error::Source { .. } | Error::Remote { .. } => ExitCode::Source,
+            Error::Verify { .. } => ExitCode::Verify,
+            Error::Local { .. } | Error::Locked { .. } => ExitCode::LocalIo,
+            Error::Runtime(_) => ExitCode::Internal,
+            Error::Interrupted => ExitCode::Interrupted,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self.exit_code() {
+            ExitCode::BadInput => "bad_input",
+            ExitCode::Source => "source",
+            ExitCode::Verify => "verify",
+            ExitCode::LocalIo => "local_io",
+            ExitCode::Interrupted => "interrupted",
+            ExitCode::Ok | ExitCode::Internal => "internal",
+        }
+    }
+
+    pub(crate) fn local(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Local {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

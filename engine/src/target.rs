@@ -1,0 +1,168 @@
+//! What to pull: a URL, the relative path it lands at, and the digests it must match.
+//!
+//! Relative paths come from users and, later, from store listings; both are untrusted, so
+//! [`check_relative_path`] refuses anything that could leave the destination directory.
+
+use url::Url;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// One file to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub url: Url,
+    /// Where the file lands, relative to the destination directory (`/`-separated).
+    pub path: String,
+    /// Digests the file must match (from the caller or the store).
+    pub expected: Vec<Digest>,
+    /// Size announced by the store's listing, checked against the server's.
+    pub size: Option<u64>,
+}
+
+impl Target {
+    /// Parses `URL[#ALGO=HEX[&ALGO=HEX…]]` as given on the command line; the file lands at the
+    /// URL's last path segment.
+    pub fn parse(input: &str) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidSource {
+            input: input.to_owned(),
+            reason,
+        };
+        let mut url = Url::parse(input).map_err(|e| invalid(format!("{e}")))?;
+        match url.scheme() {
+            "http" | "https" => {}
+            "hf" | "s3" | "gs" => {
+                return Err(invalid(format!(
+                    "the `{}://` store is not supported by this build; use an http(s) URL",
+                    url.scheme()
+                )));
+            }
+            other => return Err(invalid(format!("unsupported scheme `{other}` (use http or https)"))),
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("the URL has no host".into()));
+        }
+        let mut expected = Vec::new();
+        if let Some(fragment) = url.fragment() {
+            for pair in fragment.split('&').filter(|p| !p.is_empty()) {
+                let d = Digest::parse_pair(pair).map_err(|source| Error::Digest {
+                    input: input.to_owned(),
+                    source,
+                })?;
+                if expected.iter().any(|e: &Digest| e.algorithm == d.algorithm) {
+                    return Err(invalid(format!("{} is given twice", d.algorithm)));
+                }
+                expected.push(d);
+            }
+        }
+        url.set_fragment(None);
+        let segment = url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .unwrap_or_default();
+        let name = percent_decode(segment).ok_or_else(|| invalid("the file name is not UTF-8".into()))?;
+        if name.is_empty() {
+            return Err(invalid("the URL names no file (it ends with `/`)".into()));
+        }
+        if name.contains('/') {
+            return Err(invalid("the file name contains an encoded `/`".into()));
+        }
+        check_relative_path(&name).map_err(|reason| invalid(format!("file name {reason}")))?;
+        Ok(Self {
+            url,
+            path: name,
+            expected,
+            size: None,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Checks a relative path from an untrusted source: `/`-separated, no empty, `.` or `..`
+/// segments, no absolute path, backslash, NUL or control character, at most 4096 bytes with
+/// segments of at most 255. The error text completes "path `p` …".
+pub fn check_relative_path(path: &str) -> std::result::Result<(), String> {
+    if path.is_empty() {
+        return Err("is empty".into());
+    }
+    if path.len() > 4096 {
+        return Err("is longer than 4096 bytes".into());
+    }
+    if path.starts_with('/') {
+        return Err(format!("`{path}` is absolute"));
+    }
+    if path.contains('\\') {
+        return Err(format!("`{}` contains a backslash", path.escape_debug()));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(format!("`{}` contains a control character", path.escape_debug()));
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return Err(format!("`{path}` has an empty segment")),
+            "." | ".." => return Err(format!("`{path}` has a `{segment}` segment")),
+            s if s.len() > 255 => return Err(format!("`{path}` has a segment longer than 255 bytes")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+
+    #[test]
+    fn parses_url_with_digests() {
+        let sha = "0f".repeat(32);
+        let t = Target::parse(&format!("https://h.example/m/model%20a.bin?x=1#sha256={sha}&crc32c=01020304")).unwrap();
+        assert_eq!(t.path, "model a.bin");
+        assert_eq!(t.url.as_str(), "https://h.example/m/model%20a.bin?x=1");
+        assert_eq!(t.expected.len(), 2);
+        assert_eq!(t.expected[1].algorithm, Algorithm::Crc32c);
+    }
+
+    #[test]
+    fn refuses_bad_sources() {
+        for bad in [
+            "not a url",
+            "ftp://h/x",
+            "s3://bucket/key",
+            "http://h/",
+            "http://h/%2e%2e",
+            "http://h/a%2Fb",
+            "http://h/x#sha256=abc",
+            "http://h/x#sha256=00&sha256=00",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(Target::parse("http://h/x#sha256=abc"), Err(Error::Digest { .. })));
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert!(check_relative_path("a/b/c.safetensors").is_ok());
+        for bad in ["", "/etc/passwd", "a/../b", "./a", "a//b", "a\\b", "a\u{0}b", "..", "a/"] {
+            assert!(check_relative_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_relative_path(&"x".repeat(256)).is_err());
+    }
+}
