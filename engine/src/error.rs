@@ -51,6 +51,15 @@ pub enum Error {
         expected: Digest,
         actual: Digest,
     },
+    #[error(
+        "{file} has {actual} bytes but the store lists {expected} (after {attempts} download(s)); the store's listing and object disagree"
+    )]
+    SizeMismatch {
+        file: String,
+        attempts: u32,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{op} {path} failed: {source}")]
     Local {
         op: &'static str,
@@ -74,7 +83,7 @@ impl Error {
             | Error::InvalidOption(_)
             | Error::DestinationOccupied { .. } => ExitCode::BadInput,
             Error::Source { .. } | Error::Remote { .. } => ExitCode::Source,
-            Error::Verify { .. } => ExitCode::Verify,
+            Error::Verify { .. } | Error::SizeMismatch { .. } => ExitCode::Verify,
             Error::Local { .. } | Error::Locked { .. } => ExitCode::LocalIo,
             Error::Runtime(_) => ExitCode::Internal,
             Error::Interrupted => ExitCode::Interrupted,
@@ -93,7 +102,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn local(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn local(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Local {
             op,
             path: path.into(),

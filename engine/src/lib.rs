@@ -12,7 +12,18 @@ pub fn redact(url: &url::Url) -> String {
     let _ = u.set_password(None);
     u.to_string()
 }
+pub mod disk;
 pub mod error;
+pub mod metrics;
+pub mod pool;
+pub mod progress;
+pub mod pull;
+pub mod report;
 pub mod runtime;
 pub mod target;
-pub mod disk;
+
+pub use error::{Error, ExitCode, Result};
+pub use pull::{Context, Options, PullRequest, pull};
+pub use report::Report;
+pub use target::Target;
+pub mod origin;

@@ -68,7 +68,8 @@ pub fn resolve(choice: DriverChoice) -> Result<(Driver, Option<String>)> {
 }
 
 fn probe_uring() -> std::io::Result<()> {
-    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2") {
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2")
+    {
         return Err(std::io::Error::other("kernel.io_uring_disabled = 2"));
     }
     monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -85,7 +86,11 @@ where
     Fut: Future<Output = T>,
     T: Send,
 {
-    let cpus = if pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let cpus = if pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..cores)
             .map(|i| {
@@ -104,7 +109,10 @@ where
             .collect::<Result<_>>()?;
         handles
             .into_iter()
-            .map(|h| h.join().map_err(|_| Error::Runtime("an engine core panicked".into()))?)
+            .map(|h| {
+                h.join()
+                    .map_err(|_| Error::Runtime("an engine core panicked".into()))?
+            })
             .collect()
     })
 }
@@ -141,7 +149,9 @@ pub fn test_drivers() -> Vec<Driver> {
     if only.as_deref() != Some("epoll") {
         match probe_uring() {
             Ok(()) => drivers.push(Driver::Uring),
-            Err(e) if only.as_deref() == Some("uring") => panic!("io_uring required but unavailable: {e}"),
+            Err(e) if only.as_deref() == Some("uring") => {
+                panic!("io_uring required but unavailable: {e}")
+            }
             Err(e) => eprintln!("io_uring unavailable here ({e}); testing epoll only"),
         }
     }

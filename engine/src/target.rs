@@ -37,7 +37,11 @@ impl Target {
                     url.scheme()
                 )));
             }
-            other => return Err(invalid(format!("unsupported scheme `{other}` (use http or https)"))),
+            other => {
+                return Err(invalid(format!(
+                    "unsupported scheme `{other}` (use http or https)"
+                )));
+            }
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(invalid("the URL has no host".into()));
@@ -60,7 +64,10 @@ impl Target {
             .path_segments()
             .and_then(|mut s| s.next_back())
             .unwrap_or_default();
-        let name = percent_decode(segment).ok_or_else(|| invalid("the file name is not UTF-8".into()))?;
+        let name = percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .map_err(|_| invalid("the file name is not UTF-8".into()))?
+            .into_owned();
         if name.is_empty() {
             return Err(invalid("the URL names no file (it ends with `/`)".into()));
         }
@@ -75,24 +82,6 @@ impl Target {
             size: None,
         })
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Checks a relative path from an untrusted source: `/`-separated, no empty, `.` or `..`
@@ -112,13 +101,18 @@ pub fn check_relative_path(path: &str) -> std::result::Result<(), String> {
         return Err(format!("`{}` contains a backslash", path.escape_debug()));
     }
     if path.chars().any(char::is_control) {
-        return Err(format!("`{}` contains a control character", path.escape_debug()));
+        return Err(format!(
+            "`{}` contains a control character",
+            path.escape_debug()
+        ));
     }
     for segment in path.split('/') {
         match segment {
             "" => return Err(format!("`{path}` has an empty segment")),
             "." | ".." => return Err(format!("`{path}` has a `{segment}` segment")),
-            s if s.len() > 255 => return Err(format!("`{path}` has a segment longer than 255 bytes")),
+            s if s.len() > 255 => {
+                return Err(format!("`{path}` has a segment longer than 255 bytes"));
+            }
             _ => {}
         }
     }
@@ -133,7 +127,10 @@ mod tests {
     #[test]
     fn parses_url_with_digests() {
         let sha = "0f".repeat(32);
-        let t = Target::parse(&format!("https://h.example/m/model%20a.bin?x=1#sha256={sha}&crc32c=01020304")).unwrap();
+        let t = Target::parse(&format!(
+            "https://h.example/m/model%20a.bin?x=1#sha256={sha}&crc32c=01020304"
+        ))
+        .unwrap();
         assert_eq!(t.path, "model a.bin");
         assert_eq!(t.url.as_str(), "https://h.example/m/model%20a.bin?x=1");
         assert_eq!(t.expected.len(), 2);
@@ -154,13 +151,26 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
-        assert!(matches!(Target::parse("http://h/x#sha256=abc"), Err(Error::Digest { .. })));
+        assert!(matches!(
+            Target::parse("http://h/x#sha256=abc"),
+            Err(Error::Digest { .. })
+        ));
     }
 
     #[test]
     fn relative_paths() {
         assert!(check_relative_path("a/b/c.safetensors").is_ok());
-        for bad in ["", "/etc/passwd", "a/../b", "./a", "a//b", "a\\b", "a\u{0}b", "..", "a/"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "./a",
+            "a//b",
+            "a\\b",
+            "a\u{0}b",
+            "..",
+            "a/",
+        ] {
             assert!(check_relative_path(bad).is_err(), "{bad:?}");
         }
         assert!(check_relative_path(&"x".repeat(256)).is_err());

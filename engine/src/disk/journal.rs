@@ -3,10 +3,13 @@
 //! - line 1, the header: which remote object this is (source without query string, size,
 //!   validator), the chunk size and the digests being computed. A restart with any of these
 //!   different starts the file over.
-//! - `{"chunk":{"index":i,"crc32c":c}}` after chunk `i` was written; appended without fsync, so
-//!   a killed process loses nothing that reached the kernel.
-//! - `{"sync":{"hash":…}}` after the part was `fdatasync`ed: every chunk recorded before it is
-//!   on stable storage, and `hash` is the saved state of the ordered digests at their cursor.
+//! - `{"chunk":{"index":i,"crcs":[…]}}` after chunk `i` was written, with its CRCs (crc32c
+//!   first); appended without fsync, so a killed process loses nothing that reached the kernel.
+//! - `{"sync":{"records":n,"hash":…}}` after the part was `fdatasync`ed: the first `n` chunk
+//!   records are on stable storage, and `hash` is the saved state of the ordered digests at
+//!   their cursor (all of whose bytes were among those flushed).
+//! - `{"done":{…}}` once the file is verified, just before `.part` is renamed: a restart finds
+//!   the file finished and its digests recorded.
 //!
 //! On restart, chunks recorded after the last sync line are read back and checked against
 //! their crc32c before they are trusted (a power cut can keep the record and lose the data).
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Algorithm;
 use crate::digest::ordered::SavedHashers;
+use crate::disk::staging::FileRecord;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -39,20 +43,31 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Record {
-    Chunk { index: u64, crc32c: u32 },
-    Sync { hash: Option<SavedHashers> },
+    Chunk {
+        index: u64,
+        crcs: Vec<u64>,
+    },
+    Sync {
+        records: u64,
+        hash: Option<SavedHashers>,
+    },
+    Done {
+        file: FileRecord,
+    },
 }
 
 /// What a journal says after a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub header: Header,
-    /// Chunks written and made durable by a later sync line.
-    pub synced: Vec<(u64, u32)>,
-    /// Chunks written after the last sync line: to be checked before they are trusted.
-    pub unsynced: Vec<(u64, u32)>,
-    /// Digest state at the cursor, from the last sync line.
+    /// Chunks written and made durable, with their CRCs.
+    pub synced: Vec<(u64, Vec<u64>)>,
+    /// Chunks written but not known to be flushed: to be checked before they are trusted.
+    pub unsynced: Vec<(u64, Vec<u64>)>,
+    /// Digest state at the cursor, from the last sync line that had one.
     pub hash: Option<SavedHashers>,
+    /// The finished file, when the journal says so.
+    pub done: Option<FileRecord>,
 }
 
 /// An open journal, appended to as chunks complete.
@@ -65,7 +80,11 @@ pub struct Journal {
 impl Journal {
     /// Starts a new journal, replacing any old one.
     pub fn create(path: &Path, header: &Header) -> io::Result<Self> {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         let mut line = serde_json::to_vec(header).map_err(io::Error::other)?;
         line.push(b'\n');
         file.write_all(&line)?;
@@ -95,27 +114,40 @@ impl Journal {
             return None;
         }
         let chunks = header.size.div_ceil(header.chunk_size);
-        let mut loaded = Loaded {
-            header,
-            synced: Vec::new(),
-            unsynced: Vec::new(),
-            hash: None,
-        };
+        let mut records = Vec::new();
+        let mut flushed = 0usize;
+        let mut hash = None;
+        let mut done = None;
         for line in lines {
             let Ok(line) = line else { break };
             let Ok(record) = serde_json::from_str::<Record>(&line) else {
                 break;
             };
             match record {
-                Record::Chunk { index, crc32c } if index < chunks => loaded.unsynced.push((index, crc32c)),
-                Record::Chunk { .. } => return None,
-                Record::Sync { hash } => {
-                    loaded.synced.append(&mut loaded.unsynced);
-                    loaded.hash = hash;
+                Record::Chunk { index, crcs } if index < chunks && !crcs.is_empty() => {
+                    records.push((index, crcs))
                 }
+                Record::Chunk { .. } => return None,
+                Record::Sync {
+                    records: n,
+                    hash: h,
+                } => {
+                    flushed = flushed.max((n as usize).min(records.len()));
+                    if h.is_some() {
+                        hash = h;
+                    }
+                }
+                Record::Done { file } => done = Some(file),
             }
         }
-        Some(loaded)
+        let unsynced = records.split_off(flushed);
+        Some(Loaded {
+            header,
+            synced: records,
+            unsynced,
+            hash,
+            done,
+        })
     }
 }
 
@@ -140,24 +172,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let mut j = Journal::create(&path, &header()).unwrap();
-        j.append(&Record::Chunk { index: 0, crc32c: 1 }).unwrap();
-        j.append(&Record::Chunk { index: 3, crc32c: 2 }).unwrap();
+        j.append(&Record::Chunk {
+            index: 0,
+            crcs: vec![1],
+        })
+        .unwrap();
+        j.append(&Record::Chunk {
+            index: 3,
+            crcs: vec![2],
+        })
+        .unwrap();
+        j.append(&Record::Chunk {
+            index: 5,
+            crcs: vec![5],
+        })
+        .unwrap();
         let saved = OrderedHashers::new([Algorithm::Sha256]).save();
+        // The sync covers the first two records only: the third was written during the flush.
         j.append(&Record::Sync {
+            records: 2,
             hash: Some(saved.clone()),
         })
         .unwrap();
-        j.append(&Record::Chunk { index: 1, crc32c: 3 }).unwrap();
+        j.append(&Record::Sync {
+            records: 1,
+            hash: None,
+        })
+        .unwrap();
+        j.append(&Record::Chunk {
+            index: 1,
+            crcs: vec![3],
+        })
+        .unwrap();
         drop(j);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"chunk\":{\"ind").unwrap();
 
         let loaded = Journal::load(&path).unwrap();
         assert_eq!(loaded.header, header());
-        assert_eq!(loaded.synced, vec![(0, 1), (3, 2)]);
-        assert_eq!(loaded.unsynced, vec![(1, 3)]);
+        assert_eq!(loaded.synced, vec![(0, vec![1]), (3, vec![2])]);
+        assert_eq!(loaded.unsynced, vec![(5, vec![5]), (1, vec![3])]);
         assert_eq!(loaded.hash, Some(saved));
-
+        assert_eq!(loaded.done, None);
     }
 
     #[test]
@@ -168,7 +224,11 @@ mod tests {
         std::fs::write(&path, "garbage\n").unwrap();
         assert!(Journal::load(&path).is_none());
         let mut j = Journal::create(&path, &header()).unwrap();
-        j.append(&Record::Chunk { index: 99, crc32c: 0 }).unwrap();
+        j.append(&Record::Chunk {
+            index: 99,
+            crcs: vec![0],
+        })
+        .unwrap();
         assert!(Journal::load(&path).is_none());
     }
 }

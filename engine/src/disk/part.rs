@@ -17,7 +17,12 @@ use crate::buf::AlignedBuf;
 /// Creates (or reopens, when resuming) a part file and allocates `size` bytes.
 /// Returns whether the filesystem accepts O_DIRECT.
 pub fn create(path: &Path, size: Option<u64>) -> io::Result<bool> {
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
     if let Some(size) = size.filter(|&s| s > 0) {
         match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size) {
             Ok(()) => {}
@@ -77,15 +82,24 @@ pub async fn read_chunk(
     direct: bool,
 ) -> (io::Result<()>, AlignedBuf) {
     buf.set_len(0);
-    let want = if direct { crate::buf::align_up(len).min(buf.capacity()) } else { len };
+    let want = if direct {
+        crate::buf::align_up(len).min(buf.capacity())
+    } else {
+        len
+    };
     let mut filled = 0;
     while filled < len {
-        let (res, slice) = file.read_at(buf.slice_mut(filled..want), offset + filled as u64).await;
+        let (res, slice) = file
+            .read_at(buf.slice_mut(filled..want), offset + filled as u64)
+            .await;
         buf = slice.into_inner();
         match res {
             Ok(0) => {
                 return (
-                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "part file shorter than recorded")),
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "part file shorter than recorded",
+                    )),
                     buf,
                 );
             }

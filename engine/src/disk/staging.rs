@@ -62,7 +62,8 @@ impl Marker {
     /// Whether every recorded file is present with its recorded size.
     pub fn files_present(&self, dir: &Path) -> bool {
         self.files.iter().all(|f| {
-            std::fs::symlink_metadata(dir.join(&f.path)).is_ok_and(|m| m.is_file() && m.len() == f.size)
+            std::fs::symlink_metadata(dir.join(&f.path))
+                .is_ok_and(|m| m.is_file() && m.len() == f.size)
         })
     }
 }
@@ -89,14 +90,20 @@ impl Staging {
     pub fn prepare(dest: &Path, request: &[SourceRecord]) -> Result<Prepared> {
         let name = dest
             .file_name()
-            .ok_or_else(|| Error::InvalidOption(format!("destination {} has no directory name", dest.display())))?
+            .ok_or_else(|| {
+                Error::InvalidOption(format!(
+                    "destination {} has no directory name",
+                    dest.display()
+                ))
+            })?
             .to_string_lossy()
             .into_owned();
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        std::fs::create_dir_all(&parent).map_err(|e| Error::local("create directory", &parent, e))?;
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| Error::local("create directory", &parent, e))?;
         let lock_path = parent.join(format!(".{name}.modelpull.lock"));
         let lock = lock(&lock_path)?;
 
@@ -112,7 +119,9 @@ impl Staging {
                     .next()
                     .is_none();
             if !empty_dir {
-                return Err(Error::DestinationOccupied { path: dest.to_owned() });
+                return Err(Error::DestinationOccupied {
+                    path: dest.to_owned(),
+                });
             }
         }
         let dir = parent.join(format!(".{name}.modelpull"));
@@ -129,7 +138,8 @@ impl Staging {
     pub fn path_for(&self, rel: &str) -> Result<PathBuf> {
         let path = self.dir.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::local("create directory", parent, e))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::local("create directory", parent, e))?;
         }
         Ok(path)
     }
@@ -142,8 +152,13 @@ impl Staging {
         write_durably(&tmp, &json).map_err(|e| Error::local("write", &tmp, e))?;
         std::fs::rename(&tmp, &marker_path).map_err(|e| Error::local("rename", &tmp, e))?;
         sync_dirs(&self.dir).map_err(|e| Error::local("flush", &self.dir, e))?;
-        std::fs::rename(&self.dir, &self.dest).map_err(|e| Error::local("publish (rename)", &self.dest, e))?;
-        let parent = self.dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::rename(&self.dir, &self.dest)
+            .map_err(|e| Error::local("publish (rename)", &self.dest, e))?;
+        let parent = self
+            .dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         sync_dir(parent).map_err(|e| Error::local("flush", parent, e))?;
         let _ = std::fs::remove_file(&self.lock_path);
         Ok(())
@@ -177,7 +192,8 @@ fn lock(path: &Path) -> Result<File> {
         }
         Err(e) => return Err(Error::local("lock", path, e.into())),
     }
-    file.set_len(0).map_err(|e| Error::local("write lock file", path, e))?;
+    file.set_len(0)
+        .map_err(|e| Error::local("write lock file", path, e))?;
     let _ = write!(file, "{}", std::process::id());
     Ok(file)
 }
@@ -239,14 +255,23 @@ mod tests {
         );
         staging.publish(&marker).unwrap();
         assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"xyz");
-        assert!(matches!(Staging::prepare(&dest, &request()).unwrap(), Prepared::UpToDate(_)));
+        assert!(matches!(
+            Staging::prepare(&dest, &request()).unwrap(),
+            Prepared::UpToDate(_)
+        ));
         // A different request into the same directory is refused, not merged.
         let mut other = request();
         other[0].source = "http://h/b".into();
-        assert!(matches!(Staging::prepare(&dest, &other), Err(Error::DestinationOccupied { .. })));
+        assert!(matches!(
+            Staging::prepare(&dest, &other),
+            Err(Error::DestinationOccupied { .. })
+        ));
         // A damaged model is not up to date.
         std::fs::write(dest.join("a"), b"xy").unwrap();
-        assert!(matches!(Staging::prepare(&dest, &request()), Err(Error::DestinationOccupied { .. })));
+        assert!(matches!(
+            Staging::prepare(&dest, &request()),
+            Err(Error::DestinationOccupied { .. })
+        ));
     }
 
     #[test]

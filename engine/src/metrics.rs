@@ -1,0 +1,81 @@
+//! Prometheus metrics of the engine, registered on a registry the caller owns (the agent
+//! exports it on `/metrics`; the CLI uses a private one).
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The engine's counters and gauges. Cloning is cheap: metrics are shared handles.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub downloaded_bytes: IntCounter,
+    pub ranges: IntCounter,
+    pub retries: IntCounter,
+    pub verify_failures: IntCounter,
+    pub files: IntCounter,
+    pub connections_active: IntGauge,
+    pub driver: IntGaugeVec,
+    pub pulls: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them on `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self::unregistered();
+        registry.register(Box::new(m.downloaded_bytes.clone()))?;
+        registry.register(Box::new(m.ranges.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.verify_failures.clone()))?;
+        registry.register(Box::new(m.files.clone()))?;
+        registry.register(Box::new(m.connections_active.clone()))?;
+        registry.register(Box::new(m.driver.clone()))?;
+        registry.register(Box::new(m.pulls.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics that are counted but not exported.
+    pub fn unregistered() -> Self {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        Self {
+            downloaded_bytes: counter(
+                "modelpull_downloaded_bytes_total",
+                "Bytes received from model stores and written to disk.",
+            ),
+            ranges: counter("modelpull_ranges_total", "Ranged requests completed."),
+            retries: counter(
+                "modelpull_retries_total",
+                "Requests retried after a failure.",
+            ),
+            verify_failures: counter(
+                "modelpull_verify_failures_total",
+                "Files whose digest or size did not match and were fetched again.",
+            ),
+            files: counter(
+                "modelpull_files_total",
+                "Files downloaded, verified and published.",
+            ),
+            connections_active: IntGauge::new(
+                "modelpull_connections_active",
+                "HTTP requests in flight on the engine cores.",
+            )
+            .expect("valid metric"),
+            driver: IntGaugeVec::new(
+                Opts::new(
+                    "modelpull_io_driver",
+                    "I/O driver in use by the engine cores (1 = in use).",
+                ),
+                &["driver"],
+            )
+            .expect("valid metric"),
+            pulls: IntCounterVec::new(
+                Opts::new("modelpull_pulls_total", "Pulls finished, by result."),
+                &["result"],
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::unregistered()
+    }
+}

@@ -1,0 +1,373 @@
+//! A pull: targets in, a verified model directory out.
+//!
+//! [`pull`] checks the request, locks and opens the staging directory (or finds the model
+//! already complete), restores what an interrupted run left, runs the engine cores until
+//! every file is verified, then publishes atomically and reports.
+
+mod limits;
+mod state;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crate::buf::ALIGN;
+use crate::disk::staging::{Marker, Prepared, SourceRecord, Staging};
+use crate::error::{Error, Result};
+use crate::http::tls;
+use crate::metrics::Metrics;
+use crate::progress::Progress;
+use crate::report::{FileReport, Report};
+use crate::runtime::{self, DriverChoice};
+use crate::target::Target;
+use state::{FileMeta, FileState, Job, Phase};
+
+const MIB: usize = 1024 * 1024;
+
+/// Tunables of a pull. `Default` gives what the CLI uses without flags.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Engine cores (threads with their own runtime).
+    pub cores: usize,
+    pub driver: DriverChoice,
+    /// Pin each core's thread to a CPU.
+    pub pin: bool,
+    /// Concurrent connections over all cores.
+    pub connections: usize,
+    pub connections_per_host: usize,
+    /// Unit of buffering, writing and checksumming; a multiple of 4096.
+    pub chunk_size: usize,
+    /// Bytes per ranged request; a multiple of the chunk size.
+    pub range_size: u64,
+    /// Bound on chunk buffers in memory.
+    pub memory_limit: usize,
+    /// Total bandwidth cap, bytes per second.
+    pub limit_rate: Option<u64>,
+    pub connect_timeout: Duration,
+    /// No byte received for this long: the connection is dropped and the range retried.
+    pub stall_timeout: Duration,
+    /// Attempts per range (and per probe) before the pull fails.
+    pub retries: u32,
+    /// Downloads of a file whose digest does not match before the pull fails.
+    pub verify_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// How often the resume journal records a durable checkpoint.
+    pub checkpoint_interval: Duration,
+    pub ca_bundle: Option<PathBuf>,
+    /// Extra request headers, sent only to each source's own host.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            cores: runtime::default_cores(),
+            driver: DriverChoice::Auto,
+            pin: true,
+            connections: 16,
+            connections_per_host: 16,
+            chunk_size: 4 * MIB,
+            range_size: 16 * MIB as u64,
+            memory_limit: 256 * MIB,
+            limit_rate: None,
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+            retries: 8,
+            verify_attempts: 3,
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(30),
+            checkpoint_interval: Duration::from_secs(1),
+            ca_bundle: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl Options {
+    /// Checks the options against each other.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidOption(m));
+        if self.cores == 0 {
+            return bad("--cores must be at least 1".into());
+        }
+        if self.connections == 0 || self.connections_per_host == 0 {
+            return bad("--connections and --connections-per-host must be at least 1".into());
+        }
+        if self.chunk_size == 0 || self.chunk_size % ALIGN != 0 {
+            return bad(format!(
+                "--chunk-size must be a positive multiple of {ALIGN} bytes"
+            ));
+        }
+        if self.range_size < self.chunk_size as u64 || self.range_size % self.chunk_size as u64 != 0
+        {
+            return bad("--range-size must be a multiple of --chunk-size".into());
+        }
+        let needed = (self.connections + 2) * self.chunk_size;
+        if self.memory_limit < needed {
+            return bad(format!(
+                "--memory-limit {} MiB is too small for {} connections with {} MiB chunks (needs at least {} MiB)",
+                self.memory_limit / MIB,
+                self.connections,
+                self.chunk_size / MIB,
+                needed.div_ceil(MIB)
+            ));
+        }
+        if self.retries == 0 || self.verify_attempts == 0 {
+            return bad("--retries and --verify-attempts must be at least 1".into());
+        }
+        if self.limit_rate == Some(0) {
+            return bad("--limit-rate must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// What to pull and where.
+#[derive(Debug, Clone)]
+pub struct PullRequest {
+    pub targets: Vec<Target>,
+    /// The model directory to create.
+    pub dest: PathBuf,
+}
+
+/// Shared handles a pull reports into.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub metrics: Metrics,
+    pub progress: Arc<Progress>,
+    /// Set to stop the pull; it ends with [`Error::Interrupted`], resumable.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Temporary names a pull creates beside each file.
+const PART: &str = ".part";
+const JOURNAL: &str = ".modelpull-journal";
+
+fn check_request(req: &PullRequest) -> Result<()> {
+    if req.targets.is_empty() {
+        return Err(Error::InvalidOption(
+            "nothing to pull: give at least one source".into(),
+        ));
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    for t in &req.targets {
+        crate::target::check_relative_path(&t.path).map_err(|reason| Error::InvalidSource {
+            input: t.url.to_string(),
+            reason: format!("path {reason}"),
+        })?;
+        if !paths.insert(t.path.as_str()) {
+            return Err(Error::InvalidSource {
+                input: crate::redact(&t.url),
+                reason: format!("two sources land at the same path `{}`", t.path),
+            });
+        }
+    }
+    for t in &req.targets {
+        for suffix in [PART, JOURNAL] {
+            if let Some(base) = t.path.strip_suffix(suffix) {
+                if paths.contains(base) {
+                    return Err(Error::InvalidSource {
+                        input: crate::redact(&t.url),
+                        reason: format!(
+                            "path `{}` collides with the temporary file of `{base}`",
+                            t.path
+                        ),
+                    });
+                }
+            }
+        }
+        let mut prefix = String::new();
+        for segment in t.path.split('/') {
+            if !prefix.is_empty() && paths.contains(prefix.as_str()) {
+                return Err(Error::InvalidSource {
+                    input: crate::redact(&t.url),
+                    reason: format!("`{prefix}` is both a file and a directory"),
+                });
+            }
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(segment);
+        }
+    }
+    Ok(())
+}
+
+/// Pulls `req.targets` into `req.dest`: verified, resumable, published atomically.
+pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
+    let started = Instant::now();
+    opts.validate()?;
+    check_request(req)?;
+    let request: Vec<SourceRecord> = req
+        .targets
+        .iter()
+        .map(|t| SourceRecord {
+            path: t.path.clone(),
+            source: crate::redact(&t.url),
+            expected: t.expected.clone(),
+        })
+        .collect();
+    let tls = tls::client_config(opts.ca_bundle.as_deref())
+        .map_err(|e| Error::InvalidOption(e.to_string()))?;
+    let staging = match Staging::prepare(&req.dest, &request)? {
+        Prepared::UpToDate(marker) => {
+            tracing::info!(dest = %req.dest.display(), "already complete and verified; nothing to do");
+            return Ok(up_to_date_report(req, opts, &marker, started));
+        }
+        Prepared::Ready(s) => s,
+    };
+    let (driver, note) = runtime::resolve(opts.driver)?;
+    match &note {
+        Some(why) => {
+            tracing::warn!(driver = driver.name(), reason = %why, "using the epoll driver")
+        }
+        None => tracing::info!(
+            driver = driver.name(),
+            cores = opts.cores,
+            "engine starting"
+        ),
+    }
+    cx.metrics.driver.with_label_values(&[driver.name()]).set(1);
+
+    let chunk = opts.chunk_size as u64;
+    let range_chunks = opts.range_size / chunk;
+    let mut metas = Vec::new();
+    let mut files = Vec::new();
+    for t in &req.targets {
+        let final_path = staging.path_for(&t.path)?;
+        let meta = FileMeta::new(
+            t.clone(),
+            final_path.with_file_name(format!("{}{PART}", file_name(&t.path))),
+            final_path.with_file_name(format!("{}{JOURNAL}", file_name(&t.path))),
+            final_path,
+        );
+        let fs = FileState::prepare(&meta, chunk, range_chunks)?;
+        let p = &cx.progress;
+        p.files_total.fetch_add(1, Relaxed);
+        if fs.phase == Phase::Done {
+            p.files_done.fetch_add(1, Relaxed);
+            p.total_bytes.fetch_add(fs.size, Relaxed);
+            p.done_bytes.fetch_add(fs.size, Relaxed);
+        } else if fs.phase == Phase::Validate {
+            p.total_bytes.fetch_add(fs.size, Relaxed);
+            p.done_bytes.fetch_add(fs.counted_bytes(), Relaxed);
+        }
+        metas.push(meta);
+        files.push(fs);
+    }
+
+    let cores = opts.cores.min(opts.connections).max(1);
+    let job = Arc::new(Job::new(
+        opts.clone(),
+        metas,
+        files,
+        cx.progress.clone(),
+        cx.metrics.clone(),
+        cx.cancel.clone(),
+    ));
+    runtime::run_cores(cores, driver, opts.pin, |core| {
+        let workers = opts.connections / cores + usize::from(core < opts.connections % cores);
+        worker::run_core(job.clone(), tls.clone(), workers)
+    })?;
+
+    if let Some(err) = job.take_failure() {
+        cx.metrics
+            .pulls
+            .with_label_values(&[err.metric_label()])
+            .inc();
+        if is_disk_full(&err) {
+            tracing::warn!(dir = %staging.dir.display(), "disk full: removing the staging directory to free its space");
+            staging.discard();
+        }
+        return Err(err);
+    }
+
+    let state = job.lock();
+    let mut reports = Vec::new();
+    let mut records = Vec::new();
+    for (meta, fs) in job.metas.iter().zip(&state.files) {
+        let record = fs
+            .record
+            .clone()
+            .ok_or_else(|| Error::Runtime(format!("{} was not completed", meta.target.path)))?;
+        reports.push(FileReport {
+            path: record.path.clone(),
+            size: record.size,
+            digests: record.digests.clone(),
+            verified: meta.target.expected.iter().map(|d| d.algorithm).collect(),
+            resumed_bytes: fs.resumed_bytes,
+        });
+        records.push(record);
+        let _ = std::fs::remove_file(&meta.journal);
+    }
+    drop(state);
+    staging.publish(&Marker::new(request, records))?;
+    cx.metrics.pulls.with_label_values(&["ok"]).inc();
+
+    let seconds = started.elapsed().as_secs_f64();
+    let snap = cx.progress.snapshot();
+    let total_bytes: u64 = reports.iter().map(|f| f.size).sum();
+    Ok(Report {
+        destination: req.dest.clone(),
+        up_to_date: false,
+        driver: Some(driver),
+        driver_note: note,
+        cores,
+        connections: opts.connections,
+        total_bytes,
+        downloaded_bytes: snap.downloaded_bytes,
+        resumed_bytes: reports.iter().map(|f| f.resumed_bytes).sum(),
+        files: reports,
+        seconds,
+        gigabytes_per_second: snap.downloaded_bytes as f64 / seconds.max(1e-9) / 1e9,
+        retries: snap.retries,
+        peak_buffer_bytes: (job.pool.allocated() * opts.chunk_size) as u64,
+    })
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn is_disk_full(err: &Error) -> bool {
+    matches!(err, Error::Local { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT))
+}
+
+fn up_to_date_report(
+    req: &PullRequest,
+    opts: &Options,
+    marker: &Marker,
+    started: Instant,
+) -> Report {
+    let files: Vec<FileReport> = marker
+        .files
+        .iter()
+        .map(|f| FileReport {
+            path: f.path.clone(),
+            size: f.size,
+            digests: f.digests.clone(),
+            verified: Vec::new(),
+            resumed_bytes: f.size,
+        })
+        .collect();
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    Report {
+        destination: req.dest.clone(),
+        up_to_date: true,
+        driver: None,
+        driver_note: None,
+        cores: 0,
+        connections: opts.connections,
+        total_bytes: total,
+        downloaded_bytes: 0,
+        resumed_bytes: total,
+        files,
+        seconds: started.elapsed().as_secs_f64(),
+        gigabytes_per_second: 0.0,
+        retries: 0,
+        peak_buffer_bytes: 0,
+    }
+}

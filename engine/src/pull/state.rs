@@ -1,0 +1,1132 @@
+//! The shared state of one pull: every file's progress, the scheduler that hands out work, and
+//! the bookkeeping of chunks, hash cursors and retries.
+//!
+//! One mutex guards it all. It is taken a few times per chunk (megabytes), never per byte, and
+//! never across I/O: hashing, network and disk work happen outside it. That keeps every
+//! invariant in one place, which matters more here than the last microsecond.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use url::Url;
+
+use super::Options;
+use super::limits::{RateLimiter, backoff};
+use crate::buf::AlignedBuf;
+use crate::digest::ordered::OrderedHashers;
+use crate::digest::{Algorithm, crc};
+use crate::disk::journal::{self, Header, Journal, Record};
+use crate::disk::part;
+use crate::disk::staging::FileRecord;
+use crate::error::Error;
+use crate::http::HttpError;
+use crate::metrics::Metrics;
+use crate::pool::BufPool;
+use crate::progress::Progress;
+use crate::target::Target;
+
+/// What never changes about a file during a pull.
+#[derive(Debug)]
+pub(crate) struct FileMeta {
+    pub target: Target,
+    /// The source as logs and the journal may show it.
+    pub source: String,
+    pub host: String,
+    pub part: PathBuf,
+    pub journal: PathBuf,
+    pub final_path: PathBuf,
+    /// Digests computed in order (sha256, sha1, md5).
+    pub ordered: Vec<Algorithm>,
+    /// CRCs computed per chunk; crc32c first, always.
+    pub crcs: Vec<Algorithm>,
+}
+
+impl FileMeta {
+    pub fn new(target: Target, part: PathBuf, journal: PathBuf, final_path: PathBuf) -> Self {
+        let mut ordered: Vec<Algorithm> = target
+            .expected
+            .iter()
+            .map(|d| d.algorithm)
+            .filter(|a| a.is_ordered())
+            .collect();
+        if target.expected.is_empty() {
+            // Nothing to check against: compute sha256 anyway so the report can vouch for it.
+            ordered.push(Algorithm::Sha256);
+        }
+        ordered.sort();
+        ordered.dedup();
+        let mut crcs = vec![Algorithm::Crc32c];
+        for d in &target.expected {
+            if !d.algorithm.is_ordered() && !crcs.contains(&d.algorithm) {
+                crcs.push(d.algorithm);
+            }
+        }
+        Self {
+            source: crate::redact(&target.url),
+            host: target.url.host_str().unwrap_or_default().to_owned(),
+            target,
+            part,
+            journal,
+            final_path,
+            ordered,
+            crcs,
+        }
+    }
+
+    pub fn algorithms(&self) -> Vec<Algorithm> {
+        self.ordered.iter().chain(&self.crcs).copied().collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Nothing known: the first request probes size and validator.
+    New,
+    /// Resumed from a journal: the first request checks the server still has the same object.
+    Validate,
+    /// A worker is on the first request.
+    Probing,
+    Active,
+    Done,
+}
+
+#[derive(Debug)]
+struct Pending {
+    end: u64,
+    attempts: u32,
+    not_before: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct ActiveRange {
+    id: u64,
+    /// First chunk not yet reserved by the worker.
+    next: u64,
+    end: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct FileState {
+    pub phase: Phase,
+    pub generation: u32,
+    pub size: u64,
+    pub chunks: u64,
+    pub validator: String,
+    pub direct: bool,
+    /// Whether the server honours `Range`.
+    pub ranged: bool,
+    /// Where requests go: the source, or the URL a redirect led to.
+    pub url: Url,
+    done: Vec<bool>,
+    done_count: u64,
+    /// Per CRC algorithm (as in `FileMeta::crcs`), per chunk.
+    crcs: Vec<Vec<u64>>,
+    cursor: u64,
+    hashers: Option<OrderedHashers>,
+    parked: BTreeMap<u64, AlignedBuf>,
+    pending: BTreeMap<u64, Pending>,
+    active: Vec<ActiveRange>,
+    journal: Option<Journal>,
+    records: u64,
+    syncing: bool,
+    last_sync: Instant,
+    probe_attempts: u32,
+    not_before: Option<Instant>,
+    downloads: u32,
+    restarts: u32,
+    counted_bytes: u64,
+    pub record: Option<FileRecord>,
+    pub resumed_bytes: u64,
+}
+
+impl FileState {
+    fn fresh(meta: &FileMeta) -> Self {
+        Self {
+            phase: Phase::New,
+            generation: 0,
+            size: 0,
+            chunks: 0,
+            validator: String::new(),
+            direct: false,
+            ranged: true,
+            url: meta.target.url.clone(),
+            done: Vec::new(),
+            done_count: 0,
+            crcs: vec![Vec::new(); meta.crcs.len()],
+            cursor: 0,
+            hashers: None,
+            parked: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            active: Vec::new(),
+            journal: None,
+            records: 0,
+            syncing: false,
+            last_sync: Instant::now(),
+            probe_attempts: 0,
+            not_before: None,
+            downloads: 0,
+            restarts: 0,
+            counted_bytes: 0,
+            record: None,
+            resumed_bytes: 0,
+        }
+    }
+}
+
+/// A unit of work handed to a worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Claim {
+    pub file: usize,
+    pub generation: u32,
+    pub id: u64,
+    pub kind: ClaimKind,
+    /// Chunk span `[start, end)`; for a probe of a new file, the span the probe asks for.
+    pub start: u64,
+    pub end: u64,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimKind {
+    Probe,
+    Validate,
+    Range,
+}
+
+#[derive(Debug)]
+pub(crate) enum Work {
+    Fetch(Claim),
+    Wait(Duration),
+    Finished,
+}
+
+/// What a worker must do after recording a chunk.
+pub(crate) enum AfterChunk {
+    Nothing(AlignedBuf),
+    /// The chunk is at the hash cursor: hash it (and whatever follows) with these hashers.
+    Hash(OrderedHashers, AlignedBuf),
+    /// Every chunk is in: verify and publish the file.
+    Finalize(AlignedBuf),
+    /// Flush the part, then record the checkpoint.
+    Checkpoint {
+        records: u64,
+        buf: AlignedBuf,
+    },
+}
+
+/// What the hasher must do next.
+pub(crate) enum HashStep {
+    /// Hash this buffer (the chunk at the cursor).
+    Buffer(AlignedBuf),
+    /// Read the chunk at the cursor back from disk, then hash it.
+    Read,
+    /// Flush and checkpoint, then ask again.
+    Checkpoint { records: u64 },
+    /// Hashing is complete: finalize.
+    Finalize,
+    /// The hashers were put back; nothing to hash now.
+    Stop,
+    /// The file was reset meanwhile.
+    Stale,
+}
+
+#[derive(Debug)]
+pub(crate) struct JobState {
+    pub files: Vec<FileState>,
+    failed: Option<Error>,
+    next_id: u64,
+    host_active: HashMap<String, usize>,
+}
+
+/// One pull's shared state and services.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub opts: Options,
+    pub metas: Vec<FileMeta>,
+    pub state: Mutex<JobState>,
+    pub pool: BufPool,
+    pub progress: Arc<Progress>,
+    pub metrics: Metrics,
+    pub limiter: Option<RateLimiter>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+const POLL: Duration = Duration::from_millis(5);
+/// Times a file may change on the server mid-download before the pull gives up.
+const MAX_RESTARTS: u32 = 3;
+
+impl Job {
+    pub fn new(
+        opts: Options,
+        metas: Vec<FileMeta>,
+        files: Vec<FileState>,
+        progress: Arc<Progress>,
+        metrics: Metrics,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        let buffers = (opts.memory_limit / opts.chunk_size).max(opts.connections + 2);
+        Self {
+            pool: BufPool::new(opts.chunk_size, buffers),
+            limiter: opts.limit_rate.map(RateLimiter::new),
+            state: Mutex::new(JobState {
+                files,
+                failed: None,
+                next_id: 0,
+                host_active: HashMap::new(),
+            }),
+            opts,
+            metas,
+            progress,
+            metrics,
+            cancel,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, JobState> {
+        self.state.lock().expect("job state lock")
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.opts.chunk_size as u64
+    }
+
+    fn range_chunks(&self) -> u64 {
+        (self.opts.range_size / self.chunk_size()).max(1)
+    }
+
+    /// Length of chunk `c` of a file of `size` bytes.
+    pub fn chunk_len(&self, size: u64, c: u64) -> usize {
+        let start = c * self.chunk_size();
+        (size - start).min(self.chunk_size()) as usize
+    }
+
+    /// Records a failure that ends the pull (the first one wins).
+    pub fn fail(&self, err: Error) {
+        let mut st = self.lock();
+        if st.failed.is_none() {
+            tracing::error!(error = %err, "pull failed");
+            st.failed = Some(err);
+        }
+    }
+
+    pub fn take_failure(&self) -> Option<Error> {
+        self.lock().failed.take()
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.lock().failed.is_some()
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Relaxed)
+    }
+
+    /// Hands out the next piece of work: probes first, then the lowest pending range of the
+    /// earliest file (so hash cursors keep moving), then half of the largest range in flight.
+    pub fn claim(&self) -> Work {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.failed.is_some() || st.files.iter().all(|f| f.phase == Phase::Done) {
+            return Work::Finished;
+        }
+        let per_host = self.opts.connections_per_host;
+        let mut wait = POLL;
+        for (i, fs) in st.files.iter_mut().enumerate() {
+            let meta = &self.metas[i];
+            let host_busy = st.host_active.get(&meta.host).copied().unwrap_or(0) >= per_host;
+            match fs.phase {
+                Phase::New | Phase::Validate => {
+                    if let Some(nb) = fs.not_before.filter(|&nb| nb > now) {
+                        wait = wait.min(nb - now);
+                        continue;
+                    }
+                    if host_busy {
+                        continue;
+                    }
+                    let (kind, start, end, attempts) = if fs.phase == Phase::New {
+                        (ClaimKind::Probe, 0, self.range_chunks(), fs.probe_attempts)
+                    } else if let Some((start, p)) = fs.pending.pop_first() {
+                        (
+                            ClaimKind::Validate,
+                            start,
+                            p.end,
+                            p.attempts.max(fs.probe_attempts),
+                        )
+                    } else {
+                        (ClaimKind::Validate, 0, 0, fs.probe_attempts)
+                    };
+                    fs.phase = Phase::Probing;
+                    st.next_id += 1;
+                    *st.host_active.entry(meta.host.clone()).or_default() += 1;
+                    return Work::Fetch(Claim {
+                        file: i,
+                        generation: fs.generation,
+                        id: st.next_id,
+                        kind,
+                        start,
+                        end,
+                        attempts,
+                    });
+                }
+                Phase::Active if !host_busy => {
+                    let ready = fs
+                        .pending
+                        .iter()
+                        .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
+                        .map(|(&s, _)| s);
+                    if let Some(start) = ready {
+                        let p = fs.pending.remove(&start).expect("pending range");
+                        st.next_id += 1;
+                        fs.active.push(ActiveRange {
+                            id: st.next_id,
+                            next: start,
+                            end: p.end,
+                        });
+                        *st.host_active.entry(meta.host.clone()).or_default() += 1;
+                        return Work::Fetch(Claim {
+                            file: i,
+                            generation: fs.generation,
+                            id: st.next_id,
+                            kind: ClaimKind::Range,
+                            start,
+                            end: p.end,
+                            attempts: p.attempts,
+                        });
+                    }
+                    if let Some(nb) = fs.pending.values().filter_map(|p| p.not_before).min() {
+                        wait = wait.min(nb.saturating_duration_since(now));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Nothing queued: take over the upper half of the range with the most left to fetch,
+        // so that one slow connection never holds the end of the pull.
+        let victim = st
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, fs)| {
+                fs.phase == Phase::Active
+                    && fs.ranged
+                    && st
+                        .host_active
+                        .get(&self.metas[*i].host)
+                        .copied()
+                        .unwrap_or(0)
+                        < per_host
+            })
+            .flat_map(|(i, fs)| {
+                fs.active
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, a)| (i, j, a.end - a.next))
+            })
+            .filter(|&(_, _, left)| left >= 2)
+            .max_by_key(|&(_, _, left)| left);
+        if let Some((i, j, _)) = victim {
+            st.next_id += 1;
+            let id = st.next_id;
+            let fs = &mut st.files[i];
+            let a = &mut fs.active[j];
+            let mid = a.next + (a.end - a.next) / 2;
+            let end = a.end;
+            a.end = mid;
+            fs.active.push(ActiveRange { id, next: mid, end });
+            *st.host_active
+                .entry(self.metas[i].host.clone())
+                .or_default() += 1;
+            tracing::debug!(file = %self.metas[i].target.path, from = mid, to = end, "split a range in flight");
+            return Work::Fetch(Claim {
+                file: i,
+                generation: st.files[i].generation,
+                id,
+                kind: ClaimKind::Range,
+                start: mid,
+                end,
+                attempts: 0,
+            });
+        }
+        Work::Wait(wait)
+    }
+
+    /// Called when a worker is done with a claim, whatever the outcome.
+    pub fn release_host(&self, file: usize) {
+        let mut st = self.lock();
+        if let Some(n) = st.host_active.get_mut(&self.metas[file].host) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// A new file's probe answered: sets up its chunks, part file and journal, queues the
+    /// remaining ranges, and registers the probe's own span as in flight.
+    /// Returns the span `[0, end)` the probe response carries.
+    pub fn start_file(
+        &self,
+        claim: &Claim,
+        size: u64,
+        validator: String,
+        url: Url,
+        ranged: bool,
+    ) -> Result<u64, Error> {
+        let meta = &self.metas[claim.file];
+        let direct = part::create(&meta.part, Some(size))
+            .map_err(|e| Error::local("create", &meta.part, e))?;
+        let chunk = self.chunk_size();
+        let header = Header {
+            version: journal::VERSION,
+            source: meta.source.clone(),
+            size,
+            validator: validator.clone(),
+            chunk_size: chunk,
+            algorithms: meta.algorithms(),
+        };
+        let journal = Journal::create(&meta.journal, &header)
+            .map_err(|e| Error::local("create", &meta.journal, e))?;
+        let mut st = self.lock();
+        let fs = &mut st.files[claim.file];
+        if fs.generation != claim.generation {
+            return Ok(0);
+        }
+        let chunks = size.div_ceil(chunk);
+        fs.size = size;
+        fs.chunks = chunks;
+        fs.validator = validator;
+        fs.direct = direct;
+        fs.ranged = ranged;
+        fs.url = url;
+        fs.done = vec![false; chunks as usize];
+        fs.done_count = 0;
+        fs.crcs = vec![vec![0; chunks as usize]; meta.crcs.len()];
+        fs.cursor = 0;
+        fs.hashers = Some(OrderedHashers::new(meta.ordered.iter().copied()));
+        fs.journal = Some(journal);
+        fs.records = 0;
+        fs.last_sync = Instant::now();
+        fs.downloads += 1;
+        fs.phase = Phase::Active;
+        let first_end = if ranged {
+            claim.end.min(chunks)
+        } else {
+            chunks
+        };
+        fs.active.push(ActiveRange {
+            id: claim.id,
+            next: 0,
+            end: first_end,
+        });
+        let step = self.range_chunks();
+        let mut s = first_end;
+        while s < chunks {
+            let e = (s + step).min(chunks);
+            fs.pending.insert(
+                s,
+                Pending {
+                    end: e,
+                    attempts: 0,
+                    not_before: None,
+                },
+            );
+            s = e;
+        }
+        self.progress.total_bytes.fetch_add(size, Relaxed);
+        Ok(first_end)
+    }
+
+    /// A resumed file's first answer matched its journal: back to normal work. The validating
+    /// claim's span (if any) becomes a range in flight.
+    pub fn validated(&self, claim: &Claim, url: Url) {
+        let mut st = self.lock();
+        let fs = &mut st.files[claim.file];
+        if fs.generation != claim.generation {
+            return;
+        }
+        fs.phase = Phase::Active;
+        fs.url = url;
+        fs.probe_attempts = 0;
+        if claim.end > claim.start {
+            fs.active.push(ActiveRange {
+                id: claim.id,
+                next: claim.start,
+                end: claim.end,
+            });
+        }
+    }
+
+    /// Reserves chunk `c` for the worker holding range `id`. `false`: the range was cut short
+    /// (split, or the file was reset) and the worker must stop.
+    pub fn begin_chunk(&self, claim: &Claim, c: u64) -> bool {
+        let mut st = self.lock();
+        let fs = &mut st.files[claim.file];
+        if fs.generation != claim.generation {
+            return false;
+        }
+        let Some(pos) = fs.active.iter().position(|a| a.id == claim.id) else {
+            return false;
+        };
+        if c >= fs.active[pos].end {
+            fs.active.swap_remove(pos);
+            return false;
+        }
+        fs.active[pos].next = c + 1;
+        true
+    }
+
+    /// The worker finished its range.
+    pub fn finish_range(&self, claim: &Claim) {
+        let mut st = self.lock();
+        let fs = &mut st.files[claim.file];
+        if fs.generation == claim.generation {
+            fs.active.retain(|a| a.id != claim.id);
+        }
+        self.metrics.ranges.inc();
+    }
+
+    /// A request failed at chunk `from`: queue the rest again after a pause, or end the pull
+    /// when the attempts are spent.
+    pub fn retry(&self, claim: &Claim, from: u64, err: HttpError) {
+        let meta = &self.metas[claim.file];
+        let mut st = self.lock();
+        if st.failed.is_some() {
+            return;
+        }
+        let fs = &mut st.files[claim.file];
+        if fs.generation != claim.generation {
+            return;
+        }
+        let progressed = claim.kind == ClaimKind::Range && from > claim.start;
+        let attempts = if progressed { 1 } else { claim.attempts + 1 };
+        if attempts > self.opts.retries {
+            drop(st);
+            self.fail(Error::Source {
+                file: meta.target.path.clone(),
+                attempts,
+                source: err,
+            });
+            return;
+        }
+        let delay = backoff(
+            attempts,
+            self.opts.backoff_base,
+            self.opts.backoff_cap,
+            err.retry_after(),
+        );
+        tracing::warn!(file = %meta.target.path, error = %err, attempt = attempts, delay_ms = delay.as_millis() as u64, "retrying");
+        self.progress.retries.fetch_add(1, Relaxed);
+        self.metrics.retries.inc();
+        let not_before = Some(Instant::now() + delay);
+        match claim.kind {
+            ClaimKind::Probe => {
+                fs.phase = Phase::New;
+                fs.probe_attempts = attempts;
+                fs.not_before = not_before;
+            }
+            ClaimKind::Validate if fs.phase == Phase::Probing => {
+                fs.phase = Phase::Validate;
+                fs.probe_attempts = attempts;
+                fs.not_before = not_before;
+                if claim.end > claim.start {
+                    fs.pending.insert(
+                        claim.start,
+                        Pending {
+                            end: claim.end,
+                            attempts,
+                            not_before,
+                        },
+                    );
+                }
+            }
+            _ if !fs.ranged => {
+                // Without Range support the only way to continue is from the start.
+                drop(st);
+                self.restart(
+                    claim.file,
+                    claim.generation,
+                    "the server does not support ranges and the transfer broke",
+                    Some(delay),
+                    false,
+                );
+            }
+            _ => {
+                let Some(pos) = fs.active.iter().position(|a| a.id == claim.id) else {
+                    return;
+                };
+                let a = fs.active.swap_remove(pos);
+                if from < a.end {
+                    fs.pending.insert(
+                        from,
+                        Pending {
+                            end: a.end,
+                            attempts,
+                            not_before,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts a file over: the server's object changed, the digest did not match, or a broken
+    /// transfer cannot be resumed. `verify` says whether this counts as a verification attempt.
+    pub fn restart(
+        &self,
+        file: usize,
+        generation: u32,
+        reason: &str,
+        delay: Option<Duration>,
+        verify: bool,
+    ) {
+        let meta = &self.metas[file];
+        let mut st = self.lock();
+        let fs = &mut st.files[file];
+        if fs.generation != generation || fs.phase == Phase::Done {
+            return;
+        }
+        let restarts = fs.restarts + u32::from(!verify);
+        if restarts > MAX_RESTARTS {
+            drop(st);
+            self.fail(Error::Remote {
+                file: meta.target.path.clone(),
+                message: format!("{reason}; gave up after {MAX_RESTARTS} restarts"),
+            });
+            return;
+        }
+        tracing::warn!(file = %meta.target.path, reason, "starting the file over");
+        let downloads = fs.downloads;
+        let counted = fs.counted_bytes;
+        let size_known = fs.chunks > 0 || fs.size > 0;
+        let size = fs.size;
+        for (_, buf) in std::mem::take(&mut fs.parked) {
+            self.pool.put(buf);
+        }
+        let mut fresh = FileState::fresh(meta);
+        fresh.generation = generation + 1;
+        fresh.downloads = downloads;
+        fresh.restarts = restarts;
+        fresh.not_before = delay.map(|d| Instant::now() + d);
+        *fs = fresh;
+        drop(st);
+        self.progress.done_bytes.fetch_sub(counted, Relaxed);
+        if size_known {
+            self.progress.total_bytes.fetch_sub(size, Relaxed);
+        }
+        let _ = std::fs::remove_file(&meta.journal);
+        let _ = std::fs::remove_file(&meta.part);
+    }
+
+    /// Records a written chunk and says what the worker must do next.
+    pub fn complete_chunk(
+        &self,
+        claim: &Claim,
+        c: u64,
+        buf: AlignedBuf,
+        crcs: Vec<u64>,
+    ) -> Result<AfterChunk, Error> {
+        let meta = &self.metas[claim.file];
+        let mut st = self.lock();
+        let fs = &mut st.files[claim.file];
+        if fs.generation != claim.generation || fs.done[c as usize] {
+            return Ok(AfterChunk::Nothing(buf));
+        }
+        if let Some(j) = fs.journal.as_mut() {
+            j.append(&Record::Chunk {
+                index: c,
+                crcs: crcs.clone(),
+            })
+            .map_err(|e| Error::local("write", &meta.journal, e))?;
+        }
+        fs.records += 1;
+        fs.done[c as usize] = true;
+        fs.done_count += 1;
+        for (k, v) in crcs.into_iter().enumerate() {
+            fs.crcs[k][c as usize] = v;
+        }
+        let len = buf.len() as u64;
+        fs.counted_bytes += len;
+        self.progress.done_bytes.fetch_add(len, Relaxed);
+        if meta.ordered.is_empty() {
+            if fs.done_count == fs.chunks {
+                return Ok(AfterChunk::Finalize(buf));
+            }
+            if !fs.syncing && fs.last_sync.elapsed() >= self.opts.checkpoint_interval {
+                fs.syncing = true;
+                return Ok(AfterChunk::Checkpoint {
+                    records: fs.records,
+                    buf,
+                });
+            }
+            return Ok(AfterChunk::Nothing(buf));
+        }
+        if c == fs.cursor {
+            if let Some(h) = fs.hashers.take() {
+                return Ok(AfterChunk::Hash(h, buf));
+            }
+        }
+        // Ahead of the cursor (or the hasher is busy): keep it in memory if the bound allows,
+        // otherwise it is on disk already and will be read back.
+        match self.pool.try_get() {
+            Some(replacement) => {
+                fs.parked.insert(c, buf);
+                Ok(AfterChunk::Nothing(replacement))
+            }
+            None => Ok(AfterChunk::Nothing(buf)),
+        }
+    }
+
+    /// The hasher has hashed up to `position`: decides what it does next. `checkpointed`
+    /// says a checkpoint was just written, so another is not due.
+    pub fn hash_step(
+        &self,
+        file: usize,
+        generation: u32,
+        hashers: &mut Option<OrderedHashers>,
+        checkpointed: bool,
+    ) -> HashStep {
+        let mut st = self.lock();
+        let fs = &mut st.files[file];
+        let h = hashers.as_ref().expect("hashers in hand");
+        if fs.generation != generation {
+            return HashStep::Stale;
+        }
+        fs.cursor = h.position().div_ceil(self.chunk_size());
+        if fs.cursor >= fs.chunks {
+            return HashStep::Finalize;
+        }
+        if let Some(buf) = fs.parked.remove(&fs.cursor) {
+            return HashStep::Buffer(buf);
+        }
+        if fs.done[fs.cursor as usize] {
+            return HashStep::Read;
+        }
+        if !checkpointed && !fs.syncing && fs.last_sync.elapsed() >= self.opts.checkpoint_interval {
+            fs.syncing = true;
+            return HashStep::Checkpoint {
+                records: fs.records,
+            };
+        }
+        fs.hashers = hashers.take();
+        HashStep::Stop
+    }
+
+    /// Writes a checkpoint after the part was flushed: the first `records` chunk records are
+    /// durable, and the ordered digests stood at `hash`.
+    pub fn checkpoint_done(
+        &self,
+        file: usize,
+        generation: u32,
+        records: u64,
+        hash: Option<&OrderedHashers>,
+    ) -> Result<(), Error> {
+        let meta = &self.metas[file];
+        let mut st = self.lock();
+        let fs = &mut st.files[file];
+        if fs.generation != generation {
+            return Ok(());
+        }
+        fs.syncing = false;
+        fs.last_sync = Instant::now();
+        if let Some(j) = fs.journal.as_mut() {
+            j.append(&Record::Sync {
+                records,
+                hash: hash.map(OrderedHashers::save),
+            })
+            .map_err(|e| Error::local("write", &meta.journal, e))?;
+        }
+        Ok(())
+    }
+
+    /// Size and chunk count of a file, and whether it is written with O_DIRECT.
+    pub fn layout(&self, file: usize) -> (u64, u64, bool) {
+        let st = self.lock();
+        let fs = &st.files[file];
+        (fs.size, fs.chunks, fs.direct)
+    }
+
+    /// Checks a complete file against what is expected. `Ok(Some(record))`: publish it;
+    /// `Ok(None)`: it was reset for another download; `Err`: the pull fails.
+    pub fn verify(
+        &self,
+        file: usize,
+        generation: u32,
+        hashers: Option<OrderedHashers>,
+    ) -> Result<Option<FileRecord>, Error> {
+        let meta = &self.metas[file];
+        let mut st = self.lock();
+        let fs = &mut st.files[file];
+        if fs.generation != generation || fs.phase != Phase::Active {
+            return Ok(None);
+        }
+        let hashers = hashers
+            .or_else(|| fs.hashers.take())
+            .unwrap_or_else(|| OrderedHashers::new([]));
+        let mut digests = hashers.finish();
+        for (k, &alg) in meta.crcs.iter().enumerate() {
+            let parts =
+                (0..fs.chunks).map(|c| (fs.crcs[k][c as usize], self.chunk_len(fs.size, c) as u64));
+            digests.push(crc::combine(alg, parts));
+        }
+        let size_mismatch = meta.target.size.filter(|&s| s != fs.size);
+        let mismatch = meta.target.expected.iter().find_map(|e| {
+            let actual = digests.iter().find(|d| d.algorithm == e.algorithm)?;
+            (actual != e).then(|| (e.clone(), actual.clone()))
+        });
+        if size_mismatch.is_none() && mismatch.is_none() {
+            fs.phase = Phase::Done;
+            let record = FileRecord {
+                path: meta.target.path.clone(),
+                size: fs.size,
+                digests,
+            };
+            if let Some(j) = fs.journal.as_mut() {
+                j.append(&Record::Done {
+                    file: record.clone(),
+                })
+                .map_err(|e| Error::local("write", &meta.journal, e))?;
+            }
+            fs.journal = None;
+            fs.record = Some(record.clone());
+            return Ok(Some(record));
+        }
+        self.metrics.verify_failures.inc();
+        let downloads = fs.downloads;
+        let failure = match (size_mismatch, mismatch) {
+            (Some(expected), _) => Error::SizeMismatch {
+                file: meta.target.path.clone(),
+                attempts: downloads,
+                expected,
+                actual: fs.size,
+            },
+            (None, Some((expected, actual))) => Error::Verify {
+                file: meta.target.path.clone(),
+                attempts: downloads,
+                expected,
+                actual,
+            },
+            (None, None) => unreachable!("a mismatch was found"),
+        };
+        drop(st);
+        if downloads < self.opts.verify_attempts {
+            tracing::warn!(file = %meta.target.path, error = %failure, "verification failed; downloading the file again");
+            self.restart(file, generation, "verification failed", None, true);
+            Ok(None)
+        } else {
+            Err(failure)
+        }
+    }
+
+    /// Marks a published file.
+    pub fn published(&self) {
+        self.progress.files_done.fetch_add(1, Relaxed);
+        self.metrics.files.inc();
+    }
+}
+
+/// What a worker should do for a file right after it was probed or validated.
+pub(crate) enum Kick {
+    Nothing,
+    Hash(OrderedHashers),
+    Finalize,
+}
+
+impl Job {
+    /// After a probe or validation: a file with nothing left to fetch (empty, or resumed with
+    /// every chunk on disk) still needs hashing and publishing.
+    pub fn kick(&self, claim: &Claim) -> Kick {
+        let meta = &self.metas[claim.file];
+        let mut st = self.lock();
+        let fs = &mut st.files[claim.file];
+        if fs.generation != claim.generation || fs.phase != Phase::Active {
+            return Kick::Nothing;
+        }
+        if meta.ordered.is_empty() {
+            return if fs.done_count == fs.chunks {
+                Kick::Finalize
+            } else {
+                Kick::Nothing
+            };
+        }
+        let ready = fs.cursor >= fs.chunks || fs.done[fs.cursor as usize];
+        match fs.hashers.take() {
+            Some(h) if ready => Kick::Hash(h),
+            other => {
+                fs.hashers = other;
+                Kick::Nothing
+            }
+        }
+    }
+
+    /// Sends later requests for a file back to its source URL (a redirect target expired).
+    pub fn reset_url(&self, file: usize) -> bool {
+        let mut st = self.lock();
+        let fs = &mut st.files[file];
+        let original = &self.metas[file].target.url;
+        if &fs.url == original {
+            return false;
+        }
+        fs.url = original.clone();
+        true
+    }
+}
+
+impl FileState {
+    /// The state of a file at the start of a pull: finished earlier, resumable from its
+    /// journal, or new.
+    pub fn prepare(meta: &FileMeta, chunk: u64, range_chunks: u64) -> Result<Self, Error> {
+        let fresh = |why: Option<&str>| {
+            if let Some(why) = why {
+                tracing::info!(file = %meta.target.path, reason = why, "not resuming; starting the file over");
+            }
+            let _ = std::fs::remove_file(&meta.part);
+            let _ = std::fs::remove_file(&meta.journal);
+            Ok(FileState::fresh(meta))
+        };
+        let Some(loaded) = Journal::load(&meta.journal) else {
+            return fresh(
+                meta.part
+                    .exists()
+                    .then_some("its journal is missing or unreadable"),
+            );
+        };
+        let h = &loaded.header;
+        if let Some(record) = loaded.done {
+            let on_disk = std::fs::metadata(&meta.final_path).map(|m| m.len()).ok();
+            if on_disk == Some(record.size)
+                && h.source == meta.source
+                && h.algorithms == meta.algorithms()
+            {
+                let mut fs = FileState::fresh(meta);
+                fs.phase = Phase::Done;
+                fs.size = record.size;
+                fs.resumed_bytes = record.size;
+                fs.record = Some(record);
+                return Ok(fs);
+            }
+            let _ = std::fs::remove_file(&meta.final_path);
+            return fresh(Some("its finished copy is missing or damaged"));
+        }
+        if h.source != meta.source || h.chunk_size != chunk || h.algorithms != meta.algorithms() {
+            return fresh(Some(
+                "the journal was written for another source or other settings",
+            ));
+        }
+        if h.validator.is_empty() {
+            return fresh(Some(
+                "the server gave no ETag or Last-Modified, so a partial file cannot be trusted",
+            ));
+        }
+        let Ok(part_file) = std::fs::File::open(&meta.part) else {
+            return fresh(Some("the partial file is missing"));
+        };
+        let size = h.size;
+        let chunks = size.div_ceil(chunk);
+        let len = |c: u64| (size - c * chunk).min(chunk) as usize;
+        let mut trusted: Vec<(u64, Vec<u64>)> = loaded
+            .synced
+            .into_iter()
+            .filter(|(_, c)| c.len() == meta.crcs.len())
+            .collect();
+        let mut data = vec![0u8; chunk as usize];
+        for (i, crcs) in loaded.unsynced {
+            use std::os::unix::fs::FileExt;
+            let buf = &mut data[..len(i)];
+            let intact = crcs.len() == meta.crcs.len()
+                && part_file.read_exact_at(buf, i * chunk).is_ok()
+                && u64::from(crc::chunk_crc32c(buf)) == crcs[0];
+            if intact {
+                trusted.push((i, crcs));
+            } else {
+                tracing::info!(file = %meta.target.path, chunk = i, "chunk did not reach the disk intact; fetching it again");
+            }
+        }
+        drop(part_file);
+        trusted.sort_by_key(|(i, _)| *i);
+        trusted.dedup_by_key(|(i, _)| *i);
+
+        let mut fs = FileState::fresh(meta);
+        fs.done = vec![false; chunks as usize];
+        fs.crcs = vec![vec![0; chunks as usize]; meta.crcs.len()];
+        for (i, crcs) in &trusted {
+            fs.done[*i as usize] = true;
+            for (k, v) in crcs.iter().enumerate() {
+                fs.crcs[k][*i as usize] = *v;
+            }
+            fs.counted_bytes += len(*i) as u64;
+        }
+        fs.done_count = trusted.len() as u64;
+        let mut hashers = OrderedHashers::new(meta.ordered.iter().copied());
+        if let Some(h) = loaded
+            .hash
+            .as_ref()
+            .and_then(|s| OrderedHashers::load(s, meta.ordered.iter().copied()))
+        {
+            let pos = h.position();
+            let at = pos.div_ceil(chunk);
+            if (pos % chunk == 0 || pos == size) && (0..at).all(|c| fs.done[c as usize]) {
+                fs.cursor = at;
+                hashers = h;
+            }
+        }
+        let direct = part::create(&meta.part, Some(size))
+            .map_err(|e| Error::local("open", &meta.part, e))?;
+        let mut journal = Journal::create(&meta.journal, h)
+            .map_err(|e| Error::local("write", &meta.journal, e))?;
+        for (index, crcs) in &trusted {
+            journal
+                .append(&Record::Chunk {
+                    index: *index,
+                    crcs: crcs.clone(),
+                })
+                .map_err(|e| Error::local("write", &meta.journal, e))?;
+        }
+        std::fs::File::open(&meta.part)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| Error::local("flush", &meta.part, e))?;
+        journal
+            .append(&Record::Sync {
+                records: trusted.len() as u64,
+                hash: (!hashers.is_empty()).then(|| hashers.save()),
+            })
+            .map_err(|e| Error::local("write", &meta.journal, e))?;
+        let mut c = 0;
+        while c < chunks {
+            if fs.done[c as usize] {
+                c += 1;
+                continue;
+            }
+            let mut e = c + 1;
+            while e < chunks && e - c < range_chunks && !fs.done[e as usize] {
+                e += 1;
+            }
+            fs.pending.insert(
+                c,
+                Pending {
+                    end: e,
+                    attempts: 0,
+                    not_before: None,
+                },
+            );
+            c = e;
+        }
+        fs.phase = Phase::Validate;
+        fs.size = size;
+        fs.chunks = chunks;
+        fs.validator = h.validator.clone();
+        fs.direct = direct;
+        fs.hashers = Some(hashers);
+        fs.records = trusted.len() as u64;
+        fs.journal = Some(journal);
+        fs.downloads = 1;
+        fs.resumed_bytes = fs.counted_bytes;
+        tracing::info!(file = %meta.target.path, kept_bytes = fs.counted_bytes, size, "resuming");
+        Ok(fs)
+    }
+
+    /// Bytes of this file already accounted for (for progress).
+    pub fn counted_bytes(&self) -> u64 {
+        self.counted_bytes
+    }
+}

@@ -1,0 +1,572 @@
+//! What runs on an engine core: a handful of workers, each holding one connection and one
+//! chunk buffer, looping over claims from the shared scheduler.
+//!
+//! The per-byte path is here: read from the socket straight into the aligned buffer, CRC it,
+//! write it to the part file at its offset, then hand it to the hash cursor. Everything else
+//! (bookkeeping, retries) is a call into [`Job`] between chunks.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::state::{AfterChunk, Claim, ClaimKind, HashStep, Job, Kick, Work};
+use crate::buf::AlignedBuf;
+use crate::digest::crc;
+use crate::digest::ordered::OrderedHashers;
+use crate::disk::part;
+use crate::error::Error;
+use crate::http::head::ContentRange;
+use crate::http::{Client, HttpError, Request, Response, Timeouts};
+
+/// Per-core resources shared by the core's workers.
+struct CoreCtx {
+    client: Client,
+    files: RefCell<HashMap<usize, (u32, Rc<monoio::fs::File>)>>,
+}
+
+/// Open part files a core keeps at most; beyond, the cache is emptied and files reopened.
+const MAX_OPEN: usize = 64;
+
+impl CoreCtx {
+    fn file(&self, job: &Job, file: usize, generation: u32) -> Result<Rc<monoio::fs::File>, Error> {
+        if let Some((g, f)) = self.files.borrow().get(&file) {
+            if *g == generation {
+                return Ok(f.clone());
+            }
+        }
+        let path = &job.metas[file].part;
+        let (_, _, direct) = job.layout(file);
+        let f = Rc::new(part::open(path, direct).map_err(|e| Error::local("open", path, e))?);
+        let mut files = self.files.borrow_mut();
+        if files.len() >= MAX_OPEN {
+            files.clear();
+        }
+        files.insert(file, (generation, f.clone()));
+        Ok(f)
+    }
+
+    fn forget(&self, file: usize) {
+        self.files.borrow_mut().remove(&file);
+    }
+}
+
+/// How a fetch ended badly.
+enum Failure {
+    /// Worth another try from chunk `from`.
+    Retry { from: u64, err: HttpError },
+    /// The pull cannot succeed.
+    Fatal(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+/// Runs `workers` workers on the current core until the pull is finished or failed.
+pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, workers: usize) {
+    let ctx = Rc::new(CoreCtx {
+        client: Client::new(
+            tls,
+            Timeouts {
+                connect: job.opts.connect_timeout,
+                stall: job.opts.stall_timeout,
+            },
+        ),
+        files: RefCell::new(HashMap::new()),
+    });
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| monoio::spawn(worker(job.clone(), ctx.clone())))
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+}
+
+async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>) {
+    let mut buf = job.pool.get();
+    loop {
+        if job.cancelled() {
+            job.fail(Error::Interrupted);
+            break;
+        }
+        match job.claim() {
+            Work::Finished => break,
+            Work::Wait(d) => monoio::time::sleep(d.max(Duration::from_millis(1))).await,
+            Work::Fetch(claim) => {
+                job.metrics.connections_active.inc();
+                let (outcome, b) = fetch(&job, &ctx, &claim, buf).await;
+                buf = b;
+                job.metrics.connections_active.dec();
+                job.release_host(claim.file);
+                match outcome {
+                    Ok(()) => {}
+                    Err(Failure::Retry { from, err }) => job.retry(&claim, from, err),
+                    Err(Failure::Fatal(e)) => job.fail(e),
+                }
+            }
+        }
+    }
+    job.pool.put(buf);
+}
+
+fn validator(resp: &Response) -> String {
+    match (&resp.head.etag, &resp.head.last_modified) {
+        (Some(e), _) => format!("etag:{e}"),
+        (None, Some(lm)) => format!("lm:{lm}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// Whether the response's validator contradicts the one recorded for the file.
+fn changed(recorded: &str, resp: &Response) -> bool {
+    if let (Some(e), Some(r)) = (&resp.head.etag, recorded.strip_prefix("etag:")) {
+        return e != r;
+    }
+    if let (Some(lm), Some(r)) = (&resp.head.last_modified, recorded.strip_prefix("lm:")) {
+        return lm != r;
+    }
+    false
+}
+
+/// Turns a request error into a retry or a fatal error. A redirect target that stopped
+/// working (presigned URLs expire) sends the file back to its source URL first.
+fn classify(job: &Job, claim: &Claim, from: u64, err: HttpError) -> Failure {
+    let expired = matches!(
+        err,
+        HttpError::Status {
+            status: 401 | 403 | 404 | 410,
+            ..
+        }
+    );
+    if err.is_retryable() || (expired && job.reset_url(claim.file)) {
+        return Failure::Retry { from, err };
+    }
+    Failure::Fatal(Error::Source {
+        file: job.metas[claim.file].target.path.clone(),
+        attempts: claim.attempts + 1,
+        source: err,
+    })
+}
+
+fn protocol(from: u64, message: String) -> Failure {
+    Failure::Retry {
+        from,
+        err: HttpError::Protocol(message),
+    }
+}
+
+/// Checks a 206's `Content-Range` against the bytes asked for.
+fn check_range(
+    resp: &Response,
+    first: u64,
+    last: u64,
+    total: Option<u64>,
+    from: u64,
+) -> Result<Option<u64>, Failure> {
+    match resp.head.content_range {
+        Some(ContentRange::Bytes {
+            first: f,
+            last: l,
+            total: t,
+        }) if f == first && l == last && (total.is_none() || t == total) => {
+            if resp.remaining().is_some_and(|n| n != last - first + 1) {
+                return Err(protocol(
+                    from,
+                    format!(
+                        "Content-Length does not match Content-Range {f}-{l} from {}",
+                        crate::redact(&resp.url)
+                    ),
+                ));
+            }
+            Ok(t)
+        }
+        Some(ContentRange::Bytes {
+            first: f,
+            last: l,
+            total: t,
+        }) => Err(protocol(
+            from,
+            format!(
+                "{} answered bytes {f}-{l}/{} for requested bytes {first}-{last}",
+                crate::redact(&resp.url),
+                t.map_or("*".to_owned(), |t| t.to_string())
+            ),
+        )),
+        _ => Err(protocol(
+            from,
+            format!(
+                "{} answered 206 without a usable Content-Range",
+                crate::redact(&resp.url)
+            ),
+        )),
+    }
+}
+
+/// Interprets the answer to a claim's request; returns the chunk span the body carries, or
+/// `None` when there is nothing more to do with this response.
+fn interpret(job: &Job, claim: &Claim, resp: &Response) -> Result<Option<(u64, u64)>, Failure> {
+    let meta = &job.metas[claim.file];
+    let chunk = job.chunk_size();
+    let (size, _, _) = job.layout(claim.file);
+    let status = resp.status();
+    match claim.kind {
+        ClaimKind::Probe => {
+            let (size, ranged) = match status {
+                206 => {
+                    let want_last = claim.end * chunk - 1;
+                    let total = match resp.head.content_range {
+                        Some(ContentRange::Bytes { total: Some(t), .. }) => t,
+                        Some(ContentRange::Bytes { total: None, .. }) => {
+                            return Err(Failure::Fatal(Error::Remote {
+                                file: meta.target.path.clone(),
+                                message: format!(
+                                    "{} does not state the file's size (Content-Range total `*`)",
+                                    meta.source
+                                ),
+                            }));
+                        }
+                        _ => {
+                            return Err(protocol(
+                                0,
+                                format!(
+                                    "{} answered 206 without a usable Content-Range",
+                                    meta.source
+                                ),
+                            ));
+                        }
+                    };
+                    check_range(
+                        resp,
+                        0,
+                        want_last.min(total.saturating_sub(1)),
+                        Some(total),
+                        0,
+                    )?;
+                    (total, true)
+                }
+                200 => match resp.remaining() {
+                    Some(len) => (len, false),
+                    None => {
+                        return Err(Failure::Fatal(Error::Remote {
+                            file: meta.target.path.clone(),
+                            message: format!(
+                                "{} supports neither ranges nor a Content-Length; its size cannot be known",
+                                meta.source
+                            ),
+                        }));
+                    }
+                },
+                416 if resp.head.content_range == Some(ContentRange::Unsatisfied { total: 0 }) => {
+                    (0, true)
+                }
+                _ => return Err(classify(job, claim, 0, resp.error_for_status())),
+            };
+            if !ranged {
+                tracing::info!(file = %meta.target.path, "the server ignores Range; fetching on one connection");
+            }
+            let end = job.start_file(claim, size, validator(resp), resp.url.clone(), ranged)?;
+            Ok((status != 416).then_some((0, end)))
+        }
+        ClaimKind::Validate => {
+            let recorded = job.lock().files[claim.file].validator.clone();
+            let total = match status {
+                206 => {
+                    let (first, last) = if claim.end > claim.start {
+                        (claim.start * chunk, (claim.end * chunk).min(size) - 1)
+                    } else {
+                        (0, 0)
+                    };
+                    check_range(resp, first, last, None, claim.start)?
+                }
+                200 => None,
+                _ => return Err(classify(job, claim, claim.start, resp.error_for_status())),
+            };
+            if status == 200
+                || total != Some(size)
+                || changed(&recorded, resp)
+                || validator(resp).is_empty()
+            {
+                job.restart(
+                    claim.file,
+                    claim.generation,
+                    "the file on the server is not the one the interrupted pull was fetching",
+                    None,
+                    false,
+                );
+                return Ok(None);
+            }
+            job.validated(claim, resp.url.clone());
+            Ok((claim.end > claim.start).then_some((claim.start, claim.end)))
+        }
+        ClaimKind::Range => {
+            if status == 200 {
+                return Err(protocol(
+                    claim.start,
+                    format!("{} ignored the Range header (HTTP 200)", meta.source),
+                ));
+            }
+            if status != 206 {
+                return Err(classify(job, claim, claim.start, resp.error_for_status()));
+            }
+            let recorded = job.lock().files[claim.file].validator.clone();
+            if changed(&recorded, resp) {
+                job.restart(
+                    claim.file,
+                    claim.generation,
+                    "the file changed on the server during the download",
+                    None,
+                    false,
+                );
+                return Ok(None);
+            }
+            check_range(
+                resp,
+                claim.start * chunk,
+                (claim.end * chunk).min(size) - 1,
+                Some(size),
+                claim.start,
+            )?;
+            Ok(Some((claim.start, claim.end)))
+        }
+    }
+}
+
+async fn fetch(
+    job: &Job,
+    ctx: &CoreCtx,
+    claim: &Claim,
+    buf: AlignedBuf,
+) -> (Result<(), Failure>, AlignedBuf) {
+    let chunk = job.chunk_size();
+    let (url, size) = {
+        let st = job.lock();
+        let fs = &st.files[claim.file];
+        (fs.url.clone(), fs.size)
+    };
+    let range = match claim.kind {
+        ClaimKind::Probe => (0, claim.end * chunk - 1),
+        ClaimKind::Validate if claim.end == claim.start => (0, 0),
+        _ => (claim.start * chunk, (claim.end * chunk).min(size) - 1),
+    };
+    let request = Request {
+        method: "GET",
+        url: &url,
+        range: Some(range),
+        headers: &job.opts.headers,
+    };
+    let mut resp = match ctx.client.send(&request).await {
+        Ok(r) => r,
+        Err(e) => return (Err(classify(job, claim, claim.start, e)), buf),
+    };
+    let span = match interpret(job, claim, &resp) {
+        Ok(Some(span)) => span,
+        Ok(None) => return kick(job, ctx, claim, buf).await,
+        Err(f) => return (Err(f), buf),
+    };
+    let (size, _, direct) = job.layout(claim.file);
+    let mut buf = buf;
+    for c in span.0..span.1 {
+        if job.cancelled() || job.is_failed() || !job.begin_chunk(claim, c) {
+            // Cut short: the connection is dropped mid-body, never reused.
+            return (Ok(()), buf);
+        }
+        let len = job.chunk_len(size, c);
+        buf.set_len(0);
+        while buf.len() < len {
+            let want = len - buf.len();
+            let (res, b) = resp.read_body(buf, want).await;
+            buf = b;
+            match res {
+                Ok(0) => {
+                    let err = HttpError::Protocol(format!(
+                        "{} ended the body early",
+                        crate::redact(&resp.url)
+                    ));
+                    return (Err(Failure::Retry { from: c, err }), buf);
+                }
+                Ok(n) => {
+                    job.progress.downloaded_bytes.fetch_add(n as u64, Relaxed);
+                    job.metrics.downloaded_bytes.inc_by(n as u64);
+                    if let Some(limiter) = &job.limiter {
+                        let wait = limiter.book(n);
+                        if !wait.is_zero() {
+                            monoio::time::sleep(wait).await;
+                        }
+                    }
+                }
+                Err(err) => return (Err(Failure::Retry { from: c, err }), buf),
+            }
+        }
+        let crcs: Vec<u64> = job.metas[claim.file]
+            .crcs
+            .iter()
+            .map(|&a| crc::checksum(a, buf.as_slice()))
+            .collect();
+        let file = match ctx.file(job, claim.file, claim.generation) {
+            Ok(f) => f,
+            Err(e) => return (Err(e.into()), buf),
+        };
+        let (res, b) = part::write_chunk(&file, buf, c * chunk, direct).await;
+        buf = b;
+        if let Err(e) = res {
+            return (
+                Err(Error::local("write", &job.metas[claim.file].part, e).into()),
+                buf,
+            );
+        }
+        let (res, b) = after_chunk(job, ctx, claim, c, buf, crcs).await;
+        buf = b;
+        if let Err(e) = res {
+            return (Err(e.into()), buf);
+        }
+    }
+    if resp.body_done() {
+        resp.release(&ctx.client);
+    }
+    job.finish_range(claim);
+    if claim.kind != ClaimKind::Range {
+        return kick(job, ctx, claim, buf).await;
+    }
+    (Ok(()), buf)
+}
+
+/// Hashes or publishes a file that needs no more bytes, if it is in that state.
+async fn kick(
+    job: &Job,
+    ctx: &CoreCtx,
+    claim: &Claim,
+    buf: AlignedBuf,
+) -> (Result<(), Failure>, AlignedBuf) {
+    let res = match job.kick(claim) {
+        Kick::Nothing => return (Ok(()), buf),
+        Kick::Finalize => finalize(job, ctx, claim.file, claim.generation, None)
+            .await
+            .map(|()| buf),
+        Kick::Hash(h) => hash_loop(job, ctx, claim.file, claim.generation, h, buf, false).await,
+    };
+    match res {
+        Ok(buf) => (Ok(()), buf),
+        Err(e) => (Err(e.into()), job.pool.get()),
+    }
+}
+
+/// Records a written chunk and does what follows from it.
+async fn after_chunk(
+    job: &Job,
+    ctx: &CoreCtx,
+    claim: &Claim,
+    c: u64,
+    buf: AlignedBuf,
+    crcs: Vec<u64>,
+) -> (Result<(), Error>, AlignedBuf) {
+    let next = match job.complete_chunk(claim, c, buf, crcs) {
+        Ok(n) => n,
+        Err(e) => return (Err(e), job.pool.get()),
+    };
+    let res = match next {
+        AfterChunk::Nothing(buf) => Ok(buf),
+        AfterChunk::Hash(h, buf) => {
+            hash_loop(job, ctx, claim.file, claim.generation, h, buf, true).await
+        }
+        AfterChunk::Finalize(buf) => finalize(job, ctx, claim.file, claim.generation, None)
+            .await
+            .map(|()| buf),
+        AfterChunk::Checkpoint { records, buf } => {
+            match flush(job, ctx, claim.file, claim.generation).await {
+                Ok(()) => job
+                    .checkpoint_done(claim.file, claim.generation, records, None)
+                    .map(|()| buf),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match res {
+        Ok(buf) => (Ok(()), buf),
+        Err(e) => (Err(e), job.pool.get()),
+    }
+}
+
+async fn flush(job: &Job, ctx: &CoreCtx, file: usize, generation: u32) -> Result<(), Error> {
+    let f = ctx.file(job, file, generation)?;
+    f.sync_data()
+        .await
+        .map_err(|e| Error::local("flush", &job.metas[file].part, e))
+}
+
+/// Moves a file's hash cursor as far as the chunks on hand allow. `buf` holds the chunk at
+/// the cursor when `have` is set; chunks parked in memory are taken from the window, chunks
+/// that were not kept are read back from the part file.
+async fn hash_loop(
+    job: &Job,
+    ctx: &CoreCtx,
+    file: usize,
+    generation: u32,
+    hashers: OrderedHashers,
+    mut buf: AlignedBuf,
+    mut have: bool,
+) -> Result<AlignedBuf, Error> {
+    let mut hashers = Some(hashers);
+    let (size, _, direct) = job.layout(file);
+    let chunk = job.chunk_size();
+    let mut checkpointed = false;
+    loop {
+        if have {
+            hashers
+                .as_mut()
+                .expect("hashers in hand")
+                .update(buf.as_slice());
+            have = false;
+            checkpointed = false;
+        }
+        match job.hash_step(file, generation, &mut hashers, checkpointed) {
+            HashStep::Buffer(parked) => {
+                job.pool.put(std::mem::replace(&mut buf, parked));
+                have = true;
+            }
+            HashStep::Read => {
+                let c = hashers.as_ref().expect("hashers in hand").position() / chunk;
+                let f = ctx.file(job, file, generation)?;
+                let (res, b) =
+                    part::read_chunk(&f, buf, c * chunk, job.chunk_len(size, c), direct).await;
+                buf = b;
+                res.map_err(|e| Error::local("read back", &job.metas[file].part, e))?;
+                have = true;
+            }
+            HashStep::Checkpoint { records } => {
+                flush(job, ctx, file, generation).await?;
+                job.checkpoint_done(file, generation, records, hashers.as_ref())?;
+                checkpointed = true;
+            }
+            HashStep::Finalize => {
+                finalize(job, ctx, file, generation, hashers.take()).await?;
+                return Ok(buf);
+            }
+            HashStep::Stop | HashStep::Stale => return Ok(buf),
+        }
+    }
+}
+
+/// Verifies a complete file and renames it into the staging directory.
+async fn finalize(
+    job: &Job,
+    ctx: &CoreCtx,
+    file: usize,
+    generation: u32,
+    hashers: Option<OrderedHashers>,
+) -> Result<(), Error> {
+    let Some(record) = job.verify(file, generation, hashers)? else {
+        return Ok(());
+    };
+    let meta = &job.metas[file];
+    ctx.forget(file);
+    part::publish(&meta.part, &meta.final_path, record.size)
+        .map_err(|e| Error::local("publish", &meta.final_path, e))?;
+    job.published();
+    tracing::info!(file = %meta.target.path, size = record.size, digests = ?record.digests, "verified");
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Helpers shared by the engine's integration tests: data, origins, pulls on each driver.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use modelpull::digest::{Algorithm, Digest};
+use modelpull::origin::Origin;
+use modelpull::runtime::{Driver, DriverChoice};
+use modelpull::{Context, Options, PullRequest, Target};
+use sha2::Digest as _;
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A directory of files served by an origin, plus a place to pull into.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub origin: Origin,
+}
+
+impl Fixture {
+    /// Writes `files` (name, content) and serves them.
+    pub fn new(files: &[(&str, &[u8])]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("origin");
+        for (name, content) in files {
+            let p = root.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        let origin = Origin::serve(&root).unwrap();
+        Self { dir, origin }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("origin")
+    }
+
+    pub fn dest(&self, name: &str) -> PathBuf {
+        self.dir.path().join("out").join(name)
+    }
+
+    /// A target for `name`, with its sha256 when `with_digest`.
+    pub fn target(&self, name: &str, with_digest: bool) -> Target {
+        let mut url = self.origin.url(name);
+        if with_digest {
+            let content = std::fs::read(self.root().join(name)).unwrap();
+            url = format!("{url}#sha256={}", sha256_hex(&content));
+        }
+        Target::parse(&url).unwrap()
+    }
+}
+
+/// Small chunks and short timeouts so tests exercise many ranges quickly.
+pub fn options(driver: Driver) -> Options {
+    Options {
+        cores: 2,
+        driver: match driver {
+            Driver::Uring => DriverChoice::Uring,
+            Driver::Epoll => DriverChoice::Epoll,
+        },
+        connections: 6,
+        connections_per_host: 6,
+        chunk_size: 64 * 1024,
+        range_size: 256 * 1024,
+        memory_limit: 4 * 1024 * 1024,
+        connect_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(2),
+        retries: 5,
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(200),
+        ..Options::default()
+    }
+}
+
+pub fn pull(
+    targets: Vec<Target>,
+    dest: &Path,
+    opts: &Options,
+) -> modelpull::Result<modelpull::Report> {
+    modelpull::pull(
+        &PullRequest {
+            targets,
+            dest: dest.to_owned(),
+        },
+        opts,
+        &Context::default(),
+    )
+}
+
+/// Asserts `dest/name` holds exactly `expected`.
+pub fn assert_file(dest: &Path, name: &str, expected: &[u8]) {
+    let got = std::fs::read(dest.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(got.len(), expected.len(), "{name}: size");
+    assert!(got == expected, "{name}: content differs");
+}
+
+/// No temporary files left anywhere under `dir`.
+pub fn assert_clean(dir: &Path) {
+    for entry in walk(dir) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".part")
+                && !name.ends_with(".modelpull-journal")
+                && !name.ends_with(".modelpull"),
+            "leftover {}",
+            entry.display()
+        );
+    }
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn sha256_of(report: &modelpull::Report, name: &str) -> String {
+    report
+        .files
+        .iter()
+        .find(|f| f.path == name)
+        .and_then(|f| f.digests.iter().find(|d| d.algorithm == Algorithm::Sha256))
+        .map(Digest::hex)
+        .unwrap_or_default()
+}
+
+/// Runs `f` once per driver available here (io_uring and epoll).
+pub fn each_driver(mut f: impl FnMut(Driver)) {
+    for d in modelpull::runtime::test_drivers() {
+        eprintln!("--- driver {}", d.name());
+        f(d);
+    }
+}
