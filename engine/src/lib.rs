@@ -26,4 +26,5 @@ pub use error::{Error, ExitCode, Result};
 pub use pull::{Context, Options, PullRequest, pull};
 pub use report::Report;
 pub use target::Target;
+pub mod demo;
 pub mod origin;

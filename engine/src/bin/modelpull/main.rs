@@ -1,1 +1,117 @@
-fn main() {}
+//! `modelpull`: the command-line front of the engine.
+
+mod cli;
+mod output;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::Parser;
+use modelpull::{Context, PullRequest, Target};
+
+use cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    let cancel = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal ends the process at once, as users expect from Ctrl-C twice.
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, cancel.clone());
+        let _ = signal_hook::flag::register(signal, cancel.clone());
+    }
+    let cx = Context {
+        cancel,
+        ..Context::default()
+    };
+    let (json, result) = match cli.command {
+        Command::Pull(args) => (args.output.json, run_pull(args, &cx)),
+        Command::Demo(args) => (args.output.json, run_demo(args, &cx)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = err
+                .downcast_ref::<modelpull::Error>()
+                .map_or(modelpull::ExitCode::Internal, modelpull::Error::exit_code);
+            output::error(&err, code, json);
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
+    let mut positional = args.args;
+    let dest = positional
+        .pop()
+        .expect("clap requires two arguments")
+        .into();
+    let targets = positional
+        .iter()
+        .map(|s| Target::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = args.engine.options();
+    let bar = output::ProgressBar::start(
+        cx.progress.clone(),
+        !args.output.json && !args.output.no_progress,
+    );
+    let result = modelpull::pull(&PullRequest { targets, dest }, &opts, cx);
+    bar.finish();
+    output::report(&result?, args.output.json);
+    Ok(())
+}
+
+fn run_demo(args: cli::DemoArgs, cx: &Context) -> anyhow::Result<()> {
+    let opts = args.engine.options();
+    let demo = modelpull::demo::DemoOptions {
+        size: args.size,
+        shards: args.shards,
+        base_dir: args.dir,
+        keep: args.keep,
+    };
+    let json = args.output.json;
+    let mut bar = None;
+    let outcome = modelpull::demo::run(&demo, &opts, cx, &mut |stage| {
+        if !json {
+            eprintln!("modelpull demo: {stage}");
+        }
+        if stage.starts_with("pulling") {
+            bar = Some(output::ProgressBar::start(
+                cx.progress.clone(),
+                !json && !args.output.no_progress,
+            ));
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    let outcome = outcome?;
+    output::report(&outcome.report, json);
+    if !json {
+        if let Some(path) = &outcome.kept {
+            eprintln!("modelpull demo: the model is kept in {}", path.display());
+        } else {
+            eprintln!("modelpull demo: verified every file; temporary files removed");
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
