@@ -47,6 +47,8 @@ pub struct Faults {
     pub slow_times: u32,
     /// Send bodies with chunked transfer encoding.
     pub chunked: bool,
+    /// Where `/redirect/PATH` points: `BASE/PATH` (another origin), instead of `/PATH`.
+    pub redirect_base: Option<String>,
 }
 
 /// What the origin served, for assertions.
@@ -271,10 +273,17 @@ fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<OriginBody> 
         .push((target.clone(), auth));
 
     if let Some(rest) = target.strip_prefix("/redirect/") {
+        let base = shared
+            .faults
+            .lock()
+            .expect("faults")
+            .redirect_base
+            .clone()
+            .unwrap_or_default();
         let mut r = empty(StatusCode::FOUND);
         r.headers_mut().insert(
             header::LOCATION,
-            HeaderValue::from_str(&format!("/{rest}")).expect("location"),
+            HeaderValue::from_str(&format!("{base}/{rest}")).expect("location"),
         );
         return r;
     }

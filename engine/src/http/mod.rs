@@ -108,8 +108,11 @@ pub struct Request<'a> {
     pub url: &'a Url,
     /// Inclusive byte range.
     pub range: Option<(u64, u64)>,
-    /// Extra headers, sent only to the URL's own host.
+    /// Extra headers (credentials), sent only to `headers_host`.
     pub headers: &'a [(String, String)],
+    /// The host the headers were given for; `None` means the request URL's host. A request
+    /// that goes to a cached redirect target names the original host here.
+    pub headers_host: Option<&'a str>,
 }
 
 /// The per-core client: a pool of keep-alive connections and the TLS connector.
@@ -166,11 +169,12 @@ impl Client {
     /// whatever its status: interpreting statuses is the caller's business.
     pub async fn send(&self, req: &Request<'_>) -> Result<Response, HttpError> {
         let first = Endpoint::of(req.url)?;
+        let home = req.headers_host.unwrap_or(&first.host);
         let mut url = req.url.clone();
         for _ in 0..=MAX_REDIRECTS {
             let endpoint = Endpoint::of(&url)?;
             // Credentials go to the host they were given for, never to a redirect target.
-            let headers = if endpoint.host == first.host {
+            let headers = if endpoint.host == home {
                 req.headers
             } else {
                 &[]

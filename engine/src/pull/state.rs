@@ -619,13 +619,13 @@ impl Job {
         self.progress.retries.fetch_add(1, Relaxed);
         self.metrics.retries.inc();
         let not_before = Some(Instant::now() + delay);
-        match claim.kind {
-            ClaimKind::Probe => {
+        match fs.phase {
+            Phase::Probing if claim.kind == ClaimKind::Probe => {
                 fs.phase = Phase::New;
                 fs.probe_attempts = attempts;
                 fs.not_before = not_before;
             }
-            ClaimKind::Validate if fs.phase == Phase::Probing => {
+            Phase::Probing => {
                 fs.phase = Phase::Validate;
                 fs.probe_attempts = attempts;
                 fs.not_before = not_before;
@@ -839,11 +839,17 @@ impl Job {
         Ok(())
     }
 
-    /// Size and chunk count of a file, and whether it is written with O_DIRECT.
-    pub fn layout(&self, file: usize) -> (u64, u64, bool) {
+    /// Whether `generation` is still the file's current one (it was not started over).
+    pub fn is_current(&self, file: usize, generation: u32) -> bool {
+        self.lock().files[file].generation == generation
+    }
+
+    /// Size and chunk count of a file, and whether it is written with O_DIRECT; `None` when
+    /// `generation` is no longer the file's current one.
+    pub fn layout(&self, file: usize, generation: u32) -> Option<(u64, u64, bool)> {
         let st = self.lock();
         let fs = &st.files[file];
-        (fs.size, fs.chunks, fs.direct)
+        (fs.generation == generation).then_some((fs.size, fs.chunks, fs.direct))
     }
 
     /// Checks a complete file against what is expected. `Ok(Some(record))`: publish it;

@@ -38,7 +38,9 @@ impl CoreCtx {
             }
         }
         let path = &job.metas[file].part;
-        let (_, _, direct) = job.layout(file);
+        let Some((_, _, direct)) = job.layout(file, generation) else {
+            return Err(Error::Runtime("stale file generation".into()));
+        };
         let f = Rc::new(part::open(path, direct).map_err(|e| Error::local("open", path, e))?);
         let mut files = self.files.borrow_mut();
         if files.len() >= MAX_OPEN {
@@ -79,11 +81,26 @@ pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, work
         ),
         files: RefCell::new(HashMap::new()),
     });
+    let _guard = FailOnPanic(job.clone());
     let tasks: Vec<_> = (0..workers)
         .map(|_| monoio::spawn(worker(job.clone(), ctx.clone())))
         .collect();
     for t in tasks {
         t.await;
+    }
+}
+
+/// Ends the pull when a core dies of a bug, so that the other cores stop instead of waiting
+/// for work the dead core held.
+struct FailOnPanic(Arc<Job>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(Error::Runtime(
+                "an engine core panicked; this is a bug".into(),
+            ));
+        }
     }
 }
 
@@ -209,10 +226,14 @@ fn check_range(
 
 /// Interprets the answer to a claim's request; returns the chunk span the body carries, or
 /// `None` when there is nothing more to do with this response.
-fn interpret(job: &Job, claim: &Claim, resp: &Response) -> Result<Option<(u64, u64)>, Failure> {
+fn interpret(
+    job: &Job,
+    claim: &Claim,
+    size: u64,
+    resp: &Response,
+) -> Result<Option<(u64, u64)>, Failure> {
     let meta = &job.metas[claim.file];
     let chunk = job.chunk_size();
-    let (size, _, _) = job.layout(claim.file);
     let status = resp.status();
     match claim.kind {
         ClaimKind::Probe => {
@@ -346,6 +367,10 @@ async fn fetch(
     let (url, size) = {
         let st = job.lock();
         let fs = &st.files[claim.file];
+        if fs.generation != claim.generation {
+            return (Ok(()), buf);
+        }
+        // Within one generation a file's size never changes.
         (fs.url.clone(), fs.size)
     };
     let range = match claim.kind {
@@ -358,17 +383,20 @@ async fn fetch(
         url: &url,
         range: Some(range),
         headers: &job.opts.headers,
+        headers_host: Some(&job.metas[claim.file].host),
     };
     let mut resp = match ctx.client.send(&request).await {
         Ok(r) => r,
         Err(e) => return (Err(classify(job, claim, claim.start, e)), buf),
     };
-    let span = match interpret(job, claim, &resp) {
+    let span = match interpret(job, claim, size, &resp) {
         Ok(Some(span)) => span,
         Ok(None) => return kick(job, ctx, claim, buf).await,
         Err(f) => return (Err(f), buf),
     };
-    let (size, _, direct) = job.layout(claim.file);
+    let Some((size, _, direct)) = job.layout(claim.file, claim.generation) else {
+        return (Ok(()), buf);
+    };
     let mut buf = buf;
     for c in span.0..span.1 {
         if job.cancelled() || job.is_failed() || !job.begin_chunk(claim, c) {
@@ -409,6 +437,8 @@ async fn fetch(
             .collect();
         let file = match ctx.file(job, claim.file, claim.generation) {
             Ok(f) => f,
+            // The file was started over meanwhile: this worker's bytes are not wanted.
+            Err(_) if !job.is_current(claim.file, claim.generation) => return (Ok(()), buf),
             Err(e) => return (Err(e.into()), buf),
         };
         let (res, b) = part::write_chunk(&file, buf, c * chunk, direct).await;
@@ -511,7 +541,9 @@ async fn hash_loop(
     mut have: bool,
 ) -> Result<AlignedBuf, Error> {
     let mut hashers = Some(hashers);
-    let (size, _, direct) = job.layout(file);
+    let Some((size, _, direct)) = job.layout(file, generation) else {
+        return Ok(buf);
+    };
     let chunk = job.chunk_size();
     let mut checkpointed = false;
     loop {

@@ -67,8 +67,17 @@ impl Fixture {
     }
 }
 
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// Small chunks and short timeouts so tests exercise many ranges quickly.
 pub fn options(driver: Driver) -> Options {
+    init_logs();
     Options {
         cores: 2,
         driver: match driver {
