@@ -337,12 +337,14 @@ fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<OriginBody> 
     };
     let len = if size == 0 { 0 } else { last - first + 1 };
     let mut body = data.slice(first as usize..(first + len) as usize);
-    if let Some(off) = faults.corrupt_offset {
-        if off >= first && off < first + len && take(&mut faults.corrupt_times) {
-            let mut copy = body.to_vec();
-            copy[(off - first) as usize] ^= 0x55;
-            body = Bytes::from(copy);
-        }
+    if let Some(off) = faults.corrupt_offset
+        && off >= first
+        && off < first + len
+        && take(&mut faults.corrupt_times)
+    {
+        let mut copy = body.to_vec();
+        copy[(off - first) as usize] ^= 0x55;
+        body = Bytes::from(copy);
     }
     let reset = faults.reset_after.filter(|_| take(&mut faults.reset_times));
     let stall = faults.stall_after.filter(|_| take(&mut faults.stall_times));

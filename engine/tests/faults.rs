@@ -11,15 +11,15 @@ use util::*;
 
 const SIZE: usize = 2 * 1024 * 1024 + 4097;
 
-fn run_with(
-    faults: Faults,
-    tweak: impl Fn(&mut modelpull::Options),
-) -> Vec<(
+/// One pull's outcome on one driver: the result, the source content and the fixture.
+type Run = (
     modelpull::runtime::Driver,
     Result<modelpull::Report, Error>,
     Vec<u8>,
     Fixture,
-)> {
+);
+
+fn run_with(faults: Faults, tweak: impl Fn(&mut modelpull::Options)) -> Vec<Run> {
     let content = data(7, SIZE);
     let mut out = Vec::new();
     for driver in modelpull::runtime::test_drivers() {

@@ -47,7 +47,7 @@ impl Algorithm {
     }
 
     /// Length of the digest in bytes.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             Algorithm::Sha256 => 32,
             Algorithm::Sha1 => 20,
@@ -95,10 +95,10 @@ impl Digest {
             algorithm,
             value: hex_value.to_owned(),
         })?;
-        if value.len() != algorithm.len() {
+        if value.len() != algorithm.digest_len() {
             return Err(DigestError::WrongLength {
                 algorithm,
-                expected: algorithm.len() * 2,
+                expected: algorithm.digest_len() * 2,
                 actual: hex_value.trim().len(),
             });
         }
@@ -114,7 +114,7 @@ impl Digest {
     }
 
     pub fn from_crc(algorithm: Algorithm, crc: u64) -> Self {
-        let value = match algorithm.len() {
+        let value = match algorithm.digest_len() {
             4 => (crc as u32).to_be_bytes().to_vec(),
             _ => crc.to_be_bytes().to_vec(),
         };

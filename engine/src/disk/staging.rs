@@ -108,10 +108,11 @@ impl Staging {
         let lock = lock(&lock_path)?;
 
         if let Ok(meta) = std::fs::symlink_metadata(dest) {
-            if let Some(marker) = Marker::read(dest) {
-                if marker.request == request && marker.files_present(dest) {
-                    return Ok(Prepared::UpToDate(marker));
-                }
+            if let Some(marker) = Marker::read(dest)
+                && marker.request == request
+                && marker.files_present(dest)
+            {
+                return Ok(Prepared::UpToDate(marker));
             }
             let empty_dir = meta.is_dir()
                 && std::fs::read_dir(dest)

@@ -228,13 +228,13 @@ impl Client {
         let request = encode_request(method, url, endpoint, range, headers);
         // A pooled connection may have been closed by the server while idle; that failure is
         // not the request's fault, so it gets one more try on a fresh connection.
-        if let Some(mut conn) = self.take_idle(endpoint) {
-            if conn.send(request.clone()).await.is_ok() {
-                match conn.read_head(self.timeouts.stall).await {
-                    Ok(head) => return Ok(self.response(method, url, conn, head)),
-                    Err(HttpError::Closed { .. } | HttpError::Io { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+        if let Some(mut conn) = self.take_idle(endpoint)
+            && conn.send(request.clone()).await.is_ok()
+        {
+            match conn.read_head(self.timeouts.stall).await {
+                Ok(head) => return Ok(self.response(method, url, conn, head)),
+                Err(HttpError::Closed { .. } | HttpError::Io { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         let mut conn = Conn::connect(endpoint, &self.tls, self.timeouts.connect).await?;
@@ -430,11 +430,12 @@ impl Response {
     /// Drops a response the caller does not want (a redirect), reusing the connection when its
     /// body is small.
     pub async fn discard(mut self, client: &Client) {
-        if let BodyKind::Length(n) = self.body {
-            if n <= 64 * 1024 && self.conn.skip(n, self.stall).await.is_ok() {
-                self.body = BodyKind::Length(0);
-                self.release(client);
-            }
+        if let BodyKind::Length(n) = self.body
+            && n <= 64 * 1024
+            && self.conn.skip(n, self.stall).await.is_ok()
+        {
+            self.body = BodyKind::Length(0);
+            self.release(client);
         }
     }
 }

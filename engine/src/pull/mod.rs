@@ -96,12 +96,13 @@ impl Options {
         if self.connections == 0 || self.connections_per_host == 0 {
             return bad("--connections and --connections-per-host must be at least 1".into());
         }
-        if self.chunk_size == 0 || self.chunk_size % ALIGN != 0 {
+        if self.chunk_size == 0 || !self.chunk_size.is_multiple_of(ALIGN) {
             return bad(format!(
                 "--chunk-size must be a positive multiple of {ALIGN} bytes"
             ));
         }
-        if self.range_size < self.chunk_size as u64 || self.range_size % self.chunk_size as u64 != 0
+        if self.range_size < self.chunk_size as u64
+            || !self.range_size.is_multiple_of(self.chunk_size as u64)
         {
             return bad("--range-size must be a multiple of --chunk-size".into());
         }
@@ -167,16 +168,16 @@ fn check_request(req: &PullRequest) -> Result<()> {
     }
     for t in &req.targets {
         for suffix in [PART, JOURNAL] {
-            if let Some(base) = t.path.strip_suffix(suffix) {
-                if paths.contains(base) {
-                    return Err(Error::InvalidSource {
-                        input: crate::redact(&t.url),
-                        reason: format!(
-                            "path `{}` collides with the temporary file of `{base}`",
-                            t.path
-                        ),
-                    });
-                }
+            if let Some(base) = t.path.strip_suffix(suffix)
+                && paths.contains(base)
+            {
+                return Err(Error::InvalidSource {
+                    input: crate::redact(&t.url),
+                    reason: format!(
+                        "path `{}` collides with the temporary file of `{base}`",
+                        t.path
+                    ),
+                });
             }
         }
         let mut prefix = String::new();

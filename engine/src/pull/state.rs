@@ -761,10 +761,10 @@ impl Job {
             }
             return Ok(AfterChunk::Nothing(buf));
         }
-        if c == fs.cursor {
-            if let Some(h) = fs.hashers.take() {
-                return Ok(AfterChunk::Hash(h, buf));
-            }
+        if c == fs.cursor
+            && let Some(h) = fs.hashers.take()
+        {
+            return Ok(AfterChunk::Hash(h, buf));
         }
         // Ahead of the cursor (or the hasher is busy): keep it in memory if the bound allows,
         // otherwise it is on disk already and will be read back.

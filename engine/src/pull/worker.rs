@@ -32,10 +32,10 @@ const MAX_OPEN: usize = 64;
 
 impl CoreCtx {
     fn file(&self, job: &Job, file: usize, generation: u32) -> Result<Rc<monoio::fs::File>, Error> {
-        if let Some((g, f)) = self.files.borrow().get(&file) {
-            if *g == generation {
-                return Ok(f.clone());
-            }
+        if let Some((g, f)) = self.files.borrow().get(&file)
+            && *g == generation
+        {
+            return Ok(f.clone());
         }
         let path = &job.metas[file].part;
         let Some((_, _, direct)) = job.layout(file, generation) else {
