@@ -1,0 +1,105 @@
+//! https origins with a certificate authority made in the test: trusted through `--ca-bundle`
+//! the pull works; untrusted, expired and wrong-host certificates are refused clearly.
+
+mod util;
+
+use modelpull::origin::{Origin, TlsIdentity};
+use modelpull::{ExitCode, Target};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd};
+use util::*;
+
+struct Pki {
+    ca_pem: String,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+fn pki() -> Pki {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, "modelpull test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    Pki { ca_pem: ca.pem(), ca }
+}
+
+fn leaf(pki: &Pki, names: &[&str], expired: bool) -> TlsIdentity {
+    let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    if expired {
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &pki.ca).unwrap();
+    TlsIdentity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+fn serve(identity: &TlsIdentity, content: &[u8]) -> (tempfile::TempDir, Origin) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("o")).unwrap();
+    std::fs::write(dir.path().join("o/model.bin"), content).unwrap();
+    let origin = Origin::serve_tls(dir.path().join("o"), identity).unwrap();
+    (dir, origin)
+}
+
+fn attempt(origin: &Origin, dir: &std::path::Path, ca: Option<&str>, driver: modelpull::runtime::Driver) -> modelpull::Result<modelpull::Report> {
+    let mut opts = options(driver);
+    opts.retries = 2;
+    if let Some(pem) = ca {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, pem).unwrap();
+        opts.ca_bundle = Some(path);
+    }
+    let target = Target::parse(&origin.url_for_host("localhost", "model.bin")).unwrap();
+    pull(vec![target], &dir.join(format!("out-{}", driver.name())), &opts)
+}
+
+#[test]
+fn trusted_ca_bundle_works_on_both_drivers() {
+    let pki = pki();
+    let content = data(5, 1_500_000);
+    let (dir, origin) = serve(&leaf(&pki, &["localhost"], false), &content);
+    each_driver(|driver| {
+        attempt(&origin, dir.path(), Some(&pki.ca_pem), driver).unwrap();
+        assert_file(&dir.path().join(format!("out-{}", driver.name())), "model.bin", &content);
+    });
+}
+
+fn assert_refused(res: modelpull::Result<modelpull::Report>, needle: &str) {
+    let err = res.expect_err("the certificate must be refused");
+    assert_eq!(err.exit_code(), ExitCode::Source, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("TLS with localhost failed") && msg.contains(needle), "{msg}");
+}
+
+#[test]
+fn untrusted_certificate_is_refused() {
+    let pki = pki();
+    let (dir, origin) = serve(&leaf(&pki, &["localhost"], false), b"x");
+    assert_refused(attempt(&origin, dir.path(), None, modelpull::runtime::Driver::Epoll), "UnknownIssuer");
+}
+
+#[test]
+fn expired_certificate_is_refused() {
+    let pki = pki();
+    let (dir, origin) = serve(&leaf(&pki, &["localhost"], true), b"x");
+    assert_refused(attempt(&origin, dir.path(), Some(&pki.ca_pem), modelpull::runtime::Driver::Epoll), "certificate expired");
+}
+
+#[test]
+fn certificate_for_another_host_is_refused() {
+    let pki = pki();
+    let (dir, origin) = serve(&leaf(&pki, &["models.example.com"], false), b"x");
+    assert_refused(attempt(&origin, dir.path(), Some(&pki.ca_pem), modelpull::runtime::Driver::Epoll), "not valid for name");
+}
+
+#[test]
+fn unreadable_ca_bundle_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(modelpull::runtime::Driver::Epoll);
+    opts.ca_bundle = Some(dir.path().join("missing.pem"));
+    let err = pull(vec![Target::parse("https://localhost:1/x").unwrap()], &dir.path().join("m"), &opts).unwrap_err();
+    assert_eq!(err.exit_code(), ExitCode::BadInput);
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+}
