@@ -5,7 +5,9 @@ mod util;
 
 use modelpull::origin::{Origin, TlsIdentity};
 use modelpull::{ExitCode, Target};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
+};
 use util::*;
 
 struct Pki {
@@ -16,13 +18,19 @@ struct Pki {
 fn pki() -> Pki {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "modelpull test CA");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "modelpull test CA");
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    Pki { ca_pem: ca.pem(), ca }
+    Pki {
+        ca_pem: ca.pem(),
+        ca,
+    }
 }
 
 fn leaf(pki: &Pki, names: &[&str], expired: bool) -> TlsIdentity {
-    let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     if expired {
         params.not_before = date_time_ymd(2020, 1, 1);
         params.not_after = date_time_ymd(2021, 1, 1);
@@ -43,7 +51,12 @@ fn serve(identity: &TlsIdentity, content: &[u8]) -> (tempfile::TempDir, Origin) 
     (dir, origin)
 }
 
-fn attempt(origin: &Origin, dir: &std::path::Path, ca: Option<&str>, driver: modelpull::runtime::Driver) -> modelpull::Result<modelpull::Report> {
+fn attempt(
+    origin: &Origin,
+    dir: &std::path::Path,
+    ca: Option<&str>,
+    driver: modelpull::runtime::Driver,
+) -> modelpull::Result<modelpull::Report> {
     let mut opts = options(driver);
     opts.retries = 2;
     if let Some(pem) = ca {
@@ -52,7 +65,11 @@ fn attempt(origin: &Origin, dir: &std::path::Path, ca: Option<&str>, driver: mod
         opts.ca_bundle = Some(path);
     }
     let target = Target::parse(&origin.url_for_host("localhost", "model.bin")).unwrap();
-    pull(vec![target], &dir.join(format!("out-{}", driver.name())), &opts)
+    pull(
+        vec![target],
+        &dir.join(format!("out-{}", driver.name())),
+        &opts,
+    )
 }
 
 #[test]
@@ -62,7 +79,11 @@ fn trusted_ca_bundle_works_on_both_drivers() {
     let (dir, origin) = serve(&leaf(&pki, &["localhost"], false), &content);
     each_driver(|driver| {
         attempt(&origin, dir.path(), Some(&pki.ca_pem), driver).unwrap();
-        assert_file(&dir.path().join(format!("out-{}", driver.name())), "model.bin", &content);
+        assert_file(
+            &dir.path().join(format!("out-{}", driver.name())),
+            "model.bin",
+            &content,
+        );
     });
 }
 
@@ -70,28 +91,50 @@ fn assert_refused(res: modelpull::Result<modelpull::Report>, needle: &str) {
     let err = res.expect_err("the certificate must be refused");
     assert_eq!(err.exit_code(), ExitCode::Source, "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("TLS with localhost failed") && msg.contains(needle), "{msg}");
+    assert!(
+        msg.contains("TLS with localhost failed") && msg.contains(needle),
+        "{msg}"
+    );
 }
 
 #[test]
 fn untrusted_certificate_is_refused() {
     let pki = pki();
     let (dir, origin) = serve(&leaf(&pki, &["localhost"], false), b"x");
-    assert_refused(attempt(&origin, dir.path(), None, modelpull::runtime::Driver::Epoll), "UnknownIssuer");
+    assert_refused(
+        attempt(&origin, dir.path(), None, modelpull::runtime::Driver::Epoll),
+        "UnknownIssuer",
+    );
 }
 
 #[test]
 fn expired_certificate_is_refused() {
     let pki = pki();
     let (dir, origin) = serve(&leaf(&pki, &["localhost"], true), b"x");
-    assert_refused(attempt(&origin, dir.path(), Some(&pki.ca_pem), modelpull::runtime::Driver::Epoll), "certificate expired");
+    assert_refused(
+        attempt(
+            &origin,
+            dir.path(),
+            Some(&pki.ca_pem),
+            modelpull::runtime::Driver::Epoll,
+        ),
+        "certificate expired",
+    );
 }
 
 #[test]
 fn certificate_for_another_host_is_refused() {
     let pki = pki();
     let (dir, origin) = serve(&leaf(&pki, &["models.example.com"], false), b"x");
-    assert_refused(attempt(&origin, dir.path(), Some(&pki.ca_pem), modelpull::runtime::Driver::Epoll), "not valid for name");
+    assert_refused(
+        attempt(
+            &origin,
+            dir.path(),
+            Some(&pki.ca_pem),
+            modelpull::runtime::Driver::Epoll,
+        ),
+        "not valid for name",
+    );
 }
 
 #[test]
@@ -99,7 +142,12 @@ fn unreadable_ca_bundle_is_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(modelpull::runtime::Driver::Epoll);
     opts.ca_bundle = Some(dir.path().join("missing.pem"));
-    let err = pull(vec![Target::parse("https://localhost:1/x").unwrap()], &dir.path().join("m"), &opts).unwrap_err();
+    let err = pull(
+        vec![Target::parse("https://localhost:1/x").unwrap()],
+        &dir.path().join("m"),
+        &opts,
+    )
+    .unwrap_err();
     assert_eq!(err.exit_code(), ExitCode::BadInput);
     assert!(err.to_string().contains("missing.pem"), "{err}");
 }

@@ -280,7 +280,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
             .with_label_values(&[err.metric_label()])
             .inc();
         if is_disk_full(&err) {
-            tracing::warn!(dir = %staging.dir.display(), "disk full: removing the staging directory to free its space");
+            tracing::info!(dir = %staging.dir.display(), "disk full: removing the staging directory to free its space");
             staging.discard();
         }
         return Err(err);

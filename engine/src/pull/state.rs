@@ -307,7 +307,7 @@ impl Job {
     pub fn fail(&self, err: Error) {
         let mut st = self.lock();
         if st.failed.is_none() {
-            tracing::error!(error = %err, "pull failed");
+            tracing::debug!(error = %err, "pull failed");
             st.failed = Some(err);
         }
     }

@@ -69,9 +69,13 @@ Exit codes:
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Sources to fetch, followed by the destination directory.
-    #[arg(value_name = "SOURCE... DEST", num_args = 2.., required = true)]
-    pub args: Vec<String>,
+    /// URLs to fetch.
+    #[arg(value_name = "SOURCE", num_args = 1.., required = true)]
+    pub sources: Vec<String>,
+
+    /// The model directory to create.
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
 
     #[command(flatten)]
     pub engine: EngineArgs,

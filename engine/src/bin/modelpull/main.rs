@@ -42,12 +42,9 @@ fn main() -> ExitCode {
 }
 
 fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
-    let mut positional = args.args;
-    let dest = positional
-        .pop()
-        .expect("clap requires two arguments")
-        .into();
-    let targets = positional
+    let dest = args.dest;
+    let targets = args
+        .sources
         .iter()
         .map(|s| Target::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
