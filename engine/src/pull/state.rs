@@ -106,6 +106,7 @@ struct ActiveRange {
     /// First chunk not yet reserved by the worker.
     next: u64,
     end: u64,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -252,9 +253,13 @@ pub(crate) struct Job {
     pub metrics: Metrics,
     pub limiter: Option<RateLimiter>,
     pub cancel: Arc<AtomicBool>,
+    /// Chunks a file may have in flight or parked ahead of its hash cursor.
+    window_chunks: u64,
 }
 
 const POLL: Duration = Duration::from_millis(5);
+/// A range in flight this long while its file's window is full counts as slow.
+const SLOW_RANGE: Duration = Duration::from_secs(2);
 /// Times a file may change on the server mid-download before the pull gives up.
 const MAX_RESTARTS: u32 = 3;
 
@@ -268,7 +273,10 @@ impl Job {
         cancel: Arc<AtomicBool>,
     ) -> Self {
         let buffers = (opts.memory_limit / opts.chunk_size).max(opts.connections + 2);
+        let range_chunks = (opts.range_size / opts.chunk_size as u64).max(1);
+        let window_chunks = ((buffers - opts.connections) as u64).max(range_chunks);
         Self {
+            window_chunks,
             pool: BufPool::new(opts.chunk_size, buffers),
             limiter: opts.limit_rate.map(RateLimiter::new),
             state: Mutex::new(JobState {
@@ -335,6 +343,7 @@ impl Job {
         }
         let per_host = self.opts.connections_per_host;
         let mut wait = POLL;
+        let mut blocked = None;
         for (i, fs) in st.files.iter_mut().enumerate() {
             let meta = &self.metas[i];
             let host_busy = st.host_active.get(&meta.host).copied().unwrap_or(0) >= per_host;
@@ -373,11 +382,26 @@ impl Job {
                     });
                 }
                 Phase::Active if !host_busy => {
+                    // Ordered digests hold chunks ahead of the cursor in memory: claim no
+                    // further ahead than memory can hold, so nothing has to be read back.
+                    let limit = if meta.ordered.is_empty() {
+                        u64::MAX
+                    } else {
+                        fs.cursor + self.window_chunks
+                    };
                     let ready = fs
                         .pending
                         .iter()
                         .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
-                        .map(|(&s, _)| s);
+                        .map(|(&s, p)| (s, p.end));
+                    let ready = match ready {
+                        Some((s, e)) if e <= limit || s <= fs.cursor => Some(s),
+                        Some(_) => {
+                            blocked.get_or_insert(i);
+                            None
+                        }
+                        None => None,
+                    };
                     if let Some(start) = ready {
                         let p = fs.pending.remove(&start).expect("pending range");
                         st.next_id += 1;
@@ -385,6 +409,7 @@ impl Job {
                             id: st.next_id,
                             next: start,
                             end: p.end,
+                            since: now,
                         });
                         *st.host_active.entry(meta.host.clone()).or_default() += 1;
                         return Work::Fetch(Claim {
@@ -404,8 +429,11 @@ impl Job {
                 _ => {}
             }
         }
-        // Nothing queued: take over the upper half of the range with the most left to fetch,
-        // so that one slow connection never holds the end of the pull.
+        // Nothing to claim. At the end of a file, take over the upper half of the range with
+        // the most left, so that one slow connection never holds the end of the pull. When a
+        // file's window is full instead, only a range that has been slow is split: the one at
+        // the cursor, holding the window back.
+        let slow = self.opts.stall_timeout.min(SLOW_RANGE);
         let victim = st
             .files
             .iter()
@@ -420,10 +448,14 @@ impl Job {
                         .unwrap_or(0)
                         < per_host
             })
+            .filter(|(i, _)| blocked.is_none_or(|b| b == *i))
             .flat_map(|(i, fs)| {
                 fs.active
                     .iter()
                     .enumerate()
+                    .filter(move |(_, a)| {
+                        blocked.is_none() || (a.next <= fs.cursor + 1 && now - a.since >= slow)
+                    })
                     .map(move |(j, a)| (i, j, a.end - a.next))
             })
             .filter(|&(_, _, left)| left >= 2)
@@ -436,7 +468,12 @@ impl Job {
             let mid = a.next + (a.end - a.next) / 2;
             let end = a.end;
             a.end = mid;
-            fs.active.push(ActiveRange { id, next: mid, end });
+            fs.active.push(ActiveRange {
+                id,
+                next: mid,
+                end,
+                since: now,
+            });
             *st.host_active
                 .entry(self.metas[i].host.clone())
                 .or_default() += 1;
@@ -518,6 +555,7 @@ impl Job {
             id: claim.id,
             next: 0,
             end: first_end,
+            since: Instant::now(),
         });
         let step = self.range_chunks();
         let mut s = first_end;
@@ -553,6 +591,7 @@ impl Job {
                 id: claim.id,
                 next: claim.start,
                 end: claim.end,
+                since: Instant::now(),
             });
         }
     }
