@@ -153,7 +153,7 @@ pub struct EngineArgs {
     pub range_size: u64,
 
     /// Memory for chunk buffers, in total.
-    #[arg(long, default_value = "256M", value_parser = parse_size, env = "MODELPULL_MEMORY_LIMIT")]
+    #[arg(long, default_value = "192M", value_parser = parse_size, env = "MODELPULL_MEMORY_LIMIT")]
     pub memory_limit: u64,
 
     /// Cap on total bandwidth, bytes per second (e.g. 100M).
