@@ -26,3 +26,102 @@ fn pulls_several_files_verified() {
         assert_clean(dest.parent().unwrap());
     });
 }
+
+#[test]
+fn tight_memory_spills_to_disk_and_stays_correct() {
+    // Two buffers beyond one per connection: most chunks ahead of the cursor cannot be kept
+    // in memory and are read back from the part file for hashing.
+    let a = data(21, 5 * 1024 * 1024 + 17);
+    let b = data(22, 3 * 1024 * 1024);
+    let fx = Fixture::new(&[("a.bin", &a), ("b.bin", &b)]);
+    each_driver(|driver| {
+        let mut opts = options(driver);
+        opts.memory_limit = (opts.connections + 2) * opts.chunk_size;
+        let dest = fx.dest(&format!("m-{}", driver.name()));
+        let report = pull(
+            vec![fx.target("a.bin", true), fx.target("b.bin", true)],
+            &dest,
+            &opts,
+        )
+        .unwrap();
+        assert_file(&dest, "a.bin", &a);
+        assert_file(&dest, "b.bin", &b);
+        assert!(
+            report.peak_buffer_bytes <= opts.memory_limit as u64,
+            "{}",
+            report.peak_buffer_bytes
+        );
+    });
+}
+
+#[test]
+fn many_small_files_in_nested_directories() {
+    let files: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| {
+            (
+                format!("tok/{}/f{i}.json", i % 7),
+                data(100 + i, (i as usize * 37) % 5000),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect();
+    let fx = Fixture::new(&refs);
+    each_driver(|driver| {
+        let dest = fx.dest(&format!("m-{}", driver.name()));
+        let targets: Vec<_> = files
+            .iter()
+            .map(|(n, _)| {
+                let mut t = fx.target(n, true);
+                t.path = n.clone();
+                t
+            })
+            .collect();
+        pull(targets, &dest, &options(driver)).unwrap();
+        for (n, c) in &files {
+            assert_file(&dest, n, c);
+        }
+        assert_clean(dest.parent().unwrap());
+    });
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let content = data(31, 1024 * 1024);
+    let fx = Fixture::new(&[("model.bin", &content)]);
+    fx.origin.set_faults(modelpull::origin::Faults {
+        reset_after: Some(10_000),
+        reset_times: 1,
+        ..Default::default()
+    });
+    let registry = prometheus::Registry::new();
+    let cx = modelpull::Context {
+        metrics: modelpull::metrics::Metrics::new(&registry).unwrap(),
+        ..Default::default()
+    };
+    let opts = options(modelpull::runtime::Driver::Epoll);
+    let req = modelpull::PullRequest {
+        targets: vec![fx.target("model.bin", true)],
+        dest: fx.dest("m"),
+    };
+    modelpull::pull(&req, &opts, &cx).unwrap();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+    };
+    assert!(value("modelpull_downloaded_bytes_total") >= content.len() as f64);
+    assert_eq!(value("modelpull_files_total"), 1.0);
+    assert!(value("modelpull_retries_total") >= 1.0);
+    assert!(value("modelpull_ranges_total") >= 4.0);
+    assert_eq!(value("modelpull_connections_active"), 0.0);
+    assert_eq!(value("modelpull_io_driver{driver=\"epoll\"}"), 1.0);
+    assert_eq!(value("modelpull_pulls_total{result=\"ok\"}"), 1.0);
+}
