@@ -159,10 +159,10 @@ fn which(tool: &str) -> Result<()> {
 /// Writes `size` pseudo-random bytes (or reuses a previous run's file) and returns its sha256.
 fn prepare_data(file: &Path, size: u64) -> Result<String> {
     let sidecar = file.with_extension("sha256");
-    if std::fs::metadata(file).is_ok_and(|m| m.len() == size) {
-        if let Ok(sha) = std::fs::read_to_string(&sidecar) {
-            return Ok(sha.trim().to_owned());
-        }
+    if std::fs::metadata(file).is_ok_and(|m| m.len() == size)
+        && let Ok(sha) = std::fs::read_to_string(&sidecar)
+    {
+        return Ok(sha.trim().to_owned());
     }
     eprintln!(
         "generating {} of test data in {}",
@@ -494,7 +494,7 @@ fn render(
 }
 
 fn human(n: u64) -> String {
-    if n >= 1 << 30 && n % (1 << 30) == 0 {
+    if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
         format!("{}GiB", n >> 30)
     } else {
         format!("{}MiB", n >> 20)
