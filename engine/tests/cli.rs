@@ -4,7 +4,7 @@
 mod util;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use util::*;
@@ -333,4 +333,63 @@ fn help_reads_well() {
     ] {
         assert!(help.contains(needle), "missing {needle}:\n{help}");
     }
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_130_and_the_pull_resumes() {
+    let content = data(14, 8 * 1024 * 1024);
+    let fx = Fixture::new(&[("model.bin", &content)]);
+    let dest = fx.dest("m");
+    let url = fx.origin.url("model.bin");
+    let args = [
+        "pull",
+        "--chunk-size",
+        "256K",
+        "--range-size",
+        "1M",
+        "--limit-rate",
+        "2M",
+        &url,
+        dest.to_str().unwrap(),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modelpull"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = dest
+        .parent()
+        .unwrap()
+        .join(".m.modelpull/model.bin.modelpull-journal");
+    let started = Instant::now();
+    while finished_chunks(&journal).len() < 4 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopping = Instant::now();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "SIGTERM took too long"
+    );
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("interrupted; run the same command again to resume")
+    );
+    assert!(!dest.exists());
+    let o = modelpull(
+        &args
+            .iter()
+            .filter(|a| **a != "--limit-rate" && **a != "2M")
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_file(&dest, "model.bin", &content);
 }

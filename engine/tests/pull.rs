@@ -125,3 +125,44 @@ fn metrics_count_what_happened() {
     assert_eq!(value("modelpull_io_driver{driver=\"epoll\"}"), 1.0);
     assert_eq!(value("modelpull_pulls_total{result=\"ok\"}"), 1.0);
 }
+
+#[test]
+fn resume_discards_a_file_that_changed_on_the_server() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let content = data(41, 4 * 1024 * 1024);
+    let fx = Fixture::new(&[("model.bin", &content)]);
+    each_driver(|driver| {
+        let dest = fx.dest(&format!("m-{}", driver.name()));
+        let mut opts = options(driver);
+        opts.limit_rate = Some(4 * 1024 * 1024);
+        let cx = modelpull::Context::default();
+        let req = modelpull::PullRequest {
+            targets: vec![fx.target("model.bin", true)],
+            dest: dest.clone(),
+        };
+        let before = fx.origin.stats().body_bytes.load(Relaxed);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| modelpull::pull(&req, &opts, &cx));
+            while cx.progress.done_bytes.load(Relaxed) < 1024 * 1024 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            cx.cancel.store(true, Relaxed);
+            let err = h.join().unwrap().unwrap_err();
+            assert_eq!(err.exit_code(), modelpull::ExitCode::Interrupted);
+        });
+        assert!(!dest.exists());
+        fx.origin.change_etags();
+        opts.limit_rate = None;
+        let report = pull(req.targets.clone(), &dest, &opts).unwrap();
+        assert_file(&dest, "model.bin", &content);
+        assert_eq!(
+            report.resumed_bytes, 0,
+            "a changed file must not keep old bytes"
+        );
+        let served = fx.origin.stats().body_bytes.load(Relaxed) - before;
+        assert!(
+            served >= content.len() as u64 + 1024 * 1024,
+            "served {served}"
+        );
+    });
+}
