@@ -352,7 +352,7 @@ fn sigterm_stops_cleanly_with_130_and_the_pull_resumes() {
         &url,
         dest.to_str().unwrap(),
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modelpull"))
+    let child = Command::new(env!("CARGO_BIN_EXE_modelpull"))
         .args(args)
         .stderr(Stdio::piped())
         .spawn()
