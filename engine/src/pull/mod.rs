@@ -5,6 +5,7 @@
 //! every file is verified, then publishes atomically and reports.
 
 mod limits;
+pub mod plan;
 mod state;
 mod worker;
 

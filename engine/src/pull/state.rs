@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use url::Url;
 
-use super::Options;
 use super::limits::{RateLimiter, backoff};
+use super::{Options, plan};
 use crate::buf::AlignedBuf;
 use crate::digest::ordered::OrderedHashers;
 use crate::digest::{Algorithm, crc};
@@ -557,19 +557,15 @@ impl Job {
             end: first_end,
             since: Instant::now(),
         });
-        let step = self.range_chunks();
-        let mut s = first_end;
-        while s < chunks {
-            let e = (s + step).min(chunks);
+        for (start, end) in plan::ranges(first_end, chunks, self.range_chunks(), |_| false) {
             fs.pending.insert(
-                s,
+                start,
                 Pending {
-                    end: e,
+                    end,
                     attempts: 0,
                     not_before: None,
                 },
             );
-            s = e;
         }
         self.progress.total_bytes.fetch_add(size, Relaxed);
         Ok(first_end)
@@ -1136,25 +1132,15 @@ impl FileState {
                 hash: (!hashers.is_empty()).then(|| hashers.save()),
             })
             .map_err(|e| Error::local("write", &meta.journal, e))?;
-        let mut c = 0;
-        while c < chunks {
-            if fs.done[c as usize] {
-                c += 1;
-                continue;
-            }
-            let mut e = c + 1;
-            while e < chunks && e - c < range_chunks && !fs.done[e as usize] {
-                e += 1;
-            }
+        for (start, end) in plan::ranges(0, chunks, range_chunks, |c| fs.done[c as usize]) {
             fs.pending.insert(
-                c,
+                start,
                 Pending {
-                    end: e,
+                    end,
                     attempts: 0,
                     not_before: None,
                 },
             );
-            c = e;
         }
         fs.phase = Phase::Validate;
         fs.size = size;

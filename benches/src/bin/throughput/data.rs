@@ -1,0 +1,112 @@
+//! The data sets: generated once into the origin directory (tmpfs), each file's sha256 kept
+//! in a sidecar so later runs reuse them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use sha2::Digest as _;
+
+/// One file of a data set.
+#[derive(Debug, Clone)]
+pub struct File {
+    /// Path relative to the data set's directory.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A data set: a directory of files served by the origin.
+#[derive(Debug, Clone)]
+pub struct DataSet {
+    pub name: &'static str,
+    pub title: String,
+    pub files: Vec<File>,
+}
+
+impl DataSet {
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// The file layouts of each data set, by name.
+fn layout(name: &str, big: u64) -> Vec<(String, u64)> {
+    match name {
+        "file" => vec![("model.bin".into(), big)],
+        "shards" => (1..=8)
+            .map(|i| (format!("model-{i:05}-of-00008.safetensors"), 512 * MIB))
+            .collect(),
+        _ => {
+            let mut v: Vec<(String, u64)> = (0..200)
+                .map(|i| {
+                    // Configs, tokenizers, vocabularies: 1 KiB to about 3 MiB.
+                    let size = 1024 + (i as u64 * 7919 * 131) % (3 * MIB);
+                    (format!("extra/{:02}/file-{i:03}.json", i % 10), size)
+                })
+                .collect();
+            v.extend((1..=4).map(|i| (format!("model-{i:05}-of-00004.safetensors"), 512 * MIB)));
+            v
+        }
+    }
+}
+
+/// Generates (or reuses) data set `name` under `root/name`.
+pub fn prepare(root: &Path, name: &'static str, big: u64) -> Result<DataSet> {
+    let dir = root.join(name);
+    let mut files = Vec::new();
+    for (seed, (path, size)) in layout(name, big).into_iter().enumerate() {
+        let full = dir.join(&path);
+        let sidecar = sidecar(&full);
+        let sha = match (std::fs::metadata(&full), std::fs::read_to_string(&sidecar)) {
+            (Ok(m), Ok(sha)) if m.len() == size => sha.trim().to_owned(),
+            _ => {
+                std::fs::create_dir_all(full.parent().expect("a parent"))?;
+                let sha = write_random(&full, seed as u64 + 1, size)?;
+                std::fs::write(&sidecar, &sha)?;
+                sha
+            }
+        };
+        files.push(File {
+            path,
+            size,
+            sha256: sha,
+        });
+    }
+    let title = match name {
+        "file" => format!("one {} file", crate::human(big)),
+        "shards" => "8 × 512 MiB shards".to_owned(),
+        _ => "200 small files + 4 × 512 MiB shards".to_owned(),
+    };
+    Ok(DataSet { name, title, files })
+}
+
+fn sidecar(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+fn write_random(path: &Path, seed: u64, size: u64) -> Result<String> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut hasher = sha2::Sha256::new();
+    let mut x: u64 = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for w in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..n])?;
+        hasher.update(&block[..n]);
+        left -= n as u64;
+    }
+    out.flush()?;
+    Ok(hex::encode(hasher.finalize()))
+}

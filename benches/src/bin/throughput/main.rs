@@ -1,0 +1,424 @@
+//! The throughput harness: `modelpull` side by side with the tools users would pick instead,
+//! in one run, on the same data, from the same nginx on 127.0.0.1, to the same disk.
+//!
+//! Each row is timed from the tool's start until its output files are flushed (`fsync`
+//! counts), checked byte for byte by sha256 afterwards (a tool that wrote wrong bytes is
+//! marked, not ranked), and reported as the median of several runs with CPU time per GB and
+//! peak RSS from GNU time. The machine's own limits are measured in the same run, so the
+//! numbers read as fractions of what the disk, the loopback and one core's sha256 allow.
+
+mod data;
+mod origin;
+mod report;
+mod tools;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use sha2::Digest as _;
+
+use origin::Scenario;
+use report::{Cell, Sample};
+use tools::Tool;
+
+/// Measure modelpull against aria2c, curl, hf_transfer and KServe's storage initializer.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Scenarios to run.
+    #[arg(long, value_delimiter = ',', default_value = "loopback,capped,latency")]
+    scenarios: Vec<String>,
+    /// Data sets: file (one large file), shards (8 × 512 MiB), mixed (200 small + 4 × 512 MiB).
+    #[arg(long, value_delimiter = ',', default_value = "file,shards,mixed")]
+    datasets: Vec<String>,
+    /// Size of the single-file data set.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    size: u64,
+    /// Runs per tool (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Tools to compare.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "modelpull,aria2c,curl,hf_transfer,kserve"
+    )]
+    tools: Vec<String>,
+    /// Destination directory (on the disk being measured).
+    #[arg(long, default_value = "/var/tmp/modelpull-bench")]
+    work: PathBuf,
+    /// Directory nginx serves from (memory-backed, so the origin is not the bottleneck).
+    #[arg(long, default_value = "/dev/shm/modelpull-bench")]
+    origin: PathBuf,
+    /// The modelpull binary.
+    #[arg(long, default_value = "target/release/modelpull")]
+    modelpull: PathBuf,
+    /// Python of the virtualenv with hf_transfer and kserve-storage.
+    #[arg(long, default_value = "benches/.venv/bin/python")]
+    python: PathBuf,
+    /// Where to write results (Markdown, CSV, PNG).
+    #[arg(long, default_value = "benches/results")]
+    out: PathBuf,
+    /// Port for nginx on 127.0.0.1.
+    #[arg(long, default_value_t = 18181)]
+    port: u16,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("bad size {s}"))?;
+    let mult = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return Err(format!("bad unit in {s} (use K, M or G)")),
+    };
+    Ok(n * mult)
+}
+
+pub fn human(n: u64) -> String {
+    if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
+        format!("{} GiB", n >> 30)
+    } else {
+        format!("{} MiB", n >> 20)
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let tools: Vec<Tool> = args
+        .tools
+        .iter()
+        .map(|t| Tool::parse(t))
+        .collect::<Result<_>>()?;
+    check_prerequisites(&args, &tools)?;
+    std::fs::create_dir_all(&args.work)?;
+    std::fs::create_dir_all(&args.origin)?;
+    let peers = std::fs::canonicalize("benches/peers").context("run from the repository root")?;
+
+    let mut sets = Vec::new();
+    for name in &args.datasets {
+        let name: &'static str = match name.as_str() {
+            "file" => "file",
+            "shards" => "shards",
+            "mixed" => "mixed",
+            other => bail!("unknown data set {other} (file, shards, mixed)"),
+        };
+        eprintln!("preparing data set {name}…");
+        sets.push(data::prepare(&args.origin, name, args.size)?);
+    }
+
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut limits = String::new();
+    for scenario in &args.scenarios {
+        let scenario = match scenario.as_str() {
+            "loopback" => Scenario::Loopback,
+            "capped" => Scenario::Capped,
+            "latency" => Scenario::Latency,
+            other => bail!("unknown scenario {other} (loopback, capped, latency)"),
+        };
+        let netns = if scenario == Scenario::Latency {
+            match origin::Netns::create() {
+                Ok(ns) => Some(ns),
+                Err(e) => {
+                    let note = format!("Scenario \"{}\" skipped: {e:#}.", scenario.title());
+                    eprintln!("{note}");
+                    notes.push(note);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let _nginx = origin::start(
+            &args.work,
+            &args.origin,
+            args.port,
+            scenario,
+            netns.as_ref(),
+        )?;
+        let base_url = format!("http://127.0.0.1:{}", args.port);
+        if scenario == Scenario::Loopback {
+            eprintln!("measuring the machine's limits…");
+            limits = measure_limits(&args, &base_url, &sets)?;
+        }
+        let cx = tools::Ctx {
+            modelpull: &args.modelpull,
+            python: &args.python,
+            peers: &peers,
+            base_url: &base_url,
+            work: &args.work,
+        };
+        for set in &sets {
+            let mut rows: Vec<(Tool, Vec<Sample>)> =
+                tools.iter().map(|t| (*t, Vec::new())).collect();
+            for run in 0..args.runs {
+                for k in 0..rows.len() {
+                    // Rotate the order so no tool always runs first.
+                    let i = (k + run) % rows.len();
+                    let tool = rows[i].0;
+                    let sample = run_tool(tool, set, &cx, netns.as_ref(), &args.work)?;
+                    eprintln!(
+                        "{} / {} / run {}: {:<12} {:.3} GB/s, {:.2} CPU s/GB, {} MiB{}",
+                        scenario.name(),
+                        set.name,
+                        run + 1,
+                        tool.name(),
+                        set.bytes() as f64 / sample.seconds / 1e9,
+                        sample.cpu_seconds / (set.bytes() as f64 / 1e9),
+                        sample.max_rss_kib / 1024,
+                        if sample.correct { "" } else { "  WRONG BYTES" }
+                    );
+                    rows[i].1.push(sample);
+                }
+            }
+            cells.push(Cell {
+                scenario: scenario.name().into(),
+                scenario_title: scenario.title().into(),
+                dataset: set.name.into(),
+                dataset_title: set.title.clone(),
+                bytes: set.bytes(),
+                rows,
+            });
+        }
+    }
+
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Run of {} on {} ({} cores), {} runs per tool, median (min–max); every output checked by sha256; fsync included.\n\n",
+        today(),
+        cpu_model(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.runs
+    ));
+    for c in &cells {
+        c.markdown(&mut md);
+    }
+    md.push_str(&limits);
+    for n in &notes {
+        md.push_str(&format!("\n{n}\n"));
+    }
+    let mut csv = String::from("scenario,dataset,tool,gbps,correct\n");
+    for c in &cells {
+        c.csv(&mut csv);
+    }
+    println!("{md}");
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("latest.md"), &md)?;
+    std::fs::write(args.out.join("latest.csv"), &csv)?;
+    let png = args.out.join("latest.png");
+    let drawn = Command::new(&args.python)
+        .arg(peers.join("chart.py"))
+        .arg(args.out.join("latest.csv"))
+        .arg(&png)
+        .status()
+        .is_ok_and(|s| s.success());
+    eprintln!(
+        "results in {}/latest.md and latest.csv{}",
+        args.out.display(),
+        if drawn {
+            ", chart in latest.png"
+        } else {
+            " (no chart: matplotlib missing)"
+        }
+    );
+    Ok(())
+}
+
+fn check_prerequisites(args: &Args, tools: &[Tool]) -> Result<()> {
+    let have = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    for cmd in ["nginx", "curl", "fio"] {
+        if !have(cmd) {
+            bail!("{cmd} is missing: run scripts/setup-bench.sh first");
+        }
+    }
+    if !Path::new("/usr/bin/time").exists() {
+        bail!("GNU time is missing: run scripts/setup-bench.sh first");
+    }
+    if tools.contains(&Tool::Aria2c) && !have("aria2c") {
+        bail!("aria2c is missing: run scripts/setup-bench.sh first");
+    }
+    if (tools.contains(&Tool::HfTransfer) || tools.contains(&Tool::Kserve)) && !args.python.exists()
+    {
+        bail!(
+            "{} is missing: run scripts/setup-bench.sh first",
+            args.python.display()
+        );
+    }
+    if tools.contains(&Tool::Modelpull) && !args.modelpull.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p modelpull`",
+            args.modelpull.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_tool(
+    tool: Tool,
+    set: &data::DataSet,
+    cx: &tools::Ctx<'_>,
+    netns: Option<&origin::Netns>,
+    work: &Path,
+) -> Result<Sample> {
+    let dest = work.join(format!("out-{}", tool.name()));
+    let _ = std::fs::remove_dir_all(&dest);
+    let _ = std::fs::remove_dir_all(work.join(format!(".out-{}.modelpull", tool.name())));
+    if tool != Tool::Modelpull {
+        std::fs::create_dir_all(&dest)?;
+    }
+    let timefile = work.join("time.out");
+    let mut argv: Vec<String> = netns.map(origin::Netns::prefix).unwrap_or_default();
+    argv.extend([
+        "/usr/bin/time".into(),
+        "-f".into(),
+        "%U %S %M".into(),
+        "-o".into(),
+        timefile.display().to_string(),
+    ]);
+    argv.extend(tools::command(tool, set, &dest, cx)?);
+    let started = Instant::now();
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .status()?;
+    if status.success() {
+        // Durability is part of the job: flush what the tool left in the page cache.
+        for f in &set.files {
+            if let Ok(file) = std::fs::File::open(tools::output(tool, &dest, &f.path)) {
+                file.sync_all()?;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let times = std::fs::read_to_string(&timefile).unwrap_or_default();
+    let last = times.lines().last().unwrap_or_default();
+    let fields: Vec<f64> = last
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let (user, sys, rss) = match fields.as_slice() {
+        [u, s, m] => (*u, *s, *m),
+        _ => (0.0, 0.0, 0.0),
+    };
+    let correct = status.success()
+        && set.files.iter().all(|f| {
+            file_sha256(&tools::output(tool, &dest, &f.path), f.size).is_ok_and(|s| s == f.sha256)
+        });
+    let _ = std::fs::remove_dir_all(&dest);
+    Ok(Sample {
+        seconds,
+        cpu_seconds: user + sys,
+        max_rss_kib: rss as u64,
+        correct,
+    })
+}
+
+fn file_sha256(path: &Path, size: u64) -> Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    if f.metadata()?.len() != size {
+        bail!("wrong size");
+    }
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The machine's limits, as a Markdown list.
+fn measure_limits(args: &Args, base_url: &str, sets: &[data::DataSet]) -> Result<String> {
+    let target = args.work.join("fio.test");
+    let out = Command::new("fio")
+        .args([
+            "--name=disk",
+            "--rw=write",
+            "--bs=4M",
+            "--size=2G",
+            "--direct=1",
+            "--ioengine=io_uring",
+            "--iodepth=8",
+            "--end_fsync=1",
+            "--output-format=json",
+        ])
+        .arg(format!("--filename={}", target.display()))
+        .output()?;
+    let _ = std::fs::remove_file(&target);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("fio output")?;
+    let disk = v["jobs"][0]["write"]["bw"]
+        .as_f64()
+        .context("fio bandwidth")?
+        * 1024.0
+        / 1e9;
+
+    let biggest = sets
+        .iter()
+        .flat_map(|s| s.files.iter().map(move |f| (s, f)))
+        .max_by_key(|(_, f)| f.size)
+        .context("no data")?;
+    let url = format!("{base_url}/{}/{}", biggest.0.name, biggest.1.path);
+    let mut loopback: f64 = 0.0;
+    for _ in 0..2 {
+        let started = Instant::now();
+        if !Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", &url])
+            .status()?
+            .success()
+        {
+            bail!("curl could not fetch {url}");
+        }
+        loopback = loopback.max(biggest.1.size as f64 / started.elapsed().as_secs_f64() / 1e9);
+    }
+
+    let data = vec![7u8; 256 << 20];
+    let started = Instant::now();
+    let mut h = sha2::Sha256::new();
+    for _ in 0..4 {
+        h.update(&data);
+    }
+    std::hint::black_box(h.finalize());
+    let sha = (4 * data.len()) as f64 / started.elapsed().as_secs_f64() / 1e9;
+
+    Ok(format!(
+        "Limits of this machine, measured in the same run:\n\
+         - disk, sequential O_DIRECT write (fio, 4 MiB blocks, queue depth 8, fsync): {disk:.2} GB/s\n\
+         - one HTTP stream on loopback (curl to /dev/null, best of 2): {loopback:.2} GB/s\n\
+         - sha256 on one core: {sha:.2} GB/s\n"
+    ))
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}

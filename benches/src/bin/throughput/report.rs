@@ -1,0 +1,94 @@
+//! Tables (Markdown) and the CSV the chart is drawn from.
+
+use std::fmt::Write as _;
+
+use crate::tools::Tool;
+
+/// One timed run of one tool.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub max_rss_kib: u64,
+    pub correct: bool,
+}
+
+/// All runs of every tool on one scenario and data set.
+#[derive(Debug)]
+pub struct Cell {
+    pub scenario: String,
+    pub scenario_title: String,
+    pub dataset: String,
+    pub dataset_title: String,
+    pub bytes: u64,
+    pub rows: Vec<(Tool, Vec<Sample>)>,
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+impl Cell {
+    fn gbps(&self, s: &Sample) -> f64 {
+        self.bytes as f64 / s.seconds / 1e9
+    }
+
+    pub fn median_gbps(&self, tool: Tool) -> Option<f64> {
+        let (_, samples) = self.rows.iter().find(|(t, _)| *t == tool)?;
+        samples
+            .iter()
+            .all(|s| s.correct)
+            .then(|| median(samples.iter().map(|s| self.gbps(s)).collect()))
+    }
+
+    pub fn markdown(&self, out: &mut String) {
+        let gb = self.bytes as f64 / 1e9;
+        let mp = self.median_gbps(Tool::Modelpull);
+        let _ = writeln!(
+            out,
+            "#### {} — {}\n",
+            self.scenario_title, self.dataset_title
+        );
+        let _ = writeln!(
+            out,
+            "| tool | GB/s | min–max | CPU s/GB | peak RSS | bytes | modelpull ÷ tool |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for (tool, samples) in &self.rows {
+            let rates: Vec<f64> = samples.iter().map(|s| self.gbps(s)).collect();
+            let med = median(rates.clone());
+            let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rates.iter().copied().fold(0.0, f64::max);
+            let cpu = median(samples.iter().map(|s| s.cpu_seconds / gb).collect());
+            let rss = samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0) / 1024;
+            let ok = samples.iter().all(|s| s.correct);
+            let ratio = match (mp, ok) {
+                (_, false) => "not ranked".into(),
+                (Some(m), true) if *tool != Tool::Modelpull => format!("{:.2}×", m / med),
+                _ => "—".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {med:.3} | {lo:.3}–{hi:.3} | {cpu:.2} | {rss} MiB | {} | {ratio} |",
+                tool.title(),
+                if ok { "identical" } else { "WRONG" }
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    pub fn csv(&self, out: &mut String) {
+        for (tool, samples) in &self.rows {
+            let med = median(samples.iter().map(|s| self.gbps(s)).collect());
+            let ok = samples.iter().all(|s| s.correct);
+            let _ = writeln!(
+                out,
+                "{},{},{},{med:.4},{ok}",
+                self.scenario,
+                self.dataset,
+                tool.name()
+            );
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The tools compared, and how each is asked to pull a data set.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+use crate::data::DataSet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Modelpull,
+    Aria2c,
+    Curl,
+    HfTransfer,
+    Kserve,
+}
+
+impl Tool {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "modelpull" => Tool::Modelpull,
+            "aria2c" => Tool::Aria2c,
+            "curl" => Tool::Curl,
+            "hf_transfer" => Tool::HfTransfer,
+            "kserve" => Tool::Kserve,
+            other => bail!("unknown tool {other} (modelpull, aria2c, curl, hf_transfer, kserve)"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Modelpull => "modelpull",
+            Tool::Aria2c => "aria2c",
+            Tool::Curl => "curl",
+            Tool::HfTransfer => "hf_transfer",
+            Tool::Kserve => "kserve",
+        }
+    }
+
+    /// How the tool appears in tables.
+    pub fn title(self) -> &'static str {
+        match self {
+            Tool::Modelpull => "modelpull (sha256 verified)",
+            Tool::Aria2c => "aria2c -x16 -s16",
+            Tool::Curl => "curl",
+            Tool::HfTransfer => "hf_transfer (16 connections)",
+            Tool::Kserve => "KServe storage initializer",
+        }
+    }
+}
+
+/// Everything a command line needs.
+pub struct Ctx<'a> {
+    pub modelpull: &'a Path,
+    pub python: &'a Path,
+    pub peers: &'a Path,
+    pub base_url: &'a str,
+    pub work: &'a Path,
+}
+
+/// The command that pulls `set` into `dest` with `tool`.
+pub fn command(tool: Tool, set: &DataSet, dest: &Path, cx: &Ctx<'_>) -> Result<Vec<String>> {
+    let base = format!("{}/{}", cx.base_url, set.name);
+    let manifest = cx.work.join(format!("manifest-{}.json", set.name));
+    std::fs::write(
+        &manifest,
+        serde_json::to_vec(
+            &serde_json::json!({ "base": base, "files": set.files.iter().map(|f| &f.path).collect::<Vec<_>>() }),
+        )?,
+    )?;
+    let d = dest.display().to_string();
+    Ok(match tool {
+        Tool::Curl => {
+            let mut v = vec![
+                "curl".to_string(),
+                "-sS".into(),
+                "--fail".into(),
+                "--create-dirs".into(),
+            ];
+            for f in &set.files {
+                v.extend([
+                    "-o".into(),
+                    format!("{d}/{}", f.path),
+                    format!("{base}/{}", f.path),
+                ]);
+            }
+            v
+        }
+        Tool::Aria2c => {
+            let input = cx.work.join(format!("aria2-{}.txt", set.name));
+            let mut text = String::new();
+            for f in &set.files {
+                text.push_str(&format!("{base}/{}\n  out={}\n", f.path, f.path));
+            }
+            std::fs::write(&input, text)?;
+            [
+                "aria2c",
+                "-x16",
+                "-s16",
+                "-j16",
+                "--file-allocation=falloc",
+                "--allow-overwrite=true",
+                "--auto-file-renaming=false",
+                "--console-log-level=warn",
+                "--summary-interval=0",
+                "--download-result=hide",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["-d".into(), d, "-i".into(), input.display().to_string()])
+            .collect()
+        }
+        Tool::HfTransfer | Tool::Kserve => {
+            let script = if tool == Tool::HfTransfer {
+                "hf_transfer_pull.py"
+            } else {
+                "kserve_pull.py"
+            };
+            vec![
+                cx.python.display().to_string(),
+                cx.peers.join(script).display().to_string(),
+                manifest.display().to_string(),
+                d,
+            ]
+        }
+        Tool::Modelpull => {
+            let mut v = vec![
+                cx.modelpull.display().to_string(),
+                "pull".into(),
+                "--no-progress".into(),
+            ];
+            for f in &set.files {
+                v.push(format!("{base}/{}#sha256={}", f.path, f.sha256));
+            }
+            v.push(d);
+            v
+        }
+    })
+}
+
+/// Where `tool` puts a data set's file (modelpull names http sources by their last segment).
+pub fn output(tool: Tool, dest: &Path, path: &str) -> PathBuf {
+    match tool {
+        Tool::Modelpull => dest.join(path.rsplit('/').next().unwrap_or(path)),
+        _ => dest.join(path),
+    }
+}
