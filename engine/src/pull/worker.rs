@@ -31,15 +31,22 @@ struct CoreCtx {
 const MAX_OPEN: usize = 64;
 
 impl CoreCtx {
-    fn file(&self, job: &Job, file: usize, generation: u32) -> Result<Rc<monoio::fs::File>, Error> {
+    /// This core's handle on a file's part; `None` when the file was started over since
+    /// `generation` (the caller's work on it is void).
+    fn file(
+        &self,
+        job: &Job,
+        file: usize,
+        generation: u32,
+    ) -> Result<Option<Rc<monoio::fs::File>>, Error> {
         if let Some((g, f)) = self.files.borrow().get(&file)
             && *g == generation
         {
-            return Ok(f.clone());
+            return Ok(Some(f.clone()));
         }
         let path = &job.metas[file].part;
         let Some((_, _, direct)) = job.layout(file, generation) else {
-            return Err(Error::Runtime("stale file generation".into()));
+            return Ok(None);
         };
         let f = Rc::new(part::open(path, direct).map_err(|e| Error::local("open", path, e))?);
         let mut files = self.files.borrow_mut();
@@ -47,7 +54,7 @@ impl CoreCtx {
             files.clear();
         }
         files.insert(file, (generation, f.clone()));
-        Ok(f)
+        Ok(Some(f))
     }
 
     fn forget(&self, file: usize) {
@@ -436,8 +443,9 @@ async fn fetch(
             .map(|&a| crc::checksum(a, buf.as_slice()))
             .collect();
         let file = match ctx.file(job, claim.file, claim.generation) {
-            Ok(f) => f,
+            Ok(Some(f)) => f,
             // The file was started over meanwhile: this worker's bytes are not wanted.
+            Ok(None) => return (Ok(()), buf),
             Err(_) if !job.is_current(claim.file, claim.generation) => return (Ok(()), buf),
             Err(e) => return (Err(e.into()), buf),
         };
@@ -522,7 +530,9 @@ async fn after_chunk(
 }
 
 async fn flush(job: &Job, ctx: &CoreCtx, file: usize, generation: u32) -> Result<(), Error> {
-    let f = ctx.file(job, file, generation)?;
+    let Some(f) = ctx.file(job, file, generation)? else {
+        return Ok(());
+    };
     f.sync_data()
         .await
         .map_err(|e| Error::local("flush", &job.metas[file].part, e))
@@ -562,7 +572,9 @@ async fn hash_loop(
             }
             HashStep::Read => {
                 let c = hashers.as_ref().expect("hashers in hand").position() / chunk;
-                let f = ctx.file(job, file, generation)?;
+                let Some(f) = ctx.file(job, file, generation)? else {
+                    return Ok(buf);
+                };
                 let (res, b) =
                     part::read_chunk(&f, buf, c * chunk, job.chunk_len(size, c), direct).await;
                 buf = b;
