@@ -71,7 +71,7 @@ impl Default for Options {
             connections: 16,
             connections_per_host: 16,
             chunk_size: 4 * MIB,
-            range_size: 16 * MIB as u64,
+            range_size: 8 * MIB as u64,
             memory_limit: 192 * MIB,
             limit_rate: None,
             connect_timeout: Duration::from_secs(10),

@@ -149,7 +149,7 @@ pub struct EngineArgs {
     pub chunk_size: u64,
 
     /// Bytes per ranged request (multiple of --chunk-size).
-    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    #[arg(long, default_value = "8M", value_parser = parse_size)]
     pub range_size: u64,
 
     /// Memory for chunk buffers, in total.
