@@ -1,3 +1,17 @@
+//! modelpull: a thread-per-core io_uring download engine for large ML models.
+//!
+//! [`pull()`] takes http(s) [`Target`]s and a destination directory and returns a [`Report`]
+//! once every file is fetched with parallel ranged requests, written with O_DIRECT, verified
+//! against its digest and published atomically. The layers, bottom up:
+//!
+//! - [`buf`]: page-aligned buffers shared by the socket, the hasher and the disk;
+//! - [`http`]: the data-plane HTTP/1.1 client that runs on each engine core;
+//! - [`digest`]: in-order digests with saved state, combinable CRCs;
+//! - [`disk`]: part files, the resume journal, staging and publish;
+//! - [`pull`]: the scheduler and the per-core workers; [`runtime`] starts the cores;
+//! - [`metrics`], [`progress`], [`report`]: what a pull tells its caller;
+//! - [`origin`] and [`demo`]: the fault-injecting test origin and `modelpull demo`.
+
 pub mod buf;
 pub mod digest;
 pub mod http;
