@@ -166,8 +166,9 @@ fn generate(dir: &Path, size: u64, shards: usize) -> Result<Vec<(String, String)
         .collect()
 }
 
-/// Writes `len` pseudo-random bytes (xorshift64) and returns their sha256.
-fn write_random(path: &Path, seed: u64, len: u64) -> std::io::Result<String> {
+/// Writes `len` pseudo-random bytes (xorshift64 from `seed`) and returns their sha256.
+/// The benchmark harness generates its data sets with it too.
+pub fn write_random(path: &Path, seed: u64, len: u64) -> std::io::Result<String> {
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut hasher = sha2::Sha256::new();
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

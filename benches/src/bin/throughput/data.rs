@@ -1,11 +1,9 @@
 //! The data sets: generated once into the origin directory (tmpfs), each file's sha256 kept
 //! in a sidecar so later runs reuse them.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use sha2::Digest as _;
 
 /// One file of a data set.
 #[derive(Debug, Clone)]
@@ -64,7 +62,7 @@ pub fn prepare(root: &Path, name: &'static str, big: u64) -> Result<DataSet> {
             (Ok(m), Ok(sha)) if m.len() == size => sha.trim().to_owned(),
             _ => {
                 std::fs::create_dir_all(full.parent().expect("a parent"))?;
-                let sha = write_random(&full, seed as u64 + 1, size)?;
+                let sha = modelpull::demo::write_random(&full, seed as u64 + 1, size)?;
                 std::fs::write(&sidecar, &sha)?;
                 sha
             }
@@ -87,26 +85,4 @@ fn sidecar(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".sha256");
     PathBuf::from(s)
-}
-
-fn write_random(path: &Path, seed: u64, size: u64) -> Result<String> {
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut hasher = sha2::Sha256::new();
-    let mut x: u64 = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for w in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            w.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        out.write_all(&block[..n])?;
-        hasher.update(&block[..n]);
-        left -= n as u64;
-    }
-    out.flush()?;
-    Ok(hex::encode(hasher.finalize()))
 }
