@@ -557,16 +557,9 @@ impl Job {
             end: first_end,
             since: Instant::now(),
         });
-        for (start, end) in plan::ranges(first_end, chunks, self.range_chunks(), |_| false) {
-            fs.pending.insert(
-                start,
-                Pending {
-                    end,
-                    attempts: 0,
-                    not_before: None,
-                },
-            );
-        }
+        fs.queue(plan::ranges(first_end, chunks, self.range_chunks(), |_| {
+            false
+        }));
         self.progress.total_bytes.fetch_add(size, Relaxed);
         Ok(first_end)
     }
@@ -1132,16 +1125,8 @@ impl FileState {
                 hash: (!hashers.is_empty()).then(|| hashers.save()),
             })
             .map_err(|e| Error::local("write", &meta.journal, e))?;
-        for (start, end) in plan::ranges(0, chunks, range_chunks, |c| fs.done[c as usize]) {
-            fs.pending.insert(
-                start,
-                Pending {
-                    end,
-                    attempts: 0,
-                    not_before: None,
-                },
-            );
-        }
+        let missing = plan::ranges(0, chunks, range_chunks, |c| fs.done[c as usize]);
+        fs.queue(missing);
         fs.phase = Phase::Validate;
         fs.size = size;
         fs.chunks = chunks;
@@ -1154,6 +1139,20 @@ impl FileState {
         fs.resumed_bytes = fs.counted_bytes;
         tracing::info!(file = %meta.target.path, kept_bytes = fs.counted_bytes, size, "resuming");
         Ok(fs)
+    }
+
+    /// Queues ranges that have not been tried yet.
+    fn queue(&mut self, ranges: Vec<(u64, u64)>) {
+        for (start, end) in ranges {
+            self.pending.insert(
+                start,
+                Pending {
+                    end,
+                    attempts: 0,
+                    not_before: None,
+                },
+            );
+        }
     }
 
     /// Bytes of this file already accounted for (for progress).
