@@ -31,7 +31,7 @@ fn hash_window(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((CHUNK * CHUNKS) as u64));
     g.bench_function("sha256_out_of_order_64MiB", |b| {
         b.iter(|| {
-            let mut h = OrderedHashers::new([Algorithm::Sha256]);
+            let mut h = OrderedHashers::new([Algorithm::Sha256], 0);
             let mut window: BTreeMap<usize, &[u8]> = BTreeMap::new();
             let mut cursor = 0;
             for &i in &order {

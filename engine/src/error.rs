@@ -16,6 +16,7 @@ pub enum ExitCode {
     Source = 3,
     Verify = 4,
     LocalIo = 5,
+    Auth = 6,
     Interrupted = 130,
 }
 
@@ -42,6 +43,12 @@ pub enum Error {
     },
     #[error("{file}: {message}")]
     Remote { file: String, message: String },
+    #[error("{uri}: {message}")]
+    Store { uri: String, message: String },
+    #[error("{uri}: access denied: {message}")]
+    Auth { uri: String, message: String },
+    #[error("unpacking {file} failed: {message}")]
+    Archive { file: String, message: String },
     #[error(
         "{file} failed verification after {attempts} download(s): expected {expected}, got {actual}; the store's copy may be corrupt"
     )]
@@ -82,7 +89,11 @@ impl Error {
             | Error::Digest { .. }
             | Error::InvalidOption(_)
             | Error::DestinationOccupied { .. } => ExitCode::BadInput,
-            Error::Source { .. } | Error::Remote { .. } => ExitCode::Source,
+            Error::Source { .. }
+            | Error::Remote { .. }
+            | Error::Store { .. }
+            | Error::Archive { .. } => ExitCode::Source,
+            Error::Auth { .. } => ExitCode::Auth,
             Error::Verify { .. } | Error::SizeMismatch { .. } => ExitCode::Verify,
             Error::Local { .. } | Error::Locked { .. } => ExitCode::LocalIo,
             Error::Runtime(_) => ExitCode::Internal,
@@ -97,6 +108,7 @@ impl Error {
             ExitCode::Source => "source",
             ExitCode::Verify => "verify",
             ExitCode::LocalIo => "local_io",
+            ExitCode::Auth => "auth",
             ExitCode::Interrupted => "interrupted",
             ExitCode::Ok | ExitCode::Internal => "internal",
         }

@@ -26,6 +26,11 @@ pub fn redact(url: &url::Url) -> String {
     let _ = u.set_password(None);
     u.to_string()
 }
+
+/// [`redact`] for a URL given as text; text that does not parse is not shown at all.
+pub fn redact_str(url: &str) -> String {
+    url::Url::parse(url).map_or_else(|_| "<unparseable URL>".to_owned(), |u| redact(&u))
+}
 pub mod disk;
 pub mod error;
 pub mod metrics;
@@ -34,6 +39,7 @@ pub mod progress;
 pub mod pull;
 pub mod report;
 pub mod runtime;
+pub mod store;
 pub mod target;
 
 pub use error::{Error, ExitCode, Result};

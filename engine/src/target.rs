@@ -3,6 +3,8 @@
 //! Relative paths come from users and, later, from store listings; both are untrusted, so
 //! [`check_relative_path`] refuses anything that could leave the destination directory.
 
+use std::sync::Arc;
+
 use url::Url;
 
 use crate::digest::Digest;
@@ -18,7 +20,84 @@ pub struct Target {
     pub expected: Vec<Digest>,
     /// Size announced by the store's listing, checked against the server's.
     pub size: Option<u64>,
+    /// Where `expected` came from (`lfs.oid`, `x-amz-checksum-crc64nvme`, `size only`…),
+    /// for the report.
+    pub checksum: Option<String>,
+    /// Credentials for the source's host; never sent anywhere else.
+    pub auth: Auth,
 }
+
+/// Headers that authorise one request to a store: fixed ones (a bearer token, KServe's
+/// `<host>-headers`) or computed per request (a SigV4 signature covers the time).
+pub trait Authorize: Send + Sync {
+    /// Headers for `method url`; an error names what is missing or broken.
+    fn headers(
+        &self,
+        method: &str,
+        url: &Url,
+    ) -> std::result::Result<Vec<(String, String)>, String>;
+}
+
+/// A fixed header set.
+#[derive(Clone)]
+pub struct StaticHeaders(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for StaticHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Authorize for StaticHeaders {
+    fn headers(&self, _: &str, _: &Url) -> std::result::Result<Vec<(String, String)>, String> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The credentials of a target. Debug output never shows them; equality is identity.
+#[derive(Clone, Default)]
+pub struct Auth(pub Option<Arc<dyn Authorize>>);
+
+impl Auth {
+    pub fn new(a: impl Authorize + 'static) -> Self {
+        Self(Some(Arc::new(a)))
+    }
+
+    /// The headers for one request (none without credentials).
+    pub fn headers(
+        &self,
+        method: &str,
+        url: &Url,
+    ) -> std::result::Result<Vec<(String, String)>, String> {
+        self.0
+            .as_ref()
+            .map_or_else(|| Ok(Vec::new()), |a| a.headers(method, url))
+    }
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Auth(<redacted>)"
+        } else {
+            "Auth(none)"
+        })
+    }
+}
+
+impl PartialEq for Auth {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Auth {}
 
 impl Target {
     /// Parses `URL[#ALGO=HEX[&ALGO=HEX…]]` as given on the command line; the file lands at the
@@ -80,8 +159,65 @@ impl Target {
             path: name,
             expected,
             size: None,
+            checksum: None,
+            auth: Auth::default(),
         })
     }
+}
+
+/// Checks a set of targets before anything is written: every path safe, no two at the same
+/// path, none colliding with a temporary file of another, no path both a file and a folder.
+/// Errors name the offending entry.
+pub fn check_targets(targets: &[Target]) -> Result<()> {
+    let mut paths = std::collections::BTreeSet::new();
+    for t in targets {
+        crate::target::check_relative_path(&t.path).map_err(|reason| Error::InvalidSource {
+            input: crate::redact(&t.url),
+            reason: format!("path {reason}"),
+        })?;
+        let marker = crate::disk::staging::MARKER;
+        if t.path == marker || t.path.strip_prefix(marker) == Some(".tmp") {
+            return Err(Error::InvalidSource {
+                input: crate::redact(&t.url),
+                reason: format!("path `{}` is reserved for the completion marker", t.path),
+            });
+        }
+        if !paths.insert(t.path.as_str()) {
+            return Err(Error::InvalidSource {
+                input: crate::redact(&t.url),
+                reason: format!("two sources land at the same path `{}`", t.path),
+            });
+        }
+    }
+    for t in targets {
+        for suffix in [crate::pull::PART, crate::pull::JOURNAL] {
+            if let Some(base) = t.path.strip_suffix(suffix)
+                && paths.contains(base)
+            {
+                return Err(Error::InvalidSource {
+                    input: crate::redact(&t.url),
+                    reason: format!(
+                        "path `{}` collides with the temporary file of `{base}`",
+                        t.path
+                    ),
+                });
+            }
+        }
+        let mut prefix = String::new();
+        for segment in t.path.split('/') {
+            if !prefix.is_empty() && paths.contains(prefix.as_str()) {
+                return Err(Error::InvalidSource {
+                    input: crate::redact(&t.url),
+                    reason: format!("`{prefix}` is both a file and a directory"),
+                });
+            }
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(segment);
+        }
+    }
+    Ok(())
 }
 
 /// Checks a relative path from an untrusted source: `/`-separated, no empty, `.` or `..`

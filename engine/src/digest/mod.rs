@@ -20,16 +20,21 @@ pub enum Algorithm {
     Sha256,
     Sha1,
     Md5,
+    /// Git's blob id: sha1 of `blob <size>\0` followed by the content (the Hugging Face
+    /// Hub's `oid` for files not in LFS).
+    #[serde(rename = "git-sha1")]
+    GitSha1,
     Crc32,
     Crc32c,
     Crc64nvme,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 6] = [
+    pub const ALL: [Algorithm; 7] = [
         Algorithm::Sha256,
         Algorithm::Sha1,
         Algorithm::Md5,
+        Algorithm::GitSha1,
         Algorithm::Crc32,
         Algorithm::Crc32c,
         Algorithm::Crc64nvme,
@@ -40,6 +45,7 @@ impl Algorithm {
             Algorithm::Sha256 => "sha256",
             Algorithm::Sha1 => "sha1",
             Algorithm::Md5 => "md5",
+            Algorithm::GitSha1 => "git-sha1",
             Algorithm::Crc32 => "crc32",
             Algorithm::Crc32c => "crc32c",
             Algorithm::Crc64nvme => "crc64nvme",
@@ -50,7 +56,7 @@ impl Algorithm {
     pub fn digest_len(self) -> usize {
         match self {
             Algorithm::Sha256 => 32,
-            Algorithm::Sha1 => 20,
+            Algorithm::Sha1 | Algorithm::GitSha1 => 20,
             Algorithm::Md5 => 16,
             Algorithm::Crc32 | Algorithm::Crc32c => 4,
             Algorithm::Crc64nvme => 8,
@@ -59,7 +65,10 @@ impl Algorithm {
 
     /// Whether the algorithm needs the bytes in file order.
     pub fn is_ordered(self) -> bool {
-        matches!(self, Algorithm::Sha256 | Algorithm::Sha1 | Algorithm::Md5)
+        matches!(
+            self,
+            Algorithm::Sha256 | Algorithm::Sha1 | Algorithm::Md5 | Algorithm::GitSha1
+        )
     }
 }
 

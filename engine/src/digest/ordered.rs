@@ -15,14 +15,21 @@ enum Running {
     Sha256(sha2::Sha256),
     Sha1(sha1::Sha1),
     Md5(md5::Md5),
+    GitSha1(sha1::Sha1),
 }
 
 impl Running {
-    fn new(a: Algorithm) -> Self {
+    /// `size` is the file's size, which git's blob id hashes first.
+    fn new(a: Algorithm, size: u64) -> Self {
         match a {
             Algorithm::Sha256 => Running::Sha256(sha2::Sha256::new()),
             Algorithm::Sha1 => Running::Sha1(sha1::Sha1::new()),
             Algorithm::Md5 => Running::Md5(md5::Md5::new()),
+            Algorithm::GitSha1 => {
+                let mut h = sha1::Sha1::new();
+                h.update(format!("blob {size}\0").as_bytes());
+                Running::GitSha1(h)
+            }
             other => unreachable!("{other} is not an ordered digest"),
         }
     }
@@ -32,6 +39,7 @@ impl Running {
             Running::Sha256(_) => Algorithm::Sha256,
             Running::Sha1(_) => Algorithm::Sha1,
             Running::Md5(_) => Algorithm::Md5,
+            Running::GitSha1(_) => Algorithm::GitSha1,
         }
     }
 
@@ -40,6 +48,7 @@ impl Running {
             Running::Sha256(h) => h.update(data),
             Running::Sha1(h) => h.update(data),
             Running::Md5(h) => h.update(data),
+            Running::GitSha1(h) => h.update(data),
         }
     }
 
@@ -49,6 +58,7 @@ impl Running {
             Running::Sha256(h) => h.finalize().to_vec(),
             Running::Sha1(h) => h.finalize().to_vec(),
             Running::Md5(h) => h.finalize().to_vec(),
+            Running::GitSha1(h) => h.finalize().to_vec(),
         };
         Digest { algorithm, value }
     }
@@ -58,6 +68,7 @@ impl Running {
             Running::Sha256(h) => h.serialize().to_vec(),
             Running::Sha1(h) => h.serialize().to_vec(),
             Running::Md5(h) => h.serialize().to_vec(),
+            Running::GitSha1(h) => h.serialize().to_vec(),
         }
     }
 
@@ -68,6 +79,9 @@ impl Running {
             }
             Algorithm::Sha1 => Running::Sha1(sha1::Sha1::deserialize(state.try_into().ok()?).ok()?),
             Algorithm::Md5 => Running::Md5(md5::Md5::deserialize(state.try_into().ok()?).ok()?),
+            Algorithm::GitSha1 => {
+                Running::GitSha1(sha1::Sha1::deserialize(state.try_into().ok()?).ok()?)
+            }
             _ => return None,
         })
     }
@@ -88,14 +102,15 @@ pub struct SavedHashers {
 }
 
 impl OrderedHashers {
-    /// Starts the digests in `algorithms` that need order; others are ignored.
-    pub fn new(algorithms: impl IntoIterator<Item = Algorithm>) -> Self {
+    /// Starts the digests in `algorithms` that need order (others are ignored) for a file of
+    /// `size` bytes.
+    pub fn new(algorithms: impl IntoIterator<Item = Algorithm>, size: u64) -> Self {
         let mut algs: Vec<Algorithm> = algorithms.into_iter().filter(|a| a.is_ordered()).collect();
         algs.sort();
         algs.dedup();
         Self {
             position: 0,
-            running: algs.into_iter().map(Running::new).collect(),
+            running: algs.into_iter().map(|a| Running::new(a, size)).collect(),
         }
     }
 
@@ -136,7 +151,7 @@ impl OrderedHashers {
         saved: &SavedHashers,
         algorithms: impl IntoIterator<Item = Algorithm>,
     ) -> Option<Self> {
-        let fresh = Self::new(algorithms);
+        let fresh = Self::new(algorithms, 0);
         let wanted: Vec<Algorithm> = fresh.running.iter().map(Running::algorithm).collect();
         let got: Vec<Algorithm> = saved.states.iter().map(|(a, _)| *a).collect();
         if wanted != got {
@@ -174,11 +189,16 @@ impl std::fmt::Debug for OrderedHashers {
 mod tests {
     use super::*;
 
-    const ALL: [Algorithm; 3] = [Algorithm::Sha256, Algorithm::Sha1, Algorithm::Md5];
+    const ALL: [Algorithm; 4] = [
+        Algorithm::Sha256,
+        Algorithm::Sha1,
+        Algorithm::Md5,
+        Algorithm::GitSha1,
+    ];
 
     #[test]
     fn known_digests() {
-        let mut h = OrderedHashers::new(ALL);
+        let mut h = OrderedHashers::new(ALL, 3);
         h.update(b"abc");
         let d: Vec<String> = h.finish().iter().map(Digest::hex).collect();
         assert_eq!(
@@ -187,6 +207,8 @@ mod tests {
                 "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
                 "a9993e364706816aba3e25717850c26c9cd0d89d",
                 "900150983cd24fb0d6963f7d28e17f72",
+                // `printf abc | git hash-object --stdin`
+                "f2ba8f84ab5c1bce84a7b441cb1959cfc7093b7f",
             ]
         );
     }
@@ -194,10 +216,10 @@ mod tests {
     #[test]
     fn save_and_load_continue_the_digest() {
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let mut whole = OrderedHashers::new(ALL);
+        let mut whole = OrderedHashers::new(ALL, data.len() as u64);
         whole.update(&data);
 
-        let mut first = OrderedHashers::new(ALL);
+        let mut first = OrderedHashers::new(ALL, data.len() as u64);
         first.update(&data[..4321]);
         let saved = first.save();
         let json = serde_json::to_string(&saved).unwrap();
@@ -209,7 +231,7 @@ mod tests {
 
     #[test]
     fn load_refuses_other_algorithms_or_damage() {
-        let saved = OrderedHashers::new([Algorithm::Sha256]).save();
+        let saved = OrderedHashers::new([Algorithm::Sha256], 0).save();
         assert!(OrderedHashers::load(&saved, [Algorithm::Md5]).is_none());
         let mut damaged = saved.clone();
         damaged.states[0].1.truncate(10);

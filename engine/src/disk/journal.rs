@@ -187,7 +187,7 @@ mod tests {
             crcs: vec![5],
         })
         .unwrap();
-        let saved = OrderedHashers::new([Algorithm::Sha256]).save();
+        let saved = OrderedHashers::new([Algorithm::Sha256], 0).save();
         // The sync covers the first two records only: the third was written during the flush.
         j.append(&Record::Sync {
             records: 2,

@@ -13,6 +13,7 @@ use rustls::pki_types::ServerName;
 
 use super::HttpError;
 use super::head::{self, ResponseHead};
+use super::proxy::ProxyServer;
 use crate::buf::AlignedBuf;
 
 /// Where a connection goes: scheme, host and port. Connections are pooled by it.
@@ -38,6 +39,15 @@ impl Endpoint {
             .port_or_known_default()
             .unwrap_or(if tls { 443 } else { 80 });
         Ok(Self { tls, host, port })
+    }
+
+    /// `host:port` with the port always present, as `CONNECT` needs it.
+    pub fn authority_with_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// The `Host` header value.
@@ -81,40 +91,38 @@ const RBUF: usize = 16 * 1024;
 
 impl Conn {
     /// Opens a connection, with the TLS handshake when the endpoint needs it.
+    /// With a `proxy`, the TCP connection goes to it; an https endpoint is then reached
+    /// through a `CONNECT` tunnel and TLS runs end to end with the origin.
     pub async fn connect(
         endpoint: &Endpoint,
         tls: &monoio_rustls::TlsConnector,
         timeout: Duration,
+        proxy: Option<&ProxyServer>,
     ) -> Result<Self, HttpError> {
-        let connect = async {
-            let addrs: Vec<_> = (endpoint.host.as_str(), endpoint.port)
-                .to_socket_addrs()
-                .map_err(|source| HttpError::Connect {
-                    host: endpoint.host.clone(),
-                    source,
-                })?
-                .collect();
-            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-            for addr in addrs {
-                match TcpStream::connect_addr(addr).await {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        return Ok(s);
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            Err(HttpError::Connect {
-                host: endpoint.host.clone(),
-                source: last,
-            })
-        };
-        let tcp = monoio::time::timeout(timeout, connect)
+        let hop = proxy.map_or_else(|| endpoint.clone(), ProxyServer::endpoint);
+        let mut tcp = monoio::time::timeout(timeout, connect_tcp(&hop))
             .await
             .map_err(|_| HttpError::Timeout {
                 what: "connect",
-                host: endpoint.host.clone(),
+                host: hop.host.clone(),
             })??;
+        if let Some(proxy) = proxy.filter(|_| endpoint.tls) {
+            tcp = monoio::time::timeout(timeout, tunnel(tcp, endpoint, proxy))
+                .await
+                .map_err(|_| HttpError::Timeout {
+                    what: "proxy CONNECT",
+                    host: proxy.shown.clone(),
+                })??;
+        }
+        Self::over(tcp, endpoint, tls, timeout).await
+    }
+
+    async fn over(
+        tcp: TcpStream,
+        endpoint: &Endpoint,
+        tls: &monoio_rustls::TlsConnector,
+        timeout: Duration,
+    ) -> Result<Self, HttpError> {
         let stream = if endpoint.tls {
             let name = ServerName::try_from(endpoint.host.clone()).map_err(|_| {
                 HttpError::InvalidUrl(format!("invalid TLS server name {}", endpoint.host))
@@ -282,6 +290,79 @@ impl Conn {
     pub fn has_leftover(&self) -> bool {
         !self.buffered().is_empty()
     }
+}
+
+/// Resolves and connects. Names under `localhost` (RFC 6761) are loopback without asking
+/// DNS, as curl does, so virtual-hosted buckets (`bucket.localhost`) work on one machine.
+async fn connect_tcp(hop: &Endpoint) -> Result<TcpStream, HttpError> {
+    let failed = |source| HttpError::Connect {
+        host: hop.host.clone(),
+        source,
+    };
+    let host = hop.host.to_ascii_lowercase();
+    let addrs: Vec<_> = if host == "localhost" || host.ends_with(".localhost") {
+        vec![std::net::SocketAddr::from(([127, 0, 0, 1], hop.port))]
+    } else {
+        (hop.host.as_str(), hop.port)
+            .to_socket_addrs()
+            .map_err(failed)?
+            .collect()
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match TcpStream::connect_addr(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(failed(last))
+}
+
+/// Asks `proxy` for a tunnel to `endpoint` and returns the stream once it answers 2xx.
+async fn tunnel(
+    tcp: TcpStream,
+    endpoint: &Endpoint,
+    proxy: &ProxyServer,
+) -> Result<TcpStream, HttpError> {
+    let authority = endpoint.authority_with_port();
+    let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(auth) = &proxy.authorization {
+        request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut conn = Conn {
+        stream: Stream::Plain(tcp),
+        endpoint: proxy.endpoint(),
+        rbuf: Vec::with_capacity(RBUF),
+        rpos: 0,
+    };
+    conn.send(request.into_bytes()).await?;
+    let head = conn.read_head(Duration::from_secs(60)).await?;
+    if !(200..300).contains(&head.status) {
+        return Err(HttpError::Proxy(format!(
+            "proxy {} refused a tunnel to {authority}: HTTP {}{}",
+            proxy.shown,
+            head.status,
+            if head.status == 407 {
+                " (proxy authentication required: put user:password in the proxy URL)"
+            } else {
+                ""
+            }
+        )));
+    }
+    if conn.has_leftover() {
+        return Err(HttpError::Proxy(format!(
+            "proxy {} sent bytes after its CONNECT answer",
+            proxy.shown
+        )));
+    }
+    let Stream::Plain(tcp) = conn.stream else {
+        return Err(HttpError::Protocol("a proxy tunnel opened over TLS".into()));
+    };
+    Ok(tcp)
 }
 
 /// The handshake error with its causes (rustls names the certificate problem in a source).

@@ -23,6 +23,19 @@ pub struct ResponseHead {
     pub location: Option<String>,
     pub retry_after: Option<String>,
     pub accept_ranges_none: bool,
+    /// Every header as received, names in lower case: stores put checksums and error codes
+    /// in headers of their own (`x-amz-checksum-*`, `x-error-code`, `link`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A parsed `Content-Range` header.
@@ -72,6 +85,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadError> {
     for h in resp.headers.iter() {
         let value = String::from_utf8_lossy(h.value).trim().to_owned();
         let name = h.name;
+        head.headers
+            .push((name.to_ascii_lowercase(), value.clone()));
         if name.eq_ignore_ascii_case("content-length") {
             let len = value.parse::<u64>().map_err(|_| HeadError::BadHeader {
                 name: "Content-Length",

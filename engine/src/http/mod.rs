@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod head;
+pub mod proxy;
 pub mod tls;
 
 use std::cell::RefCell;
@@ -19,6 +20,7 @@ use url::Url;
 use crate::buf::AlignedBuf;
 use conn::{Conn, Endpoint};
 use head::{HeadError, ResponseHead};
+use proxy::{ProxyConfig, ProxyServer};
 
 /// Redirect hops followed before giving up.
 pub const MAX_REDIRECTS: usize = 10;
@@ -62,6 +64,8 @@ pub enum HttpError {
     Redirect(String),
     #[error("{0}")]
     Protocol(String),
+    #[error("{0}")]
+    Proxy(String),
 }
 
 impl HttpError {
@@ -80,7 +84,8 @@ impl HttpError {
             HttpError::Tls { .. }
             | HttpError::InvalidUrl(_)
             | HttpError::UnsupportedScheme(_)
-            | HttpError::Redirect(_) => false,
+            | HttpError::Redirect(_)
+            | HttpError::Proxy(_) => false,
         }
     }
 
@@ -113,12 +118,29 @@ pub struct Request<'a> {
     /// The host the headers were given for; `None` means the request URL's host. A request
     /// that goes to a cached redirect target names the original host here.
     pub headers_host: Option<&'a str>,
+    /// A request body (control-plane POSTs); sent with `Content-Length`.
+    pub body: Option<&'a [u8]>,
+}
+
+impl<'a> Request<'a> {
+    /// A GET of `url` without range, headers or body.
+    pub fn get(url: &'a Url) -> Self {
+        Self {
+            method: "GET",
+            url,
+            range: None,
+            headers: &[],
+            headers_host: None,
+            body: None,
+        }
+    }
 }
 
 /// The per-core client: a pool of keep-alive connections and the TLS connector.
 pub struct Client {
     tls: monoio_rustls::TlsConnector,
     timeouts: Timeouts,
+    proxy: Option<Arc<ProxyConfig>>,
     idle: RefCell<HashMap<Endpoint, Vec<Conn>>>,
 }
 
@@ -157,10 +179,15 @@ impl std::fmt::Debug for Response {
 }
 
 impl Client {
-    pub fn new(tls: Arc<rustls::ClientConfig>, timeouts: Timeouts) -> Self {
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        timeouts: Timeouts,
+        proxy: Option<Arc<ProxyConfig>>,
+    ) -> Self {
         Self {
             tls: monoio_rustls::TlsConnector::from(tls),
             timeouts,
+            proxy,
             idle: RefCell::new(HashMap::new()),
         }
     }
@@ -179,9 +206,7 @@ impl Client {
             } else {
                 &[]
             };
-            let resp = self
-                .send_once(req.method, &url, &endpoint, req.range, headers)
-                .await?;
+            let resp = self.send_once(req, &url, &endpoint, headers).await?;
             if !matches!(resp.head.status, 301 | 302 | 303 | 307 | 308) {
                 return Ok(resp);
             }
@@ -219,13 +244,25 @@ impl Client {
 
     async fn send_once(
         &self,
-        method: &str,
+        req: &Request<'_>,
         url: &Url,
         endpoint: &Endpoint,
-        range: Option<(u64, u64)>,
         headers: &[(String, String)],
     ) -> Result<Response, HttpError> {
-        let request = encode_request(method, url, endpoint, range, headers);
+        let method = req.method;
+        let proxy = self.proxy.as_deref().and_then(|p| p.route(endpoint));
+        let forward = proxy.filter(|_| !endpoint.tls);
+        let request = encode_request(
+            &Head {
+                method,
+                url,
+                endpoint,
+                range: req.range,
+                headers,
+                forward,
+            },
+            req.body,
+        );
         // A pooled connection may have been closed by the server while idle; that failure is
         // not the request's fault, so it gets one more try on a fresh connection.
         if let Some(mut conn) = self.take_idle(endpoint)
@@ -237,7 +274,7 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        let mut conn = Conn::connect(endpoint, &self.tls, self.timeouts.connect).await?;
+        let mut conn = Conn::connect(endpoint, &self.tls, self.timeouts.connect, proxy).await?;
         conn.send(request).await?;
         let head = conn.read_head(self.timeouts.stall).await?;
         Ok(self.response(method, url, conn, head))
@@ -285,15 +322,32 @@ impl Client {
     }
 }
 
-fn encode_request(
-    method: &str,
-    url: &Url,
-    endpoint: &Endpoint,
+/// What goes into one request head.
+struct Head<'a> {
+    method: &'a str,
+    url: &'a Url,
+    endpoint: &'a Endpoint,
     range: Option<(u64, u64)>,
-    headers: &[(String, String)],
-) -> Vec<u8> {
+    headers: &'a [(String, String)],
+    /// A plain-http request through this proxy: absolute-form target and its credentials.
+    forward: Option<&'a ProxyServer>,
+}
+
+fn encode_request(h: &Head<'_>, body: Option<&[u8]>) -> Vec<u8> {
     use std::fmt::Write as _;
-    let mut target = url.path().to_owned();
+    let Head {
+        method,
+        url,
+        endpoint,
+        range,
+        headers,
+        forward,
+    } = *h;
+    let mut target = String::new();
+    if forward.is_some() {
+        let _ = write!(target, "http://{}", endpoint.authority());
+    }
+    target.push_str(url.path());
     if let Some(q) = url.query() {
         target.push('?');
         target.push_str(q);
@@ -306,13 +360,21 @@ fn encode_request(
     if let Some((first, last)) = range {
         let _ = write!(req, "Range: bytes={first}-{last}\r\n");
     }
+    if let Some(auth) = forward.and_then(|p| p.authorization.as_deref()) {
+        let _ = write!(req, "Proxy-Authorization: {auth}\r\n");
+    }
     for (name, value) in headers {
         if !value.contains(['\r', '\n']) && !name.contains(['\r', '\n', ':']) {
             let _ = write!(req, "{name}: {value}\r\n");
         }
     }
+    if let Some(body) = body {
+        let _ = write!(req, "Content-Length: {}\r\n", body.len());
+    }
     req.push_str("\r\n");
-    req.into_bytes()
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    bytes
 }
 
 impl Response {
@@ -452,13 +514,39 @@ mod tests {
             ("Authorization".to_owned(), "Bearer t".to_owned()),
             ("X-Evil".to_owned(), "a\r\nInjected: 1".to_owned()),
         ];
-        let req =
-            String::from_utf8(encode_request("GET", &url, &ep, Some((0, 99)), &headers)).unwrap();
+        let head = Head {
+            method: "GET",
+            url: &url,
+            endpoint: &ep,
+            range: Some((0, 99)),
+            headers: &headers,
+            forward: None,
+        };
+        let req = String::from_utf8(encode_request(&head, None)).unwrap();
         assert!(req.starts_with("GET /a%20b/c?x=1&y=2 HTTP/1.1\r\nHost: example.com:8443\r\n"));
         assert!(req.contains("Range: bytes=0-99\r\n"));
         assert!(req.contains("Authorization: Bearer t\r\n"));
         assert!(!req.contains("Injected"));
         assert!(req.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn proxied_request_with_body() {
+        let url = Url::parse("http://origin.example/token?a=1").unwrap();
+        let ep = Endpoint::of(&url).unwrap();
+        let proxy = ProxyServer::parse("http://u:p@proxy:3128").unwrap();
+        let head = Head {
+            method: "POST",
+            url: &url,
+            endpoint: &ep,
+            range: None,
+            headers: &[],
+            forward: Some(&proxy),
+        };
+        let req = String::from_utf8(encode_request(&head, Some(b"x=1"))).unwrap();
+        assert!(req.starts_with("POST http://origin.example/token?a=1 HTTP/1.1\r\n"));
+        assert!(req.contains("Proxy-Authorization: Basic dTpw\r\n"));
+        assert!(req.ends_with("Content-Length: 3\r\n\r\nx=1"));
     }
 
     #[test]

@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +24,12 @@ pub enum TlsConfigError {
     Invalid { path: String, message: String },
 }
 
-/// Builds the client configuration used by every engine core.
+/// Builds the client configuration used by every engine core, trusting `ca_bundle` in
+/// addition to the usual roots. Certificates of `insecure_hosts` are not verified at all
+/// (`S3_VERIFY_SSL=0`); every other host is verified as usual.
 pub fn client_config(
     ca_bundle: Option<&Path>,
+    insecure_hosts: &[String],
 ) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -57,10 +61,93 @@ pub fn client_config(
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .expect("ring supports the default protocol versions");
+    if insecure_hosts.is_empty() {
+        return Ok(Arc::new(
+            builder.with_root_certificates(roots).with_no_client_auth(),
+        ));
+    }
+    let verified = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsConfigError::Invalid {
+        path: "(roots)".into(),
+        message: e.to_string(),
+    })?;
+    let verifier = SkipFor {
+        hosts: insecure_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        verified,
+        schemes: provider.signature_verification_algorithms,
+    };
+    Ok(Arc::new(
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth(),
+    ))
+}
+
+/// Verifies certificates as usual except for the hosts the operator opted out for.
+#[derive(Debug)]
+struct SkipFor {
+    hosts: Vec<String>,
+    verified: Arc<rustls::client::WebPkiServerVerifier>,
+    schemes: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl SkipFor {
+    fn skips(&self, name: &ServerName<'_>) -> bool {
+        let name = match name {
+            ServerName::DnsName(d) => d.as_ref().to_ascii_lowercase(),
+            ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+            _ => return false,
+        };
+        self.hosts.contains(&name)
+    }
+}
+
+impl ServerCertVerifier for SkipFor {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.skips(server_name) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.verified
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.supported_schemes()
+    }
 }

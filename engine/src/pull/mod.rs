@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::buf::ALIGN;
 use crate::disk::staging::{Marker, Prepared, SourceRecord, Staging};
 use crate::error::{Error, Result};
+use crate::http::proxy::ProxyConfig;
 use crate::http::tls;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
@@ -58,8 +59,13 @@ pub struct Options {
     /// How often the resume journal records a durable checkpoint.
     pub checkpoint_interval: Duration,
     pub ca_bundle: Option<PathBuf>,
+    /// Hosts whose TLS certificates are not verified (`S3_VERIFY_SSL=0`); a warning is
+    /// logged for each.
+    pub insecure_hosts: Vec<String>,
     /// Extra request headers, sent only to each source's own host.
     pub headers: Vec<(String, String)>,
+    /// Forward proxies (`HTTPS_PROXY`…), `None` for direct connections.
+    pub proxy: Option<Arc<ProxyConfig>>,
 }
 
 impl Default for Options {
@@ -82,7 +88,9 @@ impl Default for Options {
             backoff_cap: Duration::from_secs(30),
             checkpoint_interval: Duration::from_secs(1),
             ca_bundle: None,
+            insecure_hosts: Vec::new(),
             headers: Vec::new(),
+            proxy: None,
         }
     }
 }
@@ -145,8 +153,8 @@ pub struct Context {
 }
 
 /// Temporary names a pull creates beside each file.
-const PART: &str = ".part";
-const JOURNAL: &str = ".modelpull-journal";
+pub(crate) const PART: &str = ".part";
+pub(crate) const JOURNAL: &str = ".modelpull-journal";
 
 fn check_request(req: &PullRequest) -> Result<()> {
     if req.targets.is_empty() {
@@ -154,48 +162,7 @@ fn check_request(req: &PullRequest) -> Result<()> {
             "nothing to pull: give at least one source".into(),
         ));
     }
-    let mut paths = std::collections::BTreeSet::new();
-    for t in &req.targets {
-        crate::target::check_relative_path(&t.path).map_err(|reason| Error::InvalidSource {
-            input: t.url.to_string(),
-            reason: format!("path {reason}"),
-        })?;
-        if !paths.insert(t.path.as_str()) {
-            return Err(Error::InvalidSource {
-                input: crate::redact(&t.url),
-                reason: format!("two sources land at the same path `{}`", t.path),
-            });
-        }
-    }
-    for t in &req.targets {
-        for suffix in [PART, JOURNAL] {
-            if let Some(base) = t.path.strip_suffix(suffix)
-                && paths.contains(base)
-            {
-                return Err(Error::InvalidSource {
-                    input: crate::redact(&t.url),
-                    reason: format!(
-                        "path `{}` collides with the temporary file of `{base}`",
-                        t.path
-                    ),
-                });
-            }
-        }
-        let mut prefix = String::new();
-        for segment in t.path.split('/') {
-            if !prefix.is_empty() && paths.contains(prefix.as_str()) {
-                return Err(Error::InvalidSource {
-                    input: crate::redact(&t.url),
-                    reason: format!("`{prefix}` is both a file and a directory"),
-                });
-            }
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(segment);
-        }
-    }
-    Ok(())
+    crate::target::check_targets(&req.targets)
 }
 
 /// Pulls `req.targets` into `req.dest`: verified, resumable, published atomically.
@@ -212,7 +179,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
             expected: t.expected.clone(),
         })
         .collect();
-    let tls = tls::client_config(opts.ca_bundle.as_deref())
+    let tls = tls::client_config(opts.ca_bundle.as_deref(), &opts.insecure_hosts)
         .map_err(|e| Error::InvalidOption(e.to_string()))?;
     let staging = match Staging::prepare(&req.dest, &request)? {
         Prepared::UpToDate(marker) => {

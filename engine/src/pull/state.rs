@@ -540,7 +540,7 @@ impl Job {
         fs.done_count = 0;
         fs.crcs = vec![vec![0; chunks as usize]; meta.crcs.len()];
         fs.cursor = 0;
-        fs.hashers = Some(OrderedHashers::new(meta.ordered.iter().copied()));
+        fs.hashers = Some(OrderedHashers::new(meta.ordered.iter().copied(), size));
         fs.journal = Some(journal);
         fs.records = 0;
         fs.last_sync = Instant::now();
@@ -896,7 +896,7 @@ impl Job {
         }
         let hashers = hashers
             .or_else(|| fs.hashers.take())
-            .unwrap_or_else(|| OrderedHashers::new([]));
+            .unwrap_or_else(|| OrderedHashers::new([], 0));
         let mut digests = hashers.finish();
         for (k, &alg) in meta.crcs.iter().enumerate() {
             let parts =
@@ -1091,7 +1091,7 @@ impl FileState {
             fs.counted_bytes += len(*i) as u64;
         }
         fs.done_count = trusted.len() as u64;
-        let mut hashers = OrderedHashers::new(meta.ordered.iter().copied());
+        let mut hashers = OrderedHashers::new(meta.ordered.iter().copied(), size);
         if let Some(h) = loaded
             .hash
             .as_ref()

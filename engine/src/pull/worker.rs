@@ -85,6 +85,7 @@ pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, work
                 connect: job.opts.connect_timeout,
                 stall: job.opts.stall_timeout,
             },
+            job.opts.proxy.clone(),
         ),
         files: RefCell::new(HashMap::new()),
     });
@@ -385,12 +386,25 @@ async fn fetch(
         ClaimKind::Validate if claim.end == claim.start => (0, 0),
         _ => (claim.start * chunk, (claim.end * chunk).min(size) - 1),
     };
+    let meta = &job.metas[claim.file];
+    let headers = match meta.target.auth.headers("GET", &url) {
+        Ok(h) if h.is_empty() => job.opts.headers.clone(),
+        Ok(h) => job.opts.headers.iter().cloned().chain(h).collect(),
+        Err(message) => {
+            let err = Error::Remote {
+                file: meta.target.path.clone(),
+                message: format!("cannot authorise the request: {message}"),
+            };
+            return (Err(Failure::Fatal(err)), buf);
+        }
+    };
     let request = Request {
         method: "GET",
         url: &url,
         range: Some(range),
-        headers: &job.opts.headers,
-        headers_host: Some(&job.metas[claim.file].host),
+        headers: &headers,
+        headers_host: Some(&meta.host),
+        body: None,
     };
     let mut resp = match ctx.client.send(&request).await {
         Ok(r) => r,

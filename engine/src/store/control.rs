@@ -1,0 +1,214 @@
+//! The control plane: listings, metadata and token requests.
+//!
+//! These are small requests made before any file byte moves. They use the engine's own HTTP
+//! client (same TLS roots, same proxies, same redirect rules) on a runtime of their own on
+//! the calling thread, and read whole bodies into memory with a size bound.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::buf::AlignedBuf;
+use crate::error::{Error, Result};
+use crate::http::head::ResponseHead;
+use crate::http::proxy::ProxyConfig;
+use crate::http::{Client, HttpError, Request, Timeouts, tls};
+use crate::pull::Options;
+use crate::runtime::{self, Driver};
+
+/// Largest control-plane body accepted (a listing page is far smaller).
+const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Attempts for a control-plane request that failed in a retryable way.
+const ATTEMPTS: u32 = 4;
+
+/// Settings for control-plane requests, taken from the pull's options.
+#[derive(Debug, Clone)]
+pub struct Control {
+    tls: Arc<rustls::ClientConfig>,
+    ca_bundle: Option<PathBuf>,
+    insecure_hosts: Vec<String>,
+    timeouts: Timeouts,
+    proxy: Option<Arc<ProxyConfig>>,
+    driver: Driver,
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Reply {
+    pub head: ResponseHead,
+    pub url: Url,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn status(&self) -> u16 {
+        self.head.status
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.header(name)
+    }
+
+    /// The body as text for error messages, cut to a readable length.
+    pub fn snippet(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let text = text.trim();
+        match text.char_indices().nth(300) {
+            Some((i, _)) => format!("{}…", &text[..i]),
+            None => text.to_owned(),
+        }
+    }
+}
+
+impl Control {
+    pub fn new(opts: &Options) -> Result<Self> {
+        let tls = tls::client_config(opts.ca_bundle.as_deref(), &opts.insecure_hosts)
+            .map_err(|e| Error::InvalidOption(e.to_string()))?;
+        let (driver, _) = runtime::resolve(opts.driver)?;
+        Ok(Self {
+            tls,
+            ca_bundle: opts.ca_bundle.clone(),
+            insecure_hosts: opts.insecure_hosts.clone(),
+            timeouts: Timeouts {
+                connect: opts.connect_timeout,
+                stall: opts.stall_timeout,
+            },
+            proxy: opts.proxy.clone(),
+            driver,
+        })
+    }
+
+    /// The same settings with a store's own TLS needs added: an extra CA bundle
+    /// (`AWS_CA_BUNDLE`) and hosts whose certificates are not verified (`S3_VERIFY_SSL=0`).
+    pub fn with_tls(&self, ca_bundle: Option<&Path>, insecure_hosts: &[String]) -> Result<Self> {
+        let ca_bundle = self.ca_bundle.as_deref().or(ca_bundle).map(Path::to_owned);
+        let mut insecure = self.insecure_hosts.clone();
+        insecure.extend(insecure_hosts.iter().cloned());
+        let tls = tls::client_config(ca_bundle.as_deref(), &insecure)
+            .map_err(|e| Error::InvalidOption(e.to_string()))?;
+        Ok(Self {
+            tls,
+            ca_bundle,
+            insecure_hosts: insecure,
+            ..self.clone()
+        })
+    }
+
+    /// Runs `f` with a client on a runtime of its own on this thread.
+    pub fn run<F, Fut, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Rc<Client>) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let client = Rc::new(Client::new(
+            self.tls.clone(),
+            self.timeouts,
+            self.proxy.clone(),
+        ));
+        runtime::block_on(self.driver, f(client))
+    }
+}
+
+/// Sends `req` and reads the whole body; retryable failures (resets, 5xx, 429) are tried
+/// again with a short pause.
+pub async fn fetch(client: &Client, req: &Request<'_>) -> Result<Reply, HttpError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let err = match fetch_once(client, req).await {
+            Ok(reply)
+                if attempt < ATTEMPTS && matches!(reply.status(), 429 | 500 | 502 | 503 | 504) =>
+            {
+                tracing::debug!(status = reply.status(), url = %crate::redact(&reply.url), "retrying");
+                None
+            }
+            Ok(reply) => return Ok(reply),
+            Err(e) if attempt < ATTEMPTS && e.is_retryable() => Some(e),
+            Err(e) => return Err(e),
+        };
+        if let Some(e) = err {
+            tracing::debug!(error = %e, "retrying a control-plane request");
+        }
+        monoio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+    }
+}
+
+async fn fetch_once(client: &Client, req: &Request<'_>) -> Result<Reply, HttpError> {
+    let mut resp = client.send(req).await?;
+    let mut body = Vec::new();
+    let mut buf = AlignedBuf::new(64 * 1024);
+    loop {
+        buf.set_len(0);
+        let cap = buf.capacity();
+        let (res, b) = resp.read_body(buf, cap).await;
+        buf = b;
+        match res? {
+            0 => break,
+            n => body.extend_from_slice(&buf.as_slice()[..n]),
+        }
+        if body.len() > MAX_BODY {
+            return Err(HttpError::Protocol(format!(
+                "{} sent a body larger than {} MiB",
+                crate::redact(&resp.url),
+                MAX_BODY >> 20
+            )));
+        }
+    }
+    let head = resp.head.clone();
+    let url = resp.url.clone();
+    resp.release(client);
+    Ok(Reply { head, url, body })
+}
+
+/// Runs `work(item)` for every item with at most `width` in flight on this runtime, and
+/// returns the results in input order (the first error wins).
+pub async fn for_each<I, T, F, Fut>(items: Vec<I>, width: usize, work: F) -> Result<Vec<T>>
+where
+    I: 'static,
+    T: 'static,
+    F: Fn(I) -> Fut + 'static,
+    Fut: Future<Output = Result<T>> + 'static,
+{
+    let total = items.len();
+    let queue: Rc<RefCell<VecDeque<(usize, I)>>> =
+        Rc::new(RefCell::new(items.into_iter().enumerate().collect()));
+    let results: Rc<RefCell<Vec<Option<Result<T>>>>> =
+        Rc::new(RefCell::new((0..total).map(|_| None).collect()));
+    let work = Rc::new(work);
+    let tasks: Vec<_> = (0..width.clamp(1, total.max(1)))
+        .map(|_| {
+            let (queue, results, work) = (queue.clone(), results.clone(), work.clone());
+            monoio::spawn(async move {
+                loop {
+                    let next = queue.borrow_mut().pop_front();
+                    let Some((i, item)) = next else { break };
+                    let r = work(item).await;
+                    let failed = r.is_err();
+                    results.borrow_mut()[i] = Some(r);
+                    if failed {
+                        queue.borrow_mut().clear();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    let results = Rc::try_unwrap(results)
+        .map_err(|_| Error::Runtime("control-plane tasks still running".into()))?
+        .into_inner();
+    let mut out = Vec::with_capacity(total);
+    for r in results.into_iter().flatten() {
+        out.push(r?);
+    }
+    if out.len() != total {
+        return Err(Error::Runtime("a control-plane task did not finish".into()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,193 @@
+//! `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS`, with the storage-initializer's
+//! semantics: a JSON list or a comma list of Python `fnmatch` patterns matched against the
+//! file's path relative to the URI; `*` crosses `/`. A pattern ending in `/` matches the
+//! folder's contents, as in `huggingface_hub`.
+
+use super::env::Env;
+
+/// Which listed files to fetch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patterns {
+    pub allow: Vec<String>,
+    pub ignore: Vec<String>,
+}
+
+impl Patterns {
+    pub fn from_env(env: &Env) -> Self {
+        Self {
+            allow: parse_list(env.get("STORAGE_ALLOW_PATTERNS")),
+            ignore: parse_list(env.get("STORAGE_IGNORE_PATTERNS")),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.ignore.is_empty()
+    }
+
+    /// Whether `path` passes: it matches an allow pattern (when there are any) and no
+    /// ignore pattern.
+    pub fn keeps(&self, path: &str) -> bool {
+        (self.allow.is_empty() || self.allow.iter().any(|p| matches(p, path)))
+            && !self.ignore.iter().any(|p| matches(p, path))
+    }
+}
+
+/// A JSON list (or a JSON string), else a comma-separated list.
+fn parse_list(value: Option<&str>) -> Vec<String> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Vec::new();
+    };
+    let items: Vec<String> = match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect(),
+        Ok(serde_json::Value::String(s)) => vec![s],
+        _ => value.split(',').map(str::to_owned).collect(),
+    };
+    items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn matches(pattern: &str, path: &str) -> bool {
+    if pattern.ends_with('/') {
+        return fnmatch(&format!("{pattern}*"), path);
+    }
+    fnmatch(pattern, path)
+}
+
+/// Python's `fnmatch.fnmatchcase`: `*`, `?`, `[seq]`, `[!seq]`; an unclosed `[` is literal.
+pub fn fnmatch(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    // Iterative matching with one backtrack point for the last `*`: linear in practice and
+    // never exponential, whatever the pattern.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some((pi, ni));
+                    pi += 1;
+                    continue;
+                }
+                '?' => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                '[' => {
+                    if let Some((matched, next)) = class(&p, pi, n[ni]) {
+                        if matched {
+                            pi = next;
+                            ni += 1;
+                            continue;
+                        }
+                    } else if n[ni] == '[' {
+                        pi += 1;
+                        ni += 1;
+                        continue;
+                    }
+                }
+                c if c == n[ni] => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, sn)) => {
+                pi = sp + 1;
+                ni = sn + 1;
+                star = Some((sp, sn + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Matches `c` against the class starting at `p[start] == '['`; `None` when the class is not
+/// closed (then `[` is a literal). Returns whether it matched and where the pattern goes on.
+fn class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = p.get(i) == Some(&'!');
+    if negate {
+        i += 1;
+    }
+    let first = i;
+    let mut matched = false;
+    loop {
+        let ch = *p.get(i)?;
+        if ch == ']' && i > first {
+            return Some((matched != negate, i + 1));
+        }
+        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|&e| e != ']') {
+            let end = p[i + 2];
+            if ch <= c && c <= end {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if ch == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnmatch_like_python() {
+        // Expectations from CPython's fnmatch.fnmatchcase.
+        let cases = [
+            ("*.safetensors", "model-00001.safetensors", true),
+            ("*.safetensors", "sub/model.safetensors", true),
+            ("*.json", "config.json.bak", false),
+            ("config.???", "config.yml", true),
+            ("[ab]*", "b.txt", true),
+            ("[!ab]*", "b.txt", false),
+            ("[a-c]x", "bx", true),
+            ("[]]x", "]x", true),
+            ("[x", "[x", true),
+            ("*a*a*a*a*b", &"a".repeat(60), false),
+            ("original/*", "original/consolidated.pth", true),
+            ("", "", true),
+            ("*", "", true),
+        ];
+        for (p, n, want) in cases {
+            assert_eq!(fnmatch(p, n), want, "{p} vs {n}");
+        }
+    }
+
+    #[test]
+    fn env_lists() {
+        let env: Env = [
+            ("STORAGE_ALLOW_PATTERNS", r#"["*.safetensors", "*.json"]"#),
+            ("STORAGE_IGNORE_PATTERNS", " original/ , *.bin"),
+        ]
+        .into_iter()
+        .collect();
+        let p = Patterns::from_env(&env);
+        assert_eq!(p.allow, ["*.safetensors", "*.json"]);
+        assert_eq!(p.ignore, ["original/", "*.bin"]);
+        assert!(p.keeps("config.json"));
+        assert!(!p.keeps("original/params.json"));
+        assert!(!p.keeps("README.md"));
+        assert!(Patterns::from_env(&Env::default()).keeps("anything"));
+        assert_eq!(parse_list(Some(r#""*.md""#)), ["*.md"]);
+    }
+}

@@ -1,0 +1,200 @@
+//! Model stores: a source URI in, a manifest of [`Target`]s out.
+//!
+//! Each scheme lists its files over the control plane ([`control`]) and says, per file, the
+//! URL to GET, the size, the digest the store vouches for and the credentials the request
+//! needs. The bytes then move through the engine's data plane like any other target. The
+//! URIs and environment variables are the ones KServe's storage-initializer accepts, so a
+//! `sourceModelUri` that works there works here:
+//!
+//! | scheme | module | digest |
+//! |---|---|---|
+//! | `hf://org/model[:rev]` | [`hf`] | LFS: sha256 (`lfs.oid`); others: git blob sha1 |
+//! | `s3://bucket/prefix` | [`s3`] | `x-amz-checksum-*`, else single-part ETag md5, else size |
+//! | `gs://bucket/prefix` | [`gs`] | crc32c, else md5 |
+//! | `http(s)://host/file` | [`http`] | `#sha256=…` fragment when given, else size |
+//!
+//! Every path in a listing is untrusted: [`crate::target::check_targets`] refuses anything
+//! that could escape the destination before a byte is written.
+
+pub mod control;
+pub mod env;
+pub mod filter;
+pub mod gcp_auth;
+pub mod gs;
+pub mod hf;
+pub mod http;
+pub mod s3;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::target::Target;
+pub use control::Control;
+pub use env::Env;
+use filter::Patterns;
+
+/// What a source URI holds.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The URI as given (http URLs without query or credentials).
+    pub uri: String,
+    /// `hf`, `s3`, `gs` or `http`.
+    pub store: &'static str,
+    /// The exact revision listed, when the store has revisions (an HF commit).
+    pub revision: Option<String>,
+    pub files: Vec<Target>,
+    /// Files left out by `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS` or skipped as
+    /// folder markers.
+    pub skipped: usize,
+    /// TLS settings the store's environment asks for, to apply to the pull's options: a CA
+    /// bundle (`AWS_CA_BUNDLE`) and hosts not to verify (`S3_VERIFY_SSL=0`).
+    pub ca_bundle: Option<std::path::PathBuf>,
+    pub insecure_hosts: Vec<String>,
+}
+
+/// One manifest line, as `modelpull ls --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub path: String,
+    pub size: Option<u64>,
+    /// What the pull will verify the file against.
+    pub checksum: String,
+}
+
+impl Manifest {
+    /// Sum of the listed sizes; `None` when a size is unknown until the first request.
+    pub fn total_size(&self) -> Option<u64> {
+        self.files.iter().map(|t| t.size).sum()
+    }
+
+    pub fn listing(&self) -> Vec<Listed> {
+        self.files
+            .iter()
+            .map(|t| Listed {
+                path: t.path.clone(),
+                size: t.size,
+                checksum: t.checksum.clone().unwrap_or_else(|| checksum_label(t)),
+            })
+            .collect()
+    }
+}
+
+/// Describes what a target will be verified against.
+pub fn checksum_label(t: &Target) -> String {
+    if t.expected.is_empty() {
+        return "size only".into();
+    }
+    t.expected
+        .iter()
+        .map(|d| d.algorithm.name())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// Lists `uri`: every file it names, with URL, size, expected digests and credentials.
+/// `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS` from `env` filter the listing.
+pub fn resolve(uri: &str, env: &Env, control: &Control) -> Result<Manifest> {
+    let scheme = uri.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let patterns = Patterns::from_env(env);
+    let mut manifest = match scheme.as_deref() {
+        Some("hf") => hf::list(uri, env, control, &patterns)?,
+        Some("s3") => s3::list(uri, env, control, &patterns)?,
+        Some("gs") => gs::list(uri, env, control, &patterns)?,
+        Some("http" | "https") => http::list(uri, env)?,
+        _ => {
+            return Err(Error::InvalidSource {
+                input: uri.to_owned(),
+                reason: "unrecognised storage type: use hf://, s3://, gs://, http:// or https://"
+                    .into(),
+            });
+        }
+    };
+    if manifest.files.is_empty() {
+        let filtered = if manifest.skipped > 0 {
+            format!(
+                " ({} listed file(s) were left out by STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS or are folder markers)",
+                manifest.skipped
+            )
+        } else {
+            String::new()
+        };
+        return Err(Error::Store {
+            uri: uri.to_owned(),
+            message: format!("no model files found{filtered}"),
+        });
+    }
+    manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+    crate::target::check_targets(&manifest.files).map_err(|e| match e {
+        Error::InvalidSource { reason, .. } => Error::InvalidSource {
+            input: uri.to_owned(),
+            reason: format!("the store's listing is unsafe: {reason}"),
+        },
+        other => other,
+    })?;
+    Ok(manifest)
+}
+
+/// Resolves every URI and merges the manifests into one list of targets.
+pub fn resolve_all(uris: &[String], env: &Env, control: &Control) -> Result<Vec<Manifest>> {
+    uris.iter().map(|u| resolve(u, env, control)).collect()
+}
+
+/// Base64 (standard alphabet) to bytes, for the digests stores put in headers and JSON.
+pub(crate) fn base64_digest(
+    algorithm: crate::digest::Algorithm,
+    value: &str,
+) -> Option<crate::digest::Digest> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()?;
+    (bytes.len() == algorithm.digest_len()).then_some(crate::digest::Digest {
+        algorithm,
+        value: bytes,
+    })
+}
+
+/// Percent-encodes one path segment (or a whole key with `keep_slash`) as stores expect.
+pub(crate) fn encode(s: &str, keep_slash: bool) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    const PATH: &AsciiSet = &SEGMENT.remove(b'/');
+    utf8_percent_encode(s, if keep_slash { PATH } else { SEGMENT }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+
+    #[test]
+    fn base64_digests_are_checked_for_length() {
+        let d = base64_digest(Algorithm::Crc32c, "yZRlqg==").unwrap();
+        assert_eq!(d.value, [0xc9, 0x94, 0x65, 0xaa]);
+        assert!(base64_digest(Algorithm::Crc32c, "AAAAAAAAAAA=").is_none());
+        assert!(base64_digest(Algorithm::Crc32c, "not base64!").is_none());
+    }
+
+    #[test]
+    fn encoding() {
+        assert_eq!(encode("a b/c+d", true), "a%20b/c%2Bd");
+        assert_eq!(encode("a b/c", false), "a%20b%2Fc");
+        assert_eq!(encode("ü~", true), "%C3%BC~");
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused() {
+        let control = Control::new(&crate::Options::default()).unwrap();
+        for uri in ["pvc://x/y", "ftp://h/f", "/mnt/pvc/x", "oci://r/i"] {
+            let err = resolve(uri, &Env::default(), &control).unwrap_err();
+            assert!(
+                err.to_string().contains("unrecognised storage type"),
+                "{err}"
+            );
+        }
+    }
+}
