@@ -93,6 +93,7 @@ pub fn run(
     ));
     let report = crate::pull(
         &PullRequest {
+            unpack: false,
             targets,
             dest: dest.clone(),
         },

@@ -12,6 +12,7 @@
 //! - [`metrics`], [`progress`], [`report`]: what a pull tells its caller;
 //! - [`origin`] and [`demo`]: the fault-injecting test origin and `modelpull demo`.
 
+pub mod archive;
 pub mod buf;
 pub mod digest;
 pub mod http;

@@ -18,6 +18,17 @@ pub struct FileReport {
     pub verified: Vec<Algorithm>,
     /// Bytes kept from an interrupted earlier run.
     pub resumed_bytes: u64,
+    /// What the file was verified against, in the store's words (`lfs.oid`,
+    /// `x-amz-checksum-crc64nvme`, `size only`…).
+    pub checksum: String,
+}
+
+/// A single downloaded archive that was unpacked in place (and removed).
+#[derive(Debug, Clone, Serialize)]
+pub struct Unpacked {
+    pub archive: String,
+    pub files: usize,
+    pub bytes: u64,
 }
 
 /// The outcome of a successful pull.
@@ -32,6 +43,7 @@ pub struct Report {
     pub cores: usize,
     pub connections: usize,
     pub files: Vec<FileReport>,
+    pub unpacked: Option<Unpacked>,
     pub total_bytes: u64,
     pub downloaded_bytes: u64,
     pub resumed_bytes: u64,

@@ -41,6 +41,9 @@ pub struct Marker {
     pub version: u32,
     pub request: Vec<SourceRecord>,
     pub files: Vec<FileRecord>,
+    /// The downloaded archive `files` were unpacked from (and which was then removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpacked_from: Option<FileRecord>,
 }
 
 impl Marker {
@@ -49,6 +52,7 @@ impl Marker {
             version: MARKER_VERSION,
             request,
             files,
+            unpacked_from: None,
         }
     }
 
@@ -162,6 +166,28 @@ impl Staging {
             .unwrap_or(Path::new("."));
         sync_dir(parent).map_err(|e| Error::local("flush", parent, e))?;
         let _ = std::fs::remove_file(&self.lock_path);
+        Ok(())
+    }
+
+    /// Removes everything in the staging directory but the entries named in `keep` (the
+    /// leftovers of an unpacking that was interrupted).
+    pub fn clear_except(&self, keep: &[&Path]) -> Result<()> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::local("read directory", &self.dir, e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| Error::local("read directory", &self.dir, e))?
+                .path();
+            if keep.contains(&path.as_path()) {
+                continue;
+            }
+            let removed = if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| Error::local("remove", &path, e))?;
+        }
         Ok(())
     }
 

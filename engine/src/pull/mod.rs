@@ -141,6 +141,9 @@ pub struct PullRequest {
     pub targets: Vec<Target>,
     /// The model directory to create.
     pub dest: PathBuf,
+    /// When the pull is a single `.tar`, `.tar.gz`, `.tgz` or `.zip`, unpack it in place and
+    /// remove it, as KServe's storage-initializer does.
+    pub unpack: bool,
 }
 
 /// Shared handles a pull reports into.
@@ -257,6 +260,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
     let state = job.lock();
     let mut reports = Vec::new();
     let mut records = Vec::new();
+    let mut journals = Vec::new();
     for (meta, fs) in job.metas.iter().zip(&state.files) {
         let record = fs
             .record
@@ -268,12 +272,26 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
             digests: record.digests.clone(),
             verified: meta.target.expected.iter().map(|d| d.algorithm).collect(),
             resumed_bytes: fs.resumed_bytes,
+            checksum: meta
+                .target
+                .checksum
+                .clone()
+                .unwrap_or_else(|| crate::store::checksum_label(&meta.target)),
         });
         records.push(record);
-        let _ = std::fs::remove_file(&meta.journal);
+        journals.push(meta.journal.clone());
     }
     drop(state);
-    staging.publish(&Marker::new(request, records))?;
+    let mut marker = Marker::new(request, records);
+    let unpacked = if req.unpack {
+        unpack_single(&staging, &job.metas, &mut marker)?
+    } else {
+        None
+    };
+    for journal in journals {
+        let _ = std::fs::remove_file(journal);
+    }
+    staging.publish(&marker)?;
     cx.metrics.pulls.with_label_values(&["ok"]).inc();
 
     let seconds = started.elapsed().as_secs_f64();
@@ -290,11 +308,45 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
         downloaded_bytes: snap.downloaded_bytes,
         resumed_bytes: reports.iter().map(|f| f.resumed_bytes).sum(),
         files: reports,
+        unpacked,
         seconds,
         gigabytes_per_second: snap.downloaded_bytes as f64 / seconds.max(1e-9) / 1e9,
         retries: snap.retries,
         peak_buffer_bytes: (job.pool.allocated() * opts.chunk_size) as u64,
     })
+}
+
+/// Unpacks the pull's only file when it is an archive: leftovers of an interrupted attempt
+/// are cleared first, the archive is removed after, and the marker lists the unpacked files.
+fn unpack_single(
+    staging: &Staging,
+    metas: &[state::FileMeta],
+    marker: &mut Marker,
+) -> Result<Option<crate::report::Unpacked>> {
+    let [meta] = metas else {
+        return Ok(None);
+    };
+    let Some(kind) = crate::archive::Kind::of(&meta.target.path) else {
+        return Ok(None);
+    };
+    staging.clear_except(&[&meta.final_path, &meta.part, &meta.journal])?;
+    let size = marker.files.first().map_or(0, |f| f.size);
+    tracing::info!(archive = %meta.target.path, "unpacking the downloaded archive in place");
+    let files = crate::archive::unpack(
+        &meta.final_path,
+        kind,
+        &staging.dir,
+        crate::archive::Limits::for_archive(size),
+    )?;
+    std::fs::remove_file(&meta.final_path)
+        .map_err(|e| Error::local("remove", &meta.final_path, e))?;
+    let unpacked = crate::report::Unpacked {
+        archive: meta.target.path.clone(),
+        files: files.len(),
+        bytes: files.iter().map(|f| f.size).sum(),
+    };
+    marker.unpacked_from = std::mem::replace(&mut marker.files, files).pop();
+    Ok(Some(unpacked))
 }
 
 fn file_name(path: &str) -> &str {
@@ -320,6 +372,7 @@ fn up_to_date_report(
             digests: f.digests.clone(),
             verified: Vec::new(),
             resumed_bytes: f.size,
+            checksum: "verified by an earlier pull".into(),
         })
         .collect();
     let total: u64 = files.iter().map(|f| f.size).sum();
@@ -334,6 +387,7 @@ fn up_to_date_report(
         downloaded_bytes: 0,
         resumed_bytes: total,
         files,
+        unpacked: None,
         seconds: started.elapsed().as_secs_f64(),
         gigabytes_per_second: 0.0,
         retries: 0,

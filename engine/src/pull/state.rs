@@ -1009,7 +1009,44 @@ impl Job {
 impl FileState {
     /// The state of a file at the start of a pull: finished earlier, resumable from its
     /// journal, or new.
+    /// A file the store lists as empty: nothing to fetch (a ranged GET of nothing is not
+    /// even well-formed), only to create and check against the listed digests.
+    fn empty(meta: &FileMeta) -> Result<Self, Error> {
+        let file = std::fs::File::create(&meta.final_path)
+            .map_err(|e| Error::local("create", &meta.final_path, e))?;
+        file.sync_all()
+            .map_err(|e| Error::local("flush", &meta.final_path, e))?;
+        let mut digests = OrderedHashers::new(meta.ordered.iter().copied(), 0).finish();
+        digests.extend(
+            meta.crcs
+                .iter()
+                .map(|&alg| crc::combine(alg, std::iter::empty())),
+        );
+        if let Some((expected, actual)) = meta.target.expected.iter().find_map(|e| {
+            let actual = digests.iter().find(|d| d.algorithm == e.algorithm)?;
+            (actual != e).then(|| (e.clone(), actual.clone()))
+        }) {
+            return Err(Error::Verify {
+                file: meta.target.path.clone(),
+                attempts: 0,
+                expected,
+                actual,
+            });
+        }
+        let mut fs = FileState::fresh(meta);
+        fs.phase = Phase::Done;
+        fs.record = Some(FileRecord {
+            path: meta.target.path.clone(),
+            size: 0,
+            digests,
+        });
+        Ok(fs)
+    }
+
     pub fn prepare(meta: &FileMeta, chunk: u64, range_chunks: u64) -> Result<Self, Error> {
+        if meta.target.size == Some(0) {
+            return FileState::empty(meta);
+        }
         let fresh = |why: Option<&str>| {
             if let Some(why) = why {
                 tracing::info!(file = %meta.target.path, reason = why, "not resuming; starting the file over");

@@ -105,6 +105,7 @@ pub fn pull(
 ) -> modelpull::Result<modelpull::Report> {
     modelpull::pull(
         &PullRequest {
+            unpack: false,
             targets,
             dest: dest.to_owned(),
         },

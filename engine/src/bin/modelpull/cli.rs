@@ -40,17 +40,50 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Download files into a new model directory, verified and published atomically.
+    /// Download a model into a new directory, verified and published atomically.
     #[command(after_help = PULL_AFTER)]
     Pull(PullArgs),
+    /// List the files a source holds (path, size, what they are verified against).
+    #[command(after_help = LS_AFTER)]
+    Ls(LsArgs),
     /// Pull a generated model from a local origin and report throughput (needs nothing else).
     Demo(DemoArgs),
 }
 
-const PULL_AFTER: &str = "\
-SOURCES are http(s) URLs. Append the expected digest as a fragment to have it checked:
-  https://host/model.safetensors#sha256=<64 hex digits>   (also sha1, md5, crc32, crc32c, crc64nvme;
-  several joined with &). Without one, sha256 is computed and reported.
+/// The sources section shared by `pull` and `ls` (a macro so `concat!` can join it).
+macro_rules! sources_help {
+    () => {
+        "\
+SOURCES, as KServe's storage-initializer takes them:
+  hf://ORG/MODEL[:REVISION]   Hugging Face Hub (HF_ENDPOINT, HF_TOKEN); files verified by sha256
+                              (LFS) or git blob sha1
+  s3://BUCKET/PREFIX          S3 or S3-compatible (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+                              AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL or S3_ENDPOINT +
+                              S3_USE_HTTPS, S3_USER_VIRTUAL_BUCKET, awsAnonymousCredential,
+                              S3_VERIFY_SSL, AWS_CA_BUNDLE); an exact key fetches that one object
+  gs://BUCKET/PREFIX          Google Cloud Storage (GOOGLE_APPLICATION_CREDENTIALS, or the metadata
+                              server; STORAGE_EMULATOR_HOST); verified by crc32c
+  http(s)://HOST/PATH         one file; headers from the env variable `HOST-headers` (JSON);
+                              append #sha256=<hex> (or sha1, md5, crc32, crc32c, crc64nvme) to verify
+STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS (JSON or comma list of fnmatch patterns) filter
+listed files. HTTPS_PROXY, HTTP_PROXY, NO_PROXY are honoured."
+    };
+}
+
+const LS_AFTER: &str = concat!(
+    "\
+Prints one line per file: size, what it will be verified against, path. --json prints the
+manifest as JSON. Nothing is downloaded. Exit codes as for `modelpull pull`.
+
+",
+    sources_help!()
+);
+
+const PULL_AFTER: &str = concat!(
+    "\
+See SOURCES below. Files of all sources land in DEST at their path relative to the source's
+prefix. A pull that yields exactly one .tar, .tar.gz, .tgz or .zip unpacks it in place and
+removes it (--keep-archive keeps it as it is).
 
 DEST is the model directory to create. Files are staged in a hidden sibling directory and DEST
 appears only when every file is verified. Running the same command again resumes an
@@ -62,14 +95,20 @@ Exit codes:
   0    success (or DEST already complete)
   1    internal error
   2    bad input: malformed URL, unsupported scheme, bad digest, invalid option, DEST occupied
-  3    source or network failure after retries (HTTP error, TLS, timeouts)
+  3    source, store or network failure after retries (HTTP error, TLS, timeouts, not found,
+       unsafe listing, refused archive)
   4    verification failure: a file did not match its digest or listed size
   5    local I/O failure: destination not writable, disk full, locked by another process
-  130  interrupted (SIGINT/SIGTERM); run again to resume";
+  6    the store refused access: wrong or missing credentials, gated or private model
+  130  interrupted (SIGINT/SIGTERM); run again to resume
+
+",
+    sources_help!()
+);
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// URLs to fetch.
+    /// Models or files to fetch (hf://, s3://, gs://, http(s)://).
     #[arg(value_name = "SOURCE", num_args = 1.., required = true)]
     pub sources: Vec<String>,
 
@@ -77,11 +116,29 @@ pub struct PullArgs {
     #[arg(value_name = "DEST")]
     pub dest: PathBuf,
 
+    /// Keep a single downloaded archive as it is instead of unpacking it.
+    #[arg(long)]
+    pub keep_archive: bool,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Models or files to list (hf://, s3://, gs://, http(s)://).
+    #[arg(value_name = "SOURCE", num_args = 1.., required = true)]
+    pub sources: Vec<String>,
+
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
-use modelpull::{Context, PullRequest, Target};
+use modelpull::store::{self, Control, Env, Manifest};
+use modelpull::{Context, Options, PullRequest};
 
 use cli::{Cli, Command, LogFormat};
 
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     };
     let (json, result) = match cli.command {
         Command::Pull(args) => (args.output.json, run_pull(args, &cx)),
+        Command::Ls(args) => (args.json, run_ls(args)),
         Command::Demo(args) => (args.output.json, run_demo(args, &cx)),
     };
     match result {
@@ -41,19 +43,61 @@ fn main() -> ExitCode {
     }
 }
 
+/// Options from the flags plus what the environment adds (proxies).
+fn options(engine: &cli::EngineArgs, env: &Env) -> anyhow::Result<Options> {
+    let mut opts = engine.options();
+    opts.proxy = modelpull::http::proxy::ProxyConfig::from_env(|n| env.get(n).map(str::to_owned))
+        .map_err(modelpull::Error::InvalidOption)?
+        .map(Arc::new);
+    Ok(opts)
+}
+
+/// Lists every source; the manifests' TLS needs are added to `opts`.
+fn resolve(
+    sources: &[String],
+    env: &Env,
+    opts: &mut Options,
+    quiet: bool,
+) -> anyhow::Result<Vec<Manifest>> {
+    let control = Control::new(opts)?;
+    let mut manifests = Vec::new();
+    for uri in sources {
+        if !quiet {
+            eprintln!("modelpull: listing {}", modelpull::redact_str(uri));
+        }
+        let m = store::resolve(uri, env, &control)?;
+        if opts.ca_bundle.is_none() {
+            opts.ca_bundle.clone_from(&m.ca_bundle);
+        }
+        opts.insecure_hosts.extend(m.insecure_hosts.iter().cloned());
+        manifests.push(m);
+    }
+    Ok(manifests)
+}
+
+fn run_ls(args: cli::LsArgs) -> anyhow::Result<()> {
+    let env = Env::from_process();
+    let mut opts = options(&args.engine, &env)?;
+    let manifests = resolve(&args.sources, &env, &mut opts, true)?;
+    output::listing(&manifests, args.json);
+    Ok(())
+}
+
 fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
-    let dest = args.dest;
-    let targets = args
-        .sources
-        .iter()
-        .map(|s| Target::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let opts = args.engine.options();
+    let env = Env::from_process();
+    let mut opts = options(&args.engine, &env)?;
+    let manifests = resolve(&args.sources, &env, &mut opts, args.output.json)?;
+    let targets = manifests.into_iter().flat_map(|m| m.files).collect();
+    let request = PullRequest {
+        targets,
+        dest: args.dest,
+        unpack: !args.keep_archive,
+    };
     let bar = output::ProgressBar::start(
         cx.progress.clone(),
         !args.output.json && !args.output.no_progress,
     );
-    let result = modelpull::pull(&PullRequest { targets, dest }, &opts, cx);
+    let result = modelpull::pull(&request, &opts, cx);
     bar.finish();
     output::report(&result?, args.output.json);
     Ok(())

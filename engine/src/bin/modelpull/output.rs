@@ -88,6 +88,14 @@ pub fn report(report: &modelpull::Report, json: bool) {
         "  driver {driver}, {} cores, {} connections, {} retries{resumed}",
         report.cores, report.connections, report.retries
     );
+    if let Some(u) = &report.unpacked {
+        println!(
+            "  unpacked {} into {} files ({}) and removed it",
+            u.archive,
+            u.files,
+            human_bytes(u.bytes)
+        );
+    }
     if let Some(note) = &report.driver_note {
         println!("  note: {note}; running on epoll");
     }
@@ -103,7 +111,60 @@ pub fn report(report: &modelpull::Report, json: bool) {
             "verified"
         };
         if let Some(d) = shown {
-            println!("  {check} {d}  {}  {}", human_bytes(f.size), f.path);
+            println!(
+                "  {check} {d}  {}  {}  ({})",
+                human_bytes(f.size),
+                f.path,
+                f.checksum
+            );
+        }
+    }
+}
+
+/// `modelpull ls`: one line per file, or the manifests as JSON.
+pub fn listing(manifests: &[modelpull::store::Manifest], json: bool) {
+    if json {
+        let v: Vec<_> = manifests
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "uri": m.uri,
+                    "store": m.store,
+                    "revision": m.revision,
+                    "total_bytes": m.total_size(),
+                    "skipped": m.skipped,
+                    "files": m.listing(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("listing serialises")
+        );
+        return;
+    }
+    for m in manifests {
+        let revision = m
+            .revision
+            .as_deref()
+            .map(|r| format!(" at {r}"))
+            .unwrap_or_default();
+        let total = m
+            .total_size()
+            .map_or_else(|| "size unknown".to_owned(), human_bytes);
+        let skipped = if m.skipped > 0 {
+            format!(", {} skipped", m.skipped)
+        } else {
+            String::new()
+        };
+        println!(
+            "{}{revision}: {} files, {total}{skipped}",
+            m.uri,
+            m.files.len()
+        );
+        for f in m.listing() {
+            let size = f.size.map_or_else(|| "?".to_owned(), human_bytes);
+            println!("  {size:>10}  {:<26}  {}", f.checksum, f.path);
         }
     }
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the real servers and clients the tests run against, once: tinyproxy (a forward
+# proxy, from Debian) and a virtualenv .venv-test with moto (S3), gcp-storage-emulator (GCS)
+# and huggingface_hub (the client that proves the in-tree Hub fixture faithful). The tests
+# start and stop the servers themselves, each on a free port of 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+for pair in tinyproxy:tinyproxy openssl:openssl; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The packaged tinyproxy starts a system instance; the tests run their own.
+systemctl disable --now tinyproxy >/dev/null 2>&1 || service tinyproxy stop >/dev/null 2>&1 || true
+venv=.venv-test
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+# crc32c and awscrt: without them moto computes crc32c and crc64nvme as plain crc32.
+"$venv/bin/python" -c 'import moto, crc32c, awscrt, boto3, gcp_storage_emulator, huggingface_hub' >/dev/null 2>&1 || {
+  echo "installing moto, gcp-storage-emulator and huggingface_hub into $venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q 'moto[server]==5.2.5' crc32c awscrt boto3 \
+    'gcp-storage-emulator==2026.7.19' 'huggingface_hub==2.4.0'
+}
+echo "test servers ready"
