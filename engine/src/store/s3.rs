@@ -364,7 +364,15 @@ impl Ctx<'_> {
         let detail = error_text(reply);
         let status = reply.status();
         let uri = self.uri.to_owned();
-        if status == 401 || status == 403 {
+        let code = detail.split(':').next().unwrap_or_default();
+        let credential_codes = [
+            "InvalidToken",
+            "ExpiredToken",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AuthorizationHeaderMalformed",
+        ];
+        if status == 401 || status == 403 || credential_codes.contains(&code) {
             let hint = if self.settings.signer.is_none() {
                 "no credentials were given: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             } else {

@@ -1,6 +1,8 @@
 //! Helpers shared by the engine's integration tests: data, origins, pulls on each driver.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -165,4 +167,53 @@ pub fn each_driver(mut f: impl FnMut(Driver)) {
         eprintln!("--- driver {}", d.name());
         f(d);
     }
+}
+
+/// Lists `uri` with `env` (never the process environment) and pulls it into `dest` as the
+/// CLI does: the store's TLS needs applied, a single archive unpacked.
+pub fn pull_uri(
+    uri: &str,
+    env: &modelpull::store::Env,
+    dest: &Path,
+    opts: &Options,
+) -> modelpull::Result<modelpull::Report> {
+    let control = modelpull::store::Control::new(opts)?;
+    let manifest = modelpull::store::resolve(uri, env, &control)?;
+    let mut opts = opts.clone();
+    if opts.ca_bundle.is_none() {
+        opts.ca_bundle.clone_from(&manifest.ca_bundle);
+    }
+    opts.insecure_hosts
+        .extend(manifest.insecure_hosts.iter().cloned());
+    modelpull::pull(
+        &PullRequest {
+            targets: manifest.files,
+            dest: dest.to_owned(),
+            unpack: true,
+        },
+        &opts,
+        &Context::default(),
+    )
+}
+
+/// Default engine options with short timeouts, on the automatic driver.
+pub fn store_options() -> Options {
+    init_logs();
+    Options {
+        connect_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(10),
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(200),
+        ..Options::default()
+    }
+}
+
+/// The checksum label the report gives `path`.
+pub fn checksum_of(report: &modelpull::Report, path: &str) -> String {
+    report
+        .files
+        .iter()
+        .find(|f| f.path == path)
+        .map(|f| f.checksum.clone())
+        .unwrap_or_else(|| panic!("{path} is not in the report"))
 }
