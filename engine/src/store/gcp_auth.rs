@@ -73,8 +73,9 @@ struct TokenReply {
 }
 
 impl TokenSource {
-    /// The token source the environment names, if any.
-    pub fn from_env(env: &Env) -> Result<Option<Self>> {
+    /// The token source the environment names, if any; the metadata server only with
+    /// `metadata`.
+    pub fn from_env(env: &Env, metadata: bool) -> Result<Option<Self>> {
         if let Some(json) = env.get("GOOGLE_APPLICATION_CREDENTIALS_JSON") {
             return Self::from_json(json.as_bytes(), "GOOGLE_APPLICATION_CREDENTIALS_JSON")
                 .map(Some);
@@ -86,6 +87,9 @@ impl TokenSource {
                 ))
             })?;
             return Self::from_json(&text, path).map(Some);
+        }
+        if !metadata {
+            return Ok(None);
         }
         if let Some(host) = env.get("GCE_METADATA_HOST") {
             return Ok(Some(TokenSource::Metadata {
@@ -131,8 +135,8 @@ impl TokenSource {
         }
     }
 
-    /// An authorizer that fetches the first token now (so bad credentials fail the listing,
-    /// not the download) and renews it before it expires.
+    /// An authorizer that fetches a token at the first request (the listing, so bad
+    /// credentials fail before any download) and renews it before it expires.
     pub fn authorizer(self, control: Control) -> Bearer {
         Bearer {
             source: self,

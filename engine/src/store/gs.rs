@@ -95,13 +95,11 @@ fn base(env: &Env) -> Result<Url> {
 pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Result<Manifest> {
     let (bucket, path) = parse(uri)?;
     let base = base(env)?;
-    let auth = if env.get("STORAGE_EMULATOR_HOST").is_some() {
-        Auth::default()
-    } else {
-        TokenSource::from_env(env)?.map_or_else(Auth::default, |source| {
-            Auth::new(source.authorizer(control.clone()))
-        })
-    };
+    // An emulator gets credentials only when a credentials file is named explicitly.
+    let emulated = env.get("STORAGE_EMULATOR_HOST").is_some();
+    let auth = TokenSource::from_env(env, !emulated)?.map_or_else(Auth::default, |source| {
+        Auth::new(source.authorizer(control.clone()))
+    });
     let bucket_url = format!(
         "{}/storage/v1/b/{}/o",
         base.as_str().trim_end_matches('/'),
