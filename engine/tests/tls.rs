@@ -5,43 +5,8 @@ mod util;
 
 use modelpull::origin::{Origin, TlsIdentity};
 use modelpull::{ExitCode, Target};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
-};
+use util::pki::{leaf, pki};
 use util::*;
-
-struct Pki {
-    ca_pem: String,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-fn pki() -> Pki {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "modelpull test CA");
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        ca,
-    }
-}
-
-fn leaf(pki: &Pki, names: &[&str], expired: bool) -> TlsIdentity {
-    let mut params =
-        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    if expired {
-        params.not_before = date_time_ymd(2020, 1, 1);
-        params.not_after = date_time_ymd(2021, 1, 1);
-    }
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &pki.ca).unwrap();
-    TlsIdentity {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
 
 fn serve(identity: &TlsIdentity, content: &[u8]) -> (tempfile::TempDir, Origin) {
     let dir = tempfile::tempdir().unwrap();
@@ -141,4 +106,21 @@ fn unreadable_ca_bundle_is_bad_input() {
     .unwrap_err();
     assert_eq!(err.exit_code(), ExitCode::BadInput);
     assert!(err.to_string().contains("missing.pem"), "{err}");
+}
+
+#[test]
+fn verification_is_skipped_only_for_the_hosts_opted_out() {
+    let pki = pki();
+    let content = data(6, 100_000);
+    let (dir, origin) = serve(&leaf(&pki, &["localhost"], false), &content);
+    let driver = modelpull::runtime::Driver::Epoll;
+    let target = || Target::parse(&origin.url_for_host("localhost", "model.bin")).unwrap();
+    let mut opts = options(driver);
+    opts.retries = 2;
+    opts.insecure_hosts = vec!["other.example".into()];
+    let refused = pull(vec![target()], &dir.path().join("a"), &opts);
+    assert_refused(refused, "UnknownIssuer");
+    opts.insecure_hosts = vec!["localhost".into()];
+    pull(vec![target()], &dir.path().join("b"), &opts).unwrap();
+    assert_file(&dir.path().join("b"), "model.bin", &content);
 }

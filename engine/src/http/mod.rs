@@ -207,6 +207,12 @@ impl Client {
                 &[]
             };
             let resp = self.send_once(req, &url, &endpoint, headers).await?;
+            if resp.head.status == 407 {
+                return Err(HttpError::Proxy(format!(
+                    "the proxy for {} requires authentication (HTTP 407): put user:password in the proxy URL",
+                    crate::redact(&url)
+                )));
+            }
             if !matches!(resp.head.status, 301 | 302 | 303 | 307 | 308) {
                 return Ok(resp);
             }

@@ -1,6 +1,7 @@
 //! Helpers shared by the engine's integration tests: data, origins, pulls on each driver.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod servers;
 
 use std::path::{Path, PathBuf};
