@@ -48,4 +48,5 @@ pub use pull::{Context, Options, PullRequest, pull};
 pub use report::Report;
 pub use target::Target;
 pub mod demo;
+pub mod hub;
 pub mod origin;

@@ -308,3 +308,65 @@ fn service_account_key_gets_a_token() {
     assert!(err.to_string().contains("invalid_grant"), "{err}");
     assert!(!err.to_string().contains("PRIVATE KEY"));
 }
+
+/// gcp-storage-emulator does not paginate, so pagination is checked against a listing
+/// endpoint that does, the way the JSON API documents it (`nextPageToken`, `pageToken`).
+#[test]
+fn listing_follows_page_tokens() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let seen = tokens.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut line = String::new();
+            BufReader::new(conn.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let token = line
+                .split("pageToken=")
+                .nth(1)
+                .map(|t| t.split([' ', '&']).next().unwrap_or_default().to_owned());
+            seen.lock().unwrap().push(token.clone());
+            let body = match token.as_deref() {
+                None => {
+                    r#"{"items": [{"name": "m/a", "size": "1", "crc32c": "AAAAAA=="}], "nextPageToken": "page-2"}"#
+                }
+                Some("page-2") => {
+                    r#"{"items": [{"name": "m/b", "size": "2", "crc32c": "AAAAAA=="}], "nextPageToken": "page-3"}"#
+                }
+                _ => {
+                    r#"{"items": [{"name": "m/c", "size": "3", "md5Hash": "XrY7u+Ae7tCTyyK7j1rNww=="}]}"#
+                }
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let env: Env = [("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{port}"))]
+        .into_iter()
+        .collect();
+    let control = modelpull::store::Control::new(&store_options()).unwrap();
+    let m = modelpull::store::resolve("gs://models/m", &env, &control).unwrap();
+    let listed: Vec<_> = m
+        .listing()
+        .into_iter()
+        .map(|l| (l.path, l.checksum))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("a".to_owned(), "crc32c".to_owned()),
+            ("b".to_owned(), "crc32c".to_owned()),
+            ("c".to_owned(), "md5".to_owned())
+        ]
+    );
+    assert_eq!(
+        *tokens.lock().unwrap(),
+        [None, Some("page-2".to_owned()), Some("page-3".to_owned())]
+    );
+}

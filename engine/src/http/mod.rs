@@ -113,11 +113,11 @@ pub struct Request<'a> {
     pub url: &'a Url,
     /// Inclusive byte range.
     pub range: Option<(u64, u64)>,
-    /// Extra headers (credentials), sent only to `headers_host`.
+    /// Extra headers (credentials), sent only to `headers_for`.
     pub headers: &'a [(String, String)],
-    /// The host the headers were given for; `None` means the request URL's host. A request
-    /// that goes to a cached redirect target names the original host here.
-    pub headers_host: Option<&'a str>,
+    /// The origin (scheme, host, port) the headers were given for; `None` means the request
+    /// URL's. A request that goes to a cached redirect target names the source's here.
+    pub headers_for: Option<&'a Endpoint>,
     /// A request body (control-plane POSTs); sent with `Content-Length`.
     pub body: Option<&'a [u8]>,
 }
@@ -130,7 +130,7 @@ impl<'a> Request<'a> {
             url,
             range: None,
             headers: &[],
-            headers_host: None,
+            headers_for: None,
             body: None,
         }
     }
@@ -196,16 +196,13 @@ impl Client {
     /// whatever its status: interpreting statuses is the caller's business.
     pub async fn send(&self, req: &Request<'_>) -> Result<Response, HttpError> {
         let first = Endpoint::of(req.url)?;
-        let home = req.headers_host.unwrap_or(&first.host);
+        let home = req.headers_for.unwrap_or(&first);
         let mut url = req.url.clone();
         for _ in 0..=MAX_REDIRECTS {
             let endpoint = Endpoint::of(&url)?;
-            // Credentials go to the host they were given for, never to a redirect target.
-            let headers = if endpoint.host == home {
-                req.headers
-            } else {
-                &[]
-            };
+            // Credentials go to the origin they were given for, never to a redirect target
+            // elsewhere, not even another port of the same host.
+            let headers = if &endpoint == home { req.headers } else { &[] };
             let resp = self.send_once(req, &url, &endpoint, headers).await?;
             if resp.head.status == 407 {
                 return Err(HttpError::Proxy(format!(

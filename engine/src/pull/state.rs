@@ -35,6 +35,8 @@ pub(crate) struct FileMeta {
     /// The source as logs and the journal may show it.
     pub source: String,
     pub host: String,
+    /// Where the target's credentials may go: its own scheme, host and port only.
+    pub origin: Option<crate::http::conn::Endpoint>,
     pub part: PathBuf,
     pub journal: PathBuf,
     pub final_path: PathBuf,
@@ -67,6 +69,7 @@ impl FileMeta {
         Self {
             source: crate::redact(&target.url),
             host: target.url.host_str().unwrap_or_default().to_owned(),
+            origin: crate::http::conn::Endpoint::of(&target.url).ok(),
             target,
             part,
             journal,
@@ -1007,8 +1010,6 @@ impl Job {
 }
 
 impl FileState {
-    /// The state of a file at the start of a pull: finished earlier, resumable from its
-    /// journal, or new.
     /// A file the store lists as empty: nothing to fetch (a ranged GET of nothing is not
     /// even well-formed), only to create and check against the listed digests.
     fn empty(meta: &FileMeta) -> Result<Self, Error> {
@@ -1043,6 +1044,8 @@ impl FileState {
         Ok(fs)
     }
 
+    /// The state of a file at the start of a pull: finished earlier, resumable from its
+    /// journal, or new.
     pub fn prepare(meta: &FileMeta, chunk: u64, range_chunks: u64) -> Result<Self, Error> {
         if meta.target.size == Some(0) {
             return FileState::empty(meta);

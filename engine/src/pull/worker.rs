@@ -161,14 +161,21 @@ fn changed(recorded: &str, resp: &Response) -> bool {
 /// Turns a request error into a retry or a fatal error. A redirect target that stopped
 /// working (presigned URLs expire) sends the file back to its source URL first.
 fn classify(job: &Job, claim: &Claim, from: u64, err: HttpError) -> Failure {
+    // A refusal from somewhere other than the source itself comes from a redirect target
+    // (a CDN's presigned URL that expired): the file goes back to its source URL, which
+    // hands out a fresh one. Other workers may have reset it already.
     let expired = matches!(
-        err,
+        &err,
         HttpError::Status {
             status: 401 | 403 | 404 | 410,
+            url,
             ..
-        }
+        } if *url != job.metas[claim.file].source
     );
-    if err.is_retryable() || (expired && job.reset_url(claim.file)) {
+    if expired {
+        job.reset_url(claim.file);
+    }
+    if err.is_retryable() || expired {
         return Failure::Retry { from, err };
     }
     Failure::Fatal(Error::Source {
@@ -403,7 +410,7 @@ async fn fetch(
         url: &url,
         range: Some(range),
         headers: &headers,
-        headers_host: Some(&meta.host),
+        headers_for: meta.origin.as_ref(),
         body: None,
     };
     let mut resp = match ctx.client.send(&request).await {
