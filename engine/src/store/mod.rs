@@ -124,19 +124,19 @@ pub fn resolve(uri: &str, env: &Env, control: &Control) -> Result<Manifest> {
         });
     }
     manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
-    crate::target::check_targets(&manifest.files).map_err(|e| match e {
+    check_listing(uri, &manifest.files)?;
+    Ok(manifest)
+}
+
+/// Refuses a listing with any unsafe, duplicate or conflicting path, naming the entry.
+pub(crate) fn check_listing(uri: &str, targets: &[Target]) -> Result<()> {
+    crate::target::check_targets(targets).map_err(|e| match e {
         Error::InvalidSource { reason, .. } => Error::InvalidSource {
             input: uri.to_owned(),
             reason: format!("the store's listing is unsafe: {reason}"),
         },
         other => other,
-    })?;
-    Ok(manifest)
-}
-
-/// Resolves every URI and merges the manifests into one list of targets.
-pub fn resolve_all(uris: &[String], env: &Env, control: &Control) -> Result<Vec<Manifest>> {
-    uris.iter().map(|u| resolve(u, env, control)).collect()
+    })
 }
 
 /// Base64 (standard alphabet) to bytes, for the digests stores put in headers and JSON.

@@ -568,6 +568,21 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
                 chosen.push((obj, rel));
             }
         }
+        // Hostile names are refused before anything else is asked of the server.
+        let preview = chosen
+            .iter()
+            .map(|(obj, rel)| {
+                Ok(Target {
+                    url: ctx_settings.object_url(&bucket_c, &obj.key)?,
+                    path: rel.clone(),
+                    expected: Vec::new(),
+                    size: Some(obj.size),
+                    checksum: None,
+                    auth: Auth::default(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        super::check_listing(&uri_c, &preview)?;
         let client2 = client.clone();
         let settings2 = ctx_settings.clone();
         let (uri2, bucket2) = (uri_c.clone(), bucket_c.clone());
