@@ -101,11 +101,14 @@ pub fn resolve(uri: &str, env: &Env, control: &Control) -> Result<Manifest> {
         Some("s3") => s3::list(uri, env, control, &patterns)?,
         Some("gs") => gs::list(uri, env, control, &patterns)?,
         Some("http" | "https") => http::list(uri, env)?,
-        _ => {
+        other => {
+            let what = other.map_or_else(
+                || "it has no scheme".to_owned(),
+                |s| format!("unsupported scheme `{s}`"),
+            );
             return Err(Error::InvalidSource {
                 input: uri.to_owned(),
-                reason: "unrecognised storage type: use hf://, s3://, gs://, http:// or https://"
-                    .into(),
+                reason: format!("{what}: use hf://, s3://, gs://, http:// or https://"),
             });
         }
     };
@@ -192,7 +195,8 @@ mod tests {
         for uri in ["pvc://x/y", "ftp://h/f", "/mnt/pvc/x", "oci://r/i"] {
             let err = resolve(uri, &Env::default(), &control).unwrap_err();
             assert!(
-                err.to_string().contains("unrecognised storage type"),
+                err.to_string()
+                    .contains("use hf://, s3://, gs://, http:// or https://"),
                 "{err}"
             );
         }

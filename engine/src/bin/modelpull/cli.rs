@@ -94,9 +94,10 @@ Sizes take K, M, G, T (powers of 1024; KB, MB, GB for powers of 1000).
 Exit codes:
   0    success (or DEST already complete)
   1    internal error
-  2    bad input: malformed URL, unsupported scheme, bad digest, invalid option, DEST occupied
+  2    bad input: malformed URI, unsupported scheme, bad digest, invalid option, a store
+       listing with unsafe paths, DEST occupied
   3    source, store or network failure after retries (HTTP error, TLS, timeouts, not found,
-       unsafe listing, refused archive)
+       refused archive)
   4    verification failure: a file did not match its digest or listed size
   5    local I/O failure: destination not writable, disk full, locked by another process
   6    the store refused access: wrong or missing credentials, gated or private model

@@ -86,7 +86,12 @@ fn run_ls(args: cli::LsArgs) -> anyhow::Result<()> {
 fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
     let env = Env::from_process();
     let mut opts = options(&args.engine, &env)?;
-    let manifests = resolve(&args.sources, &env, &mut opts, args.output.json)?;
+    // On a terminal, say what is being listed (a big bucket takes a moment); scripts get
+    // nothing but the result or the one-line error.
+    let quiet = args.output.json
+        || args.output.no_progress
+        || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let manifests = resolve(&args.sources, &env, &mut opts, quiet)?;
     let targets = manifests.into_iter().flat_map(|m| m.files).collect();
     let request = PullRequest {
         targets,
