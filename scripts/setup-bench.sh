@@ -2,7 +2,7 @@
 # Installs what the throughput harness runs side by side with modelpull: nginx (the origin),
 # curl and aria2c, fio (the disk's limit), GNU time (CPU and peak RSS), iproute2 (the latency
 # scenario's namespace), and a virtualenv with hf_transfer, KServe's storage initializer
-# (kserve-storage) and matplotlib (the chart).
+# (kserve-storage), matplotlib (the chart), and moto and gcp-storage-emulator (the store rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -22,9 +22,13 @@ systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2
 if [ ! -x benches/.venv/bin/python ]; then
   python3 -m venv benches/.venv
 fi
-benches/.venv/bin/python -c 'import hf_transfer, kserve_storage, matplotlib' >/dev/null 2>&1 || {
-  echo "installing hf_transfer, kserve-storage and matplotlib into benches/.venv"
+# The store rows also need the stores (moto with crc32c and awscrt so its checksums are right,
+# gcp-storage-emulator) and the clients KServe's initializer uses for them.
+benches/.venv/bin/python -c 'import hf_transfer, kserve_storage, matplotlib, moto, crc32c, awscrt, boto3, gcp_storage_emulator, google.cloud.storage, huggingface_hub' >/dev/null 2>&1 || {
+  echo "installing hf_transfer, kserve-storage, matplotlib and the model stores into benches/.venv"
   benches/.venv/bin/pip install -q --upgrade pip
-  benches/.venv/bin/pip install -q hf_transfer kserve-storage matplotlib
+  benches/.venv/bin/pip install -q hf_transfer kserve-storage matplotlib \
+    'moto[server]==5.2.5' crc32c awscrt boto3 'gcp-storage-emulator==2026.7.19' \
+    google-cloud-storage huggingface_hub
 }
 echo "benchmark tools ready"

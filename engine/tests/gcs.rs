@@ -370,3 +370,60 @@ fn listing_follows_page_tokens() {
         [None, Some("page-2".to_owned()), Some("page-3".to_owned())]
     );
 }
+
+/// A metadata server as on Google Cloud: answers a token only to requests that carry
+/// `Metadata-Flavor: Google`.
+#[test]
+fn metadata_server_token() {
+    let Some(gcs) = Gcs::start(&[("m/a.txt", b"from the metadata server's identity")]) else {
+        return;
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let flavored = head.contains("Metadata-Flavor: Google");
+            let path_ok = head
+                .starts_with("GET /computeMetadata/v1/instance/service-accounts/default/token ");
+            log.lock().unwrap().push(flavored && path_ok);
+            let (status, body) = if flavored && path_ok {
+                (
+                    "200 OK",
+                    r#"{"access_token":"ya29.metadata","expires_in":3599,"token_type":"Bearer"}"#,
+                )
+            } else {
+                ("403 Forbidden", "missing Metadata-Flavor")
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let mut env = gcs.env();
+    env.set("GCE_METADATA_HOST", format!("127.0.0.1:{port}"));
+    pull_uri("gs://models/m", &env, &gcs.dest("m"), &store_options()).unwrap();
+    assert_file(
+        &gcs.dest("m"),
+        "a.txt",
+        b"from the metadata server's identity",
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [true],
+        "one well-formed token request"
+    );
+}

@@ -382,3 +382,100 @@ fn cli_pulls_s3_and_never_prints_secrets() {
     assert!(!err.contains("not-the-secret-at-all"));
     assert!(!err.contains("session-token-should-not-appear"));
 }
+
+#[test]
+fn session_tokens_sign_requests() {
+    let Some(venv) = servers::venv() else {
+        return;
+    };
+    let server = servers::moto(&venv, true);
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(5, 400_000);
+    std::fs::write(dir.path().join("obj"), &content).unwrap();
+    let plan = json!({
+        "endpoint": server.url(), "auth": true, "sts": true, "bucket": "models",
+        "objects": [{"key": "m/w.bin", "file": dir.path().join("obj")}],
+    });
+    let out: serde_json::Value =
+        serde_json::from_str(servers::python(&venv, "s3_seed.py", &[], &plan.to_string()).trim())
+            .unwrap();
+    let session = &out["session"];
+    let mut env: Env = [
+        ("AWS_ENDPOINT_URL", server.url()),
+        (
+            "AWS_ACCESS_KEY_ID",
+            session["access_key_id"].as_str().unwrap().to_owned(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            session["secret_access_key"].as_str().unwrap().to_owned(),
+        ),
+        (
+            "AWS_SESSION_TOKEN",
+            session["session_token"].as_str().unwrap().to_owned(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let dest = dir.path().join("out");
+    pull_uri("s3://models/m", &env, &dest, &store_options()).unwrap();
+    assert_file(&dest, "w.bin", &content);
+
+    env.set("AWS_SESSION_TOKEN", "not-the-session-token");
+    let err = pull_uri(
+        "s3://models/m",
+        &env,
+        &dir.path().join("no"),
+        &store_options(),
+    )
+    .unwrap_err();
+    assert_eq!(err.exit_code(), ExitCode::Auth, "{err}");
+    assert!(err.to_string().contains("InvalidToken"), "{err}");
+}
+
+#[test]
+fn tls_endpoints_need_a_trusted_certificate_or_an_explicit_opt_out() {
+    let Some(venv) = servers::venv() else {
+        return;
+    };
+    let pki = util::pki::pki();
+    let identity = util::pki::leaf(&pki, &["localhost"], false);
+    let server = servers::moto_tls(&venv, &identity.cert_pem, &identity.key_pem);
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(6, 250_000);
+    std::fs::write(dir.path().join("obj"), &content).unwrap();
+    let endpoint = format!("https://localhost:{}", server.port);
+    let plan = json!({
+        "endpoint": endpoint, "verify": false, "bucket": "models",
+        "objects": [{"key": "m/w.bin", "file": dir.path().join("obj")}],
+    });
+    servers::python(&venv, "s3_seed.py", &[], &plan.to_string());
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let env = |extra: &[(&str, &str)]| -> Env {
+        let mut e: Env = [
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in extra {
+            e.set(*k, *v);
+        }
+        e
+    };
+    let mut opts = store_options();
+    opts.retries = 1;
+
+    let err = pull_uri("s3://models/m", &env(&[]), &dir.path().join("a"), &opts).unwrap_err();
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+    let trusted = env(&[("AWS_CA_BUNDLE", ca.to_str().unwrap())]);
+    pull_uri("s3://models/m", &trusted, &dir.path().join("b"), &opts).unwrap();
+    assert_file(&dir.path().join("b"), "w.bin", &content);
+
+    let unverified = env(&[("S3_VERIFY_SSL", "0")]);
+    pull_uri("s3://models/m", &unverified, &dir.path().join("c"), &opts).unwrap();
+    assert_file(&dir.path().join("c"), "w.bin", &content);
+}

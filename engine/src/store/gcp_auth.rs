@@ -73,9 +73,9 @@ struct TokenReply {
 }
 
 impl TokenSource {
-    /// The token source the environment names, if any; the metadata server only with
-    /// `metadata`.
-    pub fn from_env(env: &Env, metadata: bool) -> Result<Option<Self>> {
+    /// The token source the environment names, if any. `detect` also looks for Google
+    /// Cloud's metadata server when no variable names one (not for an emulator).
+    pub fn from_env(env: &Env, detect: bool) -> Result<Option<Self>> {
         if let Some(json) = env.get("GOOGLE_APPLICATION_CREDENTIALS_JSON") {
             return Self::from_json(json.as_bytes(), "GOOGLE_APPLICATION_CREDENTIALS_JSON")
                 .map(Some);
@@ -88,13 +88,13 @@ impl TokenSource {
             })?;
             return Self::from_json(&text, path).map(Some);
         }
-        if !metadata {
-            return Ok(None);
-        }
         if let Some(host) = env.get("GCE_METADATA_HOST") {
             return Ok(Some(TokenSource::Metadata {
                 host: host.to_owned(),
             }));
+        }
+        if !detect {
+            return Ok(None);
         }
         let on_gce = std::fs::read_to_string("/sys/class/dmi/id/product_name")
             .is_ok_and(|p| p.contains("Google"));

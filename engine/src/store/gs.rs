@@ -95,7 +95,7 @@ fn base(env: &Env) -> Result<Url> {
 pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Result<Manifest> {
     let (bucket, path) = parse(uri)?;
     let base = base(env)?;
-    // An emulator gets credentials only when a credentials file is named explicitly.
+    // An emulator gets credentials only when the environment names them explicitly.
     let emulated = env.get("STORAGE_EMULATOR_HOST").is_some();
     let auth = TokenSource::from_env(env, !emulated)?.map_or_else(Auth::default, |source| {
         Auth::new(source.authorizer(control.clone()))

@@ -5,8 +5,10 @@ Plan: {"endpoint": URL, "auth": bool, "bucket": NAME,
                     "acl": "public-read",
                     "wrong_checksum": {"algorithm": "CRC32C", "value": BASE64}}],
        "many": {"prefix": P, "count": N}}
-With "auth", an IAM user with full S3 access is created first (moto checks signatures
-after the server's first four requests) and its key is printed as JSON.
+With "auth", an IAM role and user with full S3 access are created first (moto checks
+signatures after the server's first five requests) and the user's key is printed as JSON;
+with "sts", a session of the role (temporary key and token) too. "verify": false for a TLS server with a
+certificate boto3 does not trust.
 """
 
 import json
@@ -21,17 +23,25 @@ key = {"AccessKeyId": "testing", "SecretAccessKey": "testing"}
 if plan.get("auth"):
     iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                        aws_access_key_id="setup", aws_secret_access_key="setup")
+    allow = {"Version": "2012-10-17",
+             "Statement": [{"Effect": "Allow", "Action": ["s3:*", "sts:AssumeRole"],
+                            "Resource": "*"}]}
+    trust = {"Version": "2012-10-17",
+             "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
+                            "Action": "sts:AssumeRole"}]}
+    role = iam.create_role(RoleName="puller-role",
+                           AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    iam.put_role_policy(RoleName="puller-role", PolicyName="s3", PolicyDocument=json.dumps(allow))
     iam.create_user(UserName="puller")
-    iam.put_user_policy(UserName="puller", PolicyName="s3", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    iam.put_user_policy(UserName="puller", PolicyName="s3", PolicyDocument=json.dumps(allow))
     key = iam.create_access_key(UserName="puller")["AccessKey"]
 
+verify = plan.get("verify", True)
 # Checksums only where the plan asks for them (boto3 would add crc32 everywhere).
 config = Config(request_checksum_calculation="when_required",
                 s3={"addressing_style": "path"})
 s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=config,
-                  aws_access_key_id=key["AccessKeyId"],
+                  verify=verify, aws_access_key_id=key["AccessKeyId"],
                   aws_secret_access_key=key["SecretAccessKey"])
 bucket = plan["bucket"]
 s3.create_bucket(Bucket=bucket)
@@ -73,5 +83,13 @@ if many:
     for i in range(many["count"]):
         s3.put_object(Bucket=bucket, Key=f"{many['prefix']}{i:05d}.txt", Body=f"{i}\n".encode())
 
-print(json.dumps({"access_key_id": key["AccessKeyId"],
-                  "secret_access_key": key["SecretAccessKey"]}))
+out = {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+if plan.get("sts"):
+    sts = boto3.client("sts", endpoint_url=endpoint, region_name="us-east-1", verify=verify,
+                       aws_access_key_id=key["AccessKeyId"],
+                       aws_secret_access_key=key["SecretAccessKey"])
+    session = sts.assume_role(RoleArn=role["Arn"], RoleSessionName="puller-session")["Credentials"]
+    out["session"] = {"access_key_id": session["AccessKeyId"],
+                      "secret_access_key": session["SecretAccessKey"],
+                      "session_token": session["SessionToken"]}
+print(json.dumps(out))

@@ -77,7 +77,9 @@ impl Drop for Server {
     }
 }
 
-fn spawn(mut cmd: Command, port: u16, dir: tempfile::TempDir, ready_path: &str) -> Server {
+/// Starts `cmd` and waits until `GET ready_path` gets any answer (`None`: until the port
+/// accepts connections, for TLS servers).
+fn spawn(mut cmd: Command, port: u16, dir: tempfile::TempDir, ready_path: Option<&str>) -> Server {
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
     let child = cmd
         .current_dir(dir.path())
@@ -89,7 +91,11 @@ fn spawn(mut cmd: Command, port: u16, dir: tempfile::TempDir, ready_path: &str) 
     let mut server = Server { child, port, dir };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if http_status(port, ready_path).is_some() {
+        let ready = match ready_path {
+            Some(path) => http_status(port, path).is_some(),
+            None => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        };
+        if ready {
             return server;
         }
         if let Ok(Some(status)) = server.child.try_wait() {
@@ -115,16 +121,37 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// moto's S3 (and IAM) server. With `auth`, signatures are checked after the first four
-/// requests, which `support/s3_seed.py` spends creating a user and its key.
+/// moto's S3 (and IAM, STS) server. With `auth`, signatures are checked after the first
+/// five requests, which `support/s3_seed.py` spends creating a role, a user and its key.
 pub fn moto(venv: &Venv, auth: bool) -> Server {
+    moto_with(venv, auth, None)
+}
+
+/// moto over https with the given certificate and key (PEM).
+pub fn moto_tls(venv: &Venv, cert_pem: &str, key_pem: &str) -> Server {
+    moto_with(venv, false, Some((cert_pem, key_pem)))
+}
+
+fn moto_with(venv: &Venv, auth: bool, tls: Option<(&str, &str)>) -> Server {
     let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(venv.bin("moto_server"));
     cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
     if auth {
-        cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "4");
+        cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "5");
     }
-    spawn(cmd, port, tempfile::tempdir().unwrap(), "/moto-api/")
+    if let Some((cert, key)) = tls {
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        cmd.arg("-s")
+            .arg("-c")
+            .arg(&cert_path)
+            .arg("-k")
+            .arg(&key_path);
+        return spawn(cmd, port, dir, None);
+    }
+    spawn(cmd, port, dir, Some("/moto-api/"))
 }
 
 /// gcp-storage-emulator, keeping objects on disk under the server's directory so a test
@@ -133,7 +160,7 @@ pub fn gcs(venv: &Venv) -> Server {
     let port = free_port();
     let mut cmd = Command::new(venv.bin("gcp-storage-emulator"));
     cmd.args(["start", "--host", "127.0.0.1", "--port", &port.to_string()]);
-    spawn(cmd, port, tempfile::tempdir().unwrap(), "/")
+    spawn(cmd, port, tempfile::tempdir().unwrap(), Some("/"))
 }
 
 /// tinyproxy, allowing CONNECT to any port; with `credentials`, it asks for basic auth.
@@ -159,7 +186,7 @@ pub fn tinyproxy(credentials: Option<(&str, &str)>) -> Option<Server> {
     let mut cmd = Command::new(bin);
     cmd.arg("-d").arg("-c").arg(&conf_path);
     // Any answer (tinyproxy says 400 to a request for itself) means it is up.
-    Some(spawn(cmd, port, dir, "/"))
+    Some(spawn(cmd, port, dir, Some("/")))
 }
 
 /// Runs a helper script of `support/` with the venv's Python, `input` on stdin; returns

@@ -34,6 +34,18 @@ const MIB: u64 = 1 << 20;
 fn layout(name: &str, big: u64) -> Vec<(String, u64)> {
     match name {
         "file" => vec![("model.bin".into(), big)],
+        // Pulled through each model store (Hub fixture, moto, GCS emulator), which keep it
+        // in memory: smaller, with the small files every model has.
+        "store" => {
+            let mut v: Vec<(String, u64)> = (0..20)
+                .map(|i| {
+                    let size = 1024 + (i as u64 * 7919 * 131) % (3 * MIB);
+                    (format!("extra/file-{i:02}.json"), size)
+                })
+                .collect();
+            v.extend((1..=4).map(|i| (format!("model-{i:05}-of-00004.safetensors"), 256 * MIB)));
+            v
+        }
         "shards" => (1..=8)
             .map(|i| (format!("model-{i:05}-of-00008.safetensors"), 512 * MIB))
             .collect(),
@@ -76,6 +88,7 @@ pub fn prepare(root: &Path, name: &'static str, big: u64) -> Result<DataSet> {
     let title = match name {
         "file" => format!("one {} file", crate::human(big)),
         "shards" => "8 × 512 MiB shards".to_owned(),
+        "store" => "20 small files + 4 × 256 MiB shards".to_owned(),
         _ => "200 small files + 4 × 512 MiB shards".to_owned(),
     };
     Ok(DataSet { name, title, files })

@@ -10,6 +10,7 @@
 mod data;
 mod origin;
 mod report;
+mod stores;
 mod tools;
 
 use std::io::Read;
@@ -29,7 +30,13 @@ use tools::Tool;
 #[derive(Debug, Parser)]
 struct Args {
     /// Scenarios to run.
-    #[arg(long, value_delimiter = ',', default_value = "loopback,capped,latency")]
+    /// `stores` pulls a 1 GiB model through each model store (hf, s3, gs) with modelpull and
+    /// KServe's storage initializer.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "loopback,capped,latency,stores"
+    )]
     scenarios: Vec<String>,
     /// Data sets: file (one large file), shards (8 × 512 MiB), mixed (200 small + 4 × 512 MiB).
     #[arg(long, value_delimiter = ',', default_value = "file,shards,mixed")]
@@ -100,8 +107,10 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.origin)?;
     let peers = std::fs::canonicalize("benches/peers").context("run from the repository root")?;
 
+    // The nginx scenarios share these data sets; the store rows have their own.
+    let nginx_scenarios = args.scenarios.iter().any(|s| s != "stores");
     let mut sets = Vec::new();
-    for name in &args.datasets {
+    for name in args.datasets.iter().filter(|_| nginx_scenarios) {
         let name: &'static str = match name.as_str() {
             "file" => "file",
             "shards" => "shards",
@@ -116,11 +125,15 @@ fn main() -> Result<()> {
     let mut notes: Vec<String> = Vec::new();
     let mut limits = String::new();
     for scenario in &args.scenarios {
+        if scenario == "stores" {
+            cells.extend(run_stores(&args, &tools, &peers)?);
+            continue;
+        }
         let scenario = match scenario.as_str() {
             "loopback" => Scenario::Loopback,
             "capped" => Scenario::Capped,
             "latency" => Scenario::Latency,
-            other => bail!("unknown scenario {other} (loopback, capped, latency)"),
+            other => bail!("unknown scenario {other} (loopback, capped, latency, stores)"),
         };
         let netns = if scenario == Scenario::Latency {
             match origin::Netns::create() {
@@ -184,6 +197,7 @@ fn main() -> Result<()> {
                 dataset_title: set.title.clone(),
                 bytes: set.bytes(),
                 rows,
+                note: None,
             });
         }
     }
@@ -265,6 +279,81 @@ fn check_prerequisites(args: &Args, tools: &[Tool]) -> Result<()> {
     Ok(())
 }
 
+/// The model-store rows: each store holds the `store` data set; every tool pulls it from
+/// each, `args.runs` times.
+fn run_stores(args: &Args, tools: &[Tool], peers: &Path) -> Result<Vec<Cell>> {
+    let tools: Vec<Tool> = tools
+        .iter()
+        .copied()
+        .filter(|t| matches!(t, Tool::Modelpull | Tool::Kserve))
+        .collect();
+    eprintln!("preparing data set store…");
+    let set = data::prepare(&args.origin, "store", args.size)?;
+    let servers = stores::start(&args.python, peers, &args.origin, &set, &args.work)?;
+    let cx = tools::Ctx {
+        modelpull: &args.modelpull,
+        python: &args.python,
+        peers,
+        base_url: "",
+        work: &args.work,
+    };
+    let mut cells = Vec::new();
+    for store in stores::Store::ALL {
+        let mut rows: Vec<(Tool, Vec<Sample>)> = tools.iter().map(|t| (*t, Vec::new())).collect();
+        for run in 0..args.runs {
+            for k in 0..rows.len() {
+                let i = (k + run) % rows.len();
+                let tool = rows[i].0;
+                let dest = fresh_dest(tool, &args.work, false)?;
+                let argv = stores::command(tool, store, &dest, &cx);
+                let outputs = set
+                    .files
+                    .iter()
+                    .map(|f| (stores::output(&dest, &f.path), f.size, f.sha256.clone()))
+                    .collect();
+                let sample = measure(argv, &servers.env, &dest, outputs, None, &args.work)?;
+                eprintln!(
+                    "stores / {} / run {}: {:<12} {:.3} GB/s{}",
+                    store.name(),
+                    run + 1,
+                    tool.name(),
+                    set.bytes() as f64 / sample.seconds / 1e9,
+                    if sample.correct {
+                        ""
+                    } else {
+                        "  FAILED OR WRONG BYTES"
+                    }
+                );
+                rows[i].1.push(sample);
+            }
+        }
+        cells.push(Cell {
+            scenario: "stores".into(),
+            scenario_title: "Model stores on 127.0.0.1".into(),
+            dataset: store.name().into(),
+            dataset_title: format!("{}, {}", store.title(), set.title),
+            bytes: set.bytes(),
+            rows,
+            note: Some(format!(
+                "modelpull verifies every file against {}; KServe checks nothing.",
+                store.checks()
+            )),
+        });
+    }
+    Ok(cells)
+}
+
+/// An empty destination for `tool` (modelpull creates its own, and refuses a non-empty one).
+fn fresh_dest(tool: Tool, work: &Path, create: bool) -> Result<PathBuf> {
+    let dest = work.join(format!("out-{}", tool.name()));
+    let _ = std::fs::remove_dir_all(&dest);
+    let _ = std::fs::remove_dir_all(work.join(format!(".out-{}.modelpull", tool.name())));
+    if create && tool != Tool::Modelpull {
+        std::fs::create_dir_all(&dest)?;
+    }
+    Ok(dest)
+}
+
 fn run_tool(
     tool: Tool,
     set: &data::DataSet,
@@ -272,13 +361,34 @@ fn run_tool(
     netns: Option<&origin::Netns>,
     work: &Path,
 ) -> Result<Sample> {
-    let dest = work.join(format!("out-{}", tool.name()));
-    let _ = std::fs::remove_dir_all(&dest);
-    let _ = std::fs::remove_dir_all(work.join(format!(".out-{}.modelpull", tool.name())));
-    if tool != Tool::Modelpull {
-        std::fs::create_dir_all(&dest)?;
-    }
+    let dest = fresh_dest(tool, work, true)?;
+    let argv = tools::command(tool, set, &dest, cx)?;
+    let outputs = set
+        .files
+        .iter()
+        .map(|f| {
+            (
+                tools::output(tool, &dest, &f.path),
+                f.size,
+                f.sha256.clone(),
+            )
+        })
+        .collect();
+    measure(argv, &[], &dest, outputs, netns, work)
+}
+
+/// Runs `command` under GNU time, flushes its `outputs` (path, size, sha256), checks them
+/// and removes `dest`.
+fn measure(
+    command: Vec<String>,
+    env: &[(String, String)],
+    dest: &Path,
+    outputs: Vec<(PathBuf, u64, String)>,
+    netns: Option<&origin::Netns>,
+    work: &Path,
+) -> Result<Sample> {
     let timefile = work.join("time.out");
+    let _ = std::fs::remove_file(&timefile);
     let mut argv: Vec<String> = netns.map(origin::Netns::prefix).unwrap_or_default();
     argv.extend([
         "/usr/bin/time".into(),
@@ -287,16 +397,17 @@ fn run_tool(
         "-o".into(),
         timefile.display().to_string(),
     ]);
-    argv.extend(tools::command(tool, set, &dest, cx)?);
+    argv.extend(command);
     let started = Instant::now();
     let status = Command::new(&argv[0])
         .args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .status()?;
     if status.success() {
         // Durability is part of the job: flush what the tool left in the page cache.
-        for f in &set.files {
-            if let Ok(file) = std::fs::File::open(tools::output(tool, &dest, &f.path)) {
+        for (path, _, _) in &outputs {
+            if let Ok(file) = std::fs::File::open(path) {
                 file.sync_all()?;
             }
         }
@@ -313,10 +424,10 @@ fn run_tool(
         _ => (0.0, 0.0, 0.0),
     };
     let correct = status.success()
-        && set.files.iter().all(|f| {
-            file_sha256(&tools::output(tool, &dest, &f.path), f.size).is_ok_and(|s| s == f.sha256)
-        });
-    let _ = std::fs::remove_dir_all(&dest);
+        && outputs
+            .iter()
+            .all(|(path, size, sha)| file_sha256(path, *size).is_ok_and(|s| s == *sha));
+    let _ = std::fs::remove_dir_all(dest);
     Ok(Sample {
         seconds,
         cpu_seconds: user + sys,

@@ -22,6 +22,8 @@ pub struct Cell {
     pub dataset_title: String,
     pub bytes: u64,
     pub rows: Vec<(Tool, Vec<Sample>)>,
+    /// A line printed under the heading.
+    pub note: Option<String>,
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -50,6 +52,9 @@ impl Cell {
             "#### {} — {}\n",
             self.scenario_title, self.dataset_title
         );
+        if let Some(note) = &self.note {
+            let _ = writeln!(out, "{note}\n");
+        }
         let _ = writeln!(
             out,
             "| tool | GB/s | min–max | CPU s/GB | peak RSS | bytes | modelpull ÷ tool |"

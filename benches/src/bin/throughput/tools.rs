@@ -40,7 +40,7 @@ impl Tool {
     /// How the tool appears in tables.
     pub fn title(self) -> &'static str {
         match self {
-            Tool::Modelpull => "modelpull (sha256 verified)",
+            Tool::Modelpull => "modelpull (verified)",
             Tool::Aria2c => "aria2c -x16 -s16",
             Tool::Curl => "curl",
             Tool::HfTransfer => "hf_transfer (16 connections)",
