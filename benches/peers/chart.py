@@ -34,7 +34,9 @@ def main() -> None:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
     ax.set_xticklabels(list(groups.keys()), fontsize=8)
     ax.set_ylabel("GB/s (median, fsync included)")
-    ax.set_title("Pulling to local disk from nginx on 127.0.0.1")
+    stores_only = all(k.startswith("stores\n") for k in groups)
+    ax.set_title("Pulling a model to local disk from each store on 127.0.0.1" if stores_only
+                 else "Pulling to local disk from servers on 127.0.0.1")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
