@@ -163,6 +163,20 @@ fn gated_and_private_repos_need_their_token_which_stays_off_the_cdn() {
     );
 
     let err = pull_uri(
+        "hf://acme/gated",
+        &env(&hub, Some("hf_not_the_token")),
+        &dir.path().join("wrong"),
+        &store_options(),
+    )
+    .unwrap_err();
+    assert_eq!(err.exit_code(), ExitCode::Auth, "{err}");
+    assert!(
+        err.to_string().contains("has not been granted access"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("hf_not_the_token"));
+
+    let err = pull_uri(
         "hf://acme/private",
         &env(&hub, None),
         &dir.path().join("b"),

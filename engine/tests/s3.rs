@@ -177,9 +177,18 @@ fn exact_key_keeps_its_basename_and_archives_unpack() {
         return;
     };
     let dest = s3.dest("exact");
+    // The endpoint as KServe's credential builder gives it: host and port, scheme apart.
+    let env: Env = [
+        ("S3_ENDPOINT", format!("127.0.0.1:{}", s3.server.port)),
+        ("S3_USE_HTTPS", "0".into()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+    ]
+    .into_iter()
+    .collect();
     pull_uri(
         "s3://models/m/nested/config.json",
-        &s3.env(),
+        &env,
         &dest,
         &store_options(),
     )
