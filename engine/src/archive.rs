@@ -82,7 +82,7 @@ pub fn unpack(archive: &Path, kind: Kind, dir: &Path, limits: Limits) -> Result<
     };
     match kind {
         Kind::Tar => out.tar(tar::Archive::new(io::BufReader::new(file))),
-        Kind::TarGz => out.tar(tar::Archive::new(flate2::read::GzDecoder::new(
+        Kind::TarGz => out.tar(tar::Archive::new(flate2::read::MultiGzDecoder::new(
             io::BufReader::new(file),
         ))),
         Kind::Zip => out.zip(file),
@@ -205,6 +205,12 @@ impl Unpacker<'_> {
         let name = name.trim_end_matches('/');
         if name.is_empty() || name == "." {
             return Ok(None);
+        }
+        let marker = crate::disk::staging::MARKER;
+        if name == marker || name.strip_prefix(marker) == Some(".tmp") {
+            return Err(Failure::Refused(format!(
+                "entry `{name}` is reserved for the completion marker"
+            )));
         }
         crate::target::check_relative_path(name).map_err(|reason| {
             Failure::Refused(format!(

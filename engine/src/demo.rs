@@ -93,6 +93,7 @@ pub fn run(
     ));
     let report = crate::pull(
         &PullRequest {
+            sources: Vec::new(),
             unpack: false,
             targets,
             dest: dest.clone(),

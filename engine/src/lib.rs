@@ -28,9 +28,36 @@ pub fn redact(url: &url::Url) -> String {
     u.to_string()
 }
 
-/// [`redact`] for a URL given as text; text that does not parse is not shown at all.
+/// [`redact`] for a URL given as text. Text that does not parse loses the same parts: what
+/// follows `?` or `#`, and user info before an `@`.
 pub fn redact_str(url: &str) -> String {
-    url::Url::parse(url).map_or_else(|_| "<unparseable URL>".to_owned(), |u| redact(&u))
+    if let Ok(u) = url::Url::parse(url) {
+        return redact(&u);
+    }
+    let cut = url.find(['?', '#']).map_or(url, |i| &url[..i]);
+    match (cut.find("://"), cut.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://{}", &cut[..s], &cut[at + 1..]),
+        (None, Some(at)) => cut[at + 1..].to_owned(),
+        _ => cut.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redaction() {
+        use super::redact_str;
+        assert_eq!(
+            redact_str("https://u:p@h.example/x?X-Amz-Signature=s#sha256=00"),
+            "https://h.example/x"
+        );
+        assert_eq!(redact_str("not a url"), "not a url");
+        assert_eq!(
+            redact_str("http://u:p@bad host/x?sig=1"),
+            "http://bad host/x"
+        );
+        assert_eq!(redact_str("hf://org/model"), "hf://org/model");
+    }
 }
 pub mod disk;
 pub mod error;

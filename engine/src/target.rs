@@ -10,8 +10,8 @@ use url::Url;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
-/// One file to fetch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One file to fetch. Debug output shows the URL without query or user info.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     pub url: Url,
     /// Where the file lands, relative to the destination directory (`/`-separated).
@@ -25,6 +25,19 @@ pub struct Target {
     pub checksum: Option<String>,
     /// Credentials for the source's host; never sent anywhere else.
     pub auth: Auth,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &crate::redact(&self.url))
+            .field("path", &self.path)
+            .field("expected", &self.expected)
+            .field("size", &self.size)
+            .field("checksum", &self.checksum)
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
 
 /// Headers that authorise one request to a store: fixed ones (a bearer token, KServe's
@@ -104,7 +117,7 @@ impl Target {
     /// URL's last path segment.
     pub fn parse(input: &str) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidSource {
-            input: input.to_owned(),
+            input: crate::redact_str(input),
             reason,
         };
         let mut url = Url::parse(input).map_err(|e| invalid(format!("{e}")))?;
@@ -112,7 +125,7 @@ impl Target {
             "http" | "https" => {}
             "hf" | "s3" | "gs" => {
                 return Err(invalid(format!(
-                    "the `{}://` store is not supported by this build; use an http(s) URL",
+                    "`{}://` is a model store: list it with modelpull::store::resolve",
                     url.scheme()
                 )));
             }
@@ -129,7 +142,7 @@ impl Target {
         if let Some(fragment) = url.fragment() {
             for pair in fragment.split('&').filter(|p| !p.is_empty()) {
                 let d = Digest::parse_pair(pair).map_err(|source| Error::Digest {
-                    input: input.to_owned(),
+                    input: crate::redact_str(input),
                     source,
                 })?;
                 if expected.iter().any(|e: &Digest| e.algorithm == d.algorithm) {

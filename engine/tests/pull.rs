@@ -103,6 +103,7 @@ fn metrics_count_what_happened() {
     };
     let opts = options(modelpull::runtime::Driver::Epoll);
     let req = modelpull::PullRequest {
+        sources: Vec::new(),
         unpack: false,
         targets: vec![fx.target("model.bin", true)],
         dest: fx.dest("m"),
@@ -138,6 +139,7 @@ fn resume_discards_a_file_that_changed_on_the_server() {
         opts.limit_rate = Some(4 * 1024 * 1024);
         let cx = modelpull::Context::default();
         let req = modelpull::PullRequest {
+            sources: Vec::new(),
             unpack: false,
             targets: vec![fx.target("model.bin", true)],
             dest: dest.clone(),

@@ -171,7 +171,8 @@ fn exact_key_keeps_its_basename_and_archives_unpack() {
     let objects = vec![
         ("m/nested/config.json", b"{}".to_vec(), none()),
         ("m/nested/config.json.bak", b"old".to_vec(), none()),
-        ("packed/model.tar.gz", archive, none()),
+        ("packed/model.tar.gz", archive.clone(), none()),
+        ("nested-pack/v1/model.tgz", archive, none()),
     ];
     let Some(s3) = S3::start(false, &objects) else {
         return;
@@ -208,6 +209,17 @@ fn exact_key_keeps_its_basename_and_archives_unpack() {
         "the archive is removed"
     );
     assert_eq!(report.unpacked.as_ref().unwrap().files, 1);
+    // An archive listed in a subfolder unpacks at the top, as KServe's does.
+    let dest2 = s3.dest("nested-pack");
+    pull_uri(
+        "s3://models/nested-pack",
+        &s3.env(),
+        &dest2,
+        &store_options(),
+    )
+    .unwrap();
+    assert_file(&dest2, "model/weights.bin", &weights);
+    assert!(!dest2.join("v1").exists());
     // The completion marker describes what is on disk: a second run is up to date.
     let again = pull_uri("s3://models/packed", &s3.env(), &dest, &store_options()).unwrap();
     assert!(again.up_to_date);

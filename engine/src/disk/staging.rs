@@ -41,6 +41,9 @@ pub struct Marker {
     pub version: u32,
     pub request: Vec<SourceRecord>,
     pub files: Vec<FileRecord>,
+    /// The URIs the model was listed from, when the caller named them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
     /// The downloaded archive `files` were unpacked from (and which was then removed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unpacked_from: Option<FileRecord>,
@@ -52,6 +55,7 @@ impl Marker {
             version: MARKER_VERSION,
             request,
             files,
+            sources: Vec::new(),
             unpacked_from: None,
         }
     }
@@ -169,18 +173,14 @@ impl Staging {
         Ok(())
     }
 
-    /// Removes everything in the staging directory but the entries named in `keep` (the
-    /// leftovers of an unpacking that was interrupted).
-    pub fn clear_except(&self, keep: &[&Path]) -> Result<()> {
+    /// Empties the staging directory (of an interrupted unpacking's leftovers).
+    pub fn clear(&self) -> Result<()> {
         let entries = std::fs::read_dir(&self.dir)
             .map_err(|e| Error::local("read directory", &self.dir, e))?;
         for entry in entries {
             let path = entry
                 .map_err(|e| Error::local("read directory", &self.dir, e))?
                 .path();
-            if keep.contains(&path.as_path()) {
-                continue;
-            }
             let removed = if path.is_dir() && !path.is_symlink() {
                 std::fs::remove_dir_all(&path)
             } else {

@@ -210,7 +210,9 @@ impl Client {
                     crate::redact(&url)
                 )));
             }
-            if !matches!(resp.head.status, 301 | 302 | 303 | 307 | 308) {
+            // A request with a body (a token exchange) is never replayed elsewhere: its
+            // body holds secrets.
+            if !matches!(resp.head.status, 301 | 302 | 303 | 307 | 308) || req.body.is_some() {
                 return Ok(resp);
             }
             let location = resp.head.location.clone().ok_or_else(|| {

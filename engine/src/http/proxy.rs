@@ -83,7 +83,8 @@ impl ProxyServer {
         });
         Ok(Self {
             host,
-            port: url.port().unwrap_or(3128),
+            // As Python's clients: a proxy URL without a port means port 80.
+            port: url.port_or_known_default().unwrap_or(80),
             authorization,
             shown,
         })

@@ -144,6 +144,9 @@ pub struct PullRequest {
     /// When the pull is a single `.tar`, `.tar.gz`, `.tgz` or `.zip`, unpack it in place and
     /// remove it, as KServe's storage-initializer does.
     pub unpack: bool,
+    /// The URIs the targets were listed from (`hf://…`, `s3://…`), recorded in the completion
+    /// marker so a later check can tell which model a directory holds.
+    pub sources: Vec<String>,
 }
 
 /// Shared handles a pull reports into.
@@ -283,6 +286,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
     }
     drop(state);
     let mut marker = Marker::new(request, records);
+    marker.sources.clone_from(&req.sources);
     let unpacked = if req.unpack {
         unpack_single(&staging, &job.metas, &mut marker)?
     } else {
@@ -329,17 +333,23 @@ fn unpack_single(
     let Some(kind) = crate::archive::Kind::of(&meta.target.path) else {
         return Ok(None);
     };
-    staging.clear_except(&[&meta.final_path, &meta.part, &meta.journal])?;
+    // The archive leaves the staging directory (for a sibling on the same filesystem) so the
+    // directory can be emptied of an interrupted attempt's leftovers, whatever folder the
+    // archive was listed in.
+    let aside = staging.dir.with_extension("modelpull-archive");
+    std::fs::rename(&meta.final_path, &aside)
+        .map_err(|e| Error::local("move aside", &meta.final_path, e))?;
+    staging.clear()?;
     let size = marker.files.first().map_or(0, |f| f.size);
     tracing::info!(archive = %meta.target.path, "unpacking the downloaded archive in place");
-    let files = crate::archive::unpack(
-        &meta.final_path,
+    let unpacked = crate::archive::unpack(
+        &aside,
         kind,
         &staging.dir,
         crate::archive::Limits::for_archive(size),
-    )?;
-    std::fs::remove_file(&meta.final_path)
-        .map_err(|e| Error::local("remove", &meta.final_path, e))?;
+    );
+    let _ = std::fs::remove_file(&aside);
+    let files = unpacked?;
     let unpacked = crate::report::Unpacked {
         archive: meta.target.path.clone(),
         files: files.len(),

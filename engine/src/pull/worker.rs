@@ -398,11 +398,15 @@ async fn fetch(
         Ok(h) if h.is_empty() => job.opts.headers.clone(),
         Ok(h) => job.opts.headers.iter().cloned().chain(h).collect(),
         Err(message) => {
-            let err = Error::Remote {
-                file: meta.target.path.clone(),
-                message: format!("cannot authorise the request: {message}"),
-            };
-            return (Err(Failure::Fatal(err)), buf);
+            // A token endpoint that failed once may answer next time: retried like a request.
+            let err = HttpError::Protocol(format!("cannot authorise the request: {message}"));
+            return (
+                Err(Failure::Retry {
+                    from: claim.start,
+                    err,
+                }),
+                buf,
+            );
         }
     };
     let request = Request {

@@ -37,12 +37,21 @@ pub struct Control {
     driver: Driver,
 }
 
-/// A whole response.
-#[derive(Debug)]
+/// A whole response. Debug output leaves the body out: it may hold a token.
 pub struct Reply {
     pub head: ResponseHead,
     pub url: Url,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.head.status)
+            .field("url", &crate::redact(&self.url))
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 impl Reply {
@@ -97,6 +106,15 @@ impl Control {
             insecure_hosts: insecure,
             ..self.clone()
         })
+    }
+
+    /// The same settings without a proxy (for link-local services such as a cloud's metadata
+    /// server, which must never be reached through one).
+    pub fn direct(&self) -> Self {
+        Self {
+            proxy: None,
+            ..self.clone()
+        }
     }
 
     /// Runs `f` with a client on a runtime of its own on this thread.
@@ -166,7 +184,8 @@ async fn fetch_once(client: &Client, req: &Request<'_>) -> Result<Reply, HttpErr
 }
 
 /// Runs `work(item)` for every item with at most `width` in flight on this runtime, and
-/// returns the results in input order (the first error wins).
+/// returns the results in input order. After an error no new item starts; the error of the
+/// lowest-numbered failed item is returned.
 pub async fn for_each<I, T, F, Fut>(items: Vec<I>, width: usize, work: F) -> Result<Vec<T>>
 where
     I: 'static,

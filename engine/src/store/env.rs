@@ -52,18 +52,6 @@ impl Env {
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.vars.insert(name.into(), value.into());
     }
-
-    /// Every value, for checks that no secret leaked into output.
-    pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.vars.values().map(String::as_str)
-    }
-
-    /// Variables whose name ends with `suffix`, as KServe's `<host>-headers`.
-    pub fn with_suffix<'a>(&'a self, suffix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
-        self.vars
-            .iter()
-            .filter_map(move |(k, v)| Some((k.strip_suffix(suffix)?, v.as_str())))
-    }
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Env {
@@ -98,10 +86,6 @@ mod tests {
         assert_eq!(env.flag("awsAnonymousCredential"), Some(true));
         assert_eq!(env.get("EMPTY"), None);
         assert_eq!(env.first(&["EMPTY", "S3_USE_HTTPS"]), Some("0"));
-        assert_eq!(
-            env.with_suffix("-headers").collect::<Vec<_>>(),
-            [("h.example", "{}")]
-        );
         assert!(!format!("{env:?}").contains("hunter2"));
     }
 }

@@ -1,7 +1,7 @@
 //! `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS`, with the storage-initializer's
 //! semantics: a JSON list or a comma list of Python `fnmatch` patterns matched against the
-//! file's path relative to the URI; `*` crosses `/`. A pattern ending in `/` matches the
-//! folder's contents, as in `huggingface_hub`.
+//! file's path relative to the URI; `*` crosses `/`. For `hf://`, a pattern ending in `/`
+//! matches the folder's contents, as in `huggingface_hub`, which KServe hands them to.
 
 use super::env::Env;
 
@@ -20,13 +20,22 @@ impl Patterns {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.allow.is_empty() && self.ignore.is_empty()
+    /// Whether `path` passes: it matches an allow pattern (when there are any) and no
+    /// ignore pattern, with plain `fnmatch` (KServe's rule for S3 and GCS).
+    pub fn keeps(&self, path: &str) -> bool {
+        self.filter(path, fnmatch)
     }
 
-    /// Whether `path` passes: it matches an allow pattern (when there are any) and no
-    /// ignore pattern.
-    pub fn keeps(&self, path: &str) -> bool {
+    /// [`Patterns::keeps`] as `huggingface_hub` applies patterns: one ending in `/` matches
+    /// the folder's contents.
+    pub fn keeps_folders(&self, path: &str) -> bool {
+        self.filter(path, |p, n| match p.strip_suffix('/') {
+            Some(_) => fnmatch(&format!("{p}*"), n),
+            None => fnmatch(p, n),
+        })
+    }
+
+    fn filter(&self, path: &str, matches: impl Fn(&str, &str) -> bool) -> bool {
         (self.allow.is_empty() || self.allow.iter().any(|p| matches(p, path)))
             && !self.ignore.iter().any(|p| matches(p, path))
     }
@@ -53,13 +62,6 @@ fn parse_list(value: Option<&str>) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-fn matches(pattern: &str, path: &str) -> bool {
-    if pattern.ends_with('/') {
-        return fnmatch(&format!("{pattern}*"), path);
-    }
-    fnmatch(pattern, path)
 }
 
 /// Python's `fnmatch.fnmatchcase`: `*`, `?`, `[seq]`, `[!seq]`; an unclosed `[` is literal.
@@ -185,8 +187,22 @@ mod tests {
         assert_eq!(p.allow, ["*.safetensors", "*.json"]);
         assert_eq!(p.ignore, ["original/", "*.bin"]);
         assert!(p.keeps("config.json"));
-        assert!(!p.keeps("original/params.json"));
+        assert!(!p.keeps_folders("original/params.json"));
+        assert!(
+            p.keeps("original/params.json"),
+            "for S3 and GCS, `original/` is a plain fnmatch pattern that matches no file"
+        );
+        assert!(p.keeps_folders("config.json"));
         assert!(!p.keeps("README.md"));
+        let only_folder = Patterns {
+            allow: Vec::new(),
+            ignore: vec!["original/".into()],
+        };
+        assert!(
+            only_folder.keeps("original/w.pth"),
+            "plain fnmatch: `original/` matches no file"
+        );
+        assert!(!only_folder.keeps_folders("original/w.pth"));
         assert!(Patterns::from_env(&Env::default()).keeps("anything"));
         assert_eq!(parse_list(Some(r#""*.md""#)), ["*.md"]);
     }

@@ -9,6 +9,7 @@
 //! file's content), so a key never has to be written to the node's disk.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -142,6 +143,7 @@ impl TokenSource {
             source: self,
             control,
             token: Mutex::new(None),
+            renewing: AtomicBool::new(false),
         }
     }
 
@@ -180,6 +182,12 @@ impl TokenSource {
             ),
         };
         let url = Url::parse(&url).map_err(|e| format!("token URL `{url}`: {e}"))?;
+        // The metadata server answers on a link-local address and hands out a token in
+        // plain http: never through a proxy.
+        let control = match self {
+            TokenSource::Metadata { .. } => control.direct(),
+            _ => control.clone(),
+        };
         let reply = control
             .run(|client| {
                 let (url, headers, body) = (url.clone(), headers.clone(), body.clone());
@@ -205,7 +213,8 @@ impl TokenSource {
         }
         let token: TokenReply = serde_json::from_slice(&reply.body)
             .map_err(|_| "the token endpoint's answer has no access_token".to_owned())?;
-        let life = Duration::from_secs(token.expires_in.unwrap_or(3600));
+        // A lifetime outside a minute to a day is not believed.
+        let life = Duration::from_secs(token.expires_in.unwrap_or(3600).clamp(60, 86_400));
         Ok((token.access_token, Instant::now() + life))
     }
 }
@@ -267,6 +276,8 @@ pub struct Bearer {
     source: TokenSource,
     control: Control,
     token: Mutex<Option<(String, Instant)>>,
+    /// A renewal is under way (others keep the old token meanwhile).
+    renewing: AtomicBool,
 }
 
 impl std::fmt::Debug for Bearer {
@@ -277,22 +288,36 @@ impl std::fmt::Debug for Bearer {
     }
 }
 
+impl Bearer {
+    fn cached(&self) -> Option<(String, Instant)> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 impl Authorize for Bearer {
+    /// The cached token while it has more than five minutes left; otherwise a new one. The
+    /// lock is not held during the request, so other cores keep using the old (still valid)
+    /// token meanwhile; a token that has expired is renewed by whichever request needs it.
     fn headers(&self, _: &str, _: &Url) -> std::result::Result<Vec<(String, String)>, String> {
-        let mut token = self.token.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = token
-            .as_ref()
-            .is_some_and(|(_, expires)| Instant::now() + RENEW_BEFORE < *expires);
-        if !fresh {
-            // Renewal happens on a thread of its own: the caller may be an engine core,
-            // which must not start a second runtime on its own thread.
-            let (source, control) = (self.source.clone(), self.control.clone());
-            let fetched = std::thread::spawn(move || source.fetch(&control))
-                .join()
-                .map_err(|_| "the token request panicked".to_owned())??;
-            *token = Some(fetched);
-        }
-        let value = token.as_ref().map(|(t, _)| t.clone()).unwrap_or_default();
+        let now = Instant::now();
+        let value = match self.cached() {
+            Some((token, expires)) if now + RENEW_BEFORE < expires => token,
+            Some((token, expires)) if now < expires && self.renewing.swap(true, Relaxed) => token,
+            _ => {
+                self.renewing.store(true, Relaxed);
+                // On a thread of its own: the caller may be an engine core, which must not
+                // start a second runtime on its own thread.
+                let (source, control) = (self.source.clone(), self.control.clone());
+                let fetched = std::thread::spawn(move || source.fetch(&control))
+                    .join()
+                    .map_err(|_| "the token request panicked".to_owned());
+                self.renewing.store(false, Relaxed);
+                let (token, expires) = fetched??;
+                *self.token.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((token.clone(), expires));
+                token
+            }
+        };
         Ok(vec![(
             "Authorization".to_owned(),
             format!("Bearer {value}"),

@@ -94,6 +94,7 @@ fn base(env: &Env) -> Result<Url> {
 
 pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Result<Manifest> {
     let (bucket, path) = parse(uri)?;
+    super::check_object_path(uri, &path)?;
     let base = base(env)?;
     // An emulator gets credentials only when the environment names them explicitly.
     let emulated = env.get("STORAGE_EMULATOR_HOST").is_some();
@@ -199,6 +200,7 @@ async fn list_prefix(
 ) -> Result<Vec<(Object, bool)>> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
+    let mut pages = super::Pages::default();
     loop {
         let mut url = Url::parse(bucket_url).map_err(|e| Error::InvalidOption(e.to_string()))?;
         {
@@ -216,12 +218,12 @@ async fn list_prefix(
         })?;
         out.extend(page.items.into_iter().map(|o| (o, false)));
         match page.next_page_token.filter(|t| !t.is_empty()) {
-            Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-            Some(_) => {
-                return Err(Error::Store {
+            Some(t) => {
+                pages.next(&t).map_err(|message| Error::Store {
                     uri: uri.to_owned(),
-                    message: "the listing repeats its page token".into(),
-                });
+                    message,
+                })?;
+                token = Some(t);
             }
             None => return Ok(out),
         }

@@ -23,8 +23,7 @@ use crate::http::{Client, Request};
 use crate::target::{Auth, StaticHeaders, Target};
 
 const PUBLIC: &str = "https://huggingface.co";
-/// Pages followed before the listing is considered runaway.
-const MAX_PAGES: usize = 10_000;
+use super::MAX_PAGES;
 
 /// A parsed `hf://` URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +151,7 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
         if e.kind != "file" {
             continue;
         }
-        if !patterns.keeps(&e.path) {
+        if !patterns.keeps_folders(&e.path) {
             skipped += 1;
             continue;
         }

@@ -107,7 +107,7 @@ pub fn resolve(uri: &str, env: &Env, control: &Control) -> Result<Manifest> {
                 |s| format!("unsupported scheme `{s}`"),
             );
             return Err(Error::InvalidSource {
-                input: uri.to_owned(),
+                input: crate::redact_str(uri),
                 reason: format!("{what}: use hf://, s3://, gs://, http:// or https://"),
             });
         }
@@ -115,14 +115,14 @@ pub fn resolve(uri: &str, env: &Env, control: &Control) -> Result<Manifest> {
     if manifest.files.is_empty() {
         let filtered = if manifest.skipped > 0 {
             format!(
-                " ({} listed file(s) were left out by STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS or are folder markers)",
+                " ({} listed file(s) were left out by STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS, or are folder markers or empty objects)",
                 manifest.skipped
             )
         } else {
             String::new()
         };
         return Err(Error::Store {
-            uri: uri.to_owned(),
+            uri: crate::redact_str(uri),
             message: format!("no model files found{filtered}"),
         });
     }
@@ -135,11 +135,46 @@ pub fn resolve(uri: &str, env: &Env, control: &Control) -> Result<Manifest> {
 pub(crate) fn check_listing(uri: &str, targets: &[Target]) -> Result<()> {
     crate::target::check_targets(targets).map_err(|e| match e {
         Error::InvalidSource { reason, .. } => Error::InvalidSource {
-            input: uri.to_owned(),
+            input: crate::redact_str(uri),
             reason: format!("the store's listing is unsafe: {reason}"),
         },
         other => other,
     })
+}
+
+/// Pages of a listing followed before it is considered runaway (10 million objects).
+pub(crate) const MAX_PAGES: usize = 10_000;
+
+/// Remembers a listing's page tokens: a token seen before, or too many pages, means the
+/// server is going round in circles.
+#[derive(Debug, Default)]
+pub(crate) struct Pages {
+    seen: std::collections::HashSet<String>,
+}
+
+impl Pages {
+    /// Accepts the next token, or says why the listing must stop.
+    pub(crate) fn next(&mut self, token: &str) -> std::result::Result<(), String> {
+        if self.seen.len() >= MAX_PAGES {
+            return Err(format!("the listing has more than {MAX_PAGES} pages"));
+        }
+        if !self.seen.insert(token.to_owned()) {
+            return Err("the listing repeats a page token".into());
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a bucket path with `.` or `..` segments: URL handling would resolve them and
+/// fetch a different object (or bucket) than the one named.
+pub(crate) fn check_object_path(uri: &str, path: &str) -> Result<()> {
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Err(Error::InvalidSource {
+            input: crate::redact_str(uri),
+            reason: "the path has a `.` or `..` segment".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Base64 (standard alphabet) to bytes, for the digests stores put in headers and JSON.

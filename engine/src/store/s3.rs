@@ -409,6 +409,7 @@ impl Ctx<'_> {
     async fn list(&self, client: &Client, prefix: &str) -> Result<Vec<Object>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        let mut pages = super::Pages::default();
         let root = self.settings.object_url(self.bucket, "")?;
         loop {
             let mut query = format!(
@@ -430,13 +431,13 @@ impl Ctx<'_> {
             })?;
             out.extend(page.objects);
             match page.next {
-                Some(t) if Some(&t) == token.as_ref() => {
-                    return Err(Error::Store {
+                Some(t) => {
+                    pages.next(&t).map_err(|message| Error::Store {
                         uri: self.uri.to_owned(),
-                        message: "the listing repeats its continuation token".into(),
-                    });
+                        message,
+                    })?;
+                    token = Some(t);
                 }
-                Some(t) => token = Some(t),
                 None => return Ok(out),
             }
         }
@@ -511,6 +512,7 @@ fn pick_checksum(
 
 pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Result<Manifest> {
     let (bucket, key) = parse(uri)?;
+    super::check_object_path(uri, &key)?;
     let settings = Settings::from_env(env)?;
     let insecure_hosts = if settings.verify_tls {
         Vec::new()

@@ -108,6 +108,7 @@ pub fn pull(
 ) -> modelpull::Result<modelpull::Report> {
     modelpull::pull(
         &PullRequest {
+            sources: Vec::new(),
             unpack: false,
             targets,
             dest: dest.to_owned(),
@@ -188,6 +189,7 @@ pub fn pull_uri(
         .extend(manifest.insecure_hosts.iter().cloned());
     modelpull::pull(
         &PullRequest {
+            sources: Vec::new(),
             targets: manifest.files,
             dest: dest.to_owned(),
             unpack: true,

@@ -97,6 +97,11 @@ fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
         targets,
         dest: args.dest,
         unpack: !args.keep_archive,
+        sources: args
+            .sources
+            .iter()
+            .map(|s| modelpull::redact_str(s))
+            .collect(),
     };
     let bar = output::ProgressBar::start(
         cx.progress.clone(),
