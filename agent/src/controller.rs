@@ -1,0 +1,365 @@
+//! The controller: watches this node's `LocalModelNode` only (a field selector on
+//! `metadata.name`, where KServe's agent watches them all), and on every change, every
+//! download event and every `reconcilationFrequencyInSecs`:
+//!
+//! 1. re-reads `inferenceservice-config`;
+//! 2. plans (see [`crate::plan`]) from the spec, the disk and the downloads;
+//! 3. starts downloads with their credentials, cancels those no longer wanted;
+//! 4. collects folders unwanted for longer than the grace period;
+//! 5. patches `status.modelStatus` with what changed, and reports Events.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use modelpull::store::Env;
+
+use crate::config::{CONFIG_MAP, Config};
+use crate::crd::{LocalModelNode, ModelStatus};
+use crate::disk::Root;
+use crate::jobs::{Downloads, Report};
+use crate::metrics::AgentMetrics;
+use crate::plan::{self, Download};
+use crate::server::Health;
+use crate::{credentials, keys};
+
+/// How often a running download reports progress as an Event.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+/// How often status is refreshed while downloads run.
+const BUSY_REFRESH: Duration = Duration::from_secs(2);
+
+/// Everything a reconcile needs.
+pub struct Ctx {
+    pub client: Client,
+    pub node: String,
+    /// Where `inferenceservice-config` lives (`POD_NAMESPACE`).
+    pub namespace: String,
+    pub root: Mutex<Root>,
+    pub downloads: Downloads,
+    pub grace: Duration,
+    pub health: Health,
+    pub metrics: AgentMetrics,
+    /// The node's own proxy settings, added to every model's environment.
+    pub proxy_env: Env,
+    pub recorder: Recorder,
+    progress_sent: Mutex<HashMap<String, Instant>>,
+    invalid_reported: Mutex<HashSet<(String, String)>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("node", &self.node).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Ctx {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        node: String,
+        namespace: String,
+        root: Root,
+        downloads: Downloads,
+        grace: Duration,
+        health: Health,
+        metrics: AgentMetrics,
+        proxy_env: Env,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "localmodelnode-agent".into(),
+                instance: Some(node.clone()),
+            },
+        );
+        Self {
+            client,
+            node,
+            namespace,
+            root: Mutex::new(root),
+            downloads,
+            grace,
+            health,
+            metrics,
+            proxy_env,
+            recorder,
+            progress_sent: Mutex::new(HashMap::new()),
+            invalid_reported: Mutex::new(HashSet::new()),
+        }
+    }
+
+    async fn config(&self) -> Result<Config, Error> {
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        match maps.get_opt(CONFIG_MAP).await? {
+            Some(cm) => Config::parse(&cm.data.unwrap_or_default()).map_err(Error::Config),
+            None => {
+                tracing::warn!(namespace = %self.namespace, "ConfigMap {CONFIG_MAP} not found; using KServe's defaults");
+                Ok(Config::default())
+            }
+        }
+    }
+
+    async fn event(&self, lmn: &LocalModelNode, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Download".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &lmn.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot publish an Event");
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    changed: tokio::sync::mpsc::UnboundedReceiver<()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<LocalModelNode> = Api::all(ctx.client.clone());
+    let selector = format!("metadata.name={}", ctx.node);
+    let wakeups = futures::stream::unfold(changed, |mut rx| async move {
+        rx.recv().await.map(|()| ((), rx))
+    });
+    Controller::new(api, watcher::Config::default().fields(&selector))
+        .reconcile_all_on(wakeups)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile round ended with an error");
+            }
+        })
+        .await;
+}
+
+fn error_policy(_: Arc<LocalModelNode>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    if matches!(err, Error::Kube(_)) {
+        ctx.health.ready.store(false, Relaxed);
+    }
+    tracing::warn!(error = %err, "reconcile failed; trying again in 10 s");
+    Action::requeue(Duration::from_secs(10))
+}
+
+async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let name = lmn.metadata.name.clone().unwrap_or_default();
+    if name != ctx.node {
+        return Ok(Action::await_change());
+    }
+    let config = ctx.config().await?;
+    ctx.health.ready.store(true, Relaxed);
+    let entries = &lmn.spec.local_models;
+    let uris: BTreeMap<String, String> = entries
+        .iter()
+        .map(|e| {
+            (
+                keys::storage_key(&e.source_model_uri),
+                e.source_model_uri.clone(),
+            )
+        })
+        .collect();
+    let snapshot = ctx.downloads.snapshot();
+    let now = Instant::now();
+    let mut plan = {
+        let root = ctx.root.lock().unwrap_or_else(|p| p.into_inner());
+        plan::plan(
+            entries,
+            |key| root.state(key, uris.get(key).map_or("", String::as_str)),
+            &snapshot,
+            now,
+        )
+    };
+
+    for start in &plan.start {
+        let key = &start.storage_key;
+        if start.clear_folder {
+            let root = ctx.root.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = root.clear(key) {
+                tracing::warn!(key = %key, error = %e, "cannot remove an unverified model folder");
+                continue;
+            }
+            tracing::info!(model = %start.entry.source_model_uri, "the model folder is not verified; downloading it again");
+        }
+        let env = credentials::for_entry(
+            &ctx.client,
+            &config.local_model.job_namespace,
+            &start.entry,
+            &config.credentials,
+        )
+        .await;
+        match env {
+            Ok(mut env) => {
+                for var in [
+                    "HTTPS_PROXY",
+                    "https_proxy",
+                    "HTTP_PROXY",
+                    "http_proxy",
+                    "NO_PROXY",
+                    "no_proxy",
+                    "ALL_PROXY",
+                    "all_proxy",
+                ] {
+                    if let Some(v) = ctx.proxy_env.get(var) {
+                        env.set(var, v);
+                    }
+                }
+                ctx.downloads.start_download(key, start.entry.clone(), env);
+            }
+            Err(message) => {
+                plan.status
+                    .insert(keys::status_key(&start.entry), ModelStatus::Error);
+                ctx.event(
+                    &lmn,
+                    EventType::Warning,
+                    "DownloadFailed",
+                    format!("{}: credentials: {message}", start.entry.source_model_uri),
+                )
+                .await;
+            }
+        }
+    }
+
+    let busy = ctx.downloads.busy();
+    for key in busy.difference(&plan.wanted) {
+        tracing::info!(key = %key, "model removed from the spec; cancelling its download");
+        ctx.downloads.cancel(key);
+    }
+    {
+        let mut root = ctx.root.lock().unwrap_or_else(|p| p.into_inner());
+        root.collect(&plan.wanted, &ctx.downloads.busy(), ctx.grace, now);
+    }
+
+    report(&lmn, &ctx, &plan).await;
+
+    let old = lmn
+        .status
+        .as_ref()
+        .and_then(|s| s.model_status.clone())
+        .unwrap_or_default();
+    write_status(&ctx.client, &name, &old, &plan.status).await?;
+    ctx.metrics.set_models(&plan.status);
+
+    let downloading = ctx
+        .downloads
+        .snapshot()
+        .values()
+        .any(|d| !matches!(d, Download::Failed { .. }));
+    Ok(Action::requeue(if downloading {
+        BUSY_REFRESH
+    } else {
+        config.local_model.reconcile_every
+    }))
+}
+
+/// Patches `status.modelStatus` of `name` from `old` to `new` (a JSON merge patch of the
+/// changed keys only, `null` for removed ones); nothing when they are equal. Returns whether
+/// a request was made.
+pub async fn write_status(
+    client: &Client,
+    name: &str,
+    old: &BTreeMap<String, ModelStatus>,
+    new: &BTreeMap<String, ModelStatus>,
+) -> Result<bool, kube::Error> {
+    let Some(patch) = plan::status_patch(old, new) else {
+        return Ok(false);
+    };
+    let api: Api<LocalModelNode> = Api::all(client.clone());
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(true)
+}
+
+/// Events for invalid entries (once each), finished and failed downloads, and progress.
+async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
+    for invalid in &plan.invalid {
+        let first = ctx
+            .invalid_reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((invalid.status_key.clone(), invalid.reason.clone()));
+        if first {
+            ctx.event(
+                lmn,
+                EventType::Warning,
+                "DownloadFailed",
+                format!("{}: {}", invalid.status_key, invalid.reason),
+            )
+            .await;
+        }
+    }
+    for r in ctx.downloads.take_reports() {
+        match r {
+            Report::Started { uri, .. } => {
+                ctx.event(lmn, EventType::Normal, "DownloadStarted", uri)
+                    .await;
+            }
+            Report::Done {
+                uri,
+                bytes,
+                seconds,
+                ..
+            } => {
+                ctx.metrics.downloads.with_label_values(&["ok"]).inc();
+                let note = format!(
+                    "{uri}: {} in {seconds:.1} s ({:.2} GB/s), verified and published",
+                    modelpull::demo::human_bytes(bytes),
+                    bytes as f64 / seconds.max(1e-9) / 1e9
+                );
+                ctx.event(lmn, EventType::Normal, "Downloaded", note).await;
+            }
+            Report::Failed {
+                uri,
+                message,
+                retry_in,
+                ..
+            } => {
+                ctx.metrics.downloads.with_label_values(&["error"]).inc();
+                let note = format!("{uri}: {message}; trying again in {} s", retry_in.as_secs());
+                ctx.event(lmn, EventType::Warning, "DownloadFailed", note)
+                    .await;
+            }
+        }
+    }
+    let now = Instant::now();
+    for (key, uri, done, total) in ctx.downloads.progress() {
+        let due = {
+            let mut sent = ctx.progress_sent.lock().unwrap_or_else(|p| p.into_inner());
+            let last = sent.entry(key).or_insert(now);
+            if now.duration_since(*last) >= PROGRESS_EVERY {
+                *last = now;
+                true
+            } else {
+                false
+            }
+        };
+        if due && total > 0 {
+            let note = format!(
+                "{uri}: {} of {} ({:.0}%)",
+                modelpull::demo::human_bytes(done),
+                modelpull::demo::human_bytes(total),
+                done as f64 * 100.0 / total as f64
+            );
+            ctx.event(lmn, EventType::Normal, "DownloadProgress", note)
+                .await;
+        }
+    }
+}

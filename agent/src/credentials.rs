@@ -1,0 +1,308 @@
+//! Credentials for a model, found where KServe's credential builder finds them (reference §5),
+//! always in the job namespace: the `storage-config` Secret when the entry names a storage
+//! key, else the Secrets of its ServiceAccount (or `default`).
+//!
+//! KServe turns them into environment variables of a download pod; here they become an
+//! in-memory [`Env`] handed to the engine, with the same variable names, so the stores read
+//! them exactly as the storage-initializer would. Nothing is logged or written to disk.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::Api;
+use modelpull::store::Env;
+
+use crate::config::CredentialConfig;
+use crate::crd::LocalModelInfo;
+
+const S3_ANNOTATIONS: [(&str, &str); 8] = [
+    ("serving.kserve.io/s3-endpoint", "S3_ENDPOINT"),
+    ("serving.kserve.io/s3-usehttps", "S3_USE_HTTPS"),
+    ("serving.kserve.io/s3-region", "AWS_DEFAULT_REGION"),
+    ("serving.kserve.io/s3-verifyssl", "S3_VERIFY_SSL"),
+    (
+        "serving.kserve.io/s3-usevirtualbucket",
+        "S3_USER_VIRTUAL_BUCKET",
+    ),
+    ("serving.kserve.io/s3-useaccelerate", "S3_USE_ACCELERATE"),
+    (
+        "serving.kserve.io/s3-useanoncredential",
+        "awsAnonymousCredential",
+    ),
+    ("serving.kserve.io/s3-cabundle", "AWS_CA_BUNDLE"),
+];
+
+/// A `storage-config` entry (JSON) with the entry's parameters laid over it, as the
+/// storage-initializer's `STORAGE_CONFIG` + `STORAGE_OVERRIDE_CONFIG`.
+pub fn from_storage_spec(json: &str, parameters: &BTreeMap<String, String>) -> Result<Env, String> {
+    let mut spec: BTreeMap<String, serde_json::Value> = serde_json::from_str(json)
+        .map_err(|_| "the storage-config entry is not a JSON object".to_owned())?;
+    for (k, v) in parameters {
+        spec.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    let text = |k: &str| {
+        spec.get(k).and_then(|v| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let mut env = Env::default();
+    match text("type").as_deref() {
+        Some("s3") => {
+            for (field, var) in [
+                ("endpoint_url", "AWS_ENDPOINT_URL"),
+                ("access_key_id", "AWS_ACCESS_KEY_ID"),
+                ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+                ("region", "AWS_DEFAULT_REGION"),
+                ("ca_bundle", "AWS_CA_BUNDLE"),
+                ("verify_ssl", "S3_VERIFY_SSL"),
+                ("anonymous", "awsAnonymousCredential"),
+            ] {
+                if let Some(v) = text(field) {
+                    env.set(var, v);
+                }
+            }
+        }
+        // KServe's builder refuses `hf` though its docs show it; a token is all it needs.
+        Some("hf") => {
+            if let Some(token) = text("token").or_else(|| text("HF_TOKEN")) {
+                env.set("HF_TOKEN", token);
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "storage type `{other}` is not supported (use s3 or hf)"
+            ));
+        }
+        None => return Err("the storage-config entry has no `type`".into()),
+    }
+    Ok(env)
+}
+
+fn data(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .cloned()
+        })
+}
+
+/// What the Secrets of a ServiceAccount provide, as KServe's builder reads each Secret: S3 keys
+/// (with `serving.kserve.io/s3-*` annotations, else the `credentials.s3` defaults), a GCS
+/// key file, an HF token, extra headers for a host.
+pub fn from_secrets(secrets: &[Secret], cfg: &CredentialConfig) -> Env {
+    let mut env = Env::default();
+    for secret in secrets {
+        if let Some(secret_key) = data(secret, &cfg.s3.secret_access_key_name) {
+            if let Some(id) = data(secret, &cfg.s3.access_key_id_name) {
+                env.set("AWS_ACCESS_KEY_ID", id);
+            }
+            env.set("AWS_SECRET_ACCESS_KEY", secret_key);
+            let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+            for (annotation, var) in S3_ANNOTATIONS {
+                let config_key = annotation
+                    .strip_prefix("serving.kserve.io/")
+                    .map(s3_config_name);
+                let value = annotations.get(annotation).cloned().or_else(|| {
+                    config_key
+                        .and_then(|k| cfg.s3.defaults.get(&k))
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .filter(|v| !v.is_empty())
+                });
+                if let Some(v) = value {
+                    env.set(var, v);
+                }
+            }
+            if let Some(endpoint) = env.get("S3_ENDPOINT").map(str::to_owned) {
+                let https = env.get("S3_USE_HTTPS").is_none_or(|v| v != "0");
+                env.set(
+                    "AWS_ENDPOINT_URL",
+                    format!("{}://{endpoint}", if https { "https" } else { "http" }),
+                );
+            }
+        }
+        if let Some(json) = data(secret, &cfg.gcs.gcs_credential_file_name) {
+            env.set("GOOGLE_APPLICATION_CREDENTIALS_JSON", json);
+        }
+        if let Some(token) = data(secret, "HF_TOKEN") {
+            env.set("HF_TOKEN", token);
+        }
+        if let (Some(host), Some(headers)) = (data(secret, "https-host"), data(secret, "headers")) {
+            env.set(format!("{host}-headers"), headers);
+        }
+    }
+    env
+}
+
+/// `s3-endpoint` → `s3Endpoint`, the `credentials.s3` key of the same setting.
+fn s3_config_name(annotation: &str) -> String {
+    match annotation {
+        "s3-endpoint" => "s3Endpoint",
+        "s3-usehttps" => "s3UseHttps",
+        "s3-region" => "s3Region",
+        "s3-verifyssl" => "s3VerifySSL",
+        "s3-usevirtualbucket" => "s3UseVirtualBucket",
+        "s3-useaccelerate" => "s3UseAccelerate",
+        "s3-useanoncredential" => "s3UseAnonymousCredential",
+        "s3-cabundle" => "s3CABundle",
+        other => other,
+    }
+    .to_owned()
+}
+
+/// The environment for `entry`, read from the cluster. The process environment is not
+/// inherited: a model gets only its own credentials (plus the node's proxy settings, which
+/// the caller adds).
+pub async fn for_entry(
+    client: &kube::Client,
+    namespace: &str,
+    entry: &LocalModelInfo,
+    cfg: &CredentialConfig,
+) -> Result<Env, String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    if let Some(key) = entry.storage.as_ref().and_then(|s| s.key.as_deref()) {
+        let name = &cfg.storage_spec_secret_name;
+        let secret = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?
+            .ok_or_else(|| format!("Secret {namespace}/{name} does not exist"))?;
+        let json = data(&secret, key)
+            .ok_or_else(|| format!("Secret {namespace}/{name} has no key `{key}`"))?;
+        let params = entry
+            .storage
+            .as_ref()
+            .and_then(|s| s.parameters.clone())
+            .unwrap_or_default();
+        return from_storage_spec(&json, &params)
+            .map_err(|e| format!("Secret {namespace}/{name} key `{key}`: {e}"));
+    }
+    let sa_name = entry
+        .service_account_name
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let Some(sa) = accounts
+        .get_opt(sa_name)
+        .await
+        .map_err(|e| format!("reading ServiceAccount {namespace}/{sa_name}: {e}"))?
+    else {
+        // As KServe: no ServiceAccount, no credentials (anonymous access).
+        return Ok(Env::default());
+    };
+    let mut found = Vec::new();
+    for reference in sa.secrets.unwrap_or_default() {
+        let Some(name) = reference.name else { continue };
+        match secrets.get_opt(&name).await {
+            Ok(Some(s)) => found.push(s),
+            Ok(None) => {
+                tracing::warn!(secret = %name, service_account = %sa_name, "a Secret named by the ServiceAccount does not exist")
+            }
+            Err(e) => return Err(format!("reading Secret {namespace}/{name}: {e}")),
+        }
+    }
+    Ok(from_secrets(&found, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn secret(pairs: &[(&str, &str)], annotations: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn storage_config_with_overrides() {
+        let json = r#"{"type": "s3", "access_key_id": "AK", "secret_access_key": "SK", "endpoint_url": "http://minio:9000", "region": "us-west-2", "verify_ssl": false, "anonymous": "False"}"#;
+        let params: BTreeMap<String, String> =
+            [("region".to_owned(), "eu-central-1".to_owned())].into();
+        let env = from_storage_spec(json, &params).unwrap();
+        assert_eq!(env.get("AWS_ACCESS_KEY_ID"), Some("AK"));
+        assert_eq!(env.get("AWS_SECRET_ACCESS_KEY"), Some("SK"));
+        assert_eq!(env.get("AWS_ENDPOINT_URL"), Some("http://minio:9000"));
+        assert_eq!(env.get("AWS_DEFAULT_REGION"), Some("eu-central-1"));
+        assert_eq!(env.get("S3_VERIFY_SSL"), Some("false"));
+        let hf = from_storage_spec(r#"{"type": "hf", "token": "hf_x"}"#, &BTreeMap::new()).unwrap();
+        assert_eq!(hf.get("HF_TOKEN"), Some("hf_x"));
+        assert!(from_storage_spec(r#"{"type": "hdfs"}"#, &BTreeMap::new()).is_err());
+        assert!(from_storage_spec("[]", &BTreeMap::new()).is_err());
+        assert!(!format!("{env:?}").contains("SK"), "Debug shows names only");
+    }
+
+    #[test]
+    fn service_account_secrets() {
+        let cfg = CredentialConfig::default();
+        let s3 = secret(
+            &[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")],
+            &[
+                ("serving.kserve.io/s3-endpoint", "minio.svc:9000"),
+                ("serving.kserve.io/s3-usehttps", "0"),
+                ("serving.kserve.io/s3-region", "us-east-2"),
+            ],
+        );
+        let gcs = secret(
+            &[(
+                "gcloud-application-credentials.json",
+                "{\"type\": \"service_account\"}",
+            )],
+            &[],
+        );
+        let hf = secret(&[("HF_TOKEN", "hf_abc")], &[]);
+        let headers = secret(
+            &[
+                ("https-host", "models.example"),
+                ("headers", "{\"X\": \"1\"}"),
+            ],
+            &[],
+        );
+        let env = from_secrets(&[s3, gcs, hf, headers], &cfg);
+        assert_eq!(env.get("AWS_ACCESS_KEY_ID"), Some("AK"));
+        assert_eq!(env.get("S3_ENDPOINT"), Some("minio.svc:9000"));
+        assert_eq!(env.get("AWS_ENDPOINT_URL"), Some("http://minio.svc:9000"));
+        assert_eq!(env.get("AWS_DEFAULT_REGION"), Some("us-east-2"));
+        assert!(env.get("GOOGLE_APPLICATION_CREDENTIALS_JSON").is_some());
+        assert_eq!(env.get("HF_TOKEN"), Some("hf_abc"));
+        assert_eq!(env.get("models.example-headers"), Some("{\"X\": \"1\"}"));
+    }
+
+    #[test]
+    fn config_defaults_fill_missing_annotations() {
+        let mut cfg = CredentialConfig::default();
+        cfg.s3
+            .defaults
+            .insert("s3Endpoint".into(), serde_json::json!("s3.internal:443"));
+        let env = from_secrets(&[secret(&[("AWS_SECRET_ACCESS_KEY", "SK")], &[])], &cfg);
+        assert_eq!(env.get("AWS_ENDPOINT_URL"), Some("https://s3.internal:443"));
+    }
+}

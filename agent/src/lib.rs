@@ -1,0 +1,24 @@
+//! `localmodelnode-agent`: a drop-in replacement for KServe's LocalModelNode agent that
+//! downloads models in-process with the modelpull engine instead of launching a Kubernetes
+//! Job with a Python storage-initializer per model.
+//!
+//! It reads the same `LocalModelNode` (only its own node's), writes the same status values,
+//! uses the same folder layout (`<root>/models/<storage key>`), environment, flags and ports.
+//! The layers, from the pure to the effectful:
+//!
+//! - [`crd`], [`keys`], [`config`]: KServe's objects and names;
+//! - [`plan`]: spec + disk + downloads → status + actions, a pure function;
+//! - [`disk`]: the models root, verified state and safe garbage collection;
+//! - [`jobs`]: the in-process downloads; [`credentials`]: Secrets and ServiceAccounts → env;
+//! - [`controller`]: the kube-rs controller; [`server`], [`metrics`]: ports 8080 and 8081.
+
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod credentials;
+pub mod disk;
+pub mod jobs;
+pub mod keys;
+pub mod metrics;
+pub mod plan;
+pub mod server;

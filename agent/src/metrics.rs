@@ -1,0 +1,51 @@
+//! The agent's own metrics, next to the engine's on the same registry.
+
+use std::collections::BTreeMap;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::crd::ModelStatus;
+
+#[derive(Debug, Clone)]
+pub struct AgentMetrics {
+    /// `modelpull_models{state}`: models of this node by status.
+    pub models: IntGaugeVec,
+    /// `modelpull_model_downloads_total{result}`.
+    pub downloads: IntCounterVec,
+}
+
+impl AgentMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            models: IntGaugeVec::new(
+                Opts::new("modelpull_models", "Models of this node by download state."),
+                &["state"],
+            )?,
+            downloads: IntCounterVec::new(
+                Opts::new(
+                    "modelpull_model_downloads_total",
+                    "Model downloads finished, by result.",
+                ),
+                &["result"],
+            )?,
+        };
+        registry.register(Box::new(m.models.clone()))?;
+        registry.register(Box::new(m.downloads.clone()))?;
+        Ok(m)
+    }
+
+    /// Sets the per-state gauges from a status map.
+    pub fn set_models(&self, status: &BTreeMap<String, ModelStatus>) {
+        for state in ModelStatus::ALL {
+            let n = status.values().filter(|s| **s == state).count();
+            let label = match state {
+                ModelStatus::Unknown => "unknown",
+                ModelStatus::Pending => "pending",
+                ModelStatus::Downloading => "downloading",
+                ModelStatus::Downloaded => "downloaded",
+                ModelStatus::Error => "error",
+            };
+            self.models.with_label_values(&[label]).set(n as i64);
+        }
+    }
+}
