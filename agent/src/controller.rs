@@ -31,6 +31,22 @@ use crate::plan::{self, Download};
 use crate::server::Health;
 use crate::{credentials, keys};
 
+/// Variables of the agent's own environment that every model's environment inherits: proxies
+/// and mirrors are the node's business, credentials are the model's.
+pub const NODE_ENV: [&str; 11] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "HF_ENDPOINT",
+    "STORAGE_EMULATOR_HOST",
+    "GCE_METADATA_HOST",
+];
+
 /// How often a running download reports progress as an Event.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 /// How often status is refreshed while downloads run.
@@ -47,8 +63,8 @@ pub struct Ctx {
     pub grace: Duration,
     pub health: Health,
     pub metrics: AgentMetrics,
-    /// The node's own proxy settings, added to every model's environment.
-    pub proxy_env: Env,
+    /// The node's own settings every model inherits (see [`NODE_ENV`]).
+    pub node_env: Env,
     pub recorder: Recorder,
     progress_sent: Mutex<HashMap<String, Instant>>,
     invalid_reported: Mutex<HashSet<(String, String)>>,
@@ -79,7 +95,7 @@ impl Ctx {
         grace: Duration,
         health: Health,
         metrics: AgentMetrics,
-        proxy_env: Env,
+        node_env: Env,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -97,7 +113,7 @@ impl Ctx {
             grace,
             health,
             metrics,
-            proxy_env,
+            node_env,
             recorder,
             progress_sent: Mutex::new(HashMap::new()),
             invalid_reported: Mutex::new(HashSet::new()),
@@ -208,18 +224,9 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         .await;
         match env {
             Ok(mut env) => {
-                for var in [
-                    "HTTPS_PROXY",
-                    "https_proxy",
-                    "HTTP_PROXY",
-                    "http_proxy",
-                    "NO_PROXY",
-                    "no_proxy",
-                    "ALL_PROXY",
-                    "all_proxy",
-                ] {
-                    if let Some(v) = ctx.proxy_env.get(var) {
-                        env.set(var, v);
+                for (name, value) in ctx.node_env.iter() {
+                    if env.get(name).is_none() {
+                        env.set(name, value);
                     }
                 }
                 ctx.downloads.start_download(key, start.entry.clone(), env);

@@ -262,8 +262,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tracing::info!(node = %args.node_name, root = %args.models_root.display(), "connected; watching this node's LocalModelNode");
-    let proxy_env: Env = std::env::vars()
-        .filter(|(k, _)| k.to_ascii_lowercase().ends_with("_proxy"))
+    let node_env: Env = std::env::vars()
+        .filter(|(k, _)| controller::NODE_ENV.contains(&k.as_str()))
         .collect();
     let ctx = Arc::new(Ctx::new(
         client,
@@ -274,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
         args.gc_grace,
         health,
         agent_metrics,
-        proxy_env,
+        node_env,
     ));
     let stopped = stop.clone();
     controller::run(ctx, changed_rx, async move { stopped.notified().await }).await;
