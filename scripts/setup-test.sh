@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real servers and clients the tests run against, once: tinyproxy (a forward
-# proxy, from Debian) and a virtualenv .venv-test with moto (S3), gcp-storage-emulator (GCS)
-# and huggingface_hub (the client that proves the in-tree Hub fixture faithful). The tests
+# proxy, from Debian) and a virtualenv .venv-test with moto (S3), gcp-storage-emulator (GCS),
+# huggingface_hub (the client that proves the in-tree Hub fixture faithful), and aiohttp and
+# the kubernetes client (the agent's test API server and the client that proves it faithful). The tests
 # start and stop the servers themselves, each on a free port of 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +24,12 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 # crc32c and awscrt: without them moto computes crc32c and crc64nvme as plain crc32.
-"$venv/bin/python" -c 'import moto, crc32c, awscrt, boto3, gcp_storage_emulator, huggingface_hub' >/dev/null 2>&1 || {
-  echo "installing moto, gcp-storage-emulator and huggingface_hub into $venv"
+# aiohttp runs the agent tests' API server (agent/tests/support/apiserver.py); the official
+# kubernetes client proves it faithful.
+"$venv/bin/python" -c 'import moto, crc32c, awscrt, boto3, gcp_storage_emulator, huggingface_hub, aiohttp, kubernetes' >/dev/null 2>&1 || {
+  echo "installing moto, gcp-storage-emulator, huggingface_hub, aiohttp and kubernetes into $venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q 'moto[server]==5.2.5' crc32c awscrt boto3 \
-    'gcp-storage-emulator==2026.7.19' 'huggingface_hub==2.4.0'
+    'gcp-storage-emulator==2026.7.19' 'huggingface_hub==2.4.0' 'aiohttp>=3.9,<4' 'kubernetes>=31'
 }
 echo "test servers ready"

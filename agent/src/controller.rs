@@ -131,12 +131,22 @@ impl Ctx {
         }
     }
 
-    async fn event(&self, lmn: &LocalModelNode, type_: EventType, reason: &str, note: String) {
+    /// Publishes an Event on the node's LocalModelNode. Events of one reason and action are
+    /// aggregated into a series (kube's recorder keeps the first note), so the action names
+    /// the model (by storage key) and, for progress, the step reached.
+    async fn event(
+        &self,
+        lmn: &LocalModelNode,
+        type_: EventType,
+        reason: &str,
+        action: String,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
-            action: "Download".into(),
+            action,
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &lmn.object_ref(&())).await {
@@ -238,6 +248,7 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
                     &lmn,
                     EventType::Warning,
                     "DownloadFailed",
+                    format!("Download {key}"),
                     format!("{}: credentials: {message}", start.entry.source_model_uri),
                 )
                 .await;
@@ -308,6 +319,7 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
                 lmn,
                 EventType::Warning,
                 "DownloadFailed",
+                format!("Validate {}", invalid.storage_key),
                 format!("{}: {}", invalid.status_key, invalid.reason),
             )
             .await;
@@ -315,15 +327,21 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
     }
     for r in ctx.downloads.take_reports() {
         match r {
-            Report::Started { uri, .. } => {
-                ctx.event(lmn, EventType::Normal, "DownloadStarted", uri)
-                    .await;
+            Report::Started { key, uri } => {
+                ctx.event(
+                    lmn,
+                    EventType::Normal,
+                    "DownloadStarted",
+                    format!("Download {key}"),
+                    uri,
+                )
+                .await;
             }
             Report::Done {
+                key,
                 uri,
                 bytes,
                 seconds,
-                ..
             } => {
                 ctx.metrics.downloads.with_label_values(&["ok"]).inc();
                 let note = format!(
@@ -331,18 +349,31 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
                     modelpull::demo::human_bytes(bytes),
                     bytes as f64 / seconds.max(1e-9) / 1e9
                 );
-                ctx.event(lmn, EventType::Normal, "Downloaded", note).await;
+                ctx.event(
+                    lmn,
+                    EventType::Normal,
+                    "Downloaded",
+                    format!("Download {key}"),
+                    note,
+                )
+                .await;
             }
             Report::Failed {
+                key,
                 uri,
                 message,
                 retry_in,
-                ..
             } => {
                 ctx.metrics.downloads.with_label_values(&["error"]).inc();
                 let note = format!("{uri}: {message}; trying again in {} s", retry_in.as_secs());
-                ctx.event(lmn, EventType::Warning, "DownloadFailed", note)
-                    .await;
+                ctx.event(
+                    lmn,
+                    EventType::Warning,
+                    "DownloadFailed",
+                    format!("Download {key}"),
+                    note,
+                )
+                .await;
             }
         }
     }
@@ -350,7 +381,7 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
     for (key, uri, done, total) in ctx.downloads.progress() {
         let due = {
             let mut sent = ctx.progress_sent.lock().unwrap_or_else(|p| p.into_inner());
-            let last = sent.entry(key).or_insert(now);
+            let last = sent.entry(key.clone()).or_insert(now);
             if now.duration_since(*last) >= PROGRESS_EVERY {
                 *last = now;
                 true
@@ -365,8 +396,15 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
                 modelpull::demo::human_bytes(total),
                 done as f64 * 100.0 / total as f64
             );
-            ctx.event(lmn, EventType::Normal, "DownloadProgress", note)
-                .await;
+            let step = done * 10 / total * 10;
+            ctx.event(
+                lmn,
+                EventType::Normal,
+                "DownloadProgress",
+                format!("Download {key} {step}%"),
+                note,
+            )
+            .await;
         }
     }
 }

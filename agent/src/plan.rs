@@ -53,6 +53,8 @@ pub struct Start {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
     pub status_key: String,
+    /// The storage key its URI would have (it names the entry in Events).
+    pub storage_key: String,
     pub reason: String,
 }
 
@@ -78,7 +80,11 @@ pub fn plan(
         let status_key = keys::status_key(entry);
         if let Err(reason) = keys::check_entry(entry) {
             out.status.insert(status_key.clone(), ModelStatus::Error);
-            out.invalid.push(Invalid { status_key, reason });
+            out.invalid.push(Invalid {
+                status_key,
+                storage_key: keys::storage_key(&entry.source_model_uri),
+                reason,
+            });
             continue;
         }
         let key = keys::storage_key(&entry.source_model_uri);

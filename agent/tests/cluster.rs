@@ -1,0 +1,414 @@
+//! Whole runs of the agent binary against a test API server (support/apiserver.py), with
+//! models served by the in-tree origin: statuses go Pending → Downloading → Downloaded and
+//! the folders verify; a removed model's folder goes after the grace period (foreign folders
+//! stay); a damaged folder is downloaded again; an API server outage does not stop a download
+//! and the status catches up; bad entries get an error of their own. Everything the agent
+//! writes is checked against KServe's CRD schema.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use localmodelnode_agent::crd::{LocalModelInfo, LocalModelNode, LocalModelNodeSpec, ModelStatus};
+use localmodelnode_agent::keys::storage_key;
+use modelpull::origin::{Faults, Origin};
+use util::*;
+
+const NODE: &str = "gpu-node-1";
+
+fn data(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+fn entry(name: &str, uri: &str) -> LocalModelInfo {
+    LocalModelInfo {
+        source_model_uri: uri.into(),
+        model_name: name.into(),
+        ..Default::default()
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    api: ApiServer,
+    origin: Origin,
+    client: kube::Client,
+}
+
+impl World {
+    async fn start(files: &[(&str, Vec<u8>)]) -> Option<Self> {
+        let python = python()?;
+        let dir = tempfile::tempdir().unwrap();
+        let served = dir.path().join("origin");
+        for (name, content) in files {
+            std::fs::create_dir_all(served.join(name).parent().unwrap()).unwrap();
+            std::fs::write(served.join(name), content).unwrap();
+        }
+        let origin = Origin::serve(&served).unwrap();
+        let api = ApiServer::start(&python);
+        let client = api.client(dir.path()).await;
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kserve");
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
+            "data": {"localModel": r#"{"jobNamespace": "kserve-localmodel-jobs", "reconcilationFrequencyInSecs": 1}"#}
+        }))
+        .unwrap();
+        maps.create(&PostParams::default(), &cm).await.unwrap();
+        Some(Self {
+            dir,
+            api,
+            origin,
+            client,
+        })
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn agent(&self, extra: &[&str]) -> Agent {
+        let kubeconfig = self.api.kubeconfig(self.dir.path());
+        Agent::start(&kubeconfig, self.root(), NODE, extra)
+    }
+
+    fn nodes(&self) -> Api<LocalModelNode> {
+        Api::all(self.client.clone())
+    }
+
+    async fn create_node(&self, models: Vec<LocalModelInfo>) {
+        let mut lmn = LocalModelNode {
+            spec: LocalModelNodeSpec {
+                local_models: models,
+            },
+            ..Default::default()
+        };
+        lmn.metadata.name = Some(NODE.into());
+        self.nodes()
+            .create(&PostParams::default(), &lmn)
+            .await
+            .unwrap();
+    }
+
+    async fn set_models(&self, models: Vec<LocalModelInfo>) {
+        let patch = serde_json::json!({"spec": {"localModels": models}});
+        self.nodes()
+            .patch(NODE, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    fn folder(&self, uri: &str) -> std::path::PathBuf {
+        self.root().join("models").join(storage_key(uri))
+    }
+
+    /// Status values the agent wrote for `key`, in order, from the server's request log; and
+    /// every written object checked against the CRD.
+    fn written(&self, key: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        for r in self.api.requests() {
+            let is_status_patch = r["method"] == "PATCH"
+                && r["path"].as_str().is_some_and(|p| p.ends_with("/status"));
+            if !is_status_patch {
+                continue;
+            }
+            assert_eq!(r["content_type"], "application/merge-patch+json", "{r}");
+            if let Some(v) = r["body"]["status"]["modelStatus"][key].as_str() {
+                seen.push(v.to_owned());
+            }
+        }
+        seen
+    }
+}
+
+fn all_downloaded(
+    keys: &'static [&'static str],
+) -> impl Fn(&BTreeMap<String, ModelStatus>) -> bool {
+    move |s| {
+        keys.iter()
+            .all(|k| s.get(*k) == Some(&ModelStatus::Downloaded))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_are_downloaded_verified_and_deduplicated() {
+    let big = data(1, 24 << 20);
+    let small = data(2, 300_000);
+    let Some(w) = World::start(&[
+        ("llama/model.bin", big.clone()),
+        ("bert/model.bin", small.clone()),
+    ])
+    .await
+    else {
+        return;
+    };
+    // 8 MB/s per connection: the big model takes a few seconds, long enough to be seen.
+    w.origin.set_faults(Faults {
+        slow_rate: Some(4 << 20),
+        slow_times: u32::MAX,
+        ..Faults::default()
+    });
+    let llama = w.origin.url("llama/model.bin");
+    let bert = w.origin.url("bert/model.bin");
+    let mut shared = entry("llama", &llama);
+    shared.namespace = Some("team-a".into());
+    w.create_node(vec![entry("llama", &llama), shared, entry("bert", &bert)])
+        .await;
+    let agent = w.agent(&[]);
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "every model downloaded",
+        Duration::from_secs(60),
+        all_downloaded(&["llama", "team-a/llama", "bert"]),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(w.folder(&llama).join("model.bin")).unwrap(),
+        big
+    );
+    assert_eq!(
+        std::fs::read(w.folder(&bert).join("model.bin")).unwrap(),
+        small
+    );
+    assert!(w.folder(&llama).join(".modelpull.json").exists());
+
+    let written = w.written("llama");
+    assert_eq!(
+        written.first().map(String::as_str),
+        Some("ModelDownloadPending"),
+        "{written:?}"
+    );
+    assert!(
+        written.iter().any(|s| s == "ModelDownloading"),
+        "{written:?}"
+    );
+    assert_eq!(written.last().map(String::as_str), Some("ModelDownloaded"));
+    // One download for the URI both entries name.
+    let fetched: u64 = w
+        .origin
+        .stats()
+        .served
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _, _)| p.contains("llama"))
+        .map(|(_, _, n)| *n)
+        .sum();
+    assert!(
+        fetched <= big.len() as u64 + (16 << 20),
+        "fetched {fetched} bytes"
+    );
+
+    // What the server holds after every write of the agent is a valid LocalModelNode.
+    let schema = util::schema::schema();
+    let objects = w.api.objects("localmodelnodes");
+    assert_eq!(objects.len(), 1);
+    for object in objects {
+        let mut errors = Vec::new();
+        util::schema::validate(&object, &schema, "", &mut errors);
+        assert!(errors.is_empty(), "{errors:#?}\n{object:#}");
+    }
+
+    let reasons: Vec<String> = w
+        .api
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["method"] == "POST" && r["path"].as_str().is_some_and(|p| p.ends_with("/events"))
+        })
+        .filter_map(|r| r["body"]["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "DownloadStarted"),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r == "Downloaded"), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removed_models_go_after_the_grace_and_damaged_ones_come_back() {
+    let a = data(3, 200_000);
+    let b = data(4, 100_000);
+    let Some(w) = World::start(&[("a/w.bin", a.clone()), ("b/w.bin", b.clone())]).await else {
+        return;
+    };
+    let (ua, ub) = (w.origin.url("a/w.bin"), w.origin.url("b/w.bin"));
+    std::fs::create_dir_all(w.root().join("models/not-ours")).unwrap();
+    w.create_node(vec![entry("a", &ua), entry("b", &ub)]).await;
+    let agent = w.agent(&["--gc-grace", "2s"]);
+    let nodes = w.nodes();
+    wait_for(
+        &nodes,
+        NODE,
+        &agent,
+        "both downloaded",
+        Duration::from_secs(30),
+        all_downloaded(&["a", "b"]),
+    )
+    .await;
+
+    // Damage a: the next periodic check notices and downloads it again.
+    std::fs::write(w.folder(&ua).join("w.bin"), b"truncated").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = std::fs::read(w.folder(&ua).join("w.bin")).is_ok_and(|c| c == a);
+        if ok && statuses(&nodes, NODE).await.get("a") == Some(&ModelStatus::Downloaded) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a was not repaired: {}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Remove b: its status key goes at once, its folder after the grace.
+    w.set_models(vec![entry("a", &ua)]).await;
+    wait_for(
+        &nodes,
+        NODE,
+        &agent,
+        "b's status removed",
+        Duration::from_secs(20),
+        |s| !s.contains_key("b"),
+    )
+    .await;
+    assert!(w.folder(&ub).exists(), "still within the grace period");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while w.folder(&ub).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b was not collected: {}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(w.folder(&ua).exists());
+    assert!(
+        w.root().join("models/not-ours").exists(),
+        "foreign folders are left alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_server_outage_does_not_stop_a_download() {
+    let big = data(5, 16 << 20);
+    let Some(mut w) = World::start(&[("m/w.bin", big.clone())]).await else {
+        return;
+    };
+    w.origin.set_faults(Faults {
+        slow_rate: Some(1 << 20),
+        slow_times: u32::MAX,
+        ..Faults::default()
+    });
+    let uri = w.origin.url("m/w.bin");
+    w.create_node(vec![entry("m", &uri)]).await;
+    let agent = w.agent(&[]);
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "downloading",
+        Duration::from_secs(30),
+        |s| s.get("m") == Some(&ModelStatus::Downloading),
+    )
+    .await;
+    w.api.pause();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !w.folder(&uri).join("w.bin").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no download without the API server: {}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.api.resume();
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "status caught up",
+        Duration::from_secs(60),
+        all_downloaded(&["m"]),
+    )
+    .await;
+    assert_eq!(std::fs::read(w.folder(&uri).join("w.bin")).unwrap(), big);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_entries_get_their_own_error() {
+    let Some(w) = World::start(&[("ok/w.bin", data(6, 1000))]).await else {
+        return;
+    };
+    let ok = w.origin.url("ok/w.bin");
+    let before: Vec<_> = std::fs::read_dir(w.root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    w.create_node(vec![
+        entry("unknown-scheme", "ftp://example.com/model"),
+        entry("a/../b", &ok),
+        entry("ok", &ok),
+    ])
+    .await;
+    let agent = w.agent(&[]);
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "errors and a download",
+        Duration::from_secs(30),
+        |s| {
+            s.get("unknown-scheme") == Some(&ModelStatus::Error)
+                && s.get("a/../b") == Some(&ModelStatus::Error)
+                && s.get("ok") == Some(&ModelStatus::Downloaded)
+        },
+    )
+    .await;
+    let after: Vec<_> = std::fs::read_dir(w.root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let new: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
+    assert!(
+        new.iter()
+            .all(|p| p.ends_with("models") || p.ends_with("agent.log")),
+        "nothing outside models/: {new:?}"
+    );
+    let notes: Vec<String> = w
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r["body"]["reason"] == "DownloadFailed")
+        .filter_map(|r| r["body"]["note"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("ftp")),
+        "{notes:?} {}",
+        agent.log()
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("not a valid Kubernetes object name")),
+        "{notes:?}"
+    );
+}

@@ -1,0 +1,264 @@
+//! Shared pieces of the agent's whole-controller tests: the test API server
+//! (`support/apiserver.py`), a kubeconfig for it, the agent binary as a process, and waiting
+//! for a LocalModelNode's status.
+#![allow(dead_code)]
+
+pub mod schema;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use localmodelnode_agent::crd::{LocalModelNode, ModelStatus};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The test virtualenv's python (aiohttp, kubernetes); `None` (skip) when it is missing,
+/// a failure when `MODELPULL_REQUIRE_SERVERS=1`.
+pub fn python() -> Option<PathBuf> {
+    let venv = std::env::var_os("MODELPULL_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test"));
+    let python = venv.join("bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    let msg = format!("{} is missing; run scripts/setup-test.sh", python.display());
+    assert!(
+        std::env::var("MODELPULL_REQUIRE_SERVERS").as_deref() != Ok("1"),
+        "{msg}"
+    );
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+fn stop(child: &mut Child) {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(child),
+        rustix::process::Signal::TERM,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The test API server; stopped when dropped.
+pub struct ApiServer {
+    python: PathBuf,
+    pub port: u16,
+    state: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ApiServer {
+    pub fn start(python: &Path) -> Self {
+        let mut s = Self {
+            python: python.to_owned(),
+            port: free_port(),
+            state: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        s.resume();
+        s
+    }
+
+    /// Starts the server (again) on the same port with the same objects.
+    pub fn resume(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/apiserver.py");
+        let mut child = Command::new(&self.python)
+            .arg(script)
+            .args(["--port", &self.port.to_string(), "--bookmark-interval", "1"])
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the API server did not start");
+        self.child = Some(child);
+    }
+
+    /// Stops the server (objects are kept for [`ApiServer::resume`]).
+    pub fn pause(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c);
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A kubeconfig for the server, written under `dir`.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
+                self.url()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    pub async fn client(&self, dir: &Path) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig(dir)).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Every request the server saw.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            conn,
+            "GET /_requests HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v.get("requests")
+            .or(Some(&v))
+            .and_then(|r| r.as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.pause();
+    }
+}
+
+/// The agent binary, stopped (SIGTERM) when dropped.
+pub struct Agent {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(kubeconfig: &Path, root: &Path, node: &str, extra: &[&str]) -> Self {
+        let log = root.join("agent.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent"))
+            .env("NODE_NAME", node)
+            .env("POD_NAMESPACE", "kserve")
+            .env("RUST_LOG", "localmodelnode_agent=debug,modelpull=info")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--models-root")
+            .arg(root)
+            .args([
+                "--zap-encoder",
+                "console",
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{}", free_port()),
+                "--health-probe-bind-address",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// The node's status map now.
+pub async fn statuses(
+    api: &Api<LocalModelNode>,
+    node: &str,
+) -> std::collections::BTreeMap<String, ModelStatus> {
+    api.get(node)
+        .await
+        .ok()
+        .and_then(|n| n.status)
+        .and_then(|s| s.model_status)
+        .unwrap_or_default()
+}
+
+/// Waits until `check` holds for the node's status map, or fails with the agent's log.
+pub async fn wait_for(
+    api: &Api<LocalModelNode>,
+    node: &str,
+    agent: &Agent,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&std::collections::BTreeMap<String, ModelStatus>) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = statuses(api, node).await;
+        if check(&s) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; status {s:?}; agent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl ApiServer {
+    /// The objects the server holds of `plural` (as stored, after every patch).
+    pub fn objects(&self, plural: &str) -> Vec<serde_json::Value> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            conn,
+            "GET /_objects HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let all: Vec<serde_json::Value> = serde_json::from_str(body).unwrap_or_default();
+        all.into_iter()
+            .filter(|o| o["resource"].as_str().is_some_and(|r| r.ends_with(plural)))
+            .map(|o| o["object"].clone())
+            .collect()
+    }
+}
