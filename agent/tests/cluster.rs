@@ -9,6 +9,7 @@ mod util;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -411,4 +412,160 @@ async fn bad_entries_get_their_own_error() {
             .any(|n| n.contains("not a valid Kubernetes object name")),
         "{notes:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_resumes_and_fetches_nothing_twice() {
+    let big = data(7, 24 << 20);
+    let done = data(8, 200_000);
+    let Some(w) = World::start(&[("big/w.bin", big.clone()), ("done/w.bin", done.clone())]).await
+    else {
+        return;
+    };
+    let (ubig, udone) = (w.origin.url("big/w.bin"), w.origin.url("done/w.bin"));
+    w.create_node(vec![entry("done", &udone)]).await;
+    let agent = w.agent(&[]);
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "done downloaded",
+        Duration::from_secs(30),
+        all_downloaded(&["done"]),
+    )
+    .await;
+    // 256 KiB/s per connection: 24 MiB take several seconds.
+    w.origin.set_faults(Faults {
+        slow_rate: Some(256 << 10),
+        slow_times: u32::MAX,
+        ..Faults::default()
+    });
+    let bytes = |w: &World| {
+        w.origin
+            .stats()
+            .body_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let start = bytes(&w);
+    w.set_models(vec![entry("done", &udone), entry("big", &ubig)])
+        .await;
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "big downloading",
+        Duration::from_secs(30),
+        |s| s.get("big") == Some(&ModelStatus::Downloading),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(agent); // SIGTERM: the download pauses at a chunk boundary
+    let served = |w: &World, name: &str| -> u64 {
+        w.origin
+            .stats()
+            .served
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| p.contains(name))
+            .map(|(_, _, n)| *n)
+            .sum()
+    };
+    let before = bytes(&w) - start;
+    assert!(
+        before > 0 && before < big.len() as u64,
+        "interrupted mid-way ({before})"
+    );
+    w.origin.set_faults(Faults::default());
+    let agent = w.agent(&[]);
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "big downloaded after a restart",
+        Duration::from_secs(60),
+        all_downloaded(&["done", "big"]),
+    )
+    .await;
+    assert_eq!(std::fs::read(w.folder(&ubig).join("w.bin")).unwrap(), big);
+    let total = bytes(&w) - start;
+    assert!(
+        total < big.len() as u64 + (before / 2) + (16 << 20),
+        "resumed, not started over: {total} bytes served for {} ({before} before the restart)",
+        big.len()
+    );
+    assert_eq!(
+        served(&w, "done/"),
+        done.len() as u64,
+        "a verified model is not fetched again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_enough_space_is_an_error_that_says_how_much() {
+    let Some(w) = World::start(&[]).await else {
+        return;
+    };
+    // hf:// lists sizes, so the space is checked before anything is fetched.
+    let hub = modelpull::hub::Hub::start(vec![
+        modelpull::hub::HubRepo::new("acme/big").lfs_file("w.safetensors", data(9, 12 << 20)),
+    ])
+    .unwrap();
+    // A 4 MiB filesystem as the models root (needs root, as the engine's disk-full test).
+    let small = w.root().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a small tmpfs (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    w.create_node(vec![entry("big", "hf://acme/big")]).await;
+    let kubeconfig = w.api.kubeconfig(w.root());
+    let endpoint = hub.endpoint();
+    let agent = Agent::start_with_env(
+        &kubeconfig,
+        &small,
+        NODE,
+        &[],
+        &[("HF_ENDPOINT", endpoint.as_str())],
+    );
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "an error",
+        Duration::from_secs(30),
+        |s| s.get("big") == Some(&ModelStatus::Error),
+    )
+    .await;
+    let notes: Vec<String> = w
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r["body"]["reason"] == "DownloadFailed")
+        .filter_map(|r| r["body"]["note"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("not enough disk space: the model needs 12.0 MiB")),
+        "{notes:?}"
+    );
+    assert_eq!(
+        hub.stats().count(modelpull::hub::RouteKind::Cdn),
+        0,
+        "nothing was downloaded"
+    );
+    drop(agent);
 }

@@ -164,9 +164,20 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(kubeconfig: &Path, root: &Path, node: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(kubeconfig, root, node, extra, &[])
+    }
+
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        root: &Path,
+        node: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = root.join("agent.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent"))
+            .envs(env.iter().copied())
             .env("NODE_NAME", node)
             .env("POD_NAMESPACE", "kserve")
             .env("RUST_LOG", "localmodelnode_agent=debug,modelpull=info")
