@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-bench.sh
-cargo build --release -p modelpull -p benches
+cargo build --release -p modelpull -p localmodelnode-agent -p benches
 exec target/release/throughput "$@"

@@ -2,7 +2,8 @@
 # Installs what the throughput harness runs side by side with modelpull: nginx (the origin),
 # curl and aria2c, fio (the disk's limit), GNU time (CPU and peak RSS), iproute2 (the latency
 # scenario's namespace), and a virtualenv with hf_transfer, KServe's storage initializer
-# (kserve-storage), matplotlib (the chart), and moto and gcp-storage-emulator (the store rows).
+# (kserve-storage), matplotlib (the chart), moto and gcp-storage-emulator (the store rows),
+# and aiohttp (the test API server the agent row runs against).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -24,11 +25,11 @@ if [ ! -x benches/.venv/bin/python ]; then
 fi
 # The store rows also need the stores (moto with crc32c and awscrt so its checksums are right,
 # gcp-storage-emulator) and the clients KServe's initializer uses for them.
-benches/.venv/bin/python -c 'import hf_transfer, kserve_storage, matplotlib, moto, crc32c, awscrt, boto3, gcp_storage_emulator, google.cloud.storage, huggingface_hub' >/dev/null 2>&1 || {
+benches/.venv/bin/python -c 'import hf_transfer, kserve_storage, matplotlib, moto, crc32c, awscrt, boto3, gcp_storage_emulator, google.cloud.storage, huggingface_hub, aiohttp' >/dev/null 2>&1 || {
   echo "installing hf_transfer, kserve-storage, matplotlib and the model stores into benches/.venv"
   benches/.venv/bin/pip install -q --upgrade pip
   benches/.venv/bin/pip install -q hf_transfer kserve-storage matplotlib \
     'moto[server]==5.2.5' crc32c awscrt boto3 'gcp-storage-emulator==2026.7.19' \
-    google-cloud-storage huggingface_hub
+    google-cloud-storage huggingface_hub 'aiohttp>=3.9,<4'
 }
 echo "benchmark tools ready"

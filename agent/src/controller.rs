@@ -163,6 +163,15 @@ pub async fn run(
 ) {
     let api: Api<LocalModelNode> = Api::all(ctx.client.clone());
     let selector = format!("metadata.name={}", ctx.node);
+    // Ready once this node's LocalModelNodes can be listed (there may be none yet, and then
+    // no reconcile would ever say so); errors later turn it off, reconciles on again.
+    match api
+        .list(&kube::api::ListParams::default().fields(&selector))
+        .await
+    {
+        Ok(_) => ctx.health.ready.store(true, Relaxed),
+        Err(e) => tracing::warn!(error = %e, "cannot list LocalModelNodes yet; not ready"),
+    }
     let wakeups = futures::stream::unfold(changed, |mut rx| async move {
         rx.recv().await.map(|()| ((), rx))
     });

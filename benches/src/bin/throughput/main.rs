@@ -7,6 +7,7 @@
 //! peak RSS from GNU time. The machine's own limits are measured in the same run, so the
 //! numbers read as fractions of what the disk, the loopback and one core's sha256 allow.
 
+mod agent;
 mod data;
 mod origin;
 mod report;
@@ -31,11 +32,12 @@ use tools::Tool;
 struct Args {
     /// Scenarios to run.
     /// `stores` pulls a 1 GiB model through each model store (hf, s3, gs) with modelpull and
-    /// KServe's storage initializer.
+    /// KServe's storage initializer; `agent` times localmodelnode-agent end to end against
+    /// modelpull alone.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "loopback,capped,latency,stores"
+        default_value = "loopback,capped,latency,stores,agent"
     )]
     scenarios: Vec<String>,
     /// Data sets: file (one large file), shards (8 × 512 MiB), mixed (200 small + 4 × 512 MiB).
@@ -63,6 +65,9 @@ struct Args {
     /// The modelpull binary.
     #[arg(long, default_value = "target/release/modelpull")]
     modelpull: PathBuf,
+    /// The agent binary.
+    #[arg(long, default_value = "target/release/localmodelnode-agent")]
+    agent: PathBuf,
     /// Python of the virtualenv with hf_transfer and kserve-storage.
     #[arg(long, default_value = "benches/.venv/bin/python")]
     python: PathBuf,
@@ -108,7 +113,7 @@ fn main() -> Result<()> {
     let peers = std::fs::canonicalize("benches/peers").context("run from the repository root")?;
 
     // The nginx scenarios share these data sets; the store rows have their own.
-    let nginx_scenarios = args.scenarios.iter().any(|s| s != "stores");
+    let nginx_scenarios = args.scenarios.iter().any(|s| s != "stores" && s != "agent");
     let mut sets = Vec::new();
     for name in args.datasets.iter().filter(|_| nginx_scenarios) {
         let name: &'static str = match name.as_str() {
@@ -122,11 +127,26 @@ fn main() -> Result<()> {
     }
 
     let mut cells: Vec<Cell> = Vec::new();
+    // Markdown sections that are not tool-by-tool tables.
+    let mut sections: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut limits = String::new();
     for scenario in &args.scenarios {
         if scenario == "stores" {
             cells.extend(run_stores(&args, &tools, &peers)?);
+            continue;
+        }
+        if scenario == "agent" {
+            eprintln!("preparing data set store…");
+            let set = data::prepare(&args.origin, "store", args.size)?;
+            let t = agent::Tools {
+                modelpull: &args.modelpull,
+                agent: &args.agent,
+                python: &args.python,
+                peers: &peers,
+                work: &args.work,
+            };
+            sections.push(agent::run(&t, &set, &args.origin, args.runs)?);
             continue;
         }
         let scenario = match scenario.as_str() {
@@ -213,6 +233,10 @@ fn main() -> Result<()> {
     for c in &cells {
         c.markdown(&mut md);
     }
+    for section in &sections {
+        md.push_str(section);
+        md.push('\n');
+    }
     md.push_str(&limits);
     for n in &notes {
         md.push_str(&format!("\n{n}\n"));
@@ -226,19 +250,20 @@ fn main() -> Result<()> {
     std::fs::write(args.out.join("latest.md"), &md)?;
     std::fs::write(args.out.join("latest.csv"), &csv)?;
     let png = args.out.join("latest.png");
-    let drawn = Command::new(&args.python)
-        .arg(peers.join("chart.py"))
-        .arg(args.out.join("latest.csv"))
-        .arg(&png)
-        .status()
-        .is_ok_and(|s| s.success());
+    let drawn = !cells.is_empty()
+        && Command::new(&args.python)
+            .arg(peers.join("chart.py"))
+            .arg(args.out.join("latest.csv"))
+            .arg(&png)
+            .status()
+            .is_ok_and(|s| s.success());
     eprintln!(
         "results in {}/latest.md and latest.csv{}",
         args.out.display(),
         if drawn {
             ", chart in latest.png"
         } else {
-            " (no chart: matplotlib missing)"
+            " (no chart: no tool-by-tool table, or matplotlib missing)"
         }
     );
     Ok(())
@@ -268,6 +293,12 @@ fn check_prerequisites(args: &Args, tools: &[Tool]) -> Result<()> {
         bail!(
             "{} is missing: run scripts/setup-bench.sh first",
             args.python.display()
+        );
+    }
+    if args.scenarios.iter().any(|s| s == "agent") && !args.agent.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p localmodelnode-agent`",
+            args.agent.display()
         );
     }
     if tools.contains(&Tool::Modelpull) && !args.modelpull.exists() {
@@ -434,6 +465,13 @@ fn measure(
         max_rss_kib: rss as u64,
         correct,
     })
+}
+
+/// Whether `dir` holds every file of `set` with its content.
+pub fn verify_tree(dir: &Path, set: &data::DataSet) -> bool {
+    set.files
+        .iter()
+        .all(|f| file_sha256(&dir.join(&f.path), f.size).is_ok_and(|s| s == f.sha256))
 }
 
 fn file_sha256(path: &Path, size: u64) -> Result<String> {
