@@ -9,7 +9,7 @@
 //! 5. patches `status.modelStatus` with what changed, and reports Events.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,8 @@ pub struct Ctx {
     pub recorder: Recorder,
     progress_sent: Mutex<HashMap<String, Instant>>,
     invalid_reported: Mutex<HashSet<(String, String)>>,
+    /// Reconciles failed in a row (for the backoff).
+    failures: AtomicU32,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -117,6 +119,7 @@ impl Ctx {
             recorder,
             progress_sent: Mutex::new(HashMap::new()),
             invalid_reported: Mutex::new(HashSet::new()),
+            failures: AtomicU32::new(0),
         }
     }
 
@@ -187,12 +190,15 @@ pub async fn run(
         .await;
 }
 
+/// Failed reconciles are tried again after 1 s, doubling to 5 minutes; a success resets it.
 fn error_policy(_: Arc<LocalModelNode>, err: &Error, ctx: Arc<Ctx>) -> Action {
     if matches!(err, Error::Kube(_)) {
         ctx.health.ready.store(false, Relaxed);
     }
-    tracing::warn!(error = %err, "reconcile failed; trying again in 10 s");
-    Action::requeue(Duration::from_secs(10))
+    let failures = ctx.failures.fetch_add(1, Relaxed).min(9);
+    let delay = Duration::from_secs(1 << failures).min(Duration::from_secs(300));
+    tracing::warn!(error = %err, retry_in_s = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
 }
 
 async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -202,6 +208,7 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
     }
     let config = ctx.config().await?;
     ctx.health.ready.store(true, Relaxed);
+    ctx.failures.store(0, Relaxed);
     let entries = &lmn.spec.local_models;
     let uris: BTreeMap<String, String> = entries
         .iter()

@@ -569,3 +569,145 @@ async fn not_enough_space_is_an_error_that_says_how_much() {
     );
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_come_from_the_service_accounts_secrets() {
+    let Some(w) = World::start(&[]).await else {
+        return;
+    };
+    let token = "hf_agent_test_token";
+    let repo = modelpull::hub::HubRepo::new("acme/gated")
+        .file("config.json", "{}")
+        .lfs_file("w.safetensors", data(10, 3 << 20))
+        .gated(token);
+    let hub = modelpull::hub::Hub::start(vec![repo.clone()]).unwrap();
+    let ns = "kserve-localmodel-jobs";
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(w.client.clone(), ns);
+    let secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hf-secret", "namespace": ns},
+        "stringData": {"HF_TOKEN": token}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(w.client.clone(), ns);
+    let sa = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hf-puller", "namespace": ns},
+        "secrets": [{"name": "hf-secret"}]
+    }))
+    .unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+
+    let mut with_sa = entry("gated", "hf://acme/gated");
+    with_sa.service_account_name = Some("hf-puller".into());
+    w.create_node(vec![with_sa, entry("no-token", "hf://acme/gated:main")])
+        .await;
+    let endpoint = hub.endpoint();
+    let kubeconfig = w.api.kubeconfig(w.root());
+    let agent = Agent::start_with_env(
+        &kubeconfig,
+        w.root(),
+        NODE,
+        &[],
+        &[("HF_ENDPOINT", endpoint.as_str())],
+    );
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "gated downloaded, the other refused",
+        Duration::from_secs(30),
+        |s| {
+            s.get("gated") == Some(&ModelStatus::Downloaded)
+                && s.get("no-token") == Some(&ModelStatus::Error)
+        },
+    )
+    .await;
+    for f in repo.files() {
+        assert_eq!(
+            std::fs::read(w.folder("hf://acme/gated").join(&f.path)).unwrap(),
+            f.bytes.to_vec()
+        );
+    }
+    assert!(!agent.log().contains(token), "the token is never logged");
+    let events: Vec<String> = w
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains("/events")))
+        .map(|r| r["body"].to_string())
+        .collect();
+    assert!(
+        events.iter().all(|e| !e.contains(token)),
+        "nor put in an Event"
+    );
+    assert!(
+        events.iter().any(|e| e.contains("gated repository")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_removed_while_downloading_is_cancelled() {
+    let big = data(11, 24 << 20);
+    let Some(w) = World::start(&[("big/w.bin", big)]).await else {
+        return;
+    };
+    w.origin.set_faults(Faults {
+        slow_rate: Some(256 << 10),
+        slow_times: u32::MAX,
+        ..Faults::default()
+    });
+    let uri = w.origin.url("big/w.bin");
+    w.create_node(vec![entry("big", &uri)]).await;
+    let agent = w.agent(&["--gc-grace", "1s"]);
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "downloading",
+        Duration::from_secs(30),
+        |s| s.get("big") == Some(&ModelStatus::Downloading),
+    )
+    .await;
+    w.set_models(vec![]).await;
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "status removed",
+        Duration::from_secs(20),
+        |s| s.is_empty(),
+    )
+    .await;
+    let models = w.root().join("models");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&models)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the staging of a cancelled download stays: {left:?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bytes = |w: &World| {
+        w.origin
+            .stats()
+            .body_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let after = bytes(&w);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(bytes(&w) - after < 1 << 20, "the download stopped");
+}
