@@ -711,3 +711,82 @@ async fn a_model_removed_while_downloading_is_cancelled() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(bytes(&w) - after < 1 << 20, "the download stopped");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_started_before_its_cluster_picks_up_when_it_answers() {
+    let Some(python) = python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = ApiServer::stopped(&python);
+    let kubeconfig = api.kubeconfig(dir.path());
+    let agent = Agent::start(&kubeconfig, dir.path(), NODE, &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        agent
+            .log()
+            .contains("cannot reach the Kubernetes API server")
+    );
+    api.resume();
+    let client = api.client(dir.path()).await;
+    let mut lmn = LocalModelNode::default();
+    lmn.metadata.name = Some(NODE.into());
+    lmn.spec.local_models = vec![entry("bad", "ftp://example.com/m")];
+    let nodes: Api<LocalModelNode> = Api::all(client);
+    nodes.create(&PostParams::default(), &lmn).await.unwrap();
+    wait_for(
+        &nodes,
+        NODE,
+        &agent,
+        "the agent connected and reconciled",
+        Duration::from_secs(60),
+        |s| s.get("bad") == Some(&ModelStatus::Error),
+    )
+    .await;
+    assert!(!agent.log().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_entries_share_ten_downloads() {
+    let files: Vec<(String, Vec<u8>)> = (0..10u8)
+        .map(|i| (format!("m{i}/w.bin"), data(20 + i, 50_000)))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
+    let Some(w) = World::start(&refs).await else {
+        return;
+    };
+    let entries: Vec<LocalModelInfo> = (0..1000)
+        .map(|i| {
+            let mut e = entry(
+                &format!("model-{i}"),
+                &w.origin.url(&format!("m{}/w.bin", i % 10)),
+            );
+            e.namespace = Some(format!("team-{}", i % 7));
+            e
+        })
+        .collect();
+    w.create_node(entries).await;
+    let agent = w.agent(&[]);
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "1,000 statuses",
+        Duration::from_secs(60),
+        |s| s.len() == 1000 && s.values().all(|v| *v == ModelStatus::Downloaded),
+    )
+    .await;
+    let folders = std::fs::read_dir(w.root().join("models")).unwrap().count();
+    assert_eq!(folders, 10, "one folder per distinct URI");
+    let requests = w.api.requests();
+    let patches = requests
+        .iter()
+        .filter(|r| {
+            r["method"] == "PATCH" && r["path"].as_str().is_some_and(|p| p.ends_with("/status"))
+        })
+        .count();
+    assert!(
+        patches < 20,
+        "status written in a few patches, not per entry ({patches})"
+    );
+}

@@ -67,14 +67,19 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(python: &Path) -> Self {
-        let mut s = Self {
+        let mut s = Self::stopped(python);
+        s.resume();
+        s
+    }
+
+    /// A server with a port reserved but not started yet ([`ApiServer::resume`] starts it).
+    pub fn stopped(python: &Path) -> Self {
+        Self {
             python: python.to_owned(),
             port: free_port(),
             state: tempfile::tempdir().unwrap(),
             child: None,
-        };
-        s.resume();
-        s
+        }
     }
 
     /// Starts the server (again) on the same port with the same objects.
