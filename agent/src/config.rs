@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 /// The ConfigMap's name, in the agent's own namespace (`POD_NAMESPACE`).
 pub const CONFIG_MAP: &str = "inferenceservice-config";
-/// KServe's defaults when a field is absent.
+/// Defaults when a field is absent: KServe's 60 s, and the job namespace KServe ships in its
+/// ConfigMap (its code's own default is empty, which fails).
 const DEFAULT_FREQUENCY: Duration = Duration::from_secs(60);
 const DEFAULT_JOB_NAMESPACE: &str = "kserve-localmodel-jobs";
 

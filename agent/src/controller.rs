@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource};
 use modelpull::store::Env;
 
@@ -46,6 +46,10 @@ pub const NODE_ENV: [&str; 11] = [
     "STORAGE_EMULATOR_HOST",
     "GCE_METADATA_HOST",
 ];
+
+/// Bound on one API call outside the watch, so a server that accepts but never answers cannot
+/// hold a reconcile (or shutdown) forever.
+pub const API_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a running download reports progress as an Event.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
@@ -125,7 +129,10 @@ impl Ctx {
 
     async fn config(&self) -> Result<Config, Error> {
         let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        match maps.get_opt(CONFIG_MAP).await? {
+        let got = tokio::time::timeout(API_TIMEOUT, maps.get_opt(CONFIG_MAP))
+            .await
+            .map_err(|_| Error::Config(format!("reading {CONFIG_MAP} timed out")))?;
+        match got? {
             Some(cm) => Config::parse(&cm.data.unwrap_or_default()).map_err(Error::Config),
             None => {
                 tracing::warn!(namespace = %self.namespace, "ConfigMap {CONFIG_MAP} not found; using KServe's defaults");
@@ -168,26 +175,41 @@ pub async fn run(
     let selector = format!("metadata.name={}", ctx.node);
     // Ready once this node's LocalModelNodes can be listed (there may be none yet, and then
     // no reconcile would ever say so); errors later turn it off, reconciles on again.
-    match api
-        .list(&kube::api::ListParams::default().fields(&selector))
-        .await
-    {
-        Ok(_) => ctx.health.ready.store(true, Relaxed),
-        Err(e) => tracing::warn!(error = %e, "cannot list LocalModelNodes yet; not ready"),
+    let params = kube::api::ListParams::default().fields(&selector);
+    match tokio::time::timeout(API_TIMEOUT, api.list(&params)).await {
+        Ok(Ok(_)) => ctx.health.ready.store(true, Relaxed),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot list LocalModelNodes yet; not ready"),
+        Err(_) => tracing::warn!("listing LocalModelNodes timed out; not ready"),
     }
     let wakeups = futures::stream::unfold(changed, |mut rx| async move {
         rx.recv().await.map(|()| ((), rx))
     });
+    // Deleting the LocalModelNode does not reach reconcile: a watch of our own stops its
+    // downloads (the folders stay, as with KServe's agent).
+    let deletions = {
+        let (api, ctx) = (api.clone(), ctx.clone());
+        let config = watcher::Config::default().fields(&selector);
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher(api, config));
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Delete(_)) = event {
+                    tracing::info!("the LocalModelNode was deleted; stopping its downloads");
+                    ctx.downloads.cancel_all();
+                }
+            }
+        })
+    };
     Controller::new(api, watcher::Config::default().fields(&selector))
         .reconcile_all_on(wakeups)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile round ended with an error");
+                tracing::warn!(error = %e, "the controller reported an error");
             }
         })
         .await;
+    deletions.abort();
 }
 
 /// Failed reconciles are tried again after 1 s, doubling to 5 minutes; a success resets it.
@@ -231,15 +253,22 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         )
     };
 
-    for start in &plan.start {
+    for start in std::mem::take(&mut plan.start) {
         let key = &start.storage_key;
+        let shown = modelpull::redact_str(&start.entry.source_model_uri);
         if start.clear_folder {
-            let root = ctx.root.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = root.clear(key) {
-                tracing::warn!(key = %key, error = %e, "cannot remove an unverified model folder");
+            let set_aside = ctx
+                .root
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_aside(key);
+            if let Err(e) = set_aside {
+                let message = format!("cannot move the unverified folder out of the way: {e}");
+                mark_failed(&mut plan, key, &entries[..]);
+                ctx.downloads.fail(key, start.entry.clone(), message);
                 continue;
             }
-            tracing::info!(model = %start.entry.source_model_uri, "the model folder is not verified; downloading it again");
+            tracing::info!(model = %shown, "the model folder is not verified; downloading it again (the old one goes after the grace period)");
         }
         let env = credentials::for_entry(
             &ctx.client,
@@ -258,29 +287,29 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
                 ctx.downloads.start_download(key, start.entry.clone(), env);
             }
             Err(message) => {
-                plan.status
-                    .insert(keys::status_key(&start.entry), ModelStatus::Error);
-                ctx.event(
-                    &lmn,
-                    EventType::Warning,
-                    "DownloadFailed",
-                    format!("Download {key}"),
-                    format!("{}: credentials: {message}", start.entry.source_model_uri),
-                )
-                .await;
+                mark_failed(&mut plan, key, &entries[..]);
+                ctx.downloads
+                    .fail(key, start.entry.clone(), format!("credentials: {message}"));
             }
         }
     }
 
-    let busy = ctx.downloads.busy();
-    for key in busy.difference(&plan.wanted) {
+    // Downloads (queued, running or failed) of models no longer in the spec stop.
+    for key in ctx.downloads.keys().difference(&plan.wanted) {
         tracing::info!(key = %key, "model removed from the spec; cancelling its download");
         ctx.downloads.cancel(key);
     }
-    {
-        let mut root = ctx.root.lock().unwrap_or_else(|p| p.into_inner());
-        root.collect(&plan.wanted, &ctx.downloads.busy(), ctx.grace, now);
-    }
+    // Removing folders of hundreds of GB takes a while: not on the runtime's threads.
+    let gc = {
+        let ctx = ctx.clone();
+        let wanted = plan.wanted.clone();
+        tokio::task::spawn_blocking(move || {
+            let busy = ctx.downloads.busy();
+            let mut root = ctx.root.lock().unwrap_or_else(|p| p.into_inner());
+            root.collect(&wanted, &busy, ctx.grace, now);
+        })
+    };
+    let _ = gc.await;
 
     report(&lmn, &ctx, &plan).await;
 
@@ -297,11 +326,26 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         .snapshot()
         .values()
         .any(|d| !matches!(d, Download::Failed { .. }));
-    Ok(Action::requeue(if downloading {
+    let next = if downloading {
         BUSY_REFRESH
     } else {
         config.local_model.reconcile_every
-    }))
+    };
+    // A failed download is retried when its backoff ends, not at the next periodic check.
+    let retry = ctx
+        .downloads
+        .next_retry()
+        .map(|at| at.saturating_duration_since(Instant::now()) + Duration::from_millis(50));
+    Ok(Action::requeue(retry.map_or(next, |r| r.min(next))))
+}
+
+/// Sets every entry of storage key `key` to Error (a download that could not start).
+fn mark_failed(plan: &mut plan::Plan, key: &str, entries: &[crate::crd::LocalModelInfo]) {
+    for e in entries {
+        if keys::storage_key(&e.source_model_uri) == key && keys::check_entry(e).is_ok() {
+            plan.status.insert(keys::status_key(e), ModelStatus::Error);
+        }
+    }
 }
 
 /// Patches `status.modelStatus` of `name` from `old` to `new` (a JSON merge patch of the

@@ -1,6 +1,6 @@
 //! Credentials for a model, found where KServe's credential builder finds them (reference §5),
 //! always in the job namespace: the `storage-config` Secret when the entry names a storage
-//! key, else the Secrets of its ServiceAccount (or `default`).
+//! key, else the Secrets of its ServiceAccount when it names one, else none.
 //!
 //! KServe turns them into environment variables of a download pod; here they become an
 //! in-memory [`Env`] handed to the engine, with the same variable names, so the stores read
@@ -186,11 +186,15 @@ pub async fn for_entry(
         return from_storage_spec(&json, &params)
             .map_err(|e| format!("Secret {namespace}/{name} key `{key}`: {e}"));
     }
-    let sa_name = entry
+    // As KServe: credentials only for an entry that names a ServiceAccount (or a storage key,
+    // above); never the `default` account's Secrets for everyone.
+    let Some(sa_name) = entry
         .service_account_name
         .as_deref()
         .filter(|s| !s.is_empty())
-        .unwrap_or("default");
+    else {
+        return Ok(Env::default());
+    };
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let Some(sa) = accounts
         .get_opt(sa_name)

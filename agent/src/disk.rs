@@ -30,6 +30,9 @@ enum Entry {
     Model(String),
     /// The engine's staging directory or lock file for a storage key.
     Staging(String),
+    /// An unverified folder moved out of the way of a new download; removed after the grace
+    /// period even while its model is wanted (pods may still read it until then).
+    Aside(String),
     Foreign,
 }
 
@@ -37,10 +40,19 @@ fn classify(name: &str) -> Entry {
     if keys::is_storage_key(name) {
         return Entry::Model(name.to_owned());
     }
-    let staged = name.strip_prefix('.').and_then(|n| {
-        n.strip_suffix(".modelpull")
-            .or_else(|| n.strip_suffix(".modelpull.lock"))
-    });
+    let Some(hidden) = name.strip_prefix('.') else {
+        return Entry::Foreign;
+    };
+    // `.<key>.modelpull-old-<seconds>`: a folder set aside for a fresh download.
+    if let Some((key, _)) = hidden.split_once(".modelpull-old-")
+        && keys::is_storage_key(key)
+    {
+        return Entry::Aside(key.to_owned());
+    }
+    // The engine's staging directory, its lock, and an archive set aside while unpacking.
+    let staged = [".modelpull", ".modelpull.lock", ".modelpull-archive"]
+        .iter()
+        .find_map(|suffix| hidden.strip_suffix(suffix));
     match staged {
         Some(key) if keys::is_storage_key(key) => Entry::Staging(key.to_owned()),
         _ => Entry::Foreign,
@@ -87,9 +99,15 @@ impl Root {
         }
     }
 
-    /// Removes the folder of `key` (unverified, in the way of a new download).
-    pub fn clear(&self, key: &str) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(self.folder(key)) {
+    /// Moves the folder of `key` (unverified, in the way of a new download) aside, for the
+    /// collector to remove after the grace period: a pod may still be reading it (a folder
+    /// from KServe's own agent has no completion marker), and a rename keeps its files alive.
+    pub fn set_aside(&self, key: &str) -> std::io::Result<()> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = self.models.join(format!(".{key}.modelpull-old-{stamp}"));
+        match std::fs::rename(self.folder(key), aside) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -118,8 +136,9 @@ impl Root {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let key = match classify(&name) {
-                Entry::Model(k) | Entry::Staging(k) => k,
+            let (key, aside) = match classify(&name) {
+                Entry::Model(k) | Entry::Staging(k) => (k, false),
+                Entry::Aside(k) => (k, true),
                 Entry::Foreign => {
                     if self.collector.foreign_logged.insert(path.clone()) {
                         tracing::warn!(path = %path.display(), "not a model folder of this agent; leaving it alone");
@@ -127,7 +146,7 @@ impl Root {
                     continue;
                 }
             };
-            if wanted.contains(&key) || busy.contains(&key) {
+            if !aside && (wanted.contains(&key) || busy.contains(&key)) {
                 self.collector.unwanted_since.remove(&path);
                 continue;
             }
@@ -239,6 +258,29 @@ mod tests {
         assert!(root.folder(&key).exists(), "the grace started over at 11 s");
         root.collect(&none, &none, grace, t0 + Duration::from_secs(21));
         assert!(!root.folder(&key).exists());
+    }
+
+    #[test]
+    fn a_folder_set_aside_goes_after_the_grace_even_when_wanted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut root = Root::open(dir.path()).unwrap();
+        let key = keys::storage_key("hf://a/b");
+        std::fs::create_dir_all(root.folder(&key).join("legacy")).unwrap();
+        root.set_aside(&key).unwrap();
+        assert!(!root.folder(&key).exists());
+        let wanted: BTreeSet<String> = [key.clone()].into();
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        assert!(
+            root.collect(&wanted, &BTreeSet::new(), grace, t0)
+                .is_empty()
+        );
+        assert_eq!(
+            root.collect(&wanted, &BTreeSet::new(), grace, t0 + grace)
+                .len(),
+            1
+        );
+        assert_eq!(std::fs::read_dir(root.models_dir()).unwrap().count(), 0);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! A download lists its source, checks the free space against the listed size, and pulls into
 //! `models/<storage key>` (staged beside it, published atomically, resumable from its
 //! journals). A failure is retried with exponential backoff (30 s doubling to 10 minutes),
-//! never left for a human. Every change wakes the controller, which reports it. Credentials
+//! never left for a human. Connections, buffer memory and bandwidth are the node's, shared
+//! between the downloads running at once. Every change wakes the controller, which reports it. Credentials
 //! arrive in an in-memory [`Env`] and go nowhere else.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -61,7 +62,7 @@ pub enum Report {
 enum State {
     Queued,
     Running,
-    Failed { message: String, retry_at: Instant },
+    Failed { retry_at: Instant },
 }
 
 #[derive(Debug)]
@@ -163,8 +164,61 @@ impl Downloads {
         self.inner.wake_workers.notify_one();
     }
 
-    /// Stops the download of `key` (a model removed from the spec); its staging stays for the
-    /// grace period, so putting the model back resumes it.
+    /// Records that the download of `key` could not even start (its credentials or its
+    /// folder): it counts as failed, with the same backoff and report as a failed pull.
+    pub fn fail(&self, key: &str, entry: LocalModelInfo, message: String) {
+        let mut s = self.lock();
+        let attempts = s.jobs.get(key).map_or(0, |j| j.attempts) + 1;
+        let retry_in = backoff(&self.inner.settings, attempts);
+        s.reports.push(Report::Failed {
+            key: key.to_owned(),
+            uri: modelpull::redact_str(&entry.source_model_uri),
+            message,
+            retry_in,
+        });
+        s.jobs.insert(
+            key.to_owned(),
+            Job {
+                entry,
+                env: Env::default(),
+                state: State::Failed {
+                    retry_at: Instant::now() + retry_in,
+                },
+                attempts,
+                cancel: Arc::new(AtomicBool::new(false)),
+                progress: Arc::new(Progress::default()),
+            },
+        );
+    }
+
+    /// Stops everything (the LocalModelNode was deleted).
+    pub fn cancel_all(&self) {
+        let keys: Vec<String> = self.lock().jobs.keys().cloned().collect();
+        for key in keys {
+            self.cancel(&key);
+        }
+    }
+
+    /// When the earliest failed download is due to be tried again.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.lock()
+            .jobs
+            .values()
+            .filter_map(|j| match j.state {
+                State::Failed { retry_at, .. } => Some(retry_at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Every storage key with a download in any state (queued, running, failed).
+    pub fn keys(&self) -> BTreeSet<String> {
+        self.lock().jobs.keys().cloned().collect()
+    }
+
+    /// Stops the download of `key` (a model removed from the spec) and forgets a failed one;
+    /// a partial download's staging stays for the grace period, so putting the model back
+    /// resumes it.
     pub fn cancel(&self, key: &str) {
         let mut s = self.lock();
         s.queue.retain(|k| k != key);
@@ -187,8 +241,7 @@ impl Downloads {
                     State::Running => Download::Running {
                         bytes: j.progress.snapshot().done_bytes,
                     },
-                    State::Failed { message, retry_at } => Download::Failed {
-                        message: message.clone(),
+                    State::Failed { retry_at, .. } => Download::Failed {
                         retry_at: *retry_at,
                     },
                 };
@@ -217,7 +270,7 @@ impl Downloads {
                 let p = j.progress.snapshot();
                 (
                     k.clone(),
-                    j.entry.source_model_uri.clone(),
+                    modelpull::redact_str(&j.entry.source_model_uri),
                     p.done_bytes,
                     p.total_bytes,
                 )
@@ -285,7 +338,7 @@ fn worker(inner: &Inner) {
             );
             s.reports.push(Report::Started {
                 key: key.clone(),
-                uri: started.1.source_model_uri.clone(),
+                uri: modelpull::redact_str(&started.1.source_model_uri),
             });
             started
         };
@@ -293,7 +346,7 @@ fn worker(inner: &Inner) {
         let started = Instant::now();
         let result = pull(inner, &key, &entry, &env, cancel.clone(), progress);
         let mut s = inner.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let uri = entry.source_model_uri.clone();
+        let uri = modelpull::redact_str(&entry.source_model_uri);
         match result {
             _ if cancel.load(Relaxed) => {
                 s.jobs.remove(&key);
@@ -313,7 +366,6 @@ fn worker(inner: &Inner) {
                 tracing::warn!(model = %uri, error = %message, retry_in_s = retry_in.as_secs(), "download failed; it will be retried");
                 if let Some(job) = s.jobs.get_mut(&key) {
                     job.state = State::Failed {
-                        message: message.clone(),
                         retry_at: Instant::now() + retry_in,
                     };
                 }
@@ -352,6 +404,7 @@ fn pull(
     let mut opts = settings.engine.clone();
     let share = settings.concurrent.max(1);
     opts.connections = (opts.connections / share).max(1);
+    opts.memory_limit = (opts.memory_limit / share).max((opts.connections + 2) * opts.chunk_size);
     opts.connections_per_host = opts.connections_per_host.min(opts.connections);
     opts.limit_rate = opts.limit_rate.map(|r| (r / share as u64).max(1));
     opts.proxy = modelpull::http::proxy::ProxyConfig::from_env(|n| env.get(n).map(str::to_owned))?

@@ -58,6 +58,11 @@ struct Args {
     #[arg(long, env = "DOWNLOAD_CONNECTIONS", default_value_t = 16)]
     connections: usize,
 
+    /// Buffer memory for downloads on this node, in total (e.g. 192M; at least 40M per
+    /// concurrent download). Keep it below the container's memory limit.
+    #[arg(long, env = "DOWNLOAD_MEMORY_LIMIT", default_value = "192M", value_parser = parse_bytes)]
+    memory_limit: usize,
+
     /// Bandwidth cap for downloads on this node, bytes per second (e.g. 500M).
     #[arg(long, env = "DOWNLOAD_LIMIT_RATE", value_parser = parse_rate)]
     limit_rate: Option<u64>,
@@ -120,6 +125,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }))
 }
 
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    parse_rate(s).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 fn parse_rate(s: &str) -> Result<u64, String> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = n
@@ -139,12 +148,16 @@ fn init_logging(args: &Args) {
     let level = if args.zap_devel {
         "debug".to_owned()
     } else {
+        // controller-runtime's zap flag: names, or an integer verbosity (higher is more
+        // verbose: 1 is debug, more is trace).
         match args.zap_log_level.as_str() {
-            // zap also takes integers: lower is more verbose.
-            l if l.parse::<i32>().is_ok_and(|n| n < 0) => "debug".to_owned(),
-            "0" => "info".to_owned(),
-            l if l.parse::<i32>().is_ok() => "error".to_owned(),
-            l => l.to_owned(),
+            "dpanic" | "panic" | "fatal" => "error".to_owned(),
+            l => match l.parse::<i32>() {
+                Ok(n) if n <= 0 => "info".to_owned(),
+                Ok(1) => "debug".to_owned(),
+                Ok(_) => "trace".to_owned(),
+                Err(_) => l.to_owned(),
+            },
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -174,9 +187,9 @@ async fn kube_client(args: &Args) -> anyhow::Result<kube::Client> {
         )?,
     };
     let client = kube::Client::try_from(config)?;
-    client
-        .apiserver_version()
+    tokio::time::timeout(controller::API_TIMEOUT, client.apiserver_version())
         .await
+        .context("the Kubernetes API server did not answer in time")?
         .context("the Kubernetes API server does not answer")?;
     Ok(client)
 }
@@ -212,10 +225,13 @@ async fn main() -> anyhow::Result<()> {
     let root = Root::open(&args.models_root)
         .with_context(|| format!("models root {}", args.models_root.display()))?;
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel();
+    // No pinning: a pod's CPUs are a quota, not a set of cores of its own.
     let engine = modelpull::Options {
         connections: args.connections,
         connections_per_host: args.connections,
         limit_rate: args.limit_rate,
+        memory_limit: args.memory_limit,
+        pin: false,
         ..modelpull::Options::default()
     };
     let downloads = Downloads::start(
@@ -230,15 +246,22 @@ async fn main() -> anyhow::Result<()> {
         changed_tx,
     );
 
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopping = stop.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!(
-            "stopping: downloads pause at a chunk boundary and resume on the next start"
-        );
-        stopping.notify_waiters();
-    });
+    // A watch channel, not a Notify: a signal that arrives before anyone waits is not lost.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    {
+        let downloads = downloads.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!(
+                "stopping: downloads pause at a chunk boundary and resume on the next start"
+            );
+            downloads.cancel_all();
+            let _ = stop_tx.send(true);
+        });
+    }
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
 
     let mut delay = Duration::from_secs(1);
     let client = loop {
@@ -252,8 +275,9 @@ async fn main() -> anyhow::Result<()> {
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = stop.notified() => {
-                        downloads.shutdown(Duration::from_secs(4));
+                    () = stopped(stop.clone()) => {
+                        let dl = downloads.clone();
+                        tokio::task::spawn_blocking(move || dl.shutdown(Duration::from_secs(4))).await?;
                         return Ok(());
                     }
                 }
@@ -276,8 +300,7 @@ async fn main() -> anyhow::Result<()> {
         agent_metrics,
         node_env,
     ));
-    let stopped = stop.clone();
-    controller::run(ctx, changed_rx, async move { stopped.notified().await }).await;
+    controller::run(ctx, changed_rx, stopped(stop.clone())).await;
     let dl = downloads.clone();
     tokio::task::spawn_blocking(move || dl.shutdown(Duration::from_secs(4))).await?;
     Ok(())

@@ -35,7 +35,6 @@ pub enum Download {
     },
     /// Failed; tried again once `retry_at` has passed.
     Failed {
-        message: String,
         retry_at: Instant,
     },
 }
@@ -197,10 +196,7 @@ mod tests {
     #[test]
     fn running_and_failed_downloads() {
         let later = Instant::now() + Duration::from_secs(60);
-        let failed = Download::Failed {
-            message: "boom".into(),
-            retry_at: later,
-        };
+        let failed = Download::Failed { retry_at: later };
         let p = run(
             &[
                 entry("q", "hf://o/q"),
@@ -221,7 +217,6 @@ mod tests {
 
         // After the backoff the download is tried again (KServe waits for a human).
         let retry = Download::Failed {
-            message: "boom".into(),
             retry_at: Instant::now() - Duration::from_secs(1),
         };
         let p = run(&[entry("f", "hf://o/f")], &[], &[("hf://o/f", retry)]);

@@ -790,3 +790,55 @@ async fn a_thousand_entries_share_ten_downloads() {
         "status written in a few patches, not per entry ({patches})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_left_by_kserves_agent_is_replaced_and_other_nodes_are_ignored() {
+    let content = data(30, 150_000);
+    let Some(w) = World::start(&[("m/w.bin", content.clone())]).await else {
+        return;
+    };
+    let uri = w.origin.url("m/w.bin");
+    // What KServe's agent leaves: the folder, no completion marker (maybe partial).
+    std::fs::create_dir_all(w.folder(&uri)).unwrap();
+    std::fs::write(w.folder(&uri).join("w.bin"), b"partial").unwrap();
+    let mut other = LocalModelNode::default();
+    other.metadata.name = Some("another-node".into());
+    other.spec.local_models = vec![entry("theirs", &uri)];
+    w.nodes()
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    w.create_node(vec![entry("m", &uri)]).await;
+    let agent = w.agent(&["--gc-grace", "2s"]);
+    wait_for(
+        &w.nodes(),
+        NODE,
+        &agent,
+        "downloaded",
+        Duration::from_secs(30),
+        all_downloaded(&["m"]),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(w.folder(&uri).join("w.bin")).unwrap(),
+        content
+    );
+    let models = w.root().join("models");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&models).unwrap().count() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old folder was not collected after the grace: {:?}",
+            std::fs::read_dir(&models)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        statuses(&w.nodes(), "another-node").await.is_empty(),
+        "another node's LocalModelNode is not this agent's business"
+    );
+}
