@@ -225,13 +225,12 @@ async fn main() -> anyhow::Result<()> {
     let root = Root::open(&args.models_root)
         .with_context(|| format!("models root {}", args.models_root.display()))?;
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel();
-    // No pinning: a pod's CPUs are a quota, not a set of cores of its own.
+    // Engine threads are pinned within the CPUs the pod may use (its affinity mask).
     let engine = modelpull::Options {
         connections: args.connections,
         connections_per_host: args.connections,
         limit_rate: args.limit_rate,
         memory_limit: args.memory_limit,
-        pin: false,
         ..modelpull::Options::default()
     };
     let downloads = Downloads::start(
