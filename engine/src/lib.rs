@@ -1,16 +1,21 @@
 //! modelpull: a thread-per-core io_uring download engine for large ML models.
 //!
-//! [`pull()`] takes http(s) [`Target`]s and a destination directory and returns a [`Report`]
-//! once every file is fetched with parallel ranged requests, written with O_DIRECT, verified
-//! against its digest and published atomically. The layers, bottom up:
+//! [`store::resolve`] turns a model URI (`hf://`, `s3://`, `gs://`, `http(s)://`) into
+//! [`Target`]s: URL, size, the digest the store vouches for, credentials. [`pull()`] takes
+//! targets and a destination directory and returns a [`Report`] once every file is fetched
+//! with parallel ranged requests, written with O_DIRECT, verified against its digest and
+//! published atomically. The layers, bottom up:
 //!
 //! - [`buf`]: page-aligned buffers shared by the socket, the hasher and the disk;
-//! - [`http`]: the data-plane HTTP/1.1 client that runs on each engine core;
+//! - [`http`]: the HTTP/1.1 client (both planes), TLS and forward proxies;
 //! - [`digest`]: in-order digests with saved state, combinable CRCs;
 //! - [`disk`]: part files, the resume journal, staging and publish;
+//! - [`store`]: model stores and their listings (the control plane);
 //! - [`pull`]: the scheduler and the per-core workers; [`runtime`] starts the cores;
+//! - [`archive`]: safe unpacking of a model shipped as one archive;
 //! - [`metrics`], [`progress`], [`report`]: what a pull tells its caller;
-//! - [`origin`] and [`demo`]: the fault-injecting test origin and `modelpull demo`.
+//! - [`origin`], [`hub`] and [`demo`]: the fault-injecting test origin, the Hugging Face Hub
+//!   fixture, and `modelpull demo`.
 
 pub mod archive;
 pub mod buf;
