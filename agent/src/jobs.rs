@@ -410,7 +410,9 @@ fn pull(
     opts.proxy = modelpull::http::proxy::ProxyConfig::from_env(|n| env.get(n).map(str::to_owned))?
         .map(Arc::new);
     let uri = &entry.source_model_uri;
-    let control = Control::new(&opts).map_err(|e| e.to_string())?;
+    let control = Control::new(&opts)
+        .map_err(|e| e.to_string())?
+        .with_cancel(cancel.clone());
     let manifest = store::resolve(uri, env, &control).map_err(|e| e.to_string())?;
     if let Some(need) = manifest.total_size() {
         let root = crate::disk::Root::open(settings.models.parent().unwrap_or(&settings.models))

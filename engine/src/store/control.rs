@@ -10,6 +10,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
 
 use url::Url;
 
@@ -35,6 +37,7 @@ pub struct Control {
     timeouts: Timeouts,
     proxy: Option<Arc<ProxyConfig>>,
     driver: Driver,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 /// A whole response. Debug output leaves the body out: it may hold a token.
@@ -89,6 +92,7 @@ impl Control {
             },
             proxy: opts.proxy.clone(),
             driver,
+            cancel: None,
         })
     }
 
@@ -128,7 +132,31 @@ impl Control {
             self.timeouts,
             self.proxy.clone(),
         ));
-        runtime::block_on(self.driver, f(client))
+        let work = f(client);
+        let Some(cancel) = self.cancel.clone() else {
+            return runtime::block_on(self.driver, work);
+        };
+        // A listing of a big bucket takes a while: Ctrl-C (or the agent cancelling a model)
+        // stops it within 50 ms instead of at the end.
+        runtime::block_on(self.driver, async move {
+            let cancelled = async {
+                while !cancel.load(Relaxed) {
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            monoio::select! {
+                out = work => Ok(out),
+                () = cancelled => Err(Error::Interrupted),
+            }
+        })?
+    }
+
+    /// The same settings, stopping any request under way once `cancel` is set.
+    pub fn with_cancel(&self, cancel: Arc<AtomicBool>) -> Self {
+        Self {
+            cancel: Some(cancel),
+            ..self.clone()
+        }
     }
 }
 
@@ -230,4 +258,40 @@ where
         return Err(Error::Runtime("a control-plane task did not finish".into()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_listing_stops_at_once() {
+        // A server that accepts and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("http://{}/list", listener.local_addr().unwrap())).unwrap();
+        let held = std::thread::spawn(move || listener.accept().map(|(c, _)| c));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let control = Control::new(&crate::Options::default())
+            .unwrap()
+            .with_cancel(cancel.clone());
+        let setter = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                cancel.store(true, Relaxed);
+            })
+        };
+        let started = std::time::Instant::now();
+        let out = control.run(|client| {
+            let url = url.clone();
+            async move { fetch(&client, &Request::get(&url)).await.map(|_| ()) }
+        });
+        assert!(matches!(out, Err(Error::Interrupted)), "{out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the stall timeout is 30 s"
+        );
+        setter.join().unwrap();
+        drop(held);
+    }
 }

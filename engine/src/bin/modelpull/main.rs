@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     };
     let (json, result) = match cli.command {
         Command::Pull(args) => (args.output.json, run_pull(args, &cx)),
-        Command::Ls(args) => (args.json, run_ls(args)),
+        Command::Ls(args) => (args.json, run_ls(args, &cx)),
         Command::Demo(args) => (args.output.json, run_demo(args, &cx)),
     };
     match result {
@@ -58,8 +58,9 @@ fn resolve(
     env: &Env,
     opts: &mut Options,
     quiet: bool,
+    cx: &Context,
 ) -> anyhow::Result<Vec<Manifest>> {
-    let control = Control::new(opts)?;
+    let control = Control::new(opts)?.with_cancel(cx.cancel.clone());
     let mut manifests = Vec::new();
     for uri in sources {
         if !quiet {
@@ -75,10 +76,10 @@ fn resolve(
     Ok(manifests)
 }
 
-fn run_ls(args: cli::LsArgs) -> anyhow::Result<()> {
+fn run_ls(args: cli::LsArgs, cx: &Context) -> anyhow::Result<()> {
     let env = Env::from_process();
     let mut opts = options(&args.engine, &env)?;
-    let manifests = resolve(&args.sources, &env, &mut opts, true)?;
+    let manifests = resolve(&args.sources, &env, &mut opts, true, cx)?;
     output::listing(&manifests, args.json);
     Ok(())
 }
@@ -91,7 +92,7 @@ fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
     let quiet = args.output.json
         || args.output.no_progress
         || !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let manifests = resolve(&args.sources, &env, &mut opts, quiet)?;
+    let manifests = resolve(&args.sources, &env, &mut opts, quiet, cx)?;
     let targets = manifests.into_iter().flat_map(|m| m.files).collect();
     let request = PullRequest {
         targets,
