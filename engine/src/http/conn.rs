@@ -302,11 +302,14 @@ async fn connect_tcp(hop: &Endpoint) -> Result<TcpStream, HttpError> {
     let host = hop.host.to_ascii_lowercase();
     let addrs: Vec<_> = if host == "localhost" || host.ends_with(".localhost") {
         vec![std::net::SocketAddr::from(([127, 0, 0, 1], hop.port))]
+    } else if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        vec![std::net::SocketAddr::new(ip, hop.port)]
     } else {
-        (hop.host.as_str(), hop.port)
-            .to_socket_addrs()
-            .map_err(failed)?
-            .collect()
+        resolve(&hop.host, hop.port).await.map_err(failed)?
     };
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
     for addr in addrs {
@@ -319,6 +322,33 @@ async fn connect_tcp(hop: &Endpoint) -> Result<TcpStream, HttpError> {
         }
     }
     Err(failed(last))
+}
+
+/// Looks a name up on a thread of its own: the system resolver blocks, and an engine core must
+/// not stop (nor escape the connect timeout, which bounds this wait).
+async fn resolve(host: &str, port: u16) -> io::Result<Vec<std::net::SocketAddr>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send(
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(Iterator::collect),
+            );
+        })?;
+    loop {
+        match rx.try_recv() {
+            Ok(result) => return result,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Err(io::Error::other("the name lookup thread ended"));
+            }
+        }
+    }
 }
 
 /// Asks `proxy` for a tunnel to `endpoint` and returns the stream once it answers 2xx.
