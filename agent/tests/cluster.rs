@@ -155,9 +155,10 @@ async fn models_are_downloaded_verified_and_deduplicated() {
     else {
         return;
     };
-    // 8 MB/s per connection: the big model takes a few seconds, long enough to be seen.
+    // 1 MiB/s per connection: each 8 MiB range of the big model takes 8 s, so the status
+    // refresh (every 2 s while downloading) sees it Downloading.
     w.origin.set_faults(Faults {
-        slow_rate: Some(4 << 20),
+        slow_rate: Some(1 << 20),
         slow_times: u32::MAX,
         ..Faults::default()
     });
