@@ -608,6 +608,8 @@ async fn credentials_come_from_the_service_accounts_secrets() {
         .await;
     let endpoint = hub.endpoint();
     let kubeconfig = w.api.kubeconfig(w.root());
+    // From here on the request log is the agent's alone (waiting reads objects directly).
+    w.api.reset_log();
     let agent = Agent::start_with_env(
         &kubeconfig,
         w.root(),
@@ -615,18 +617,20 @@ async fn credentials_come_from_the_service_accounts_secrets() {
         &[],
         &[("HF_ENDPOINT", endpoint.as_str())],
     );
-    wait_for(
-        &w.nodes(),
-        NODE,
-        &agent,
-        "gated downloaded, the other refused",
-        Duration::from_secs(30),
-        |s| {
-            s.get("gated") == Some(&ModelStatus::Downloaded)
-                && s.get("no-token") == Some(&ModelStatus::Error)
-        },
-    )
-    .await;
+    w.api
+        .wait_quietly(
+            NODE,
+            &agent,
+            "gated downloaded, the other refused",
+            Duration::from_secs(30),
+            |s| {
+                s.get("gated") == Some(&ModelStatus::Downloaded)
+                    && s.get("no-token") == Some(&ModelStatus::Error)
+            },
+        )
+        .await;
+    // Everything the agent asked of the API server is allowed by the shipped RBAC rules.
+    util::rbac::assert_allowed(&w.api.requests());
     for f in repo.files() {
         assert_eq!(
             std::fs::read(w.folder("hf://acme/gated").join(&f.path)).unwrap(),

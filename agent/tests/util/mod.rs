@@ -3,6 +3,7 @@
 //! for a LocalModelNode's status.
 #![allow(dead_code)]
 
+pub mod rbac;
 pub mod schema;
 
 use std::io::{BufRead, BufReader};
@@ -276,5 +277,55 @@ impl ApiServer {
             .filter(|o| o["resource"].as_str().is_some_and(|r| r.ends_with(plural)))
             .map(|o| o["object"].clone())
             .collect()
+    }
+}
+
+impl ApiServer {
+    /// Forgets the requests seen so far (the test's own setup), keeping the objects.
+    pub fn reset_log(&self) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            conn,
+            "POST /_reset HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+
+    /// The status map of LocalModelNode `node`, read without an API request (so the request
+    /// log holds only the agent's).
+    pub fn status_of(&self, node: &str) -> std::collections::BTreeMap<String, ModelStatus> {
+        self.objects("localmodelnodes")
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == node)
+            .and_then(|o| serde_json::from_value(o["status"]["modelStatus"].clone()).ok())
+            .unwrap_or_default()
+    }
+
+    /// [`wait_for`] without API requests.
+    pub async fn wait_quietly(
+        &self,
+        node: &str,
+        agent: &Agent,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&std::collections::BTreeMap<String, ModelStatus>) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status_of(node);
+            if check(&s) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status {s:?}; agent log:\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
