@@ -1,20 +1,26 @@
-//! KServe's LocalModelNode CRD schema (deploy/crds/) and a validator for the structural
-//! OpenAPI subset CRDs use.
+//! KServe's CRD schemas (deploy/crds/) and a validator for the structural OpenAPI subset
+//! CRDs use.
 
 use std::path::Path;
 
 use serde_json::Value;
 
+/// The LocalModelNode schema, with the CRD's identity checked.
 pub fn schema() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/crds/serving.kserve.io_localmodelnodes.yaml");
-    let crd: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let crd = crd("localmodelnodes");
     assert_eq!(crd["spec"]["group"], "serving.kserve.io");
     assert_eq!(crd["spec"]["scope"], "Cluster");
     let version = &crd["spec"]["versions"][0];
     assert_eq!(version["name"], "v1alpha1");
     assert!(version["subresources"]["status"].is_object());
     version["schema"]["openAPIV3Schema"].clone()
+}
+
+/// KServe's CRD for `plural` (deploy/crds/).
+pub fn crd(plural: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../deploy/crds/serving.kserve.io_{plural}.yaml"));
+    serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Validates `v` against a structural OpenAPI v3 schema (the subset CRDs use).
