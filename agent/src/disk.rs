@@ -17,6 +17,12 @@ use modelpull::disk::staging::Marker;
 use crate::keys;
 use crate::plan::Disk;
 
+/// Bytes available to this (unprivileged) process on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 #[derive(Debug)]
 pub struct Root {
     models: PathBuf,
@@ -111,12 +117,6 @@ impl Root {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
-    }
-
-    /// Bytes available to this (unprivileged) process on the root's filesystem.
-    pub fn free_bytes(&self) -> std::io::Result<u64> {
-        let st = rustix::fs::statvfs(&self.models)?;
-        Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     /// Removes what no longer belongs: model folders and staging leftovers of storage keys not

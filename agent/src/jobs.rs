@@ -407,17 +407,15 @@ fn pull(
     opts.memory_limit = (opts.memory_limit / share).max((opts.connections + 2) * opts.chunk_size);
     opts.connections_per_host = opts.connections_per_host.min(opts.connections);
     opts.limit_rate = opts.limit_rate.map(|r| (r / share as u64).max(1));
-    opts.proxy = modelpull::http::proxy::ProxyConfig::from_env(|n| env.get(n).map(str::to_owned))?
-        .map(Arc::new);
+    opts.proxy = env.proxy()?;
     let uri = &entry.source_model_uri;
     let control = Control::new(&opts)
         .map_err(|e| e.to_string())?
         .with_cancel(cancel.clone());
     let manifest = store::resolve(uri, env, &control).map_err(|e| e.to_string())?;
     if let Some(need) = manifest.total_size() {
-        let root = crate::disk::Root::open(settings.models.parent().unwrap_or(&settings.models))
-            .map_err(|e| format!("models root: {e}"))?;
-        let free = root.free_bytes().map_err(|e| format!("models root: {e}"))?;
+        let free =
+            crate::disk::free_bytes(&settings.models).map_err(|e| format!("models root: {e}"))?;
         if need > free {
             return Err(format!(
                 "not enough disk space: the model needs {} and {} is free on {}",
@@ -427,11 +425,7 @@ fn pull(
             ));
         }
     }
-    if opts.ca_bundle.is_none() {
-        opts.ca_bundle.clone_from(&manifest.ca_bundle);
-    }
-    opts.insecure_hosts
-        .extend(manifest.insecure_hosts.iter().cloned());
+    manifest.apply_tls(&mut opts);
     let request = PullRequest {
         targets: manifest.files,
         dest: settings.models.join(key),

@@ -160,6 +160,30 @@ impl Control {
     }
 }
 
+/// GETs `url` with the headers `auth` gives for it and returns the whole reply, whatever its
+/// status (the store interprets it). Failures name `uri`; `reaching` says what was being
+/// reached ("the Hub", "the storage API").
+pub async fn get_authorized(
+    client: &Client,
+    uri: &str,
+    url: &Url,
+    auth: &crate::target::Auth,
+    reaching: &str,
+) -> Result<Reply> {
+    let headers = auth.headers("GET", url).map_err(|message| Error::Auth {
+        uri: uri.to_owned(),
+        message,
+    })?;
+    let req = Request {
+        headers: &headers,
+        ..Request::get(url)
+    };
+    fetch(client, &req).await.map_err(|e| Error::Store {
+        uri: uri.to_owned(),
+        message: format!("cannot reach {reaching}: {e}"),
+    })
+}
+
 /// Sends `req` and reads the whole body; retryable failures (resets, 5xx, 429) are tried
 /// again with a short pause.
 pub async fn fetch(client: &Client, req: &Request<'_>) -> Result<Reply, HttpError> {

@@ -49,6 +49,13 @@ impl Env {
         })
     }
 
+    /// The forward proxies these variables configure (`HTTPS_PROXY`…), for a pull's options;
+    /// the error names the malformed variable's value.
+    pub fn proxy(&self) -> Result<Option<std::sync::Arc<crate::http::proxy::ProxyConfig>>, String> {
+        crate::http::proxy::ProxyConfig::from_env(|n| self.get(n).map(str::to_owned))
+            .map(|p| p.map(std::sync::Arc::new))
+    }
+
     /// Every variable, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))

@@ -17,7 +17,6 @@ use super::gcp_auth::TokenSource;
 use super::{Manifest, base64_digest, encode};
 use crate::digest::Algorithm;
 use crate::error::{Error, Result};
-use crate::http::Request;
 use crate::target::{Auth, Target};
 
 const PUBLIC: &str = "https://storage.googleapis.com";
@@ -240,34 +239,25 @@ async fn exact(
 ) -> Result<Vec<(Object, bool)>> {
     let url = Url::parse(&format!("{bucket_url}/{}", encode(path, false)))
         .map_err(|e| Error::InvalidOption(e.to_string()))?;
-    match get(client, uri, &url, auth).await {
-        Ok(reply) => {
-            let obj: Object = serde_json::from_slice(&reply.body).map_err(|e| Error::Store {
-                uri: uri.to_owned(),
-                message: format!("the object metadata is not valid JSON: {e}"),
-            })?;
-            Ok(vec![(obj, true)])
-        }
-        Err(Error::Store { message, .. }) if message.starts_with("HTTP 404") => Ok(Vec::new()),
-        Err(e) => Err(e),
+    let reply = control::get_authorized(client, uri, &url, auth, "the storage API").await?;
+    if reply.status() == 404 {
+        return Ok(Vec::new());
     }
+    let reply = check(uri, reply)?;
+    let obj: Object = serde_json::from_slice(&reply.body).map_err(|e| Error::Store {
+        uri: uri.to_owned(),
+        message: format!("the object metadata is not valid JSON: {e}"),
+    })?;
+    Ok(vec![(obj, true)])
 }
 
 async fn get(client: &crate::http::Client, uri: &str, url: &Url, auth: &Auth) -> Result<Reply> {
-    let headers = auth.headers("GET", url).map_err(|message| Error::Auth {
-        uri: uri.to_owned(),
-        message,
-    })?;
-    let req = Request {
-        headers: &headers,
-        ..Request::get(url)
-    };
-    let reply = control::fetch(client, &req)
-        .await
-        .map_err(|e| Error::Store {
-            uri: uri.to_owned(),
-            message: format!("listing failed: {e}"),
-        })?;
+    let reply = control::get_authorized(client, uri, url, auth, "the storage API").await?;
+    check(uri, reply)
+}
+
+/// The reply if it succeeded, else an error that says what to do.
+fn check(uri: &str, reply: Reply) -> Result<Reply> {
     match reply.status() {
         200..=299 => Ok(reply),
         401 | 403 => Err(Error::Auth {

@@ -19,7 +19,7 @@ use super::filter::Patterns;
 use super::{Manifest, encode};
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
-use crate::http::{Client, Request};
+use crate::http::Client;
 use crate::target::{Auth, StaticHeaders, Target};
 
 const PUBLIC: &str = "https://huggingface.co";
@@ -206,23 +206,7 @@ struct Hub<'a> {
 
 impl Hub<'_> {
     async fn get(&self, client: &Client, url: &Url) -> Result<Reply> {
-        let headers = self
-            .auth
-            .headers("GET", url)
-            .map_err(|message| Error::Auth {
-                uri: self.uri.to_owned(),
-                message,
-            })?;
-        let req = Request {
-            headers: &headers,
-            ..Request::get(url)
-        };
-        let reply = control::fetch(client, &req)
-            .await
-            .map_err(|e| Error::Store {
-                uri: self.uri.to_owned(),
-                message: format!("cannot reach the Hub: {e}"),
-            })?;
+        let reply = control::get_authorized(client, self.uri, url, self.auth, "the Hub").await?;
         if (200..300).contains(&reply.status()) {
             return Ok(reply);
         }

@@ -62,6 +62,16 @@ pub struct Listed {
 }
 
 impl Manifest {
+    /// Adds the TLS settings the store's environment asks for to the options of the pull that
+    /// fetches this manifest: its CA bundle unless one is set already, and its unverified hosts.
+    pub fn apply_tls(&self, opts: &mut crate::Options) {
+        if opts.ca_bundle.is_none() {
+            opts.ca_bundle.clone_from(&self.ca_bundle);
+        }
+        opts.insecure_hosts
+            .extend(self.insecure_hosts.iter().cloned());
+    }
+
     /// Sum of the listed sizes; `None` when a size is unknown until the first request.
     pub fn total_size(&self) -> Option<u64> {
         self.files.iter().map(|t| t.size).sum()

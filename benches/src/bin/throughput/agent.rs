@@ -6,32 +6,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use modelpull::hub::{Hub, HubRepo};
 
 use crate::data::DataSet;
 use crate::report::median;
+use crate::stores::{Proc, REPO, free_port};
 
-const REPO: &str = "bench/model";
 const NODE: &str = "bench-node";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// Paths the run needs.
 pub struct Tools<'a> {
@@ -44,17 +28,7 @@ pub struct Tools<'a> {
 
 /// Runs both `runs` times and returns the Markdown section.
 pub fn run(t: &Tools<'_>, set: &DataSet, root: &Path, runs: usize) -> Result<String> {
-    let dir = root.join(set.name);
-    let mut repo = HubRepo::new(REPO);
-    for f in &set.files {
-        let bytes = std::fs::read(dir.join(&f.path))?;
-        repo = if f.size > 10 << 20 {
-            repo.lfs_file(&f.path, bytes)
-        } else {
-            repo.file(&f.path, bytes)
-        };
-    }
-    let hub = Hub::start(vec![repo])?;
+    let hub = crate::stores::hub(root, set)?;
     let uri = format!("hf://{REPO}");
 
     let api_port = free_port()?;

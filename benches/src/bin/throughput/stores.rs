@@ -20,7 +20,8 @@ use crate::data::DataSet;
 
 const BUCKET: &str = "bench";
 const PREFIX: &str = "model";
-const REPO: &str = "bench/model";
+/// The Hub repository the data set is served as.
+pub const REPO: &str = "bench/model";
 
 /// A model store under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +69,7 @@ impl Store {
 }
 
 /// A server process, killed on drop.
-struct Proc(Child);
+pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -86,7 +87,7 @@ pub struct Servers {
     pub env: Vec<(String, String)>,
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -115,6 +116,22 @@ fn spawn(venv_bin: &Path, name: &str, args: &[String], log: &Path) -> Result<(Pr
     Ok((proc, port))
 }
 
+/// The in-tree Hub serving data set `set` (under `root`) as [`REPO`], files over 10 MiB in
+/// LFS (through its CDN).
+pub fn hub(root: &Path, set: &DataSet) -> Result<Hub> {
+    let dir = root.join(set.name);
+    let mut repo = HubRepo::new(REPO);
+    for f in &set.files {
+        let bytes = std::fs::read(dir.join(&f.path))?;
+        repo = if f.size > 10 << 20 {
+            repo.lfs_file(&f.path, bytes)
+        } else {
+            repo.file(&f.path, bytes)
+        };
+    }
+    Ok(Hub::start(vec![repo])?)
+}
+
 /// Starts the stores and fills each with `set` (its files under `root/<set name>`).
 pub fn start(
     python: &Path,
@@ -126,16 +143,7 @@ pub fn start(
     let bin = python.parent().context("the virtualenv's bin directory")?;
     let dir = root.join(set.name);
 
-    let mut repo = HubRepo::new(REPO);
-    for f in &set.files {
-        let bytes = std::fs::read(dir.join(&f.path))?;
-        repo = if f.size > 10 << 20 {
-            repo.lfs_file(&f.path, bytes)
-        } else {
-            repo.file(&f.path, bytes)
-        };
-    }
-    let hub = Hub::start(vec![repo])?;
+    let hub = hub(root, set)?;
 
     let (moto, moto_port) = spawn(
         bin,

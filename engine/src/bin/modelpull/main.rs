@@ -46,9 +46,7 @@ fn main() -> ExitCode {
 /// Options from the flags plus what the environment adds (proxies).
 fn options(engine: &cli::EngineArgs, env: &Env) -> anyhow::Result<Options> {
     let mut opts = engine.options();
-    opts.proxy = modelpull::http::proxy::ProxyConfig::from_env(|n| env.get(n).map(str::to_owned))
-        .map_err(modelpull::Error::InvalidOption)?
-        .map(Arc::new);
+    opts.proxy = env.proxy().map_err(modelpull::Error::InvalidOption)?;
     Ok(opts)
 }
 
@@ -67,10 +65,7 @@ fn resolve(
             eprintln!("modelpull: listing {}", modelpull::redact_str(uri));
         }
         let m = store::resolve(uri, env, &control)?;
-        if opts.ca_bundle.is_none() {
-            opts.ca_bundle.clone_from(&m.ca_bundle);
-        }
-        opts.insecure_hosts.extend(m.insecure_hosts.iter().cloned());
+        m.apply_tls(opts);
         manifests.push(m);
     }
     Ok(manifests)
