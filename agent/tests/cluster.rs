@@ -80,6 +80,25 @@ impl World {
         self.dir.path()
     }
 
+    /// Serves every response at `rate` bytes per second per connection.
+    fn slow(&self, rate: u64) {
+        self.origin.set_faults(Faults {
+            slow_rate: Some(rate),
+            slow_times: u32::MAX,
+            ..Faults::default()
+        });
+    }
+
+    /// The notes of the Events with `reason` the agent posted.
+    fn event_notes(&self, reason: &str) -> Vec<String> {
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| r["body"]["reason"] == reason)
+            .filter_map(|r| r["body"]["note"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     fn agent(&self, extra: &[&str]) -> Agent {
         let kubeconfig = self.api.kubeconfig(self.dir.path());
         Agent::start(&kubeconfig, self.root(), NODE, extra)
@@ -157,11 +176,7 @@ async fn models_are_downloaded_verified_and_deduplicated() {
     };
     // 1 MiB/s per connection: each 8 MiB range of the big model takes 8 s, so the status
     // refresh (every 2 s while downloading) sees it Downloading.
-    w.origin.set_faults(Faults {
-        slow_rate: Some(1 << 20),
-        slow_times: u32::MAX,
-        ..Faults::default()
-    });
+    w.slow(1 << 20);
     let llama = w.origin.url("llama/model.bin");
     let bert = w.origin.url("bert/model.bin");
     let mut shared = entry("llama", &llama);
@@ -313,11 +328,7 @@ async fn api_server_outage_does_not_stop_a_download() {
     let Some(mut w) = World::start(&[("m/w.bin", big.clone())]).await else {
         return;
     };
-    w.origin.set_faults(Faults {
-        slow_rate: Some(1 << 20),
-        slow_times: u32::MAX,
-        ..Faults::default()
-    });
+    w.slow(1 << 20);
     let uri = w.origin.url("m/w.bin");
     w.create_node(vec![entry("m", &uri)]).await;
     let agent = w.agent(&[]);
@@ -395,13 +406,7 @@ async fn bad_entries_get_their_own_error() {
             .all(|p| p.ends_with("models") || p.ends_with("agent.log")),
         "nothing outside models/: {new:?}"
     );
-    let notes: Vec<String> = w
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r["body"]["reason"] == "DownloadFailed")
-        .filter_map(|r| r["body"]["note"].as_str().map(str::to_owned))
-        .collect();
+    let notes = w.event_notes("DownloadFailed");
     assert!(
         notes.iter().any(|n| n.contains("ftp")),
         "{notes:?} {}",
@@ -436,11 +441,7 @@ async fn a_restarted_agent_resumes_and_fetches_nothing_twice() {
     )
     .await;
     // 256 KiB/s per connection: 24 MiB take several seconds.
-    w.origin.set_faults(Faults {
-        slow_rate: Some(256 << 10),
-        slow_times: u32::MAX,
-        ..Faults::default()
-    });
+    w.slow(256 << 10);
     let bytes = |w: &World| {
         w.origin
             .stats()
@@ -550,13 +551,7 @@ async fn not_enough_space_is_an_error_that_says_how_much() {
         |s| s.get("big") == Some(&ModelStatus::Error),
     )
     .await;
-    let notes: Vec<String> = w
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r["body"]["reason"] == "DownloadFailed")
-        .filter_map(|r| r["body"]["note"].as_str().map(str::to_owned))
-        .collect();
+    let notes = w.event_notes("DownloadFailed");
     assert!(
         notes
             .iter()
@@ -661,11 +656,7 @@ async fn a_model_removed_while_downloading_is_cancelled() {
     let Some(w) = World::start(&[("big/w.bin", big)]).await else {
         return;
     };
-    w.origin.set_faults(Faults {
-        slow_rate: Some(256 << 10),
-        slow_times: u32::MAX,
-        ..Faults::default()
-    });
+    w.slow(256 << 10);
     let uri = w.origin.url("big/w.bin");
     w.create_node(vec![entry("big", &uri)]).await;
     let agent = w.agent(&["--gc-grace", "1s"]);

@@ -4,8 +4,8 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -168,70 +168,42 @@ fn object_damaged_on_the_server_is_caught() {
 
 /// A token endpoint that accepts a JWT only when `public_key` verifies its signature.
 fn token_endpoint(public_key: Vec<u8>) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-            }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
-            let form = String::from_utf8(body).unwrap();
-            let jwt = form
-                .split("assertion=")
-                .nth(1)
-                .unwrap_or_default()
-                .to_owned();
-            let parts: Vec<&str> = jwt.split('.').collect();
-            use base64::Engine as _;
-            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-            let valid = parts.len() == 3
-                && form
-                    .contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
-                && ring::signature::UnparsedPublicKey::new(
-                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-                    &public_key,
-                )
-                .verify(
-                    format!("{}.{}", parts[0], parts[1]).as_bytes(),
-                    &b64.decode(parts[2]).unwrap_or_default(),
-                )
-                .is_ok();
-            let claims = parts
-                .get(1)
-                .and_then(|c| b64.decode(c).ok())
-                .map(|c| String::from_utf8_lossy(&c).into_owned())
-                .unwrap_or_default();
-            log.lock().unwrap().push(claims);
-            let (status, body) = if valid {
-                (
-                    "200 OK",
-                    r#"{"access_token": "ya29.test", "expires_in": 3600, "token_type": "Bearer"}"#,
-                )
-            } else {
-                (
-                    "400 Bad Request",
-                    r#"{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}"#,
-                )
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    let port = servers::responder(move |_, form| {
+        let jwt = form.split("assertion=").nth(1).unwrap_or_default();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let valid = parts.len() == 3
+            && form.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
+            && ring::signature::UnparsedPublicKey::new(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                &public_key,
+            )
+            .verify(
+                format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                &b64.decode(parts[2]).unwrap_or_default(),
+            )
+            .is_ok();
+        let claims = parts
+            .get(1)
+            .and_then(|c| b64.decode(c).ok())
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .unwrap_or_default();
+        log.lock().unwrap().push(claims);
+        if valid {
+            (
+                "200 OK",
+                r#"{"access_token": "ya29.test", "expires_in": 3600, "token_type": "Bearer"}"#
+                    .to_owned(),
+            )
+        } else {
+            (
+                "400 Bad Request",
+                r#"{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}"#
+                    .to_owned(),
+            )
         }
     });
     (port, seen)
@@ -313,39 +285,27 @@ fn service_account_key_gets_a_token() {
 /// endpoint that does, the way the JSON API documents it (`nextPageToken`, `pageToken`).
 #[test]
 fn listing_follows_page_tokens() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let tokens = Arc::new(Mutex::new(Vec::new()));
     let seen = tokens.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            let mut line = String::new();
-            BufReader::new(conn.try_clone().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let token = line
-                .split("pageToken=")
-                .nth(1)
-                .map(|t| t.split([' ', '&']).next().unwrap_or_default().to_owned());
-            seen.lock().unwrap().push(token.clone());
-            let body = match token.as_deref() {
-                None => {
-                    r#"{"items": [{"name": "m/a", "size": "1", "crc32c": "AAAAAA=="}], "nextPageToken": "page-2"}"#
-                }
-                Some("page-2") => {
-                    r#"{"items": [{"name": "m/b", "size": "2", "crc32c": "AAAAAA=="}], "nextPageToken": "page-3"}"#
-                }
-                _ => {
-                    r#"{"items": [{"name": "m/c", "size": "3", "md5Hash": "XrY7u+Ae7tCTyyK7j1rNww=="}]}"#
-                }
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
+    let port = servers::responder(move |head, _| {
+        let line = head.lines().next().unwrap_or_default();
+        let token = line
+            .split("pageToken=")
+            .nth(1)
+            .map(|t| t.split([' ', '&']).next().unwrap_or_default().to_owned());
+        seen.lock().unwrap().push(token.clone());
+        let body = match token.as_deref() {
+            None => {
+                r#"{"items": [{"name": "m/a", "size": "1", "crc32c": "AAAAAA=="}], "nextPageToken": "page-2"}"#
+            }
+            Some("page-2") => {
+                r#"{"items": [{"name": "m/b", "size": "2", "crc32c": "AAAAAA=="}], "nextPageToken": "page-3"}"#
+            }
+            _ => {
+                r#"{"items": [{"name": "m/c", "size": "3", "md5Hash": "XrY7u+Ae7tCTyyK7j1rNww=="}]}"#
+            }
+        };
+        ("200 OK", body.to_owned())
     });
     let env: Env = [("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{port}"))]
         .into_iter()
@@ -378,39 +338,24 @@ fn metadata_server_token() {
     let Some(gcs) = Gcs::start(&[("m/a.txt", b"from the metadata server's identity")]) else {
         return;
     };
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
-            let flavored = head.contains("Metadata-Flavor: Google");
-            let path_ok = head
-                .starts_with("GET /computeMetadata/v1/instance/service-accounts/default/token ");
-            log.lock().unwrap().push(flavored && path_ok);
-            let (status, body) = if flavored && path_ok {
-                (
-                    "200 OK",
-                    r#"{"access_token":"ya29.metadata","expires_in":3599,"token_type":"Bearer"}"#,
-                )
-            } else {
-                ("403 Forbidden", "missing Metadata-Flavor")
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    let port = servers::responder(move |head, _| {
+        let flavored = head.contains("Metadata-Flavor: Google");
+        let path_ok =
+            head.starts_with("GET /computeMetadata/v1/instance/service-accounts/default/token ");
+        log.lock().unwrap().push(flavored && path_ok);
+        if flavored && path_ok {
+            (
+                "200 OK",
+                r#"{"access_token":"ya29.metadata","expires_in":3599,"token_type":"Bearer"}"#
+                    .to_owned(),
+            )
+        } else {
+            (
+                "403 Forbidden",
+                r#"{"error": "missing Metadata-Flavor"}"#.to_owned(),
+            )
         }
     });
     let mut env = gcs.env();

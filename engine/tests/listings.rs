@@ -4,9 +4,6 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-
 use modelpull::store::{self, Control, Env};
 use modelpull::{Error, ExitCode};
 use serde_json::json;
@@ -81,20 +78,7 @@ fn gcs_listing(names: &[&str]) -> Env {
         .map(|n| json!({"name": format!("m/{n}"), "size": "1", "crc32c": "AAAAAA=="}))
         .collect();
     let body = json!({ "items": items }).to_string();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            let mut line = String::new();
-            let _ = BufReader::new(conn.try_clone().unwrap()).read_line(&mut line);
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    let port = servers::responder(move |_, _| ("200 OK", body.clone()));
     [("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{port}"))]
         .into_iter()
         .collect()

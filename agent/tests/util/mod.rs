@@ -136,22 +136,28 @@ impl ApiServer {
         kube::Client::try_from(config).unwrap()
     }
 
-    /// Every request the server saw.
-    pub fn requests(&self) -> Vec<serde_json::Value> {
+    /// Calls one of the server's test-only endpoints (not in its request log); returns the
+    /// JSON body.
+    fn inspect(&self, method: &str, path: &str) -> serde_json::Value {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(
             conn,
-            "GET /_requests HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut text = String::new();
         conn.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{method} {path}: {text}");
         let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        v.get("requests")
-            .or(Some(&v))
-            .and_then(|r| r.as_array().cloned())
+        serde_json::from_str(body).unwrap_or_default()
+    }
+
+    /// Every request the server saw.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.inspect("GET", "/_requests")
+            .as_array()
+            .cloned()
             .unwrap_or_default()
     }
 }
@@ -262,18 +268,11 @@ pub async fn wait_for(
 impl ApiServer {
     /// The objects the server holds of `plural` (as stored, after every patch).
     pub fn objects(&self, plural: &str) -> Vec<serde_json::Value> {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            conn,
-            "GET /_objects HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).unwrap();
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let all: Vec<serde_json::Value> = serde_json::from_str(body).unwrap_or_default();
-        all.into_iter()
+        let all = self.inspect("GET", "/_objects");
+        all.as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
             .filter(|o| o["resource"].as_str().is_some_and(|r| r.ends_with(plural)))
             .map(|o| o["object"].clone())
             .collect()
@@ -283,16 +282,7 @@ impl ApiServer {
 impl ApiServer {
     /// Forgets the requests seen so far (the test's own setup), keeping the objects.
     pub fn reset_log(&self) {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            conn,
-            "POST /_reset HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        self.inspect("POST", "/_reset");
     }
 
     /// The status map of LocalModelNode `node`, read without an API request (so the request

@@ -182,11 +182,7 @@ pub fn pull_uri(
     let control = modelpull::store::Control::new(opts)?;
     let manifest = modelpull::store::resolve(uri, env, &control)?;
     let mut opts = opts.clone();
-    if opts.ca_bundle.is_none() {
-        opts.ca_bundle.clone_from(&manifest.ca_bundle);
-    }
-    opts.insecure_hosts
-        .extend(manifest.insecure_hosts.iter().cloned());
+    manifest.apply_tls(&mut opts);
     modelpull::pull(
         &PullRequest {
             sources: Vec::new(),

@@ -217,3 +217,39 @@ pub fn python(venv: &Venv, script: &str, args: &[&str], input: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A small HTTP responder on 127.0.0.1 for endpoints no packaged server speaks here (an OAuth
+/// token endpoint, a metadata server, a paginated listing): `answer(head, body)` gets the
+/// request head (request line and headers) and body of each connection and gives the status
+/// line and body of the reply. Returns the port; the thread lives as long as the test.
+pub fn responder(answer: impl Fn(&str, &str) -> (&'static str, String) + Send + 'static) -> u16 {
+    use std::io::BufRead;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let (mut head, mut len) = (String::new(), 0);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let (status, reply) = answer(&head, &String::from_utf8_lossy(&body));
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    port
+}
