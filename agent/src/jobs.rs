@@ -169,26 +169,18 @@ impl Downloads {
     pub fn fail(&self, key: &str, entry: LocalModelInfo, message: String) {
         let mut s = self.lock();
         let attempts = s.jobs.get(key).map_or(0, |j| j.attempts) + 1;
-        let retry_in = backoff(&self.inner.settings, attempts);
-        s.reports.push(Report::Failed {
-            key: key.to_owned(),
-            uri: modelpull::redact_str(&entry.source_model_uri),
-            message,
-            retry_in,
-        });
         s.jobs.insert(
             key.to_owned(),
             Job {
                 entry,
                 env: Env::default(),
-                state: State::Failed {
-                    retry_at: Instant::now() + retry_in,
-                },
+                state: State::Queued,
                 attempts,
                 cancel: Arc::new(AtomicBool::new(false)),
                 progress: Arc::new(Progress::default()),
             },
         );
+        s.record_failure(&self.inner.settings, key, message);
     }
 
     /// Stops everything (the LocalModelNode was deleted).
@@ -360,25 +352,32 @@ fn worker(inner: &Inner) {
                     seconds: started.elapsed().as_secs_f64(),
                 });
             }
-            Err(message) => {
-                let attempts = s.jobs.get(&key).map_or(1, |j| j.attempts);
-                let retry_in = backoff(&inner.settings, attempts);
-                tracing::warn!(model = %uri, error = %message, retry_in_s = retry_in.as_secs(), "download failed; it will be retried");
-                if let Some(job) = s.jobs.get_mut(&key) {
-                    job.state = State::Failed {
-                        retry_at: Instant::now() + retry_in,
-                    };
-                }
-                s.reports.push(Report::Failed {
-                    key: key.clone(),
-                    uri,
-                    message,
-                    retry_in,
-                });
-            }
+            Err(message) => s.record_failure(&inner.settings, &key, message),
         }
         drop(s);
         let _ = inner.changed.send(());
+    }
+}
+
+impl Shared {
+    /// Marks the download of `key` failed: retried after the backoff its attempts so far
+    /// give, and reported.
+    fn record_failure(&mut self, settings: &Settings, key: &str, message: String) {
+        let Some(job) = self.jobs.get_mut(key) else {
+            return;
+        };
+        let retry_in = backoff(settings, job.attempts);
+        job.state = State::Failed {
+            retry_at: Instant::now() + retry_in,
+        };
+        let uri = modelpull::redact_str(&job.entry.source_model_uri);
+        tracing::warn!(model = %uri, error = %message, retry_in_s = retry_in.as_secs(), "download failed; it will be retried");
+        self.reports.push(Report::Failed {
+            key: key.to_owned(),
+            uri,
+            message,
+            retry_in,
+        });
     }
 }
 
