@@ -5,9 +5,11 @@
 
 pub mod rbac;
 pub mod schema;
+/// The engine tests' server helpers: the same virtualenv, the same skip-or-fail rule.
+#[path = "../../../engine/tests/util/servers.rs"]
+pub mod servers;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,31 +17,12 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use localmodelnode_agent::crd::{LocalModelNode, ModelStatus};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use servers::free_port;
 
 /// The test virtualenv's python (aiohttp, kubernetes); `None` (skip) when it is missing,
 /// a failure when `MODELPULL_REQUIRE_SERVERS=1`.
 pub fn python() -> Option<PathBuf> {
-    let venv = std::env::var_os("MODELPULL_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test"));
-    let python = venv.join("bin/python");
-    if python.exists() {
-        return Some(python);
-    }
-    let msg = format!("{} is missing; run scripts/setup-test.sh", python.display());
-    assert!(
-        std::env::var("MODELPULL_REQUIRE_SERVERS").as_deref() != Ok("1"),
-        "{msg}"
-    );
-    eprintln!("SKIPPED: {msg}");
-    None
+    servers::venv().map(|v| v.python())
 }
 
 fn stop(child: &mut Child) {
