@@ -73,9 +73,14 @@ struct Collector {
 
 impl Root {
     /// The layout under `root`, creating `models/` when missing.
+    /// Opens the root, creating `ROOT/models`, and proves now, not at the first download, that
+    /// the agent can create entries there.
     pub fn open(root: &Path) -> std::io::Result<Self> {
         let models = root.join("models");
         std::fs::create_dir_all(&models)?;
+        let probe = models.join(format!(".modelpull-write-check-{}", std::process::id()));
+        std::fs::File::create(&probe)?;
+        std::fs::remove_file(&probe)?;
         Ok(Self {
             models,
             collector: Collector::default(),

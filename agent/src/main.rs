@@ -222,8 +222,14 @@ async fn main() -> anyhow::Result<()> {
         server::probes(args.health_probe_bind_address, health.clone()),
     ));
 
-    let root = Root::open(&args.models_root)
-        .with_context(|| format!("models root {}", args.models_root.display()))?;
+    let root = Root::open(&args.models_root).with_context(|| {
+        format!(
+            "cannot write to the models root {} as uid {}: mount a volume there that this user can write \
+             (for the DaemonSet's hostPath, on each node: install -d -o 65532 -g 65532 /models)",
+            args.models_root.display(),
+            rustix::process::getuid().as_raw(),
+        )
+    })?;
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel();
     // Engine threads are pinned within the CPUs the pod may use (its affinity mask).
     let engine = modelpull::Options {

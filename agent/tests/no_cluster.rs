@@ -88,3 +88,35 @@ fn keeps_running_unready_and_stops_cleanly() {
     );
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn refuses_a_models_root_it_cannot_write_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the root should be: unwritable for every user, root included.
+    let root = dir.path().join("not-a-folder");
+    std::fs::write(&root, b"").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent"))
+        .env_clear()
+        .env("NODE_NAME", "gpu-node-1")
+        .env("KUBECONFIG", dir.path().join("missing-kubeconfig"))
+        .args(["--zap-encoder", "console"])
+        .arg("--models-root")
+        .arg(&root)
+        .arg(format!("--metrics-bind-address=127.0.0.1:{}", free_port()))
+        .arg(format!(
+            "--health-probe-bind-address=127.0.0.1:{}",
+            free_port()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("models root {}", root.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("install -d -o 65532 -g 65532 /models"),
+        "{err}"
+    );
+}
