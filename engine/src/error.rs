@@ -20,6 +20,16 @@ pub enum ExitCode {
     Interrupted = 130,
 }
 
+/// Where a digest mismatch most likely comes from: the same wrong bytes every time point at
+/// the store's copy, different ones at whatever carries them.
+fn corruption_hint(varied: bool) -> &'static str {
+    if varied {
+        "each download gave different bytes: something between the store and this machine corrupts data (a proxy, the network, memory)"
+    } else {
+        "the store's copy may be corrupt"
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid source `{input}`: {reason}")]
@@ -50,13 +60,16 @@ pub enum Error {
     #[error("unpacking {file} failed: {message}")]
     Archive { file: String, message: String },
     #[error(
-        "{file} failed verification after {attempts} download(s): expected {expected}, got {actual}; the store's copy may be corrupt"
+        "{file} failed verification after {attempts} download(s): expected {expected}, got {actual}; {}",
+        corruption_hint(*.varied)
     )]
     Verify {
         file: String,
         attempts: u32,
         expected: Digest,
         actual: Digest,
+        /// The downloads gave different wrong digests: bytes change on the way, not at the store.
+        varied: bool,
     },
     #[error(
         "{file} has {actual} bytes but the store lists {expected} (after {attempts} download(s)); the store's listing and object disagree"

@@ -228,16 +228,6 @@ fn json_report_then_up_to_date_then_occupied() {
     assert!(stderr(&o).contains("already exists and holds other files"));
 }
 
-/// Chunk indices the journal records as finished.
-fn finished_chunks(journal: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(journal).unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["chunk"]["index"].as_u64())
-        .collect()
-}
-
 #[test]
 fn kill_9_then_resume_refetches_no_finished_chunk() {
     const CHUNK: u64 = 256 * 1024;

@@ -176,6 +176,8 @@ fn persistent_corruption_fails_verification_naming_the_digests() {
             "{msg}"
         );
         assert!(msg.contains("after 3 download(s)"), "{msg}");
+        // The same wrong bytes each time: the store's copy, not the way.
+        assert!(msg.contains("the store's copy may be corrupt"), "{msg}");
     }
 }
 

@@ -17,7 +17,7 @@ use super::limits::{RateLimiter, backoff};
 use super::{Options, plan};
 use crate::buf::AlignedBuf;
 use crate::digest::ordered::OrderedHashers;
-use crate::digest::{Algorithm, crc};
+use crate::digest::{Algorithm, Digest, crc};
 use crate::disk::journal::{self, Header, Journal, Record};
 use crate::disk::part;
 use crate::disk::staging::FileRecord;
@@ -140,6 +140,9 @@ pub(crate) struct FileState {
     probe_attempts: u32,
     not_before: Option<Instant>,
     downloads: u32,
+    /// The wrong digest of the last failed verification, and whether earlier ones differed.
+    wrong: Option<Digest>,
+    wrong_varied: bool,
     restarts: u32,
     counted_bytes: u64,
     pub record: Option<FileRecord>,
@@ -172,6 +175,8 @@ impl FileState {
             probe_attempts: 0,
             not_before: None,
             downloads: 0,
+            wrong: None,
+            wrong_varied: false,
             restarts: 0,
             counted_bytes: 0,
             record: None,
@@ -937,12 +942,19 @@ impl Job {
                 expected,
                 actual: fs.size,
             },
-            (None, Some((expected, actual))) => Error::Verify {
-                file: meta.target.path.clone(),
-                attempts: downloads,
-                expected,
-                actual,
-            },
+            (None, Some((expected, actual))) => {
+                if fs.wrong.as_ref().is_some_and(|w| *w != actual) {
+                    fs.wrong_varied = true;
+                }
+                fs.wrong = Some(actual.clone());
+                Error::Verify {
+                    file: meta.target.path.clone(),
+                    attempts: downloads,
+                    expected,
+                    actual,
+                    varied: fs.wrong_varied,
+                }
+            }
             (None, None) => unreachable!("a mismatch was found"),
         };
         drop(st);
@@ -1032,6 +1044,7 @@ impl FileState {
                 attempts: 0,
                 expected,
                 actual,
+                varied: false,
             });
         }
         let mut fs = FileState::fresh(meta);

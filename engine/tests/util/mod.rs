@@ -1,6 +1,7 @@
 //! Helpers shared by the engine's integration tests: data, origins, pulls on each driver.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod pki;
 pub mod servers;
 
@@ -215,4 +216,14 @@ pub fn checksum_of(report: &modelpull::Report, path: &str) -> String {
         .find(|f| f.path == path)
         .map(|f| f.checksum.clone())
         .unwrap_or_else(|| panic!("{path} is not in the report"))
+}
+
+/// Chunk indices a resume journal records as finished.
+pub fn finished_chunks(journal: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(journal).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["chunk"]["index"].as_u64())
+        .collect()
 }
