@@ -32,4 +32,10 @@ fi
   "$venv/bin/pip" install -q 'moto[server]==5.2.5' crc32c awscrt boto3 \
     'gcp-storage-emulator==2026.7.19' 'huggingface_hub==2.4.0' 'aiohttp>=3.9,<4' 'kubernetes>=31'
 }
+# cargo-fuzz, for the fuzz targets scripts/test.sh runs briefly (scripts/fuzz.sh), where a
+# nightly toolchain is installed: libFuzzer's instrumentation needs it.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly' && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install --quiet --locked cargo-fuzz
+fi
 echo "test servers ready"

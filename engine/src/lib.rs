@@ -66,6 +66,8 @@ mod tests {
 }
 pub mod disk;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metrics;
 pub mod pool;
 pub mod progress;

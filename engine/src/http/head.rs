@@ -77,8 +77,15 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadError> {
         }
         Err(e) => return Err(HeadError::Malformed(e.to_string())),
     };
+    // httparse takes any three digits; HTTP defines 100 to 599 (RFC 9110 §15).
+    let status = resp.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        return Err(HeadError::Malformed(format!(
+            "status code {status:03} is not between 100 and 599"
+        )));
+    }
     let mut head = ResponseHead {
-        status: resp.code.unwrap_or(0),
+        status,
         keep_alive: resp.version == Some(1),
         ..Default::default()
     };
@@ -231,6 +238,19 @@ mod tests {
     fn conflicting_lengths_are_refused() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
         assert!(parse(raw).is_err());
+    }
+
+    #[test]
+    fn status_codes_outside_http_are_refused() {
+        // Found by the http_head fuzz target: httparse accepts any three digits.
+        for line in ["HTTP/1.1 006 x", "HTTP/1.1 099 x", "HTTP/1.1 600 x"] {
+            let head = format!("{line}\r\nContent-Length: 0\r\n\r\n");
+            assert!(
+                matches!(parse(head.as_bytes()), Err(HeadError::Malformed(_))),
+                "{line}"
+            );
+        }
+        assert!(parse(b"HTTP/1.1 599 x\r\n\r\n").unwrap().is_some());
     }
 
     #[test]

@@ -23,20 +23,25 @@ const PUBLIC: &str = "https://storage.googleapis.com";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Page {
+pub(crate) struct Page {
     #[serde(default)]
-    items: Vec<Object>,
-    next_page_token: Option<String>,
+    pub(crate) items: Vec<Object>,
+    pub(crate) next_page_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Object {
-    name: String,
+pub(crate) struct Object {
+    pub(crate) name: String,
     #[serde(deserialize_with = "size_from_string")]
-    size: u64,
+    pub(crate) size: u64,
     crc32c: Option<String>,
     md5_hash: Option<String>,
+}
+
+/// One page of the JSON API's object listing.
+pub(crate) fn parse_page(body: &[u8]) -> std::result::Result<Page, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the object listing is not valid JSON: {e}"))
 }
 
 /// GCS sends sizes as decimal strings.
@@ -211,9 +216,9 @@ async fn list_prefix(
             }
         }
         let reply = get(client, uri, &url, auth).await?;
-        let page: Page = serde_json::from_slice(&reply.body).map_err(|e| Error::Store {
+        let page = parse_page(&reply.body).map_err(|message| Error::Store {
             uri: uri.to_owned(),
-            message: format!("the object listing is not valid JSON: {e}"),
+            message,
         })?;
         out.extend(page.items.into_iter().map(|o| (o, false)));
         match page.next_page_token.filter(|t| !t.is_empty()) {

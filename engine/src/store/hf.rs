@@ -80,12 +80,12 @@ struct RevisionInfo {
 }
 
 #[derive(Debug, Deserialize)]
-struct Entry {
+pub(crate) struct Entry {
     #[serde(rename = "type")]
-    kind: String,
-    path: String,
+    pub(crate) kind: String,
+    pub(crate) path: String,
     #[serde(default)]
-    size: u64,
+    pub(crate) size: u64,
     #[serde(default)]
     oid: Option<String>,
     #[serde(default)]
@@ -304,11 +304,10 @@ impl Hub<'_> {
         let mut entries = Vec::new();
         for _ in 0..MAX_PAGES {
             let reply = self.get(client, &url).await?;
-            let page: Vec<Entry> =
-                serde_json::from_slice(&reply.body).map_err(|e| Error::Store {
-                    uri: self.uri.to_owned(),
-                    message: format!("the Hub's tree listing is not valid JSON: {e}"),
-                })?;
+            let page = parse_tree_page(&reply.body).map_err(|message| Error::Store {
+                uri: self.uri.to_owned(),
+                message,
+            })?;
             entries.extend(page);
             match reply.header("link").and_then(next_link) {
                 None => return Ok(entries),
@@ -339,6 +338,12 @@ impl Hub<'_> {
 }
 
 /// The `rel="next"` target of a `Link` header.
+/// One page of the tree API's answer.
+pub(crate) fn parse_tree_page(body: &[u8]) -> std::result::Result<Vec<Entry>, String> {
+    serde_json::from_slice(body)
+        .map_err(|e| format!("the Hub's tree listing is not valid JSON: {e}"))
+}
+
 fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;

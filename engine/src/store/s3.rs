@@ -241,20 +241,20 @@ fn parse(uri: &str) -> Result<(String, String)> {
 
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Object {
-    key: String,
-    size: u64,
+pub(crate) struct Object {
+    pub(crate) key: String,
+    pub(crate) size: u64,
     etag: String,
 }
 
 /// One ListObjectsV2 page.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Page {
-    objects: Vec<Object>,
-    next: Option<String>,
+pub(crate) struct Page {
+    pub(crate) objects: Vec<Object>,
+    pub(crate) next: Option<String>,
 }
 
-fn parse_page(xml: &[u8]) -> std::result::Result<Page, String> {
+pub(crate) fn parse_page(xml: &[u8]) -> std::result::Result<Page, String> {
     let text = std::str::from_utf8(xml).map_err(|_| "the listing is not UTF-8".to_owned())?;
     let doc =
         roxmltree::Document::parse(text).map_err(|e| format!("the listing is not XML: {e}"))?;
