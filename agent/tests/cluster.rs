@@ -610,7 +610,10 @@ async fn credentials_come_from_the_service_accounts_secrets() {
         w.root(),
         NODE,
         &[],
-        &[("HF_ENDPOINT", endpoint.as_str())],
+        &[
+            ("HF_ENDPOINT", endpoint.as_str()),
+            ("RUST_LOG", "localmodelnode_agent=trace,modelpull=trace"),
+        ],
     );
     w.api
         .wait_quietly(
@@ -632,7 +635,22 @@ async fn credentials_come_from_the_service_accounts_secrets() {
             f.bytes.to_vec()
         );
     }
+    // Nowhere the agent writes: its log at trace level, any request it sent (Events, status
+    // patches), its metrics, the completion markers.
     assert!(!agent.log().contains(token), "the token is never logged");
+    assert!(
+        !w.api
+            .requests()
+            .iter()
+            .any(|r| r.to_string().contains(token)),
+        "nor sent to the API server"
+    );
+    let metrics = agent.metrics();
+    assert!(metrics.contains("modelpull_"), "{metrics}");
+    assert!(!metrics.contains(token), "nor put in a metric");
+    let marker =
+        std::fs::read_to_string(w.folder("hf://acme/gated").join(".modelpull.json")).unwrap();
+    assert!(!marker.contains(token), "nor written next to the model");
     let events: Vec<String> = w
         .api
         .requests()

@@ -383,3 +383,43 @@ fn sigterm_stops_cleanly_with_130_and_the_pull_resumes() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_file(&dest, "model.bin", &content);
 }
+
+#[test]
+fn a_second_pull_into_the_same_destination_refuses_and_the_first_completes() {
+    let content = data(17, 8 * 1024 * 1024 + 9);
+    let fx = Fixture::new(&[("model.bin", &content)]);
+    let dest = fx.dest("m");
+    let url = format!(
+        "{}#sha256={}",
+        fx.origin.url("model.bin"),
+        sha256_hex(&content)
+    );
+    let args = ["pull", "--limit-rate", "4M", &url, dest.to_str().unwrap()];
+    let mut first = Command::new(env!("CARGO_BIN_EXE_modelpull"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let staging = dest.parent().unwrap().join(".m.modelpull");
+    let started = Instant::now();
+    while !staging.join("model.bin.part").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first pull never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = modelpull(&args);
+    let err = stderr(&second);
+    assert_eq!(second.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("is locked by another modelpull process")
+            && err.contains(&first.id().to_string()),
+        "{err}"
+    );
+    assert!(first.wait().unwrap().success());
+    assert_file(&dest, "model.bin", &content);
+    assert_clean(dest.parent().unwrap());
+}

@@ -105,3 +105,27 @@ fn hostile_gcs_names_are_refused_by_name() {
         "longer than 255",
     );
 }
+
+#[test]
+fn ten_thousand_entries_are_listed_and_one_4_kib_name_refuses_them_all() {
+    let control = Control::new(&store_options()).unwrap();
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("d{}/f{i}.bin", i % 100))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let manifest = store::resolve("gs://models/m", &gcs_listing(&refs), &control).unwrap();
+    assert_eq!(manifest.files.len(), 10_000);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "10,000 entries took {:?} to check",
+        started.elapsed()
+    );
+    let long = format!("{}/{}", "d".repeat(200), "n".repeat(4096));
+    let mut hostile = refs.clone();
+    hostile.push(&long);
+    assert_refused(
+        store::resolve("gs://models/m", &gcs_listing(&hostile), &control),
+        "longer than",
+    );
+}

@@ -155,6 +155,7 @@ impl Drop for ApiServer {
 pub struct Agent {
     child: Child,
     pub log: PathBuf,
+    metrics: u16,
 }
 
 impl Agent {
@@ -171,11 +172,12 @@ impl Agent {
     ) -> Self {
         let log = root.join("agent.log");
         let file = std::fs::File::create(&log).unwrap();
+        let metrics = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent"))
-            .envs(env.iter().copied())
             .env("NODE_NAME", node)
             .env("POD_NAMESPACE", "kserve")
             .env("RUST_LOG", "localmodelnode_agent=debug,modelpull=info")
+            .envs(env.iter().copied())
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
             .env_remove("HTTP_PROXY")
@@ -188,7 +190,7 @@ impl Agent {
                 "--zap-encoder",
                 "console",
                 "--metrics-bind-address",
-                &format!("127.0.0.1:{}", free_port()),
+                &format!("127.0.0.1:{metrics}"),
                 "--health-probe-bind-address",
                 &format!("127.0.0.1:{}", free_port()),
             ])
@@ -197,11 +199,26 @@ impl Agent {
             .stderr(file)
             .spawn()
             .unwrap();
-        Self { child, log }
+        Self {
+            child,
+            log,
+            metrics,
+        }
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What `/metrics` serves now.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
     }
 }
 
