@@ -169,7 +169,7 @@ fn persistent_corruption_fails_verification_naming_the_digests() {
         |_| {},
     ) {
         let err = r.expect_err(d.name());
-        assert_eq!(err.exit_code(), ExitCode::Verify);
+        assert_eq!(err.exit_code(), ExitCode::Verify, "{}: {err}", d.name());
         let msg = err.to_string();
         assert!(
             msg.contains("model.bin") && msg.contains(&sha256_hex(&content)),

@@ -157,3 +157,30 @@ fn redirects_to_file_and_other_schemes_are_refused() {
     });
     assert_fails(ftp, None, "ftp");
 }
+
+#[test]
+fn corruption_on_the_way_is_told_from_a_corrupt_store() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SERVED: AtomicUsize = AtomicUsize::new(0);
+    // Every answer flips a different byte: the same file never arrives the same twice.
+    let addr = serve(|_, conn| {
+        let n = SERVED.fetch_add(1, Ordering::Relaxed);
+        let mut body = BODY.to_vec();
+        body[n % BODY.len()] ^= 1;
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = conn.write_all(&body);
+    });
+    for (driver, res) in run(addr, None) {
+        let err = res.expect_err(&driver);
+        assert_eq!(err.exit_code(), ExitCode::Verify, "{driver}: {err}");
+        assert!(
+            err.to_string()
+                .contains("each download gave different bytes: something between the store and this machine corrupts data"),
+            "{driver}: {err}"
+        );
+    }
+}

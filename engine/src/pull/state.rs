@@ -733,6 +733,7 @@ impl Job {
         }
         tracing::warn!(file = %meta.target.path, reason, "starting the file over");
         let downloads = fs.downloads;
+        let (wrong, wrong_varied) = (fs.wrong.take(), fs.wrong_varied);
         let counted = fs.counted_bytes;
         let size_known = fs.chunks > 0 || fs.size > 0;
         let size = fs.size;
@@ -742,16 +743,20 @@ impl Job {
         let mut fresh = FileState::fresh(meta);
         fresh.generation = generation + 1;
         fresh.downloads = downloads;
+        fresh.wrong = wrong;
+        fresh.wrong_varied = wrong_varied;
         fresh.restarts = restarts;
         fresh.not_before = delay.map(|d| Instant::now() + d);
         *fs = fresh;
+        // Before the lock is released: once it is, a worker may create the next generation's
+        // part and journal at these paths, which a later removal would take away.
+        let _ = std::fs::remove_file(&meta.journal);
+        let _ = std::fs::remove_file(&meta.part);
         drop(st);
         self.progress.done_bytes.fetch_sub(counted, Relaxed);
         if size_known {
             self.progress.total_bytes.fetch_sub(size, Relaxed);
         }
-        let _ = std::fs::remove_file(&meta.journal);
-        let _ = std::fs::remove_file(&meta.part);
     }
 
     /// Records a written chunk and says what the worker must do next.

@@ -48,7 +48,13 @@ impl CoreCtx {
         let Some((_, _, direct)) = job.layout(file, generation) else {
             return Ok(None);
         };
-        let f = Rc::new(part::open(path, direct).map_err(|e| Error::local("open", path, e))?);
+        let opened = part::open(path, direct);
+        // The file may have been started over between the check and the open: its part is
+        // then gone, or is the next generation's, which this generation must never write.
+        if job.layout(file, generation).is_none() {
+            return Ok(None);
+        }
+        let f = Rc::new(opened.map_err(|e| Error::local("open", path, e))?);
         let mut files = self.files.borrow_mut();
         if files.len() >= MAX_OPEN {
             files.clear();
