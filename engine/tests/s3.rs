@@ -499,4 +499,21 @@ fn tls_endpoints_need_a_trusted_certificate_or_an_explicit_opt_out() {
     let unverified = env(&[("S3_VERIFY_SSL", "0")]);
     pull_uri("s3://models/m", &unverified, &dir.path().join("c"), &opts).unwrap();
     assert_file(&dir.path().join("c"), "w.bin", &content);
+
+    // The opt-out is never silent: the CLI warns at its default verbosity.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelpull"))
+        .args(["ls", "s3://models/m"])
+        .env_remove("RUST_LOG")
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("S3_VERIFY_SSL", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("S3_VERIFY_SSL is off") && err.contains("not verified"),
+        "{err}"
+    );
 }
