@@ -265,6 +265,27 @@ fn service_account_key_gets_a_token() {
     assert!(seen[0].contains("puller@project.iam.gserviceaccount.com"));
     assert!(seen[0].contains("devstorage.read_only"));
 
+    // The CLI at trace level: neither the key nor the token in its log, report or marker.
+    let dest = gcs.dest("cli");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelpull"))
+        .args(["pull", "--json", "gs://models/m"])
+        .arg(&dest)
+        .env_clear()
+        .envs(env.iter())
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let marker = std::fs::read_to_string(dest.join(".modelpull.json")).unwrap_or_default();
+    let text = format!(
+        "{}{}{marker}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let key_line = pem.lines().nth(1).unwrap();
+    assert!(!text.contains(key_line), "the private key leaked");
+    assert!(!text.contains("ya29.test"), "the access token leaked");
+
     // A key the token endpoint does not know: an access error, no key in the message.
     let (other_pem, _) = rsa_key(gcs.dir.path(), "other.pem").unwrap();
     let creds = serde_json::json!({

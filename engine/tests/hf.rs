@@ -282,7 +282,7 @@ fn cli_lists_and_pulls_hf() {
             .args(args)
             .env("HF_ENDPOINT", hub.endpoint())
             .env("HF_TOKEN", TOKEN)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "trace")
             .output()
             .unwrap()
     };
@@ -299,14 +299,16 @@ fn cli_lists_and_pulls_hf() {
     );
     assert_eq!(listing[0]["store"], "hf");
     let dest = dir.path().join("m");
-    let pull = run(&["pull", "hf://acme/tiny", dest.to_str().unwrap()]);
+    let pull = run(&["pull", "--json", "hf://acme/tiny", dest.to_str().unwrap()]);
     assert!(
         pull.status.success(),
         "{}",
         String::from_utf8_lossy(&pull.stderr)
     );
     assert_repo(&dest, &r);
-    for out in [&ls.stdout, &ls.stderr, &pull.stdout, &pull.stderr] {
+    let marker = std::fs::read(dest.join(".modelpull.json")).unwrap();
+    // Not in the trace log, the listing, the JSON report or the marker.
+    for out in [&ls.stdout, &ls.stderr, &pull.stdout, &pull.stderr, &marker] {
         assert!(
             !String::from_utf8_lossy(out).contains(TOKEN),
             "the token leaked"

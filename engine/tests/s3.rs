@@ -366,7 +366,7 @@ fn cli_pulls_s3_and_never_prints_secrets() {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_modelpull"));
         cmd.args(extra)
             .env_clear()
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "trace")
             .env("AWS_ENDPOINT_URL", s3.server.url())
             .env("AWS_ACCESS_KEY_ID", &s3.key.0)
             .env("AWS_SECRET_ACCESS_KEY", secret);
