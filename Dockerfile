@@ -33,6 +33,7 @@ RUN set -eu; \
         mkdir -p "$out/$crate"; \
         find "$src" -maxdepth 1 -type f \( -iname 'licen[cs]e*' -o -iname 'copying*' \
           -o -iname 'notice*' -o -iname 'copyright*' \) -exec cp {} "$out/$crate/" \; ; \
+        if [ -z "$(ls -A "$out/$crate")" ]; then rmdir "$out/$crate"; echo "$crate" >> "$out/NO-LICENSE-FILE"; fi; \
       done; \
     done
 

@@ -10,7 +10,8 @@
 #                                        libgcc-s1, CA certificates, passwd/group with
 #                                        `nonroot` (65532), /tmp and /home/nonroot. No shell, no
 #                                        package manager.
-# An image is rebuilt only when its inputs (toolchain version, lockfile) changed.
+# An image is rebuilt only when its inputs (toolchain version, lockfile) changed. Runs as root
+# (the runtime root's /home/nonroot is chowned to 65532).
 # Usage: scripts/image-standins.sh            prints the two image names, one per line
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -33,9 +33,9 @@ cleanup() {
 trap cleanup EXIT
 
 if [ -z "${BUILDER_IMAGE:-}" ] || [ -z "${RUNTIME_IMAGE:-}" ]; then
-  mapfile -t bases < <(scripts/image-standins.sh)
-  BUILDER_IMAGE=${bases[0]}
-  RUNTIME_IMAGE=${bases[1]}
+  bases=$(scripts/image-standins.sh)
+  BUILDER_IMAGE=$(sed -n 1p <<<"$bases")
+  RUNTIME_IMAGE=$(sed -n 2p <<<"$bases")
 fi
 echo "building $image from $BUILDER_IMAGE and $RUNTIME_IMAGE"
 start=$(date +%s)
@@ -63,7 +63,7 @@ for tool in sh bash dash ash busybox apt apt-get dpkg apk; do
 done
 check "holds /localmodelnode-agent and /modelpull" bash -c "grep -q -x localmodelnode-agent '$work/own' && grep -q -x modelpull '$work/own'"
 check "/manager (KServe's entrypoint) is the agent" bash -c "grep -q -E ' manager -> localmodelnode-agent\$' '$work/own_listing'"
-check "/manager --help runs the agent" bash -c "docker run --rm --entrypoint /manager '$image' --help | grep -q 'LocalModelNode'"
+check "/manager --help runs the agent" bash -c "timeout 60 docker run --rm --entrypoint /manager '$image' --help | grep -q 'LocalModelNode'"
 check "holds CA certificates" has 'etc/ssl/certs/ca-certificates.crt'
 check "holds its licence and the crates' licences" bash -c "grep -q -x licenses/LICENSE '$work/own' && grep -q -x licenses/third-party/CRATES '$work/own'"
 check "no executable but the two binaries and shared libraries" bash -c \
@@ -72,7 +72,7 @@ check "no executable but the two binaries and shared libraries" bash -c \
 echo "agent without a cluster:"
 agent="mp-agent-$$"
 containers+=("$agent")
-docker run -d --name "$agent" --read-only --cap-drop ALL --security-opt no-new-privileges \
+timeout 60 docker run -d --name "$agent" --read-only --cap-drop ALL --security-opt no-new-privileges \
   --tmpfs /mnt/models:uid=65532,gid=65532,mode=0755 \
   -e NODE_NAME=node-a -e POD_NAMESPACE=kserve \
   -p 127.0.0.1::8080 -p 127.0.0.1::8081 "$image" >/dev/null
@@ -99,7 +99,7 @@ check "SIGTERM: exit 0 (was $code) in ${elapsed_ms} ms (< 5000)" test "$code" = 
 
 echo "models root:"
 code=0
-docker run --rm --read-only -e NODE_NAME=node-a "$image" >"$work/noroot" 2>&1 || code=$?
+timeout 60 docker run --rm --read-only -e NODE_NAME=node-a "$image" >"$work/noroot" 2>&1 || code=$?
 check "refuses a models root it cannot write (exit $code), naming it" \
   bash -c "[ $code -eq 1 ] && grep -q 'cannot write to the models root /mnt/models' '$work/noroot'"
 
@@ -111,16 +111,16 @@ profile["syscalls"] = [s for s in profile["syscalls"] if not any(n.startswith("i
 json.dump(profile, open(sys.argv[2], "w"))
 EOF
 demo() {
-  docker run --rm --read-only --tmpfs /tmp:uid=65532,gid=65532 --cap-drop ALL "$@" \
+  timeout 300 docker run --rm --read-only --tmpfs /tmp:uid=65532,gid=65532 --cap-drop ALL "$@" \
     --entrypoint /modelpull "$image" demo --size 256M --json 2>"$work/demo.err"
 }
 driver_of() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["driver"], "|", r.get("driver_note") or "")'; }
 out=$(demo --security-opt "seccomp=$work/no-io-uring.json" | driver_of) || out="failed: $(tail -3 "$work/demo.err")"
-check "without io_uring in the profile: demo passes on epoll ($out)" bash -c "[[ '$out' == epoll* ]]"
+check "without io_uring in the profile: demo passes on epoll ($out)" bash -c '[[ $1 == epoll* ]]' _ "$out"
 out=$(demo --security-opt seccomp=deploy/seccomp/modelpull.json | driver_of) || out="failed: $(tail -3 "$work/demo.err")"
-check "with deploy/seccomp/modelpull.json: demo passes on io_uring ($out)" bash -c "[[ '$out' == uring* ]]"
+check "with deploy/seccomp/modelpull.json: demo passes on io_uring ($out)" bash -c '[[ $1 == uring* ]]' _ "$out"
 out=$(demo | driver_of) || out="failed: $(tail -3 "$work/demo.err")"
-check "under this engine's default profile: demo passes ($out)" bash -c "[[ '$out' != failed* ]]"
+check "under this engine's default profile: demo passes ($out)" bash -c '[[ $1 != failed* ]]' _ "$out"
 
 if [ "$failures" -gt 0 ]; then
   echo "image checks: $failures failed"

@@ -72,7 +72,6 @@ struct Collector {
 }
 
 impl Root {
-    /// The layout under `root`, creating `models/` when missing.
     /// Opens the root, creating `ROOT/models`, and proves now, not at the first download, that
     /// the agent can create entries there.
     pub fn open(root: &Path) -> std::io::Result<Self> {

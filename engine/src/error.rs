@@ -24,7 +24,7 @@ pub enum ExitCode {
 /// the store's copy, different ones at whatever carries them.
 fn corruption_hint(varied: bool) -> &'static str {
     if varied {
-        "each download gave different bytes: something between the store and this machine corrupts data (a proxy, the network, memory)"
+        "the downloads did not all give the same bytes: something between the store and this machine corrupts data (a proxy, the network, memory)"
     } else {
         "the store's copy may be corrupt"
     }
@@ -68,7 +68,7 @@ pub enum Error {
         attempts: u32,
         expected: Digest,
         actual: Digest,
-        /// The downloads gave different wrong digests: bytes change on the way, not at the store.
+        /// Not every download gave the same wrong digest: bytes change on the way, not at the store.
         varied: bool,
     },
     #[error(

@@ -76,16 +76,14 @@ fn kill_9_at_twenty_moments_then_the_pull_completes_identical() {
         }
         args.push(dest.to_str().unwrap().to_owned());
 
-        let mut rng = 0x9E37_79B9u64 + driver.name().len() as u64;
+        let mut rng = Rng::new(driver.name().len() as u64);
         let mut finished: HashMap<&str, HashSet<u64>> = HashMap::new();
         let (mut kills, mut late_kills) = (0, 0);
         let started = Instant::now();
         loop {
             let served_before = fx.origin.stats().served.lock().unwrap().len();
             let mut child = spawn(&args);
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            let draw = rng.next();
             let verified = || {
                 large
                     .iter()
@@ -93,8 +91,8 @@ fn kill_9_at_twenty_moments_then_the_pull_completes_identical() {
             };
             // While downloading: 40–300 ms into a run. Late: 0–30 ms after the large files
             // are verified (or after the start, when a run resumes with them verified).
-            let early_at = Duration::from_millis(40 + rng % 260);
-            let late_delay = Duration::from_millis(rng % 30);
+            let early_at = Duration::from_millis(40 + draw % 260);
+            let late_delay = Duration::from_millis(draw % 30);
             let mut late_since: Option<Instant> = None;
             let run = Instant::now();
             let (exited, late) = loop {
@@ -167,5 +165,9 @@ fn kill_9_at_twenty_moments_then_the_pull_completes_identical() {
             driver.name()
         );
         assert!(chunks > 0, "no kill landed after a finished chunk");
+        assert_eq!(
+            late_kills, LATE_KILLS,
+            "kills after the large files were verified"
+        );
     });
 }

@@ -1,9 +1,9 @@
 //! What a power cut may not undo, read from the system calls of a real pull (strace, on the
 //! epoll driver, where file syncs are plain system calls; the io_uring driver submits the same
-//! sequence as ring operations, which strace cannot show): every file's data is flushed
-//! before it is renamed into place, the staging folder is flushed after its last entry and
-//! before it is renamed to the destination, and the parent folder is flushed after that
-//! rename. A published model is never missing bytes.
+//! sequence as ring operations, which strace cannot show): every file is flushed after its
+//! last write and its final truncation and before it is renamed into place, the staging
+//! folder is flushed after its last entry and before it is renamed to the destination, and
+//! the parent folder is flushed after that rename. A published model is never missing bytes.
 
 mod util;
 
@@ -31,7 +31,7 @@ fn data_is_flushed_before_each_rename_and_folders_after() {
             "-y",
             "-qq",
             "-e",
-            "trace=fdatasync,fsync,rename,renameat,renameat2",
+            "trace=fdatasync,fsync,rename,renameat,renameat2,pwrite64,pwritev,pwritev2,write,ftruncate,fallocate",
             "-o",
         ])
         .arg(&trace)
@@ -54,7 +54,8 @@ fn data_is_flushed_before_each_rename_and_folders_after() {
     );
     assert_file(&dest, "a.bin", &big);
     let text = std::fs::read_to_string(&trace).unwrap();
-    // "PID call(args) = result", with unfinished/resumed halves of one call joined.
+    // "PID call(args) = result"; of a call strace split in two, the first half is kept (it
+    // has the name and arguments), the `resumed` half dropped.
     let calls: Vec<String> = text
         .lines()
         .filter(|l| !l.contains("resumed>"))
@@ -71,16 +72,22 @@ fn data_is_flushed_before_each_rename_and_folders_after() {
     let (parent, staging) = (parent.display().to_string(), staging.display().to_string());
     for file in ["a.bin", "b.txt"] {
         let part = format!("{staging}/{file}.part");
-        let synced = position(
-            &|c| {
-                (c.starts_with("fdatasync(") || c.starts_with("fsync("))
-                    && c.contains(&format!("<{part}>"))
-            },
-            &format!("flush of {part}"),
-        );
         let renamed = position(
             &|c| c.starts_with("rename") && c.contains(&format!("\"{part}\"")),
             &format!("rename of {part}"),
+        );
+        let on_part = |prefixes: &[&str]| {
+            calls[..renamed].iter().rposition(|c| {
+                prefixes.iter().any(|p| c.starts_with(p)) && c.contains(&format!("<{part}>"))
+            })
+        };
+        let last_write = on_part(&["pwrite64(", "pwritev(", "pwritev2(", "write(", "ftruncate("])
+            .unwrap_or_else(|| panic!("no write to {part}"));
+        let synced = on_part(&["fdatasync(", "fsync("])
+            .unwrap_or_else(|| panic!("no flush of {part} before its rename"));
+        assert!(
+            last_write < synced,
+            "{file}: written or resized after its last flush"
         );
         assert!(
             synced < renamed,

@@ -149,13 +149,13 @@ fn redirects_to_file_and_other_schemes_are_refused() {
             b"HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\nContent-Length: 0\r\n\r\n",
         );
     });
-    assert_fails(file, None, "file");
+    assert_fails(file, None, "redirects to a `file:` URL");
     let ftp = serve(|_, conn| {
         let _ = conn.write_all(
             b"HTTP/1.1 301 Moved\r\nLocation: ftp://127.0.0.1/f.bin\r\nContent-Length: 0\r\n\r\n",
         );
     });
-    assert_fails(ftp, None, "ftp");
+    assert_fails(ftp, None, "redirects to a `ftp:` URL");
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn corruption_on_the_way_is_told_from_a_corrupt_store() {
         assert_eq!(err.exit_code(), ExitCode::Verify, "{driver}: {err}");
         assert!(
             err.to_string()
-                .contains("each download gave different bytes: something between the store and this machine corrupts data"),
+                .contains("the downloads did not all give the same bytes: something between the store and this machine corrupts data"),
             "{driver}: {err}"
         );
     }

@@ -46,12 +46,15 @@ impl CoreCtx {
         }
         let path = &job.metas[file].part;
         let Some((_, _, direct)) = job.layout(file, generation) else {
+            // Started over: a handle cached for an older generation holds a removed part.
+            self.forget(file);
             return Ok(None);
         };
         let opened = part::open(path, direct);
         // The file may have been started over between the check and the open: its part is
         // then gone, or is the next generation's, which this generation must never write.
         if job.layout(file, generation).is_none() {
+            self.forget(file);
             return Ok(None);
         }
         let f = Rc::new(opened.map_err(|e| Error::local("open", path, e))?);

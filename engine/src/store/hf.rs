@@ -337,13 +337,13 @@ impl Hub<'_> {
     }
 }
 
-/// The `rel="next"` target of a `Link` header.
 /// One page of the tree API's answer.
 pub(crate) fn parse_tree_page(body: &[u8]) -> std::result::Result<Vec<Entry>, String> {
     serde_json::from_slice(body)
         .map_err(|e| format!("the Hub's tree listing is not valid JSON: {e}"))
 }
 
+/// The `rel="next"` target of a `Link` header.
 fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;

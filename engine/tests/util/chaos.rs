@@ -1,5 +1,6 @@
 //! A fault-injecting TCP proxy for HTTP/1.1, between the engine and an origin. Each accepted
-//! connection draws one fault from a seeded generator: refused (closed before a byte),
+//! connection draws one fault from a seeded generator: refused (accepted, then closed before
+//! a byte: the client sees its request fail, not ECONNREFUSED),
 //! a 503 storm reply, or a forwarded connection whose response stream is reset, stalled past
 //! the engine's stall timeout, truncated, slowed to a drip, or has one byte flipped. It works
 //! on bytes, below HTTP, so it hits heads, chunk framing and bodies alike.
@@ -10,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use super::Rng;
 
 /// How often each fault is drawn, per connection, in percent; the rest pass untouched.
 #[derive(Debug, Clone)]
@@ -116,7 +119,7 @@ impl Chaos {
         let accept = {
             let (stop, counts, conns) = (stop.clone(), counts.clone(), conns.clone());
             std::thread::spawn(move || {
-                let mut rng = Rng(seed | 1);
+                let mut rng = Rng::new(seed);
                 while !stop.load(Ordering::Relaxed) {
                     let client = match listener.accept() {
                         Ok((c, _)) => c,
@@ -127,7 +130,7 @@ impl Chaos {
                         Err(_) => continue,
                     };
                     counts.connections.fetch_add(1, Ordering::Relaxed);
-                    let fault = rng.fault(&mix);
+                    let fault = mix.draw(&mut rng);
                     let (stop, counts) = (stop.clone(), counts.clone());
                     let handle = std::thread::spawn(move || {
                         serve(client, upstream, fault, stall, &stop, &counts);
@@ -149,6 +152,18 @@ impl Chaos {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// Waits until no proxied connection is open (the client closed them all), up to `limit`.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if self.conns.lock().unwrap().iter().all(|h| h.is_finished()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Stops accepting and waits for every connection thread to end.
@@ -276,11 +291,16 @@ fn serve(
             }
             Fault::Drip => {
                 once(&counts.drips);
+                let mut failed = false;
                 for piece in chunk.chunks(4096) {
                     if down.write_all(piece).is_err() || stop.load(Ordering::Relaxed) {
+                        failed = true;
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(2));
+                }
+                if failed {
+                    break;
                 }
             }
             _ => {
@@ -303,39 +323,31 @@ fn serve(
     let _ = up.join();
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn fault(&mut self, mix: &Mix) -> Fault {
-        let roll = (self.next() % 100) as u32;
+impl Mix {
+    /// Draws the fault of one connection.
+    fn draw(&self, rng: &mut Rng) -> Fault {
+        let roll = (rng.next() % 100) as u32;
         // Offsets within the first 768 KiB of the response stream: heads and bodies of the
         // first few ranges a connection carries.
-        let at = self.next() % (768 * 1024);
+        let at = rng.next() % (768 * 1024);
         let mut edge = 0;
         let mut pick = |weight: u32| {
             edge += weight;
             roll < edge
         };
-        if pick(mix.refuse) {
+        if pick(self.refuse) {
             Fault::Refuse
-        } else if pick(mix.storm) {
+        } else if pick(self.storm) {
             Fault::Storm
-        } else if pick(mix.reset) {
+        } else if pick(self.reset) {
             Fault::Reset(at)
-        } else if pick(mix.stall) {
+        } else if pick(self.stall) {
             Fault::Stall(at)
-        } else if pick(mix.truncate) {
+        } else if pick(self.truncate) {
             Fault::Truncate(at)
-        } else if pick(mix.drip) {
+        } else if pick(self.drip) {
             Fault::Drip
-        } else if pick(mix.flip) {
+        } else if pick(self.flip) {
             Fault::Flip(at)
         } else {
             Fault::None
