@@ -281,7 +281,7 @@ fn kill_9_then_resume_refetches_no_finished_chunk() {
             finished.len() < content.len().div_ceil(CHUNK as usize),
             "killed too late to prove anything"
         );
-        let served_before = fx.origin.stats().served.lock().unwrap().len();
+        let served_before = settled_requests(&fx.origin);
 
         let mut second: Vec<&str> = vec!["pull"];
         second.extend(common);

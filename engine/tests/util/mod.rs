@@ -232,6 +232,21 @@ pub fn checksum_of(report: &modelpull::Report, path: &str) -> String {
         .unwrap_or_else(|| panic!("{path} is not in the report"))
 }
 
+/// How many requests `origin` has recorded, once no more arrive for 100 ms: a request a
+/// killed client sent just before it died may still be in the origin's hands.
+pub fn settled_requests(origin: &Origin) -> usize {
+    let count = || origin.stats().served.lock().unwrap().len();
+    let mut last = count();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Chunk indices a resume journal records as finished.
 pub fn finished_chunks(journal: &Path) -> Vec<u64> {
     let text = std::fs::read_to_string(journal).unwrap_or_default();
