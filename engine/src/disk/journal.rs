@@ -94,6 +94,29 @@ impl Journal {
         })
     }
 
+    /// Writes a new journal beside `path` with `fill`, then renames it over `path`: a crash
+    /// while a resumed pull rewrites its journal leaves the old one whole, so no finished
+    /// chunk is forgotten (and fetched again).
+    pub fn replace(
+        path: &Path,
+        header: &Header,
+        fill: impl FnOnce(&mut Journal) -> io::Result<()>,
+    ) -> io::Result<Self> {
+        let temp = Self::temp_path(path);
+        let mut journal = Self::create(&temp, header)?;
+        fill(&mut journal)?;
+        std::fs::rename(&temp, path)?;
+        journal.path = path.to_owned();
+        Ok(journal)
+    }
+
+    /// Where [`Journal::replace`] writes before the rename.
+    pub fn temp_path(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".tmp");
+        PathBuf::from(name)
+    }
+
     pub fn append(&mut self, record: &Record) -> io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
@@ -214,6 +237,48 @@ mod tests {
         assert_eq!(loaded.unsynced, vec![(5, vec![5]), (1, vec![3])]);
         assert_eq!(loaded.hash, Some(saved));
         assert_eq!(loaded.done, None);
+    }
+
+    #[test]
+    fn an_interrupted_rewrite_leaves_the_old_journal_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.modelpull-journal");
+        let mut j = Journal::create(&path, &header()).unwrap();
+        j.append(&Record::Chunk {
+            index: 3,
+            crcs: vec![7],
+        })
+        .unwrap();
+        drop(j);
+        let failed = Journal::replace(&path, &header(), |j| {
+            j.append(&Record::Chunk {
+                index: 4,
+                crcs: vec![8],
+            })?;
+            Err(io::Error::other("killed here"))
+        });
+        assert!(failed.is_err());
+        let loaded = Journal::load(&path).unwrap();
+        assert_eq!(
+            loaded.unsynced,
+            vec![(3, vec![7])],
+            "the old records are all there"
+        );
+        let mut j = Journal::replace(&path, &header(), |j| {
+            j.append(&Record::Chunk {
+                index: 4,
+                crcs: vec![8],
+            })
+        })
+        .unwrap();
+        j.append(&Record::Chunk {
+            index: 5,
+            crcs: vec![9],
+        })
+        .unwrap();
+        let loaded = Journal::load(&path).unwrap();
+        assert_eq!(loaded.unsynced, vec![(4, vec![8]), (5, vec![9])]);
+        assert!(!Journal::temp_path(&path).exists());
     }
 
     #[test]

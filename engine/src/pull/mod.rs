@@ -293,6 +293,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
         None
     };
     for journal in journals {
+        let _ = std::fs::remove_file(crate::disk::journal::Journal::temp_path(&journal));
         let _ = std::fs::remove_file(journal);
     }
     staging.publish(&marker)?;

@@ -530,6 +530,8 @@ impl Job {
             chunk_size: chunk,
             algorithms: meta.algorithms(),
         };
+        // A rewrite a crash interrupted (see `Journal::replace`) has nothing left to give.
+        let _ = std::fs::remove_file(Journal::temp_path(&meta.journal));
         let journal = Journal::create(&meta.journal, &header)
             .map_err(|e| Error::local("create", &meta.journal, e))?;
         let mut st = self.lock();
@@ -1164,25 +1166,22 @@ impl FileState {
         }
         let direct = part::create(&meta.part, Some(size))
             .map_err(|e| Error::local("open", &meta.part, e))?;
-        let mut journal = Journal::create(&meta.journal, h)
-            .map_err(|e| Error::local("write", &meta.journal, e))?;
-        for (index, crcs) in &trusted {
-            journal
-                .append(&Record::Chunk {
-                    index: *index,
-                    crcs: crcs.clone(),
-                })
-                .map_err(|e| Error::local("write", &meta.journal, e))?;
-        }
         std::fs::File::open(&meta.part)
             .and_then(|f| f.sync_data())
             .map_err(|e| Error::local("flush", &meta.part, e))?;
-        journal
-            .append(&Record::Sync {
+        let journal = Journal::replace(&meta.journal, h, |journal| {
+            for (index, crcs) in &trusted {
+                journal.append(&Record::Chunk {
+                    index: *index,
+                    crcs: crcs.clone(),
+                })?;
+            }
+            journal.append(&Record::Sync {
                 records: trusted.len() as u64,
                 hash: (!hashers.is_empty()).then(|| hashers.save()),
             })
-            .map_err(|e| Error::local("write", &meta.journal, e))?;
+        })
+        .map_err(|e| Error::local("write", &meta.journal, e))?;
         let missing = plan::ranges(0, chunks, range_chunks, |c| fs.done[c as usize]);
         fs.queue(missing);
         fs.phase = Phase::Validate;
