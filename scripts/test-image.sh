@@ -58,14 +58,17 @@ docker export "mp-files-$$" | tar -tv >"$work/listing"
 grep -v -E ' (\.dockerenv|dev/.*|proc/.*|sys/.*|etc/(hostname|hosts|resolv\.conf|mtab))$' "$work/listing" >"$work/own_listing" || true
 awk '{print $6}' "$work/own_listing" >"$work/own"
 has() { grep -q -x -E "$1" "$work/own"; }
+lacks() { ! grep -q -E "(^|/)$1\$" "$work/own"; }
 for tool in sh bash dash ash busybox apt apt-get dpkg apk; do
-  check "no $tool" bash -c "! grep -q -E '(^|/)$tool\$' '$work/own'"
+  check "no $tool" lacks "$tool"
 done
-check "holds /localmodelnode-agent and /modelpull" bash -c "grep -q -x localmodelnode-agent '$work/own' && grep -q -x modelpull '$work/own'"
-check "/manager (KServe's entrypoint) is the agent" bash -c "grep -q -E ' manager -> localmodelnode-agent\$' '$work/own_listing'"
+check "holds /localmodelnode-agent" has localmodelnode-agent
+check "holds /modelpull" has modelpull
+check "/manager (KServe's entrypoint) is the agent" grep -q -E ' manager -> localmodelnode-agent$' "$work/own_listing"
 check "/manager --help runs the agent" bash -c "timeout 60 docker run --rm --entrypoint /manager '$image' --help | grep 'LocalModelNode' >/dev/null"
 check "holds CA certificates" has 'etc/ssl/certs/ca-certificates.crt'
-check "holds its licence and the crates' licences" bash -c "grep -q -x licenses/LICENSE '$work/own' && grep -q -x licenses/third-party/CRATES '$work/own'"
+check "holds its licence" has licenses/LICENSE
+check "holds the crates' licences" has licenses/third-party/CRATES
 check "no executable but the two binaries and shared libraries" bash -c \
   "! awk '\$1 ~ /^-..x/ {print \$6}' '$work/own_listing' | grep -v -x -E 'localmodelnode-agent|modelpull|(usr/)?lib(64)?/.*\.so[.0-9]*'"
 

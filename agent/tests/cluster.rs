@@ -108,6 +108,17 @@ impl World {
         Api::all(self.client.clone())
     }
 
+    /// [`wait_for`] on this world's node.
+    async fn wait(
+        &self,
+        agent: &Agent,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&std::collections::BTreeMap<String, ModelStatus>) -> bool,
+    ) {
+        wait_for(&self.nodes(), NODE, agent, what, timeout, check).await;
+    }
+
     async fn create_node(&self, models: Vec<LocalModelInfo>) {
         let mut lmn = LocalModelNode {
             spec: LocalModelNodeSpec {
@@ -184,9 +195,7 @@ async fn models_are_downloaded_verified_and_deduplicated() {
     w.create_node(vec![entry("llama", &llama), shared, entry("bert", &bert)])
         .await;
     let agent = w.agent(&[]);
-    wait_for(
-        &w.nodes(),
-        NODE,
+    w.wait(
         &agent,
         "every model downloaded",
         Duration::from_secs(60),
@@ -332,14 +341,9 @@ async fn api_server_outage_does_not_stop_a_download() {
     let uri = w.origin.url("m/w.bin");
     w.create_node(vec![entry("m", &uri)]).await;
     let agent = w.agent(&[]);
-    wait_for(
-        &w.nodes(),
-        NODE,
-        &agent,
-        "downloading",
-        Duration::from_secs(30),
-        |s| s.get("m") == Some(&ModelStatus::Downloading),
-    )
+    w.wait(&agent, "downloading", Duration::from_secs(30), |s| {
+        s.get("m") == Some(&ModelStatus::Downloading)
+    })
     .await;
     w.api.pause();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -352,9 +356,7 @@ async fn api_server_outage_does_not_stop_a_download() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     w.api.resume();
-    wait_for(
-        &w.nodes(),
-        NODE,
+    w.wait(
         &agent,
         "status caught up",
         Duration::from_secs(60),
@@ -382,9 +384,7 @@ async fn bad_entries_get_their_own_error() {
     ])
     .await;
     let agent = w.agent(&[]);
-    wait_for(
-        &w.nodes(),
-        NODE,
+    w.wait(
         &agent,
         "errors and a download",
         Duration::from_secs(30),
@@ -431,9 +431,7 @@ async fn a_restarted_agent_resumes_and_fetches_nothing_twice() {
     let (ubig, udone) = (w.origin.url("big/w.bin"), w.origin.url("done/w.bin"));
     w.create_node(vec![entry("done", &udone)]).await;
     let agent = w.agent(&[]);
-    wait_for(
-        &w.nodes(),
-        NODE,
+    w.wait(
         &agent,
         "done downloaded",
         Duration::from_secs(30),
@@ -451,14 +449,9 @@ async fn a_restarted_agent_resumes_and_fetches_nothing_twice() {
     let start = bytes(&w);
     w.set_models(vec![entry("done", &udone), entry("big", &ubig)])
         .await;
-    wait_for(
-        &w.nodes(),
-        NODE,
-        &agent,
-        "big downloading",
-        Duration::from_secs(30),
-        |s| s.get("big") == Some(&ModelStatus::Downloading),
-    )
+    w.wait(&agent, "big downloading", Duration::from_secs(30), |s| {
+        s.get("big") == Some(&ModelStatus::Downloading)
+    })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(agent); // SIGTERM: the download pauses at a chunk boundary
@@ -480,9 +473,7 @@ async fn a_restarted_agent_resumes_and_fetches_nothing_twice() {
     );
     w.origin.set_faults(Faults::default());
     let agent = w.agent(&[]);
-    wait_for(
-        &w.nodes(),
-        NODE,
+    w.wait(
         &agent,
         "big downloaded after a restart",
         Duration::from_secs(60),
@@ -542,14 +533,9 @@ async fn not_enough_space_is_an_error_that_says_how_much() {
         &[],
         &[("HF_ENDPOINT", endpoint.as_str())],
     );
-    wait_for(
-        &w.nodes(),
-        NODE,
-        &agent,
-        "an error",
-        Duration::from_secs(30),
-        |s| s.get("big") == Some(&ModelStatus::Error),
-    )
+    w.wait(&agent, "an error", Duration::from_secs(30), |s| {
+        s.get("big") == Some(&ModelStatus::Error)
+    })
     .await;
     let notes = w.event_notes("DownloadFailed");
     assert!(
@@ -678,24 +664,14 @@ async fn a_model_removed_while_downloading_is_cancelled() {
     let uri = w.origin.url("big/w.bin");
     w.create_node(vec![entry("big", &uri)]).await;
     let agent = w.agent(&["--gc-grace", "1s"]);
-    wait_for(
-        &w.nodes(),
-        NODE,
-        &agent,
-        "downloading",
-        Duration::from_secs(30),
-        |s| s.get("big") == Some(&ModelStatus::Downloading),
-    )
+    w.wait(&agent, "downloading", Duration::from_secs(30), |s| {
+        s.get("big") == Some(&ModelStatus::Downloading)
+    })
     .await;
     w.set_models(vec![]).await;
-    wait_for(
-        &w.nodes(),
-        NODE,
-        &agent,
-        "status removed",
-        Duration::from_secs(20),
-        |s| s.is_empty(),
-    )
+    w.wait(&agent, "status removed", Duration::from_secs(20), |s| {
+        s.is_empty()
+    })
     .await;
     let models = w.root().join("models");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -781,14 +757,9 @@ async fn a_thousand_entries_share_ten_downloads() {
         .collect();
     w.create_node(entries).await;
     let agent = w.agent(&[]);
-    wait_for(
-        &w.nodes(),
-        NODE,
-        &agent,
-        "1,000 statuses",
-        Duration::from_secs(60),
-        |s| s.len() == 1000 && s.values().all(|v| *v == ModelStatus::Downloaded),
-    )
+    w.wait(&agent, "1,000 statuses", Duration::from_secs(60), |s| {
+        s.len() == 1000 && s.values().all(|v| *v == ModelStatus::Downloaded)
+    })
     .await;
     let folders = std::fs::read_dir(w.root().join("models")).unwrap().count();
     assert_eq!(folders, 10, "one folder per distinct URI");
@@ -824,9 +795,7 @@ async fn a_folder_left_by_kserves_agent_is_replaced_and_other_nodes_are_ignored(
         .unwrap();
     w.create_node(vec![entry("m", &uri)]).await;
     let agent = w.agent(&["--gc-grace", "2s"]);
-    wait_for(
-        &w.nodes(),
-        NODE,
+    w.wait(
         &agent,
         "downloaded",
         Duration::from_secs(30),

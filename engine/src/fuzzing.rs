@@ -40,10 +40,11 @@ pub fn gcs_listing_page(json: &[u8]) -> Result<ListingPage, String> {
 /// The check every listing passes before a byte is fetched: unsafe, duplicate or clashing
 /// relative paths are refused.
 pub fn check_listing(paths: &[String]) -> crate::Result<()> {
+    let url = url::Url::parse("http://127.0.0.1/f").expect("a fixed URL");
     let targets: Vec<crate::Target> = paths
         .iter()
         .map(|p| crate::Target {
-            url: url::Url::parse("http://127.0.0.1/f").expect("a fixed URL"),
+            url: url.clone(),
             path: p.clone(),
             expected: Vec::new(),
             size: None,

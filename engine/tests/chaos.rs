@@ -79,12 +79,7 @@ fn pulls_through_chaos_end_identical_or_with_a_clear_error() {
             .iter()
             .map(|&f| {
                 let (name, content) = &files[f];
-                modelpull::Target::parse(&format!(
-                    "{}#sha256={}",
-                    chaos.url(name),
-                    sha256_hex(content)
-                ))
-                .unwrap()
+                modelpull::Target::parse(&with_sha256(&chaos.url(name), content)).unwrap()
             })
             .collect();
         let mut opts = options(driver);

@@ -194,11 +194,7 @@ fn json_report_then_up_to_date_then_occupied() {
     let content = data(12, 1_000_000);
     let fx = Fixture::new(&[("model.bin", &content)]);
     let dest = fx.dest("m");
-    let url = format!(
-        "{}#sha256={}",
-        fx.origin.url("model.bin"),
-        sha256_hex(&content)
-    );
+    let url = with_sha256(&fx.origin.url("model.bin"), &content);
     let o = modelpull(&[
         "pull",
         "--json",
@@ -239,24 +235,12 @@ fn kill_9_then_resume_refetches_no_finished_chunk() {
             ".m-{}.modelpull/model.bin.modelpull-journal",
             driver.name()
         ));
-        let url = format!(
-            "{}#sha256={}",
-            fx.origin.url("model.bin"),
-            sha256_hex(&content)
-        );
+        let url = with_sha256(&fx.origin.url("model.bin"), &content);
         let other = fx.origin.url("other.bin");
-        let common = [
-            "--driver",
-            driver.name(),
-            "--chunk-size",
-            "256K",
-            "--range-size",
-            "1M",
-            "--connections",
-            "4",
-        ];
+        let mut common = vec!["--driver", driver.name()];
+        common.extend(SMALL_RANGES);
         let mut first: Vec<&str> = vec!["pull"];
-        first.extend(common);
+        first.extend(&common);
         first.extend(["--limit-rate", "6M", &url, &other, dest.to_str().unwrap()]);
         let mut child = Command::new(env!("CARGO_BIN_EXE_modelpull"))
             .args(&first)
@@ -284,7 +268,7 @@ fn kill_9_then_resume_refetches_no_finished_chunk() {
         let served_before = settled_requests(&fx.origin);
 
         let mut second: Vec<&str> = vec!["pull"];
-        second.extend(common);
+        second.extend(&common);
         second.extend(["--json", &url, &other, dest.to_str().unwrap()]);
         let o = modelpull(&second);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -389,11 +373,7 @@ fn a_second_pull_into_the_same_destination_refuses_and_the_first_completes() {
     let content = data(17, 8 * 1024 * 1024 + 9);
     let fx = Fixture::new(&[("model.bin", &content)]);
     let dest = fx.dest("m");
-    let url = format!(
-        "{}#sha256={}",
-        fx.origin.url("model.bin"),
-        sha256_hex(&content)
-    );
+    let url = with_sha256(&fx.origin.url("model.bin"), &content);
     let args = ["pull", "--limit-rate", "4M", &url, dest.to_str().unwrap()];
     let mut first = Command::new(env!("CARGO_BIN_EXE_modelpull"))
         .args(args)

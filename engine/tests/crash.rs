@@ -53,27 +53,13 @@ fn kill_9_at_twenty_moments_then_the_pull_completes_identical() {
             .parent()
             .unwrap()
             .join(format!(".m-{}.modelpull", driver.name()));
-        let mut args: Vec<String> = [
-            "pull",
-            "--driver",
-            driver.name(),
-            "--chunk-size",
-            "256K",
-            "--range-size",
-            "1M",
-            "--connections",
-            "4",
-            "--limit-rate",
-            "4M",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args: Vec<String> = ["pull", "--driver", driver.name(), "--limit-rate", "4M"]
+            .into_iter()
+            .chain(SMALL_RANGES)
+            .map(String::from)
+            .collect();
         for (name, content) in &files {
-            args.push(format!(
-                "{}#sha256={}",
-                fx.origin.url(name),
-                sha256_hex(content)
-            ));
+            args.push(with_sha256(&fx.origin.url(name), content));
         }
         args.push(dest.to_str().unwrap().to_owned());
 

@@ -37,11 +37,7 @@ fn data_is_flushed_before_each_rename_and_folders_after() {
         .arg(&trace)
         .arg(env!("CARGO_BIN_EXE_modelpull"))
         .args(["pull", "--driver", "epoll"])
-        .arg(format!(
-            "{}#sha256={}",
-            fx.origin.url("a.bin"),
-            sha256_hex(&big)
-        ))
+        .arg(with_sha256(&fx.origin.url("a.bin"), &big))
         .arg(fx.origin.url("sub/b.txt"))
         .arg(&dest)
         .env_remove("RUST_LOG")

@@ -49,8 +49,7 @@ fn run(addr: SocketAddr, size: Option<u64>) -> Vec<(String, modelpull::Result<mo
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("m");
         let mut target =
-            modelpull::Target::parse(&format!("http://{addr}/f.bin#sha256={}", sha256_hex(BODY)))
-                .unwrap();
+            modelpull::Target::parse(&with_sha256(&format!("http://{addr}/f.bin"), BODY)).unwrap();
         target.size = size;
         let mut opts = options(driver);
         opts.retries = 2;

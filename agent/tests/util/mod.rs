@@ -241,18 +241,20 @@ pub async fn statuses(
         .unwrap_or_default()
 }
 
-/// Waits until `check` holds for the node's status map, or fails with the agent's log.
-pub async fn wait_for(
-    api: &Api<LocalModelNode>,
-    node: &str,
+type Statuses = std::collections::BTreeMap<String, ModelStatus>;
+
+/// Reads the status map with `read` every 100 ms until `check` holds, or fails after
+/// `timeout` with the last map and the agent's log.
+async fn poll<F: std::future::Future<Output = Statuses>>(
+    read: impl Fn() -> F,
     agent: &Agent,
     what: &str,
     timeout: Duration,
-    check: impl Fn(&std::collections::BTreeMap<String, ModelStatus>) -> bool,
+    check: impl Fn(&Statuses) -> bool,
 ) {
     let deadline = Instant::now() + timeout;
     loop {
-        let s = statuses(api, node).await;
+        let s = read().await;
         if check(&s) {
             return;
         }
@@ -263,6 +265,18 @@ pub async fn wait_for(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until `check` holds for the node's status map, or fails with the agent's log.
+pub async fn wait_for(
+    api: &Api<LocalModelNode>,
+    node: &str,
+    agent: &Agent,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Statuses) -> bool,
+) {
+    poll(|| statuses(api, node), agent, what, timeout, check).await;
 }
 
 impl ApiServer {
@@ -287,7 +301,7 @@ impl ApiServer {
 
     /// The status map of LocalModelNode `node`, read without an API request (so the request
     /// log holds only the agent's).
-    pub fn status_of(&self, node: &str) -> std::collections::BTreeMap<String, ModelStatus> {
+    pub fn status_of(&self, node: &str) -> Statuses {
         self.objects("localmodelnodes")
             .into_iter()
             .find(|o| o["metadata"]["name"] == node)
@@ -302,20 +316,15 @@ impl ApiServer {
         agent: &Agent,
         what: &str,
         timeout: Duration,
-        check: impl Fn(&std::collections::BTreeMap<String, ModelStatus>) -> bool,
+        check: impl Fn(&Statuses) -> bool,
     ) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.status_of(node);
-            if check(&s) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; status {s:?}; agent log:\n{}",
-                agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll(
+            || std::future::ready(self.status_of(node)),
+            agent,
+            what,
+            timeout,
+            check,
+        )
+        .await;
     }
 }

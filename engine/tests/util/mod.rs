@@ -46,6 +46,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// `url` with the `#sha256=` fragment of `content`, as the CLI and `Target::parse` take it.
+pub fn with_sha256(url: &str, content: &[u8]) -> String {
+    format!("{url}#sha256={}", sha256_hex(content))
+}
+
 /// A directory of files served by an origin, plus a place to pull into.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -78,8 +83,7 @@ impl Fixture {
     pub fn target(&self, name: &str, with_digest: bool) -> Target {
         let mut url = self.origin.url(name);
         if with_digest {
-            let content = std::fs::read(self.root().join(name)).unwrap();
-            url = format!("{url}#sha256={}", sha256_hex(&content));
+            url = with_sha256(&url, &std::fs::read(self.root().join(name)).unwrap());
         }
         Target::parse(&url).unwrap()
     }
@@ -246,6 +250,17 @@ pub fn settled_requests(origin: &Origin) -> usize {
         last = now;
     }
 }
+
+/// CLI flags for many small ranges on few connections, so that a pull a test kills has
+/// finished some chunks and not others.
+pub const SMALL_RANGES: [&str; 6] = [
+    "--chunk-size",
+    "256K",
+    "--range-size",
+    "1M",
+    "--connections",
+    "4",
+];
 
 /// Chunk indices a resume journal records as finished.
 pub fn finished_chunks(journal: &Path) -> Vec<u64> {
