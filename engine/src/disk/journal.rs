@@ -40,6 +40,9 @@ pub struct Header {
 
 pub const VERSION: u32 = 1;
 
+/// What a journal's name adds to its file's.
+pub const SUFFIX: &str = ".modelpull-journal";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Record {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::disk::journal::{self, Journal};
 use crate::error::{Error, Result};
 
 /// Name of the completion marker inside a published model directory.
@@ -135,12 +136,23 @@ impl Staging {
         }
         let dir = parent.join(format!(".{name}.modelpull"));
         std::fs::create_dir_all(&dir).map_err(|e| Error::local("create directory", &dir, e))?;
-        Ok(Prepared::Ready(Staging {
+        let staging = Staging {
             dest: dest.to_owned(),
             dir,
             lock_path,
             _lock: lock,
-        }))
+        };
+        // A pull stopped after writing its marker and before its rename: the model is whole
+        // and verified; publish it.
+        if let Some(marker) = Marker::read(&staging.dir)
+            && marker.request == request
+            && marker.files_present(&staging.dir)
+        {
+            tracing::info!(dest = %dest.display(), "finishing the publish a stop interrupted");
+            staging.rename(&marker)?;
+            return Ok(Prepared::UpToDate(marker));
+        }
+        Ok(Prepared::Ready(staging))
     }
 
     /// Where `rel` (already checked) is written, with its parent directories created.
@@ -153,13 +165,26 @@ impl Staging {
         Ok(path)
     }
 
-    /// Flushes everything, writes the marker and renames the staging directory to `dest`.
+    /// Writes the marker durably, removes the files' resume journals, flushes everything and
+    /// renames the staging directory to `dest`. Once the marker is there, the journals are no
+    /// longer needed: a pull stopped after it finishes the rename on its next run
+    /// ([`Staging::prepare`]) instead of fetching anything again.
     pub fn publish(self, marker: &Marker) -> Result<()> {
         let marker_path = self.dir.join(MARKER);
         let tmp = self.dir.join(format!("{MARKER}.tmp"));
         let json = serde_json::to_vec_pretty(marker).expect("marker serialises");
         write_durably(&tmp, &json).map_err(|e| Error::local("write", &tmp, e))?;
         std::fs::rename(&tmp, &marker_path).map_err(|e| Error::local("rename", &tmp, e))?;
+        self.rename(marker)
+    }
+
+    /// The end of [`Staging::publish`], after the marker is in place.
+    fn rename(self, marker: &Marker) -> Result<()> {
+        for f in marker.files.iter().chain(&marker.unpacked_from) {
+            let journal = self.dir.join(format!("{}{}", f.path, journal::SUFFIX));
+            let _ = std::fs::remove_file(Journal::temp_path(&journal));
+            let _ = std::fs::remove_file(journal);
+        }
         sync_dirs(&self.dir).map_err(|e| Error::local("flush", &self.dir, e))?;
         std::fs::rename(&self.dir, &self.dest)
             .map_err(|e| Error::local("publish (rename)", &self.dest, e))?;
@@ -263,6 +288,38 @@ mod tests {
             Prepared::Ready(s) => s,
             Prepared::UpToDate(_) => panic!("expected a staging directory"),
         }
+    }
+
+    #[test]
+    fn a_publish_stopped_after_its_marker_is_finished_by_the_next_pull() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("m");
+        let staging = ready(Staging::prepare(&dest, &request()).unwrap());
+        std::fs::write(staging.path_for("a").unwrap(), b"xyz").unwrap();
+        let journal = staging.dir.join(format!("a{}", journal::SUFFIX));
+        std::fs::write(&journal, b"{}").unwrap();
+        let marker = Marker::new(
+            request(),
+            vec![FileRecord {
+                path: "a".into(),
+                size: 3,
+                digests: vec![],
+            }],
+        );
+        // What a stop between the marker and the rename leaves.
+        std::fs::write(
+            staging.dir.join(MARKER),
+            serde_json::to_vec(&marker).unwrap(),
+        )
+        .unwrap();
+        drop(staging);
+        assert!(matches!(
+            Staging::prepare(&dest, &request()).unwrap(),
+            Prepared::UpToDate(_)
+        ));
+        assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"xyz");
+        assert!(!dest.join(format!("a{}", journal::SUFFIX)).exists());
+        assert!(!root.path().join(".m.modelpull").exists());
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub struct Context {
 
 /// Temporary names a pull creates beside each file.
 pub(crate) const PART: &str = ".part";
-pub(crate) const JOURNAL: &str = ".modelpull-journal";
+pub(crate) const JOURNAL: &str = crate::disk::journal::SUFFIX;
 
 fn check_request(req: &PullRequest) -> Result<()> {
     if req.targets.is_empty() {
@@ -263,7 +263,6 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
     let state = job.lock();
     let mut reports = Vec::new();
     let mut records = Vec::new();
-    let mut journals = Vec::new();
     for (meta, fs) in job.metas.iter().zip(&state.files) {
         let record = fs
             .record
@@ -282,7 +281,6 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
                 .unwrap_or_else(|| crate::store::checksum_label(&meta.target)),
         });
         records.push(record);
-        journals.push(meta.journal.clone());
     }
     drop(state);
     let mut marker = Marker::new(request, records);
@@ -292,10 +290,6 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
     } else {
         None
     };
-    for journal in journals {
-        let _ = std::fs::remove_file(crate::disk::journal::Journal::temp_path(&journal));
-        let _ = std::fs::remove_file(journal);
-    }
     staging.publish(&marker)?;
     cx.metrics.pulls.with_label_values(&["ok"]).inc();
 

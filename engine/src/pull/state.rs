@@ -1087,11 +1087,20 @@ impl FileState {
         };
         let h = &loaded.header;
         if let Some(record) = loaded.done {
-            let on_disk = std::fs::metadata(&meta.final_path).map(|m| m.len()).ok();
-            if on_disk == Some(record.size)
-                && h.source == meta.source
-                && h.algorithms == meta.algorithms()
+            let same = h.source == meta.source && h.algorithms == meta.algorithms();
+            let mut on_disk = std::fs::metadata(&meta.final_path).map(|m| m.len()).ok();
+            // Stopped between the verification and the rename: the part still holds the
+            // verified bytes, unless a power cut lost what was not flushed yet, so it is
+            // hashed again before it is published.
+            if same
+                && on_disk.is_none()
+                && part_holds(&meta.part, &record)
+                && part::publish(&meta.part, &meta.final_path, record.size).is_ok()
             {
+                tracing::info!(file = %meta.target.path, "finishing the rename a stop interrupted");
+                on_disk = Some(record.size);
+            }
+            if on_disk == Some(record.size) && same {
                 let mut fs = FileState::fresh(meta);
                 fs.phase = Phase::Done;
                 fs.size = record.size;
@@ -1215,5 +1224,92 @@ impl FileState {
     /// Bytes of this file already accounted for (for progress).
     pub fn counted_bytes(&self) -> u64 {
         self.counted_bytes
+    }
+}
+
+/// Whether the first `record.size` bytes of `part` have the record's ordered digests (a record
+/// with none cannot be checked this way).
+fn part_holds(part: &std::path::Path, record: &FileRecord) -> bool {
+    use std::io::Read;
+    let ordered: Vec<&Digest> = record
+        .digests
+        .iter()
+        .filter(|d| d.algorithm.is_ordered())
+        .collect();
+    let Ok(file) = std::fs::File::open(part) else {
+        return false;
+    };
+    if ordered.is_empty() || file.metadata().map_or(true, |m| m.len() < record.size) {
+        return false;
+    }
+    let mut hashers = OrderedHashers::new(ordered.iter().map(|d| d.algorithm), record.size);
+    let mut reader = file.take(record.size);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hashers.update(&buf[..n]),
+            Err(_) => return false,
+        }
+    }
+    hashers.position() == record.size && hashers.finish().iter().all(|d| ordered.contains(&d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest as _;
+
+    /// A part verified and journaled `done`, its rename not made: what a stop between
+    /// the two leaves.
+    fn stopped_before_rename(dir: &std::path::Path, content: &[u8]) -> FileMeta {
+        let target = Target::parse("http://127.0.0.1:9/model.bin").unwrap();
+        let meta = FileMeta::new(
+            target,
+            dir.join("model.bin.part"),
+            dir.join("model.bin.modelpull-journal"),
+            dir.join("model.bin"),
+        );
+        std::fs::write(&meta.part, content).unwrap();
+        let header = Header {
+            version: journal::VERSION,
+            source: meta.source.clone(),
+            size: content.len() as u64,
+            validator: "\"v\"".into(),
+            chunk_size: 4096,
+            algorithms: meta.algorithms(),
+        };
+        let mut j = Journal::create(&meta.journal, &header).unwrap();
+        j.append(&Record::Done {
+            file: FileRecord {
+                path: "model.bin".into(),
+                size: content.len() as u64,
+                digests: vec![Digest {
+                    algorithm: Algorithm::Sha256,
+                    value: sha2::Sha256::digest(b"verified bytes").to_vec(),
+                }],
+            },
+        })
+        .unwrap();
+        meta
+    }
+
+    #[test]
+    fn a_rename_a_stop_interrupted_is_finished_without_fetching_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = stopped_before_rename(dir.path(), b"verified bytes");
+        let fs = FileState::prepare(&meta, 4096, 4).unwrap();
+        assert_eq!(fs.phase, Phase::Done);
+        assert_eq!(std::fs::read(&meta.final_path).unwrap(), b"verified bytes");
+        assert!(!meta.part.exists());
+    }
+
+    #[test]
+    fn a_part_that_no_longer_matches_its_record_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = stopped_before_rename(dir.path(), b"verified bytez");
+        let fs = FileState::prepare(&meta, 4096, 4).unwrap();
+        assert_eq!(fs.phase, Phase::New);
+        assert!(!meta.final_path.exists());
     }
 }
