@@ -23,6 +23,34 @@ pub fn checksum(a: Algorithm, data: &[u8]) -> u64 {
     crc_fast::checksum(crc_algorithm(a).expect("a CRC algorithm"), data)
 }
 
+/// The CRCs of one chunk, updated slice by slice as its bytes arrive from the socket, while
+/// they are still in the CPU's cache (one pass over a whole chunk afterwards reads it back
+/// from memory).
+#[derive(Debug)]
+pub struct Running(Vec<crc_fast::Digest>);
+
+impl Running {
+    pub fn new(algorithms: &[Algorithm]) -> Self {
+        Running(
+            algorithms
+                .iter()
+                .map(|&a| crc_fast::Digest::new(crc_algorithm(a).expect("a CRC algorithm")))
+                .collect(),
+        )
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        for d in &mut self.0 {
+            d.update(data);
+        }
+    }
+
+    /// The CRCs, in the order of the algorithms given to [`Running::new`].
+    pub fn finish(&self) -> Vec<u64> {
+        self.0.iter().map(crc_fast::Digest::finalize).collect()
+    }
+}
+
 /// The crc32c every chunk carries in the journal.
 pub fn chunk_crc32c(data: &[u8]) -> u32 {
     checksum(Algorithm::Crc32c, data) as u32
@@ -67,5 +95,21 @@ mod tests {
             assert_eq!(combine(a, parts), whole, "{a}");
             assert_eq!(combine(a, []), Digest::from_crc(a, checksum(a, &[])));
         }
+    }
+
+    #[test]
+    fn running_over_slices_equals_one_pass() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        let algorithms = [Algorithm::Crc32c, Algorithm::Crc64nvme, Algorithm::Crc32];
+        let mut running = Running::new(&algorithms);
+        for slice in data.chunks(1000 * 7 + 3) {
+            running.update(slice);
+        }
+        let one_pass: Vec<u64> = algorithms.iter().map(|&a| checksum(a, &data)).collect();
+        assert_eq!(running.finish(), one_pass);
+        assert_eq!(
+            Running::new(&algorithms).finish(),
+            algorithms.map(|a| checksum(a, &[]))
+        );
     }
 }

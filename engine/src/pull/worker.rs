@@ -1,7 +1,7 @@
 //! What runs on an engine core: a handful of workers, each holding one connection and one
 //! chunk buffer, looping over claims from the shared scheduler.
 //!
-//! The per-byte path is here: read from the socket straight into the aligned buffer, CRC it,
+//! The per-byte path is here: read from the socket straight into the aligned buffer, CRC each slice as it lands,
 //! write it to the part file at its offset, then hand it to the hash cursor. Everything else
 //! (bookkeeping, retries) is a call into [`Job`] between chunks.
 
@@ -446,8 +446,10 @@ async fn fetch(
         }
         let len = job.chunk_len(size, c);
         buf.set_len(0);
+        let mut crcs = crc::Running::new(&job.metas[claim.file].crcs);
         while buf.len() < len {
             let want = len - buf.len();
+            let before = buf.len();
             let (res, b) = resp.read_body(buf, want).await;
             buf = b;
             match res {
@@ -459,6 +461,7 @@ async fn fetch(
                     return (Err(Failure::Retry { from: c, err }), buf);
                 }
                 Ok(n) => {
+                    crcs.update(&buf.as_slice()[before..before + n]);
                     job.progress.downloaded_bytes.fetch_add(n as u64, Relaxed);
                     job.metrics.downloaded_bytes.inc_by(n as u64);
                     if let Some(limiter) = &job.limiter {
@@ -471,11 +474,7 @@ async fn fetch(
                 Err(err) => return (Err(Failure::Retry { from: c, err }), buf),
             }
         }
-        let crcs: Vec<u64> = job.metas[claim.file]
-            .crcs
-            .iter()
-            .map(|&a| crc::checksum(a, buf.as_slice()))
-            .collect();
+        let crcs = crcs.finish();
         let file = match ctx.file(job, claim.file, claim.generation) {
             Ok(Some(f)) => f,
             // The file was started over meanwhile: this worker's bytes are not wanted.
