@@ -86,7 +86,7 @@ impl Default for Options {
             verify_attempts: 3,
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
-            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(5),
             ca_bundle: None,
             insecure_hosts: Vec::new(),
             headers: Vec::new(),
