@@ -203,7 +203,7 @@ pub fn check_targets(targets: &[Target]) -> Result<()> {
         }
     }
     for t in targets {
-        for suffix in [crate::pull::PART, crate::pull::JOURNAL] {
+        for suffix in [crate::pull::PART, crate::disk::journal::SUFFIX] {
             if let Some(base) = t.path.strip_suffix(suffix)
                 && paths.contains(base)
             {

@@ -113,6 +113,19 @@ impl Journal {
         Ok(journal)
     }
 
+    /// The journal of the file at `file`: beside it, named after it.
+    pub fn path_for(file: &Path) -> PathBuf {
+        let mut name = file.as_os_str().to_owned();
+        name.push(SUFFIX);
+        PathBuf::from(name)
+    }
+
+    /// Removes the journal at `path` and any rewrite of it a stop left unfinished.
+    pub fn remove(path: &Path) {
+        let _ = std::fs::remove_file(Self::temp_path(path));
+        let _ = std::fs::remove_file(path);
+    }
+
     /// Where [`Journal::replace`] writes before the rename.
     pub fn temp_path(path: &Path) -> PathBuf {
         let mut name = path.as_os_str().to_owned();
@@ -193,26 +206,21 @@ mod tests {
         }
     }
 
+    fn chunk(index: u64, crc: u64) -> Record {
+        Record::Chunk {
+            index,
+            crcs: vec![crc],
+        }
+    }
+
     #[test]
     fn records_survive_and_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let mut j = Journal::create(&path, &header()).unwrap();
-        j.append(&Record::Chunk {
-            index: 0,
-            crcs: vec![1],
-        })
-        .unwrap();
-        j.append(&Record::Chunk {
-            index: 3,
-            crcs: vec![2],
-        })
-        .unwrap();
-        j.append(&Record::Chunk {
-            index: 5,
-            crcs: vec![5],
-        })
-        .unwrap();
+        j.append(&chunk(0, 1)).unwrap();
+        j.append(&chunk(3, 2)).unwrap();
+        j.append(&chunk(5, 5)).unwrap();
         let saved = OrderedHashers::new([Algorithm::Sha256], 0).save();
         // The sync covers the first two records only: the third was written during the flush.
         j.append(&Record::Sync {
@@ -225,11 +233,7 @@ mod tests {
             hash: None,
         })
         .unwrap();
-        j.append(&Record::Chunk {
-            index: 1,
-            crcs: vec![3],
-        })
-        .unwrap();
+        j.append(&chunk(1, 3)).unwrap();
         drop(j);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"chunk\":{\"ind").unwrap();
@@ -247,17 +251,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.modelpull-journal");
         let mut j = Journal::create(&path, &header()).unwrap();
-        j.append(&Record::Chunk {
-            index: 3,
-            crcs: vec![7],
-        })
-        .unwrap();
+        j.append(&chunk(3, 7)).unwrap();
         drop(j);
         let failed = Journal::replace(&path, &header(), |j| {
-            j.append(&Record::Chunk {
-                index: 4,
-                crcs: vec![8],
-            })?;
+            j.append(&chunk(4, 8))?;
             Err(io::Error::other("killed here"))
         });
         assert!(failed.is_err());
@@ -267,18 +264,8 @@ mod tests {
             vec![(3, vec![7])],
             "the old records are all there"
         );
-        let mut j = Journal::replace(&path, &header(), |j| {
-            j.append(&Record::Chunk {
-                index: 4,
-                crcs: vec![8],
-            })
-        })
-        .unwrap();
-        j.append(&Record::Chunk {
-            index: 5,
-            crcs: vec![9],
-        })
-        .unwrap();
+        let mut j = Journal::replace(&path, &header(), |j| j.append(&chunk(4, 8))).unwrap();
+        j.append(&chunk(5, 9)).unwrap();
         let loaded = Journal::load(&path).unwrap();
         assert_eq!(loaded.unsynced, vec![(4, vec![8]), (5, vec![9])]);
         assert!(!Journal::temp_path(&path).exists());
@@ -292,11 +279,7 @@ mod tests {
         std::fs::write(&path, "garbage\n").unwrap();
         assert!(Journal::load(&path).is_none());
         let mut j = Journal::create(&path, &header()).unwrap();
-        j.append(&Record::Chunk {
-            index: 99,
-            crcs: vec![0],
-        })
-        .unwrap();
+        j.append(&chunk(99, 0)).unwrap();
         assert!(Journal::load(&path).is_none());
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::disk::journal::{self, Journal};
+use crate::disk::journal::Journal;
 use crate::error::{Error, Result};
 
 /// Name of the completion marker inside a published model directory.
@@ -181,9 +181,7 @@ impl Staging {
     /// The end of [`Staging::publish`], after the marker is in place.
     fn rename(self, marker: &Marker) -> Result<()> {
         for f in marker.files.iter().chain(&marker.unpacked_from) {
-            let journal = self.dir.join(format!("{}{}", f.path, journal::SUFFIX));
-            let _ = std::fs::remove_file(Journal::temp_path(&journal));
-            let _ = std::fs::remove_file(journal);
+            Journal::remove(&Journal::path_for(&self.dir.join(&f.path)));
         }
         sync_dirs(&self.dir).map_err(|e| Error::local("flush", &self.dir, e))?;
         std::fs::rename(&self.dir, &self.dest)
@@ -283,6 +281,18 @@ mod tests {
         }]
     }
 
+    /// The marker of a model holding one file `a` of 3 bytes.
+    fn marker_of_a() -> Marker {
+        Marker::new(
+            request(),
+            vec![FileRecord {
+                path: "a".into(),
+                size: 3,
+                digests: vec![],
+            }],
+        )
+    }
+
     fn ready(p: Prepared) -> Staging {
         match p {
             Prepared::Ready(s) => s,
@@ -296,16 +306,11 @@ mod tests {
         let dest = root.path().join("m");
         let staging = ready(Staging::prepare(&dest, &request()).unwrap());
         std::fs::write(staging.path_for("a").unwrap(), b"xyz").unwrap();
-        let journal = staging.dir.join(format!("a{}", journal::SUFFIX));
+        let journal = staging
+            .dir
+            .join(format!("a{}", crate::disk::journal::SUFFIX));
         std::fs::write(&journal, b"{}").unwrap();
-        let marker = Marker::new(
-            request(),
-            vec![FileRecord {
-                path: "a".into(),
-                size: 3,
-                digests: vec![],
-            }],
-        );
+        let marker = marker_of_a();
         // What a stop between the marker and the rename leaves.
         std::fs::write(
             staging.dir.join(MARKER),
@@ -318,7 +323,11 @@ mod tests {
             Prepared::UpToDate(_)
         ));
         assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"xyz");
-        assert!(!dest.join(format!("a{}", journal::SUFFIX)).exists());
+        assert!(
+            !dest
+                .join(format!("a{}", crate::disk::journal::SUFFIX))
+                .exists()
+        );
         assert!(!root.path().join(".m.modelpull").exists());
     }
 
@@ -329,14 +338,7 @@ mod tests {
         let staging = ready(Staging::prepare(&dest, &request()).unwrap());
         std::fs::write(staging.path_for("a").unwrap(), b"xyz").unwrap();
         assert!(!dest.exists());
-        let marker = Marker::new(
-            request(),
-            vec![FileRecord {
-                path: "a".into(),
-                size: 3,
-                digests: vec![],
-            }],
-        );
+        let marker = marker_of_a();
         staging.publish(&marker).unwrap();
         assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"xyz");
         assert!(matches!(

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::buf::ALIGN;
+use crate::disk::journal::Journal;
 use crate::disk::staging::{Marker, Prepared, SourceRecord, Staging};
 use crate::error::{Error, Result};
 use crate::http::proxy::ProxyConfig;
@@ -158,9 +159,9 @@ pub struct Context {
     pub cancel: Arc<AtomicBool>,
 }
 
-/// Temporary names a pull creates beside each file.
+/// The name a file is written under until it is verified (its journal's beside it ends in
+/// [`crate::disk::journal::SUFFIX`]).
 pub(crate) const PART: &str = ".part";
-pub(crate) const JOURNAL: &str = crate::disk::journal::SUFFIX;
 
 fn check_request(req: &PullRequest) -> Result<()> {
     if req.targets.is_empty() {
@@ -216,7 +217,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
         let meta = FileMeta::new(
             t.clone(),
             final_path.with_file_name(format!("{}{PART}", file_name(&t.path))),
-            final_path.with_file_name(format!("{}{JOURNAL}", file_name(&t.path))),
+            Journal::path_for(&final_path),
             final_path,
         );
         let fs = FileState::prepare(&meta, chunk, range_chunks)?;
