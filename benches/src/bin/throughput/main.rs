@@ -12,6 +12,7 @@ mod data;
 mod origin;
 mod report;
 mod stores;
+mod targets;
 mod tools;
 
 use std::io::Read;
@@ -130,7 +131,7 @@ fn main() -> Result<()> {
     // Markdown sections that are not tool-by-tool tables.
     let mut sections: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    let mut limits = String::new();
+    let mut limits = None;
     for scenario in &args.scenarios {
         if scenario == "stores" {
             cells.extend(run_stores(&args, &tools, &peers)?);
@@ -178,7 +179,7 @@ fn main() -> Result<()> {
         let base_url = format!("http://127.0.0.1:{}", args.port);
         if scenario == Scenario::Loopback {
             eprintln!("measuring the machine's limits…");
-            limits = measure_limits(&args, &base_url, &sets)?;
+            limits = Some(measure_limits(&args, &base_url, &sets)?);
         }
         let cx = tools::Ctx {
             modelpull: &args.modelpull,
@@ -237,7 +238,7 @@ fn main() -> Result<()> {
         md.push_str(section);
         md.push('\n');
     }
-    md.push_str(&limits);
+    md.push_str(&targets::markdown(&cells, limits.as_ref()));
     for n in &notes {
         md.push_str(&format!("\n{n}\n"));
     }
@@ -491,8 +492,8 @@ fn file_sha256(path: &Path, size: u64) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// The machine's limits, as a Markdown list.
-fn measure_limits(args: &Args, base_url: &str, sets: &[data::DataSet]) -> Result<String> {
+/// The machine's limits: disk write, one loopback stream, sha256 on one core.
+fn measure_limits(args: &Args, base_url: &str, sets: &[data::DataSet]) -> Result<targets::Limits> {
     let target = args.work.join("fio.test");
     let out = Command::new("fio")
         .args([
@@ -544,12 +545,11 @@ fn measure_limits(args: &Args, base_url: &str, sets: &[data::DataSet]) -> Result
     std::hint::black_box(h.finalize());
     let sha = (4 * data.len()) as f64 / started.elapsed().as_secs_f64() / 1e9;
 
-    Ok(format!(
-        "Limits of this machine, measured in the same run:\n\
-         - disk, sequential O_DIRECT write (fio, 4 MiB blocks, queue depth 8, fsync): {disk:.2} GB/s\n\
-         - one HTTP stream on loopback (curl to /dev/null, best of 2): {loopback:.2} GB/s\n\
-         - sha256 on one core: {sha:.2} GB/s\n"
-    ))
+    Ok(targets::Limits {
+        disk,
+        loopback,
+        sha256: sha,
+    })
 }
 
 fn today() -> String {

@@ -44,8 +44,20 @@ impl Cell {
             .then(|| median(samples.iter().map(|s| self.gbps(s)).collect()))
     }
 
-    pub fn markdown(&self, out: &mut String) {
+    /// Median CPU seconds per GB of `tool`, if it ran here.
+    pub fn median_cpu_per_gb(&self, tool: Tool) -> Option<f64> {
+        let (_, samples) = self.rows.iter().find(|(t, _)| *t == tool)?;
         let gb = self.bytes as f64 / 1e9;
+        Some(median(samples.iter().map(|s| s.cpu_seconds / gb).collect()))
+    }
+
+    /// Highest peak RSS of `tool` over its runs, in MiB, if it ran here.
+    pub fn max_rss_mib(&self, tool: Tool) -> Option<u64> {
+        let (_, samples) = self.rows.iter().find(|(t, _)| *t == tool)?;
+        samples.iter().map(|s| s.max_rss_kib / 1024).max()
+    }
+
+    pub fn markdown(&self, out: &mut String) {
         let mp = self.median_gbps(Tool::Modelpull);
         let _ = writeln!(
             out,
@@ -65,8 +77,8 @@ impl Cell {
             let med = median(rates.clone());
             let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = rates.iter().copied().fold(0.0, f64::max);
-            let cpu = median(samples.iter().map(|s| s.cpu_seconds / gb).collect());
-            let rss = samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0) / 1024;
+            let cpu = self.median_cpu_per_gb(*tool).unwrap_or_default();
+            let rss = self.max_rss_mib(*tool).unwrap_or_default();
             let ok = samples.iter().all(|s| s.correct);
             let ratio = match (mp, ok) {
                 (_, false) => "not ranked".into(),
