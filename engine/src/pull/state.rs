@@ -363,7 +363,7 @@ impl Job {
         }
         let per_host = self.opts.connections_per_host;
         let mut wait = POLL;
-        let mut blocked = None;
+        let mut blocked = false;
         // The window is one budget for the whole pull, not one per file: with several files
         // in flight, each filling its own window parks more chunks than the buffers hold, and
         // the rest are read back from disk to be hashed.
@@ -427,7 +427,7 @@ impl Job {
                     let ready = match ready {
                         Some((s, e)) if s <= fs.cursor || fits(s, e) => Some(s),
                         Some(_) => {
-                            blocked.get_or_insert(i);
+                            blocked = true;
                             None
                         }
                         None => None,
@@ -461,8 +461,8 @@ impl Job {
         }
         // Nothing to claim. At the end of a file, take over the upper half of the range with
         // the most left, so that one slow connection never holds the end of the pull. When a
-        // file's window is full instead, only a range that has been slow is split: the one at
-        // the cursor, holding the window back.
+        // window is full instead, only a range that has been slow is split: one at a file's
+        // cursor, holding the window back (any file's, since the window is shared).
         let slow = self.opts.stall_timeout.min(SLOW_RANGE);
         let victim = st
             .files
@@ -478,13 +478,12 @@ impl Job {
                         .unwrap_or(0)
                         < per_host
             })
-            .filter(|(i, _)| blocked.is_none_or(|b| b == *i))
             .flat_map(|(i, fs)| {
                 fs.active
                     .iter()
                     .enumerate()
                     .filter(move |(_, a)| {
-                        blocked.is_none() || (a.next <= fs.cursor + 1 && now - a.since >= slow)
+                        !blocked || (a.next <= fs.cursor + 1 && now - a.since >= slow)
                     })
                     .map(move |(j, a)| (i, j, a.end - a.next))
             })
@@ -1368,6 +1367,14 @@ mod tests {
         // File a's own limit (cursor + 6) stops it; b gets what is left of the window, 2 chunks.
         assert_eq!(claimed(&job), Some((1, 2, 4)));
         assert_eq!(claimed(&job), None, "the window is spent");
+        // A slow range at any file's cursor holds the shared window back and is split, here
+        // b's, though a was the file found blocked (a's has one chunk left to give).
+        assert!(job.begin_chunk(&probes[0], 0));
+        let long_ago = Instant::now() - 2 * SLOW_RANGE;
+        for fs in &mut job.lock().files {
+            fs.active.iter_mut().for_each(|a| a.since = long_ago);
+        }
+        assert_eq!(claimed(&job), Some((1, 1, 2)));
     }
 
     #[test]
