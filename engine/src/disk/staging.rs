@@ -306,9 +306,7 @@ mod tests {
         let dest = root.path().join("m");
         let staging = ready(Staging::prepare(&dest, &request()).unwrap());
         std::fs::write(staging.path_for("a").unwrap(), b"xyz").unwrap();
-        let journal = staging
-            .dir
-            .join(format!("a{}", crate::disk::journal::SUFFIX));
+        let journal = Journal::path_for(&staging.dir.join("a"));
         std::fs::write(&journal, b"{}").unwrap();
         let marker = marker_of_a();
         // What a stop between the marker and the rename leaves.
@@ -323,11 +321,7 @@ mod tests {
             Prepared::UpToDate(_)
         ));
         assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"xyz");
-        assert!(
-            !dest
-                .join(format!("a{}", crate::disk::journal::SUFFIX))
-                .exists()
-        );
+        assert!(!Journal::path_for(&dest.join("a")).exists());
         assert!(!root.path().join(".m.modelpull").exists());
     }
 

@@ -1330,7 +1330,7 @@ mod tests {
             .map(|name| {
                 let target = Target::parse(&format!("http://127.0.0.1:9/{name}")).unwrap();
                 let at = |suffix: &str| dir.path().join(format!("{name}{suffix}"));
-                FileMeta::new(target, at(".part"), at(".journal"), at(""))
+                FileMeta::new(target, at(".part"), Journal::path_for(&at("")), at(""))
             })
             .collect();
         // 8 buffers of 4 KiB, 2 connections: 6 chunks may wait for the hashers, in all.

@@ -36,8 +36,16 @@ impl Cell {
         self.bytes as f64 / s.seconds / 1e9
     }
 
+    /// The runs of `tool`, if it ran here.
+    fn samples(&self, tool: Tool) -> Option<&[Sample]> {
+        self.rows
+            .iter()
+            .find(|(t, _)| *t == tool)
+            .map(|(_, s)| s.as_slice())
+    }
+
     pub fn median_gbps(&self, tool: Tool) -> Option<f64> {
-        let (_, samples) = self.rows.iter().find(|(t, _)| *t == tool)?;
+        let samples = self.samples(tool)?;
         samples
             .iter()
             .all(|s| s.correct)
@@ -46,14 +54,14 @@ impl Cell {
 
     /// Median CPU seconds per GB of `tool`, if it ran here.
     pub fn median_cpu_per_gb(&self, tool: Tool) -> Option<f64> {
-        let (_, samples) = self.rows.iter().find(|(t, _)| *t == tool)?;
+        let samples = self.samples(tool)?;
         let gb = self.bytes as f64 / 1e9;
         Some(median(samples.iter().map(|s| s.cpu_seconds / gb).collect()))
     }
 
     /// Highest peak RSS of `tool` over its runs, in MiB, if it ran here.
     pub fn max_rss_mib(&self, tool: Tool) -> Option<u64> {
-        let (_, samples) = self.rows.iter().find(|(t, _)| *t == tool)?;
+        let samples = self.samples(tool)?;
         samples.iter().map(|s| s.max_rss_kib / 1024).max()
     }
 

@@ -57,15 +57,16 @@ const CAPPED_OVER_ARIA2C: f64 = 1.3;
 const CPU_PER_GB: f64 = 0.8;
 const RSS_MIB: u64 = 256;
 
-fn cell<'a>(cells: &'a [Cell], scenario: &str, dataset: &str) -> Option<&'a Cell> {
+/// The one-file cell of unlimited loopback, which the disk and best-peer targets read.
+fn loopback_file(cells: &[Cell]) -> Option<&Cell> {
     cells
         .iter()
-        .find(|c| c.scenario == scenario && c.dataset == dataset)
+        .find(|c| c.scenario == "loopback" && c.dataset == "file")
 }
 
 fn verdicts(cells: &[Cell], limits: Option<&Limits>) -> Vec<Verdict> {
     let mut out = Vec::new();
-    let file = cell(cells, "loopback", "file");
+    let file = loopback_file(cells);
     let mp_file = file.and_then(|c| c.median_gbps(Tool::Modelpull));
     if let (Some(mp), Some(l)) = (mp_file, limits) {
         out.push(Verdict {
@@ -113,12 +114,9 @@ fn verdicts(cells: &[Cell], limits: Option<&Limits>) -> Vec<Verdict> {
             });
         }
     }
-    let pulls: Vec<&Cell> = cells
+    let cpu = cells
         .iter()
         .filter(|c| c.scenario == "loopback" || c.scenario == "capped")
-        .collect();
-    let cpu = pulls
-        .iter()
         .filter_map(|c| Some((c.median_cpu_per_gb(Tool::Modelpull)?, c)))
         .max_by(|a, b| a.0.total_cmp(&b.0));
     if let Some((cpu, c)) = cpu {
@@ -149,9 +147,7 @@ pub fn markdown(cells: &[Cell], limits: Option<&Limits>) -> String {
     let mut md = String::new();
     if let Some(l) = limits {
         md.push_str(&l.markdown());
-        if let Some(mp) =
-            cell(cells, "loopback", "file").and_then(|c| c.median_gbps(Tool::Modelpull))
-        {
+        if let Some(mp) = loopback_file(cells).and_then(|c| c.median_gbps(Tool::Modelpull)) {
             let (low, name) = l.lowest();
             let _ = writeln!(
                 md,
@@ -196,7 +192,7 @@ mod tests {
         }
     }
 
-    fn cell(scenario: &str, dataset: &str, rows: Vec<(Tool, f64)>) -> Cell {
+    fn cell(scenario: &str, dataset: &str, rows: &[(Tool, f64)]) -> Cell {
         Cell {
             scenario: scenario.into(),
             scenario_title: scenario.into(),
@@ -204,8 +200,8 @@ mod tests {
             dataset_title: dataset.into(),
             bytes: 1_000_000_000,
             rows: rows
-                .into_iter()
-                .map(|(t, g)| (t, vec![run(g, 0.9, 190), run(g * 1.1, 0.7, 200)]))
+                .iter()
+                .map(|&(t, g)| (t, vec![run(g, 0.9, 190), run(g * 1.1, 0.7, 200)]))
                 .collect(),
             note: None,
         }
@@ -219,33 +215,22 @@ mod tests {
 
     #[test]
     fn each_target_from_its_cells() {
+        use Tool::{Aria2c, Curl, Kserve, Modelpull};
         let cells = vec![
             cell(
                 "loopback",
                 "file",
-                vec![
-                    (Tool::Modelpull, 1.6),
-                    (Tool::Aria2c, 0.5),
-                    (Tool::Curl, 0.9),
-                ],
+                &[(Modelpull, 1.6), (Aria2c, 0.5), (Curl, 0.9)],
             ),
             cell(
                 "capped",
                 "file",
-                vec![
-                    (Tool::Modelpull, 1.0),
-                    (Tool::Kserve, 0.08),
-                    (Tool::Aria2c, 0.5),
-                ],
+                &[(Modelpull, 1.0), (Kserve, 0.08), (Aria2c, 0.5)],
             ),
             cell(
                 "capped",
                 "shards",
-                vec![
-                    (Tool::Modelpull, 0.9),
-                    (Tool::Kserve, 0.1),
-                    (Tool::Aria2c, 0.6),
-                ],
+                &[(Modelpull, 0.9), (Kserve, 0.1), (Aria2c, 0.6)],
             ),
         ];
         let v = verdicts(&cells, Some(&LIMITS));
@@ -271,14 +256,14 @@ mod tests {
 
     #[test]
     fn unmeasured_targets_are_left_out() {
-        let cells = vec![cell("capped", "mixed", vec![(Tool::Modelpull, 1.0)])];
+        let cells = vec![cell("capped", "mixed", &[(Tool::Modelpull, 1.0)])];
         let v = verdicts(&cells, None);
         let names: Vec<&str> = v.iter().map(|t| t.what.as_str()).collect();
         assert_eq!(
             names,
             ["CPU per GB, sha256 included", "peak RSS, every data set"]
         );
-        let mut wrong = cell("loopback", "file", vec![(Tool::Modelpull, 1.0)]);
+        let mut wrong = cell("loopback", "file", &[(Tool::Modelpull, 1.0)]);
         wrong.rows[0].1[0].correct = false;
         assert!(
             verdicts(&[wrong], Some(&LIMITS))
