@@ -1,9 +1,10 @@
 //! What runs on an engine core: a handful of workers, each holding one connection and one
 //! chunk buffer, looping over claims from the shared scheduler.
 //!
-//! The per-byte path is here: read from the socket straight into the aligned buffer, CRC each slice as it lands,
-//! write it to the part file at its offset, then hand it to the hash cursor. Everything else
-//! (bookkeeping, retries) is a call into [`Job`] between chunks.
+//! The per-byte path is here: read from the socket straight into the aligned buffer, CRC each
+//! slice as it lands, hash the chunk at once when it is at a free hash cursor, write it to the
+//! part file at its offset, then record it (and hand it to the hash cursor if it was not hashed
+//! yet). Everything else (bookkeeping, retries) is a call into [`Job`] between chunks.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -475,6 +476,9 @@ async fn fetch(
             }
         }
         let crcs = crcs.finish();
+        if let Some(h) = job.hashers_before_write(claim, c) {
+            hash_before_write(job, claim.file, claim.generation, h, &buf);
+        }
         let file = match ctx.file(job, claim.file, claim.generation) {
             Ok(Some(f)) => f,
             // The file was started over meanwhile: this worker's bytes are not wanted.
@@ -544,6 +548,9 @@ async fn after_chunk(
         AfterChunk::Hash(h, buf) => {
             hash_loop(job, ctx, claim.file, claim.generation, h, buf, true).await
         }
+        AfterChunk::Resume(h, buf) => {
+            hash_loop(job, ctx, claim.file, claim.generation, h, buf, false).await
+        }
         AfterChunk::Finalize(buf) => finalize(job, ctx, claim.file, claim.generation, None)
             .await
             .map(|()| buf),
@@ -569,6 +576,31 @@ async fn flush(job: &Job, ctx: &CoreCtx, file: usize, generation: u32) -> Result
     f.sync_data()
         .await
         .map_err(|e| Error::local("flush", &job.metas[file].part, e))
+}
+
+/// Hashes the chunk at the cursor from the buffer it arrived in, before it is written, then
+/// the chunks parked after it. What needs the buffer or a flushed part (reading a chunk back,
+/// a checkpoint, finalizing) waits until the chunk is written and the hashers are resumed.
+fn hash_before_write(
+    job: &Job,
+    file: usize,
+    generation: u32,
+    hashers: OrderedHashers,
+    buf: &AlignedBuf,
+) {
+    let mut hashers = Some(hashers);
+    hashers
+        .as_mut()
+        .expect("hashers in hand")
+        .update(buf.as_slice());
+    while let HashStep::Buffer(parked) = job.hash_step(file, generation, &mut hashers, false, true)
+    {
+        hashers
+            .as_mut()
+            .expect("hashers in hand")
+            .update(parked.as_slice());
+        job.pool.put(parked);
+    }
 }
 
 /// Moves a file's hash cursor as far as the chunks on hand allow. `buf` holds the chunk at
@@ -598,7 +630,7 @@ async fn hash_loop(
             have = false;
             checkpointed = false;
         }
-        match job.hash_step(file, generation, &mut hashers, checkpointed) {
+        match job.hash_step(file, generation, &mut hashers, checkpointed, false) {
             HashStep::Buffer(parked) => {
                 job.pool.put(std::mem::replace(&mut buf, parked));
                 have = true;
