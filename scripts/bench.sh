@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The throughput benchmark: modelpull vs aria2c -x16 and curl, 4 GiB from nginx on 127.0.0.1
-# to disk. Extra arguments go to the harness (see --help), e.g. --size 1G --runs 5.
+# The throughput benchmark: modelpull side by side with aria2c -x16, curl, hf_transfer and
+# KServe's storage initializer, from nginx on 127.0.0.1 to disk, then through each model store
+# and the agent. Extra arguments go to the harness (see --help), e.g. --size 1G --runs 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-bench.sh
