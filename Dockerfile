@@ -16,7 +16,7 @@ COPY benches benches
 # Without the release profile's line tables: function names stay in backtraces, the image
 # loses about 80 MB.
 RUN CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \
-    cargo build --release --locked -p modelpull -p localmodelnode-agent --bins
+    cargo build --release --locked -p modelpull-cli -p localmodelnode-agent --bins
 # The image's files, laid out in /out/root: the two binaries, `/manager` (the path KServe's
 # DaemonSet runs, so swapping only the image works), our licence, and the licence files of
 # every crate compiled into the binaries with the list of them.
@@ -25,7 +25,7 @@ RUN set -eu; \
     cp target/release/localmodelnode-agent target/release/modelpull /out/root/; \
     ln -s localmodelnode-agent /out/root/manager; \
     out=/out/root/licenses/third-party; mkdir -p "$out"; \
-    cargo tree --locked -p modelpull -p localmodelnode-agent -e normal,build --prefix none \
+    cargo tree --locked -p modelpull-cli -p localmodelnode-agent -e normal,build --prefix none \
       --format '{p} {l}' | grep -v ' (/src/' | sed 's/ (\*)$//' | sort -u > "$out/CRATES"; \
     cut -d' ' -f1,2 "$out/CRATES" | sed 's/ v/-/' | while read -r crate; do \
       for src in "${CARGO_HOME:-/usr/local/cargo}"/registry/src/*/"$crate"; do \

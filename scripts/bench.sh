@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-bench.sh
-cargo build --release -p modelpull -p localmodelnode-agent -p benches
+cargo build --release -p modelpull-cli -p localmodelnode-agent -p benches
 exec target/release/throughput "$@"

@@ -406,7 +406,7 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
                 ctx.metrics.downloads.with_label_values(&["ok"]).inc();
                 let note = format!(
                     "{uri}: {} in {seconds:.1} s ({:.2} GB/s), verified and published",
-                    modelpull::demo::human_bytes(bytes),
+                    modelpull::units::human_bytes(bytes),
                     bytes as f64 / seconds.max(1e-9) / 1e9
                 );
                 ctx.event(
@@ -452,8 +452,8 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
         if due && total > 0 {
             let note = format!(
                 "{uri}: {} of {} ({:.0}%)",
-                modelpull::demo::human_bytes(done),
-                modelpull::demo::human_bytes(total),
+                modelpull::units::human_bytes(done),
+                modelpull::units::human_bytes(total),
                 done as f64 * 100.0 / total as f64
             );
             let step = done * 10 / total * 10;

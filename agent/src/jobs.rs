@@ -418,8 +418,8 @@ fn pull(
         if need > free {
             return Err(format!(
                 "not enough disk space: the model needs {} and {} is free on {}",
-                modelpull::demo::human_bytes(need),
-                modelpull::demo::human_bytes(free),
+                modelpull::units::human_bytes(need),
+                modelpull::units::human_bytes(free),
                 settings.models.display()
             ));
         }

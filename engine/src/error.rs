@@ -127,11 +127,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn local(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
+    /// A failed operation on a local path (`op` is what was tried, e.g. "create").
+    pub fn local(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Local {
             op,
             path: path.into(),

@@ -13,9 +13,11 @@
 //! - [`store`]: model stores and their listings (the control plane);
 //! - [`pull`]: the scheduler and the per-core workers; [`runtime`] starts the cores;
 //! - [`archive`]: safe unpacking of a model shipped as one archive;
-//! - [`metrics`], [`progress`], [`report`]: what a pull tells its caller;
-//! - [`origin`], [`hub`] and [`demo`]: the fault-injecting test origin, the Hugging Face Hub
-//!   fixture, and `modelpull demo`.
+//! - [`metrics`], [`progress`], [`report`], [`units`]: what a pull tells its caller.
+//!
+//! The CLI (`engine/cli`), the HTTP origin the demo serves from (`engine/origin`) and the test
+//! fixtures (`engine/testkit`) are crates of their own, so a program that links the engine
+//! links none of them.
 
 pub mod archive;
 pub mod buf;
@@ -76,11 +78,9 @@ pub mod report;
 pub mod runtime;
 pub mod store;
 pub mod target;
+pub mod units;
 
 pub use error::{Error, ExitCode, Result};
 pub use pull::{Context, Options, PullRequest, pull};
 pub use report::Report;
 pub use target::Target;
-pub mod demo;
-pub mod hub;
-pub mod origin;

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use crate::error::{Error, Result};
 
 /// The driver the user asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DriverChoice {
     /// io_uring when the kernel allows it, epoll otherwise.
     #[default]
@@ -43,7 +43,14 @@ impl FromStr for DriverChoice {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        <Self as clap::ValueEnum>::from_str(s, true)
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "uring" => Ok(Self::Uring),
+            "epoll" => Ok(Self::Epoll),
+            _ => Err(format!(
+                "unknown driver {s:?}: expected auto, uring or epoll"
+            )),
+        }
     }
 }
 

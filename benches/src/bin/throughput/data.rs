@@ -74,7 +74,7 @@ pub fn prepare(root: &Path, name: &'static str, big: u64) -> Result<DataSet> {
             (Ok(m), Ok(sha)) if m.len() == size => sha.trim().to_owned(),
             _ => {
                 std::fs::create_dir_all(full.parent().expect("a parent"))?;
-                let sha = modelpull::demo::write_random(&full, seed as u64 + 1, size)?;
+                let sha = modelpull_origin::synthetic::write_random(&full, seed as u64 + 1, size)?;
                 std::fs::write(&sidecar, &sha)?;
                 sha
             }

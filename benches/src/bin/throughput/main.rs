@@ -304,7 +304,7 @@ fn check_prerequisites(args: &Args, tools: &[Tool]) -> Result<()> {
     }
     if tools.contains(&Tool::Modelpull) && !args.modelpull.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release -p modelpull`",
+            "{} not found: build it with `cargo build --release -p modelpull-cli`",
             args.modelpull.display()
         );
     }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use modelpull::hub::{Hub, HubRepo};
+use modelpull_testkit::hub::{Hub, HubRepo};
 
 use crate::data::DataSet;
 
