@@ -408,7 +408,7 @@ fn pull(
     opts.limit_rate = opts.limit_rate.map(|r| (r / share as u64).max(1));
     opts.proxy = env.proxy()?;
     let uri = &entry.source_model_uri;
-    let control = Control::new(&opts)
+    let control = Control::new(&opts.client())
         .map_err(|e| e.to_string())?
         .with_cancel(cancel.clone());
     let manifest = store::resolve(uri, env, &control).map_err(|e| e.to_string())?;
@@ -424,7 +424,7 @@ fn pull(
             ));
         }
     }
-    manifest.apply_tls(&mut opts);
+    opts.apply_tls(&manifest);
     let request = PullRequest {
         targets: manifest.files,
         dest: settings.models.join(key),

@@ -113,6 +113,19 @@ impl PartialEq for Auth {
 impl Eq for Auth {}
 
 impl Target {
+    /// What the file will be verified against, for people: digest names joined with `+`
+    /// (`sha256`, `crc32c+md5`), or `size only`.
+    pub fn checksum_label(&self) -> String {
+        if self.expected.is_empty() {
+            return "size only".into();
+        }
+        self.expected
+            .iter()
+            .map(|d| d.algorithm.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
     /// Parses `URL[#ALGO=HEX[&ALGO=HEX…]]` as given on the command line; the file lands at the
     /// URL's last path segment.
     pub fn parse(input: &str) -> Result<Self> {
@@ -203,7 +216,7 @@ pub fn check_targets(targets: &[Target]) -> Result<()> {
         }
     }
     for t in targets {
-        for suffix in [crate::pull::PART, crate::disk::journal::SUFFIX] {
+        for suffix in [crate::disk::part::SUFFIX, crate::disk::journal::SUFFIX] {
             if let Some(base) = t.path.strip_suffix(suffix)
                 && paths.contains(base)
             {

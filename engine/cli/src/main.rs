@@ -59,14 +59,14 @@ fn resolve(
     quiet: bool,
     cx: &Context,
 ) -> anyhow::Result<Vec<Manifest>> {
-    let control = Control::new(opts)?.with_cancel(cx.cancel.clone());
+    let control = Control::new(&opts.client())?.with_cancel(cx.cancel.clone());
     let mut manifests = Vec::new();
     for uri in sources {
         if !quiet {
             eprintln!("modelpull: listing {}", modelpull::redact_str(uri));
         }
         let m = store::resolve(uri, env, &control)?;
-        m.apply_tls(opts);
+        opts.apply_tls(&m);
         manifests.push(m);
     }
     Ok(manifests)

@@ -14,6 +14,10 @@ use monoio::buf::IoBufMut;
 
 use crate::buf::AlignedBuf;
 
+/// Appended to a file's name while it is written and until it is verified (its journal's
+/// beside it ends in [`super::journal::SUFFIX`]).
+pub const SUFFIX: &str = ".part";
+
 /// Creates (or reopens, when resuming) a part file and allocates `size` bytes.
 /// Returns whether the filesystem accepts O_DIRECT.
 pub fn create(path: &Path, size: Option<u64>) -> io::Result<bool> {

@@ -22,6 +22,23 @@ use conn::{Conn, Endpoint};
 use head::{HeadError, ResponseHead};
 use proxy::{ProxyConfig, ProxyServer};
 
+/// What every request of a pull has in common, whichever plane sends it: the I/O driver, the
+/// trust roots, the timeouts and the proxies. The control plane (`store::Control`) is built
+/// from it alone; a pull's `Options` give theirs with `Options::client`.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The I/O driver control-plane requests run on.
+    pub driver: crate::runtime::DriverChoice,
+    /// Extra CA certificates (PEM) trusted besides the system's and webpki's roots.
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// Hosts whose TLS certificates are not verified.
+    pub insecure_hosts: Vec<String>,
+    /// How long a connection may take to open, and to stay silent.
+    pub timeouts: Timeouts,
+    /// Forward proxies, `None` for direct connections.
+    pub proxy: Option<Arc<ProxyConfig>>,
+}
+
 /// Redirect hops followed before giving up.
 pub const MAX_REDIRECTS: usize = 10;
 /// Idle connections kept per endpoint on one core.

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use crate::buf::ALIGN;
 use crate::disk::journal::Journal;
+use crate::disk::part;
 use crate::disk::staging::{Marker, Prepared, SourceRecord, Staging};
 use crate::error::{Error, Result};
 use crate::http::proxy::ProxyConfig;
-use crate::http::tls;
+use crate::http::{ClientConfig, Timeouts, tls};
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::report::{FileReport, Report};
@@ -67,6 +68,32 @@ pub struct Options {
     pub headers: Vec<(String, String)>,
     /// Forward proxies (`HTTPS_PROXY`…), `None` for direct connections.
     pub proxy: Option<Arc<ProxyConfig>>,
+}
+
+impl Options {
+    /// Adds the TLS settings a store's environment asks for (`manifest` lists what this pull
+    /// fetches): its CA bundle unless one is set already, and its unverified hosts.
+    pub fn apply_tls(&mut self, manifest: &crate::store::Manifest) {
+        if self.ca_bundle.is_none() {
+            self.ca_bundle.clone_from(&manifest.ca_bundle);
+        }
+        self.insecure_hosts
+            .extend(manifest.insecure_hosts.iter().cloned());
+    }
+
+    /// The settings every request of this pull shares, for the control plane.
+    pub fn client(&self) -> ClientConfig {
+        ClientConfig {
+            driver: self.driver,
+            ca_bundle: self.ca_bundle.clone(),
+            insecure_hosts: self.insecure_hosts.clone(),
+            timeouts: Timeouts {
+                connect: self.connect_timeout,
+                stall: self.stall_timeout,
+            },
+            proxy: self.proxy.clone(),
+        }
+    }
 }
 
 impl Default for Options {
@@ -159,10 +186,6 @@ pub struct Context {
     pub cancel: Arc<AtomicBool>,
 }
 
-/// The name a file is written under until it is verified (its journal's beside it ends in
-/// [`crate::disk::journal::SUFFIX`]).
-pub(crate) const PART: &str = ".part";
-
 fn check_request(req: &PullRequest) -> Result<()> {
     if req.targets.is_empty() {
         return Err(Error::InvalidOption(
@@ -216,7 +239,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
         let final_path = staging.path_for(&t.path)?;
         let meta = FileMeta::new(
             t.clone(),
-            final_path.with_file_name(format!("{}{PART}", file_name(&t.path))),
+            final_path.with_file_name(format!("{}{}", file_name(&t.path), part::SUFFIX)),
             Journal::path_for(&final_path),
             final_path,
         );
@@ -279,7 +302,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
                 .target
                 .checksum
                 .clone()
-                .unwrap_or_else(|| crate::store::checksum_label(&meta.target)),
+                .unwrap_or_else(|| meta.target.checksum_label()),
         });
         records.push(record);
     }

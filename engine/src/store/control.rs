@@ -19,8 +19,7 @@ use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::http::head::ResponseHead;
 use crate::http::proxy::ProxyConfig;
-use crate::http::{Client, HttpError, Request, Timeouts, tls};
-use crate::pull::Options;
+use crate::http::{Client, ClientConfig, HttpError, Request, Timeouts, tls};
 use crate::runtime::{self, Driver};
 
 /// Largest control-plane body accepted (a listing page is far smaller).
@@ -78,19 +77,16 @@ impl Reply {
 }
 
 impl Control {
-    pub fn new(opts: &Options) -> Result<Self> {
-        let tls = tls::client_config(opts.ca_bundle.as_deref(), &opts.insecure_hosts)
+    pub fn new(config: &ClientConfig) -> Result<Self> {
+        let tls = tls::client_config(config.ca_bundle.as_deref(), &config.insecure_hosts)
             .map_err(|e| Error::InvalidOption(e.to_string()))?;
-        let (driver, _) = runtime::resolve(opts.driver)?;
+        let (driver, _) = runtime::resolve(config.driver)?;
         Ok(Self {
             tls,
-            ca_bundle: opts.ca_bundle.clone(),
-            insecure_hosts: opts.insecure_hosts.clone(),
-            timeouts: Timeouts {
-                connect: opts.connect_timeout,
-                stall: opts.stall_timeout,
-            },
-            proxy: opts.proxy.clone(),
+            ca_bundle: config.ca_bundle.clone(),
+            insecure_hosts: config.insecure_hosts.clone(),
+            timeouts: config.timeouts,
+            proxy: config.proxy.clone(),
             driver,
             cancel: None,
         })
@@ -295,7 +291,7 @@ mod tests {
         let url = Url::parse(&format!("http://{}/list", listener.local_addr().unwrap())).unwrap();
         let held = std::thread::spawn(move || listener.accept().map(|(c, _)| c));
         let cancel = Arc::new(AtomicBool::new(false));
-        let control = Control::new(&crate::Options::default())
+        let control = Control::new(&crate::Options::default().client())
             .unwrap()
             .with_cancel(cancel.clone());
         let setter = {

@@ -4,8 +4,8 @@
 //! environment variable `<hostname>-headers`, a JSON object (`{"Authorization": "Bearer …"}`);
 //! they are sent to that host only. A `#sha256=…` fragment gives the digest to verify.
 
+use super::Manifest;
 use super::env::Env;
-use super::{Manifest, checksum_label};
 use crate::error::{Error, Result};
 use crate::target::{Auth, StaticHeaders, Target};
 
@@ -15,7 +15,7 @@ pub fn list(uri: &str, env: &Env) -> Result<Manifest> {
     if let Some(headers) = host_headers(env, &host)? {
         target.auth = Auth::new(StaticHeaders(headers));
     }
-    target.checksum = Some(checksum_label(&target));
+    target.checksum = Some(target.checksum_label());
     Ok(Manifest {
         uri: crate::redact(&target.url),
         store: "http",

@@ -62,16 +62,6 @@ pub struct Listed {
 }
 
 impl Manifest {
-    /// Adds the TLS settings the store's environment asks for to the options of the pull that
-    /// fetches this manifest: its CA bundle unless one is set already, and its unverified hosts.
-    pub fn apply_tls(&self, opts: &mut crate::Options) {
-        if opts.ca_bundle.is_none() {
-            opts.ca_bundle.clone_from(&self.ca_bundle);
-        }
-        opts.insecure_hosts
-            .extend(self.insecure_hosts.iter().cloned());
-    }
-
     /// Sum of the listed sizes; `None` when a size is unknown until the first request.
     pub fn total_size(&self) -> Option<u64> {
         self.files.iter().map(|t| t.size).sum()
@@ -83,22 +73,10 @@ impl Manifest {
             .map(|t| Listed {
                 path: t.path.clone(),
                 size: t.size,
-                checksum: t.checksum.clone().unwrap_or_else(|| checksum_label(t)),
+                checksum: t.checksum.clone().unwrap_or_else(|| t.checksum_label()),
             })
             .collect()
     }
-}
-
-/// Describes what a target will be verified against.
-pub fn checksum_label(t: &Target) -> String {
-    if t.expected.is_empty() {
-        return "size only".into();
-    }
-    t.expected
-        .iter()
-        .map(|d| d.algorithm.name())
-        .collect::<Vec<_>>()
-        .join("+")
 }
 
 /// Lists `uri`: every file it names, with URL, size, expected digests and credentials.
@@ -236,7 +214,7 @@ mod tests {
 
     #[test]
     fn unknown_schemes_are_refused() {
-        let control = Control::new(&crate::Options::default()).unwrap();
+        let control = Control::new(&crate::Options::default().client()).unwrap();
         for uri in ["pvc://x/y", "ftp://h/f", "/mnt/pvc/x", "oci://r/i"] {
             let err = resolve(uri, &Env::default(), &control).unwrap_err();
             assert!(

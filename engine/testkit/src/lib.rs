@@ -208,10 +208,10 @@ pub fn pull_uri(
     dest: &Path,
     opts: &Options,
 ) -> modelpull::Result<modelpull::Report> {
-    let control = modelpull::store::Control::new(opts)?;
+    let control = modelpull::store::Control::new(&opts.client())?;
     let manifest = modelpull::store::resolve(uri, env, &control)?;
     let mut opts = opts.clone();
-    manifest.apply_tls(&mut opts);
+    opts.apply_tls(&manifest);
     modelpull::pull(
         &PullRequest {
             sources: Vec::new(),

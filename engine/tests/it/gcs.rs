@@ -145,7 +145,7 @@ fn listing_follows_page_tokens() {
     let env: Env = [("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{port}"))]
         .into_iter()
         .collect();
-    let control = modelpull::store::Control::new(&store_options()).unwrap();
+    let control = modelpull::store::Control::new(&store_options().client()).unwrap();
     let m = modelpull::store::resolve("gs://models/m", &env, &control).unwrap();
     let listed: Vec<_> = m
         .listing()

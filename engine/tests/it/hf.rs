@@ -111,7 +111,7 @@ fn revisions_by_branch_and_commit_and_filters() {
     let mut e = env(&hub, None);
     e.set("STORAGE_IGNORE_PATTERNS", r#"["original/", "*.pth"]"#);
     e.set("STORAGE_ALLOW_PATTERNS", "*.safetensors,*.json");
-    let control = modelpull::store::Control::new(&store_options()).unwrap();
+    let control = modelpull::store::Control::new(&store_options().client()).unwrap();
     let m = modelpull::store::resolve("hf://acme/tiny", &e, &control).unwrap();
     let paths: Vec<_> = m.files.iter().map(|t| t.path.as_str()).collect();
     assert_eq!(

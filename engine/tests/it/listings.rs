@@ -46,7 +46,7 @@ fn hostile_s3_keys_are_refused_by_name() {
     ]
     .into_iter()
     .collect();
-    let control = Control::new(&store_options()).unwrap();
+    let control = Control::new(&store_options().client()).unwrap();
     for (prefix, _, needle) in cases {
         assert_refused(
             store::resolve(&format!("s3://models/{prefix}"), &env, &control),
@@ -84,7 +84,7 @@ fn gcs_listing(names: &[&str]) -> Env {
 
 #[test]
 fn hostile_gcs_names_are_refused_by_name() {
-    let control = Control::new(&store_options()).unwrap();
+    let control = Control::new(&store_options().client()).unwrap();
     for (names, needle) in [
         (vec!["a", "a"], "`a`"),
         (vec!["ok", "nul\u{0}byte"], "control character"),
@@ -106,7 +106,7 @@ fn hostile_gcs_names_are_refused_by_name() {
 
 #[test]
 fn ten_thousand_entries_are_listed_and_one_4_kib_name_refuses_them_all() {
-    let control = Control::new(&store_options()).unwrap();
+    let control = Control::new(&store_options().client()).unwrap();
     let names: Vec<String> = (0..10_000)
         .map(|i| format!("d{}/f{i}.bin", i % 100))
         .collect();

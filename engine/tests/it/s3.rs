@@ -161,7 +161,7 @@ fn paginates_past_1000_keys_and_filters() {
         &[("many/README.md", b"readme".to_vec(), none())],
         Some(json!({"prefix": "many/", "count": 1003})),
     );
-    let control = modelpull::store::Control::new(&store_options()).unwrap();
+    let control = modelpull::store::Control::new(&store_options().client()).unwrap();
     let m = modelpull::store::resolve("s3://models/many", &s3.env(), &control).unwrap();
     assert_eq!(m.files.len(), 1004);
     assert_eq!(m.files[1003].path, "README.md");
@@ -175,7 +175,7 @@ fn paginates_past_1000_keys_and_filters() {
 
     env.set("STORAGE_IGNORE_PATTERNS", "");
     env.set("STORAGE_ALLOW_PATTERNS", "*.md,00001.txt");
-    let control = modelpull::store::Control::new(&store_options()).unwrap();
+    let control = modelpull::store::Control::new(&store_options().client()).unwrap();
     let m = modelpull::store::resolve("s3://models/many", &env, &control).unwrap();
     let paths: Vec<_> = m.files.iter().map(|t| t.path.as_str()).collect();
     assert_eq!(paths, ["00001.txt", "README.md"]);
