@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use modelpull::disk::staging::Marker;
+use modelpull::Marker;
 
 use crate::keys;
 use crate::plan::Disk;
@@ -302,7 +302,7 @@ mod tests {
         let mut marker = Marker::new(Vec::new(), Vec::new());
         marker.sources = vec!["hf://a/other".into()];
         std::fs::write(
-            root.folder(&key).join(modelpull::disk::staging::MARKER),
+            root.folder(&key).join(modelpull::MARKER),
             serde_json::to_vec(&marker).unwrap(),
         )
         .unwrap();
@@ -313,7 +313,7 @@ mod tests {
         );
         marker.sources = vec!["hf://a/b".into()];
         std::fs::write(
-            root.folder(&key).join(modelpull::disk::staging::MARKER),
+            root.folder(&key).join(modelpull::MARKER),
             serde_json::to_vec(&marker).unwrap(),
         )
         .unwrap();

@@ -1,28 +1,88 @@
 //! modelpull: a thread-per-core io_uring download engine for large ML models.
 //!
-//! [`store::resolve`] turns a model URI (`hf://`, `s3://`, `gs://`, `http(s)://`) into
-//! [`Target`]s: URL, size, the digest the store vouches for, credentials. [`pull()`] takes
-//! targets and a destination directory and returns a [`Report`] once every file is fetched
-//! with parallel ranged requests, written with O_DIRECT, verified against its digest and
-//! published atomically. The layers, bottom up:
+//! [`resolve`] turns a model URI (`hf://`, `s3://`, `gs://`, `http(s)://`) into a
+//! [`Manifest`] of [`Target`]s: URL, size, the digest the store vouches for, credentials.
+//! [`pull()`] takes targets and a destination directory and returns a [`Report`] once every
+//! file is fetched with parallel ranged requests, written with O_DIRECT, verified against its
+//! digest and published atomically, with a [`Marker`] that says what the folder holds.
 //!
-//! - [`buf`]: page-aligned buffers shared by the socket, the hasher and the disk;
-//! - [`http`]: the HTTP/1.1 client (both planes), TLS and forward proxies;
-//! - [`digest`]: in-order digests with saved state, combinable CRCs;
-//! - [`disk`]: part files, the resume journal, staging and publish;
+//! ```no_run
+//! use modelpull::{Context, Control, Env, Options, PullRequest};
+//!
+//! # fn main() -> modelpull::Result<()> {
+//! let mut opts = Options::default();
+//! let env = Env::from_process();
+//! let control = Control::new(&opts.client())?;
+//! let manifest = modelpull::resolve("hf://openai-community/gpt2", &env, &control)?;
+//! opts.apply_tls(&manifest);
+//! let request = PullRequest {
+//!     targets: manifest.files,
+//!     dest: "/mnt/models/gpt2".into(),
+//!     unpack: false,
+//!     sources: vec!["hf://openai-community/gpt2".into()],
+//! };
+//! let report = modelpull::pull(&request, &opts, &Context::default())?;
+//! println!("{} bytes verified and published", report.total_bytes);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The public API is what this page lists; the layers behind it, bottom up (none imports one
+//! above it):
+//!
+//! - `buf`: page-aligned buffers shared by the socket, the hasher and the disk;
+//! - `digest`: in-order digests with saved state, combinable CRCs;
+//! - [`runtime`]: one pinned monoio runtime per core, on io_uring or epoll;
+//! - `http`: the HTTP/1.1 client (both planes), TLS and forward proxies;
+//! - `disk`: part files, the resume journal, staging and publish;
+//! - [`target`]: one file to fetch and the rules for its path;
 //! - [`store`]: model stores and their listings (the control plane);
-//! - [`pull`]: the scheduler and the per-core workers; [`runtime`] starts the cores;
-//! - [`archive`]: safe unpacking of a model shipped as one archive;
+//! - `archive`: safe unpacking of a model shipped as one archive;
+//! - `pull`: the scheduler and the per-core workers;
 //! - [`metrics`], [`progress`], [`report`], [`units`]: what a pull tells its caller.
 //!
 //! The CLI (`engine/cli`), the HTTP origin the demo serves from (`engine/origin`) and the test
 //! fixtures (`engine/testkit`) are crates of their own, so a program that links the engine
-//! links none of them.
+//! links none of them. The `internals` feature opens the private layers to the fuzz targets
+//! and the micro-benchmarks; it is not part of the API.
+#![warn(missing_docs)]
 
-pub mod archive;
-pub mod buf;
-pub mod digest;
-pub mod http;
+/// Declares the private layers: `pub` with the `internals` feature (fuzzing, micro-benchmarks),
+/// private otherwise, so what the API does not name stays free to change.
+macro_rules! layers {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "internals")]
+            #[allow(missing_docs)]
+            pub mod $name;
+            #[cfg(not(feature = "internals"))]
+            mod $name;
+        )*
+    };
+}
+
+layers!(archive, buf, digest, disk, http, pool, pull);
+
+pub mod error;
+#[cfg(feature = "internals")]
+pub mod fuzzing;
+pub mod metrics;
+pub mod progress;
+pub mod report;
+pub mod runtime;
+pub mod store;
+pub mod target;
+pub mod units;
+
+pub use self::digest::{Algorithm, Digest};
+pub use disk::staging::{MARKER, Marker};
+pub use error::{Error, ExitCode, Result};
+pub use http::ClientConfig;
+pub use http::proxy::ProxyConfig;
+pub use pull::{Context, Options, PullRequest, pull};
+pub use report::Report;
+pub use store::{Control, Env, Manifest, resolve};
+pub use target::Target;
 
 /// A URL as it may appear in logs, errors and reports: without query string, fragment or
 /// user info, which is where presigned URLs and some servers carry credentials.
@@ -66,21 +126,3 @@ mod tests {
         assert_eq!(redact_str("hf://org/model"), "hf://org/model");
     }
 }
-pub mod disk;
-pub mod error;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
-pub mod metrics;
-pub mod pool;
-pub mod progress;
-pub mod pull;
-pub mod report;
-pub mod runtime;
-pub mod store;
-pub mod target;
-pub mod units;
-
-pub use error::{Error, ExitCode, Result};
-pub use pull::{Context, Options, PullRequest, pull};
-pub use report::Report;
-pub use target::Target;

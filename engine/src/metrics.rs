@@ -6,13 +6,21 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 /// The engine's counters and gauges. Cloning is cheap: metrics are shared handles.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// Body bytes received from sources.
     pub downloaded_bytes: IntCounter,
+    /// Ranged requests that completed.
     pub ranges: IntCounter,
+    /// Requests retried after a failure.
     pub retries: IntCounter,
+    /// Files whose digest did not match and were fetched again.
     pub verify_failures: IntCounter,
+    /// Files verified and published.
     pub files: IntCounter,
+    /// Connections open now.
     pub connections_active: IntGauge,
+    /// 1 for the I/O driver in use, by driver name.
     pub driver: IntGaugeVec,
+    /// Pulls that ended, by result.
     pub pulls: IntCounterVec,
 }
 

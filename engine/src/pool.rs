@@ -71,10 +71,6 @@ impl BufPool {
     pub fn allocated(&self) -> usize {
         self.inner.lock().expect("pool lock").allocated
     }
-
-    pub fn max(&self) -> usize {
-        self.max
-    }
 }
 
 #[cfg(test)]

@@ -11,23 +11,33 @@ pub struct Progress {
     pub done_bytes: AtomicU64,
     /// Bytes received in this run.
     pub downloaded_bytes: AtomicU64,
+    /// Files in the pull.
     pub files_total: AtomicU64,
+    /// Files verified so far.
     pub files_done: AtomicU64,
+    /// Requests retried so far.
     pub retries: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
+    /// See [`Progress::total_bytes`].
     pub total_bytes: u64,
+    /// See [`Progress::done_bytes`].
     pub done_bytes: u64,
+    /// See [`Progress::downloaded_bytes`].
     pub downloaded_bytes: u64,
+    /// See [`Progress::files_total`].
     pub files_total: u64,
+    /// See [`Progress::files_done`].
     pub files_done: u64,
+    /// See [`Progress::retries`].
     pub retries: u64,
 }
 
 impl Progress {
+    /// Reads every counter once.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             total_bytes: self.total_bytes.load(Relaxed),

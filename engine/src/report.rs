@@ -10,7 +10,9 @@ use crate::runtime::Driver;
 /// One published file.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileReport {
+    /// Where the file landed, relative to the destination.
     pub path: String,
+    /// Its size in bytes.
     pub size: u64,
     /// Digests computed while the file was written.
     pub digests: Vec<Digest>,
@@ -26,30 +28,44 @@ pub struct FileReport {
 /// A single downloaded archive that was unpacked in place (and removed).
 #[derive(Debug, Clone, Serialize)]
 pub struct Unpacked {
+    /// The archive's path, relative to the destination.
     pub archive: String,
+    /// Regular files unpacked from it.
     pub files: usize,
+    /// Bytes unpacked from it.
     pub bytes: u64,
 }
 
 /// The outcome of a successful pull.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The published model directory.
     pub destination: PathBuf,
     /// The destination already held exactly this model; nothing was fetched.
     pub up_to_date: bool,
+    /// The I/O driver used; `None` when nothing was fetched.
     pub driver: Option<Driver>,
     /// Why io_uring was not used, when `auto` fell back to epoll.
     pub driver_note: Option<String>,
+    /// Engine cores used.
     pub cores: usize,
+    /// Connections allowed over all cores.
     pub connections: usize,
+    /// Every published file.
     pub files: Vec<FileReport>,
+    /// The archive unpacked in place, when the pull was one.
     pub unpacked: Option<Unpacked>,
+    /// Bytes of every file.
     pub total_bytes: u64,
+    /// Bytes received in this run.
     pub downloaded_bytes: u64,
+    /// Bytes kept from an interrupted earlier run.
     pub resumed_bytes: u64,
+    /// Wall-clock seconds, publish included.
     pub seconds: f64,
     /// Downloaded bytes per second, in GB/s (10⁹), over the whole pull including publish.
     pub gigabytes_per_second: f64,
+    /// Requests retried.
     pub retries: u64,
     /// Memory held in chunk buffers at the high-water mark.
     pub peak_buffer_bytes: u64,

@@ -26,11 +26,14 @@ pub enum DriverChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
+    /// io_uring.
     Uring,
+    /// epoll (monoio's legacy driver).
     Epoll,
 }
 
 impl Driver {
+    /// `uring` or `epoll`, as in logs, reports and metrics.
     pub fn name(self) -> &'static str {
         match self {
             Driver::Uring => "uring",

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 /// One file to fetch. Debug output shows the URL without query or user info.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Target {
+    /// Where the file is fetched from (presigned URLs keep their query here only).
     pub url: Url,
     /// Where the file lands, relative to the destination directory (`/`-separated).
     pub path: String,
@@ -74,6 +75,7 @@ impl Authorize for StaticHeaders {
 pub struct Auth(pub Option<Arc<dyn Authorize>>);
 
 impl Auth {
+    /// Credentials that `a` adds to each request.
     pub fn new(a: impl Authorize + 'static) -> Self {
         Self(Some(Arc::new(a)))
     }

@@ -17,19 +17,26 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
+    /// SHA-256, the Hub's LFS oid and S3's `SHA256` checksum.
     Sha256,
+    /// SHA-1, the Hub's git blob id for small files.
     Sha1,
+    /// MD5, GCS's `md5Hash` and a single-part S3 ETag.
     Md5,
     /// Git's blob id: sha1 of `blob <size>\0` followed by the content (the Hugging Face
     /// Hub's `oid` for files not in LFS).
     #[serde(rename = "git-sha1")]
     GitSha1,
+    /// CRC-32 (ISO-HDLC), S3's `CRC32`.
     Crc32,
+    /// CRC-32C (Castagnoli), GCS's `crc32c` and S3's `CRC32C`.
     Crc32c,
+    /// CRC-64/NVME, S3's `CRC64NVME`.
     Crc64nvme,
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order their names are tried when parsing.
     pub const ALL: [Algorithm; 7] = [
         Algorithm::Sha256,
         Algorithm::Sha1,
@@ -40,6 +47,7 @@ impl Algorithm {
         Algorithm::Crc64nvme,
     ];
 
+    /// The algorithm's lower-case name, as in `#sha256=` fragments and reports.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Sha256 => "sha256",
@@ -92,7 +100,9 @@ impl FromStr for Algorithm {
 /// A digest value of a known algorithm.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Digest {
+    /// Which algorithm computed the value.
     pub algorithm: Algorithm,
+    /// The raw digest bytes (hex in JSON).
     #[serde(with = "hex_bytes")]
     pub value: Vec<u8>,
 }
@@ -122,6 +132,7 @@ impl Digest {
         Self::from_hex(algo.parse()?, value)
     }
 
+    /// A CRC's value as a digest (big-endian bytes, as stores publish them).
     pub fn from_crc(algorithm: Algorithm, crc: u64) -> Self {
         let value = match algorithm.digest_len() {
             4 => (crc as u32).to_be_bytes().to_vec(),
@@ -130,6 +141,7 @@ impl Digest {
         Self { algorithm, value }
     }
 
+    /// The value in lower-case hex.
     pub fn hex(&self) -> String {
         hex::encode(&self.value)
     }

@@ -140,10 +140,6 @@ impl Journal {
         self.file.write_all(&line)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Reads a journal; `None` when it is missing, of another version, or unreadable.
     pub fn load(path: &Path) -> Option<Loaded> {
         let file = File::open(path).ok()?;

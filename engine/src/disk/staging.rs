@@ -39,8 +39,11 @@ pub struct FileRecord {
 /// The completion marker: what was asked for and what was verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marker {
+    /// The marker format's version; a reader refuses one newer than it knows.
     pub version: u32,
+    /// The request: each target's path, source and expected digests.
     pub request: Vec<SourceRecord>,
+    /// What was verified and published.
     pub files: Vec<FileRecord>,
     /// The URIs the model was listed from, when the caller named them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -51,6 +54,7 @@ pub struct Marker {
 }
 
 impl Marker {
+    /// A marker of the current version for `request`, whose result is `files`.
     pub fn new(request: Vec<SourceRecord>, files: Vec<FileRecord>) -> Self {
         Self {
             version: MARKER_VERSION,

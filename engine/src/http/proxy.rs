@@ -102,8 +102,11 @@ impl ProxyServer {
 /// Which proxy each request uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyConfig {
+    /// Proxy for `http://` URLs (`HTTP_PROXY`).
     pub http: Option<ProxyServer>,
+    /// Proxy for `https://` URLs (`HTTPS_PROXY`).
     pub https: Option<ProxyServer>,
+    /// Hosts and domains reached directly (`NO_PROXY`).
     pub no_proxy: Vec<String>,
 }
 

@@ -35,11 +35,13 @@ const MIB: usize = 1024 * 1024;
 pub struct Options {
     /// Engine cores (threads with their own runtime).
     pub cores: usize,
+    /// io_uring, epoll, or io_uring with fallback to epoll.
     pub driver: DriverChoice,
     /// Pin each core's thread to a CPU.
     pub pin: bool,
     /// Concurrent connections over all cores.
     pub connections: usize,
+    /// Concurrent connections to one host.
     pub connections_per_host: usize,
     /// Unit of buffering, writing and checksumming; a multiple of 4096.
     pub chunk_size: usize,
@@ -49,6 +51,7 @@ pub struct Options {
     pub memory_limit: usize,
     /// Total bandwidth cap, bytes per second.
     pub limit_rate: Option<u64>,
+    /// How long opening a connection (TCP, proxy, TLS) may take.
     pub connect_timeout: Duration,
     /// No byte received for this long: the connection is dropped and the range retried.
     pub stall_timeout: Duration,
@@ -56,10 +59,13 @@ pub struct Options {
     pub retries: u32,
     /// Downloads of a file whose digest does not match before the pull fails.
     pub verify_attempts: u32,
+    /// First retry delay; doubled per attempt, with jitter.
     pub backoff_base: Duration,
+    /// Longest retry delay (a server's `Retry-After` may ask for more).
     pub backoff_cap: Duration,
     /// How often the resume journal records a durable checkpoint.
     pub checkpoint_interval: Duration,
+    /// Extra CA certificates (PEM) trusted besides the system's and webpki's roots.
     pub ca_bundle: Option<PathBuf>,
     /// Hosts whose TLS certificates are not verified (`S3_VERIFY_SSL=0`); a warning is
     /// logged for each.
@@ -166,6 +172,7 @@ impl Options {
 /// What to pull and where.
 #[derive(Debug, Clone)]
 pub struct PullRequest {
+    /// The files to fetch, each with where it lands and what it must match.
     pub targets: Vec<Target>,
     /// The model directory to create.
     pub dest: PathBuf,
@@ -180,7 +187,9 @@ pub struct PullRequest {
 /// Shared handles a pull reports into.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
+    /// Prometheus counters the pull updates.
     pub metrics: Metrics,
+    /// Counters for progress displays, readable while the pull runs.
     pub progress: Arc<Progress>,
     /// Set to stop the pull; it ends with [`Error::Interrupted`], resumable.
     pub cancel: Arc<AtomicBool>,
@@ -196,6 +205,27 @@ fn check_request(req: &PullRequest) -> Result<()> {
 }
 
 /// Pulls `req.targets` into `req.dest`: verified, resumable, published atomically.
+///
+/// A target may also be a plain URL whose fragment carries the digest to check:
+///
+/// ```no_run
+/// use modelpull::{Context, Options, PullRequest, Target};
+///
+/// # fn main() -> modelpull::Result<()> {
+/// let url = "https://example.com/model.safetensors#sha256=\
+///            2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+/// let request = PullRequest {
+///     targets: vec![Target::parse(url)?],
+///     dest: "/mnt/models/example".into(),
+///     unpack: false,
+///     sources: Vec::new(),
+/// };
+/// let cx = Context::default();
+/// let report = modelpull::pull(&request, &Options::default(), &cx)?;
+/// assert_eq!(report.files[0].path, "model.safetensors");
+/// # Ok(())
+/// # }
+/// ```
 pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
     let started = Instant::now();
     opts.validate()?;

@@ -77,6 +77,7 @@ impl Reply {
 }
 
 impl Control {
+    /// Control-plane settings from `config`; fails on an unreadable CA bundle or a driver that cannot start.
     pub fn new(config: &ClientConfig) -> Result<Self> {
         let tls = tls::client_config(config.ca_bundle.as_deref(), &config.insecure_hosts)
             .map_err(|e| Error::InvalidOption(e.to_string()))?;

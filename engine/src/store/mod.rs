@@ -16,14 +16,7 @@
 //! Every path in a listing is untrusted: [`crate::target::check_targets`] refuses anything
 //! that could escape the destination before a byte is written.
 
-pub mod control;
-pub mod env;
-pub mod filter;
-pub mod gcp_auth;
-pub mod gs;
-pub mod hf;
-pub mod http;
-pub mod s3;
+layers!(control, env, filter, gcp_auth, gs, hf, http, s3);
 
 use serde::Serialize;
 
@@ -42,6 +35,7 @@ pub struct Manifest {
     pub store: &'static str,
     /// The exact revision listed, when the store has revisions (an HF commit).
     pub revision: Option<String>,
+    /// Every file the URI names, after the filters.
     pub files: Vec<Target>,
     /// Files left out by `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS` or skipped as
     /// folder markers.
@@ -49,13 +43,16 @@ pub struct Manifest {
     /// TLS settings the store's environment asks for, to apply to the pull's options: a CA
     /// bundle (`AWS_CA_BUNDLE`) and hosts not to verify (`S3_VERIFY_SSL=0`).
     pub ca_bundle: Option<std::path::PathBuf>,
+    /// Hosts whose certificates are not verified, from the store's environment.
     pub insecure_hosts: Vec<String>,
 }
 
 /// One manifest line, as `modelpull ls --json` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
+    /// Where the file lands, relative to the destination.
     pub path: String,
+    /// Its size, when the store lists it.
     pub size: Option<u64>,
     /// What the pull will verify the file against.
     pub checksum: String,
@@ -67,6 +64,7 @@ impl Manifest {
         self.files.iter().map(|t| t.size).sum()
     }
 
+    /// One line per file, for `ls`.
     pub fn listing(&self) -> Vec<Listed> {
         self.files
             .iter()
@@ -81,6 +79,20 @@ impl Manifest {
 
 /// Lists `uri`: every file it names, with URL, size, expected digests and credentials.
 /// `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS` from `env` filter the listing.
+///
+/// ```no_run
+/// use modelpull::{Control, Env, Options};
+///
+/// # fn main() -> modelpull::Result<()> {
+/// let env = Env::from_process(); // AWS_*, HF_TOKEN, GOOGLE_APPLICATION_CREDENTIALS, proxies…
+/// let control = Control::new(&Options::default().client())?;
+/// let manifest = modelpull::resolve("s3://models/llama-3-8b", &env, &control)?;
+/// for line in manifest.listing() {
+///     println!("{} {:?} {}", line.path, line.size, line.checksum);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub fn resolve(uri: &str, env: &Env, control: &Control) -> Result<Manifest> {
     let scheme = uri.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     let patterns = Patterns::from_env(env);

@@ -16,8 +16,8 @@ pub use modelpull_origin as origin;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use modelpull::digest::{Algorithm, Digest};
 use modelpull::runtime::{Driver, DriverChoice};
+use modelpull::{Algorithm, Digest};
 use modelpull::{Context, Options, PullRequest, Target};
 use modelpull_origin::Origin;
 use sha2::Digest as _;

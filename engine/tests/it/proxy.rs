@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use modelpull::http::proxy::ProxyConfig;
+use modelpull::ProxyConfig;
 use modelpull::{Options, Target};
 use modelpull_testkit::origin::Origin;
 use modelpull_testkit::pki::{leaf, pki};
