@@ -28,6 +28,8 @@ use crate::pool::BufPool;
 use crate::progress::Progress;
 use crate::target::Target;
 
+mod window;
+
 /// What never changes about a file during a pull.
 #[derive(Debug)]
 pub(crate) struct FileMeta {
@@ -154,18 +156,6 @@ pub(crate) struct FileState {
 }
 
 impl FileState {
-    /// Chunks ahead of the hash cursor that hold a buffer or will: parked ones, and those
-    /// still to come in ranges that do not start at the cursor.
-    fn committed(&self) -> u64 {
-        let in_flight: u64 = self
-            .active
-            .iter()
-            .filter(|a| a.next > self.cursor)
-            .map(|a| a.end - a.next)
-            .sum();
-        self.parked.len() as u64 + in_flight
-    }
-
     fn fresh(meta: &FileMeta) -> Self {
         Self {
             phase: Phase::New,
@@ -301,10 +291,8 @@ impl Job {
         cancel: Arc<AtomicBool>,
     ) -> Self {
         let buffers = (opts.memory_limit / opts.chunk_size).max(opts.connections + 2);
-        let range_chunks = (opts.range_size / opts.chunk_size as u64).max(1);
-        let window_chunks = ((buffers - opts.connections) as u64).max(range_chunks);
         Self {
-            window_chunks,
+            window_chunks: window::window_chunks(&opts, buffers),
             pool: BufPool::new(opts.chunk_size, buffers),
             limiter: opts.limit_rate.map(RateLimiter::new),
             state: Mutex::new(JobState {
@@ -372,16 +360,7 @@ impl Job {
         let per_host = self.opts.connections_per_host;
         let mut wait = POLL;
         let mut blocked = false;
-        // The window is one budget for the whole pull, not one per file: with several files
-        // in flight, each filling its own window parks more chunks than the buffers hold, and
-        // the rest are read back from disk to be hashed.
-        let committed: u64 = st
-            .files
-            .iter()
-            .zip(&self.metas)
-            .filter(|(fs, meta)| fs.phase == Phase::Active && !meta.ordered.is_empty())
-            .map(|(fs, _)| fs.committed())
-            .sum();
+        let committed = self.window_committed(&st.files);
         for (i, fs) in st.files.iter_mut().enumerate() {
             let meta = &self.metas[i];
             let host_busy = st.host_active.get(&meta.host).copied().unwrap_or(0) >= per_host;
@@ -425,15 +404,8 @@ impl Job {
                         .iter()
                         .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
                         .map(|(&s, p)| (s, p.end));
-                    // Ordered digests hold chunks ahead of the cursor in memory: claim no
-                    // further ahead than memory can hold, so nothing has to be read back.
-                    let fits = |s: u64, e: u64| {
-                        meta.ordered.is_empty()
-                            || (e <= fs.cursor + self.window_chunks
-                                && committed + (e - s) <= self.window_chunks)
-                    };
                     let ready = match ready {
-                        Some((s, e)) if s <= fs.cursor || fits(s, e) => Some(s),
+                        Some((s, e)) if self.fits_window(meta, fs, committed, s, e) => Some(s),
                         Some(_) => {
                             blocked = true;
                             None
@@ -1359,68 +1331,6 @@ mod tests {
         })
         .unwrap();
         meta
-    }
-
-    fn claimed(job: &Job) -> Option<(usize, u64, u64)> {
-        match job.claim() {
-            Work::Fetch(c) => Some((c.file, c.start, c.end)),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn files_share_one_window_ahead_of_their_hash_cursors() {
-        let dir = tempfile::tempdir().unwrap();
-        let metas: Vec<FileMeta> = ["a.bin", "b.bin"]
-            .iter()
-            .map(|name| {
-                let target = Target::parse(&format!("http://127.0.0.1:9/{name}")).unwrap();
-                let at = |suffix: &str| dir.path().join(format!("{name}{suffix}"));
-                FileMeta::new(target, at(".part"), Journal::path_for(&at("")), at(""))
-            })
-            .collect();
-        // 8 buffers of 4 KiB, 2 connections: 6 chunks may wait for the hashers, in all.
-        let opts = Options {
-            chunk_size: 4096,
-            range_size: 8192,
-            connections: 2,
-            memory_limit: 8 * 4096,
-            ..Options::default()
-        };
-        let files = metas.iter().map(FileState::fresh).collect();
-        let job = Job::new(
-            opts,
-            metas,
-            files,
-            Arc::default(),
-            Metrics::default(),
-            Arc::default(),
-        );
-        let probes: Vec<Claim> = (0..2)
-            .map(|_| match job.claim() {
-                Work::Fetch(probe) if probe.kind == ClaimKind::Probe => probe,
-                other => panic!("a probe, not {other:?}"),
-            })
-            .collect();
-        for probe in &probes {
-            let url = job.metas[probe.file].target.url.clone();
-            job.start_file(probe, 40 * 4096, "\"v\"".into(), url, true)
-                .unwrap();
-        }
-        // The probes hold each file's cursor range; ranges ahead take from the shared window.
-        assert_eq!(claimed(&job), Some((0, 2, 4)));
-        assert_eq!(claimed(&job), Some((0, 4, 6)));
-        // File a's own limit (cursor + 6) stops it; b gets what is left of the window, 2 chunks.
-        assert_eq!(claimed(&job), Some((1, 2, 4)));
-        assert_eq!(claimed(&job), None, "the window is spent");
-        // A slow range at any file's cursor holds the shared window back and is split, here
-        // b's, though a was the file found blocked (a's has one chunk left to give).
-        assert!(job.begin_chunk(&probes[0], 0));
-        let long_ago = Instant::now() - 2 * SLOW_RANGE;
-        for fs in &mut job.lock().files {
-            fs.active.iter_mut().for_each(|a| a.since = long_ago);
-        }
-        assert_eq!(claimed(&job), Some((1, 1, 2)));
     }
 
     /// A chunk the hashers took before it was written: they go on with the chunks parked
