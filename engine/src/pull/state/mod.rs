@@ -28,6 +28,8 @@ use crate::pool::BufPool;
 use crate::progress::Progress;
 use crate::target::Target;
 
+mod schedule;
+mod steal;
 mod window;
 
 /// What never changes about a file during a pull.
@@ -275,9 +277,6 @@ pub(crate) struct Job {
     window_chunks: u64,
 }
 
-const POLL: Duration = Duration::from_millis(5);
-/// A range in flight this long while its file's window is full counts as slow.
-const SLOW_RANGE: Duration = Duration::from_secs(2);
 /// Times a file may change on the server mid-download before the pull gives up.
 const MAX_RESTARTS: u32 = 3;
 
@@ -346,166 +345,6 @@ impl Job {
 
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Relaxed)
-    }
-
-    /// Hands out the next piece of work: probes first, then the lowest pending range of the
-    /// earliest file (so hash cursors keep moving), then half of the largest range in flight.
-    pub fn claim(&self) -> Work {
-        let now = Instant::now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        if st.failed.is_some() || st.files.iter().all(|f| f.phase == Phase::Done) {
-            return Work::Finished;
-        }
-        let per_host = self.opts.connections_per_host;
-        let mut wait = POLL;
-        let mut blocked = false;
-        let committed = self.window_committed(&st.files);
-        for (i, fs) in st.files.iter_mut().enumerate() {
-            let meta = &self.metas[i];
-            let host_busy = st.host_active.get(&meta.host).copied().unwrap_or(0) >= per_host;
-            match fs.phase {
-                Phase::New | Phase::Validate => {
-                    if let Some(nb) = fs.not_before.filter(|&nb| nb > now) {
-                        wait = wait.min(nb - now);
-                        continue;
-                    }
-                    if host_busy {
-                        continue;
-                    }
-                    let (kind, start, end, attempts) = if fs.phase == Phase::New {
-                        (ClaimKind::Probe, 0, self.range_chunks(), fs.probe_attempts)
-                    } else if let Some((start, p)) = fs.pending.pop_first() {
-                        (
-                            ClaimKind::Validate,
-                            start,
-                            p.end,
-                            p.attempts.max(fs.probe_attempts),
-                        )
-                    } else {
-                        (ClaimKind::Validate, 0, 0, fs.probe_attempts)
-                    };
-                    fs.phase = Phase::Probing;
-                    st.next_id += 1;
-                    *st.host_active.entry(meta.host.clone()).or_default() += 1;
-                    return Work::Fetch(Claim {
-                        file: i,
-                        generation: fs.generation,
-                        id: st.next_id,
-                        kind,
-                        start,
-                        end,
-                        attempts,
-                    });
-                }
-                Phase::Active if !host_busy => {
-                    let ready = fs
-                        .pending
-                        .iter()
-                        .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
-                        .map(|(&s, p)| (s, p.end));
-                    let ready = match ready {
-                        Some((s, e)) if self.fits_window(meta, fs, committed, s, e) => Some(s),
-                        Some(_) => {
-                            blocked = true;
-                            None
-                        }
-                        None => None,
-                    };
-                    if let Some(start) = ready {
-                        let p = fs.pending.remove(&start).expect("pending range");
-                        st.next_id += 1;
-                        fs.active.push(ActiveRange {
-                            id: st.next_id,
-                            next: start,
-                            end: p.end,
-                            since: now,
-                        });
-                        *st.host_active.entry(meta.host.clone()).or_default() += 1;
-                        return Work::Fetch(Claim {
-                            file: i,
-                            generation: fs.generation,
-                            id: st.next_id,
-                            kind: ClaimKind::Range,
-                            start,
-                            end: p.end,
-                            attempts: p.attempts,
-                        });
-                    }
-                    if let Some(nb) = fs.pending.values().filter_map(|p| p.not_before).min() {
-                        wait = wait.min(nb.saturating_duration_since(now));
-                    }
-                }
-                _ => {}
-            }
-        }
-        // Nothing to claim. At the end of a file, take over the upper half of the range with
-        // the most left, so that one slow connection never holds the end of the pull. When a
-        // window is full instead, only a range that has been slow is split: one at a file's
-        // cursor, holding the window back (any file's, since the window is shared).
-        let slow = self.opts.stall_timeout.min(SLOW_RANGE);
-        let victim = st
-            .files
-            .iter()
-            .enumerate()
-            .filter(|(i, fs)| {
-                fs.phase == Phase::Active
-                    && fs.ranged
-                    && st
-                        .host_active
-                        .get(&self.metas[*i].host)
-                        .copied()
-                        .unwrap_or(0)
-                        < per_host
-            })
-            .flat_map(|(i, fs)| {
-                fs.active
-                    .iter()
-                    .enumerate()
-                    .filter(move |(_, a)| {
-                        !blocked || (a.next <= fs.cursor + 1 && now - a.since >= slow)
-                    })
-                    .map(move |(j, a)| (i, j, a.end - a.next))
-            })
-            .filter(|&(_, _, left)| left >= 2)
-            .max_by_key(|&(_, _, left)| left);
-        if let Some((i, j, _)) = victim {
-            st.next_id += 1;
-            let id = st.next_id;
-            let fs = &mut st.files[i];
-            let a = &mut fs.active[j];
-            let mid = a.next + (a.end - a.next) / 2;
-            let end = a.end;
-            a.end = mid;
-            fs.active.push(ActiveRange {
-                id,
-                next: mid,
-                end,
-                since: now,
-            });
-            *st.host_active
-                .entry(self.metas[i].host.clone())
-                .or_default() += 1;
-            tracing::debug!(file = %self.metas[i].target.path, from = mid, to = end, "split a range in flight");
-            return Work::Fetch(Claim {
-                file: i,
-                generation: st.files[i].generation,
-                id,
-                kind: ClaimKind::Range,
-                start: mid,
-                end,
-                attempts: 0,
-            });
-        }
-        Work::Wait(wait)
-    }
-
-    /// Called when a worker is done with a claim, whatever the outcome.
-    pub fn release_host(&self, file: usize) {
-        let mut st = self.lock();
-        if let Some(n) = st.host_active.get_mut(&self.metas[file].host) {
-            *n = n.saturating_sub(1);
-        }
     }
 
     /// A new file's probe answered: sets up its chunks, part file and journal, queues the
@@ -595,35 +434,6 @@ impl Job {
                 since: Instant::now(),
             });
         }
-    }
-
-    /// Reserves chunk `c` for the worker holding range `id`. `false`: the range was cut short
-    /// (split, or the file was reset) and the worker must stop.
-    pub fn begin_chunk(&self, claim: &Claim, c: u64) -> bool {
-        let mut st = self.lock();
-        let fs = &mut st.files[claim.file];
-        if fs.generation != claim.generation {
-            return false;
-        }
-        let Some(pos) = fs.active.iter().position(|a| a.id == claim.id) else {
-            return false;
-        };
-        if c >= fs.active[pos].end {
-            fs.active.swap_remove(pos);
-            return false;
-        }
-        fs.active[pos].next = c + 1;
-        true
-    }
-
-    /// The worker finished its range.
-    pub fn finish_range(&self, claim: &Claim) {
-        let mut st = self.lock();
-        let fs = &mut st.files[claim.file];
-        if fs.generation == claim.generation {
-            fs.active.retain(|a| a.id != claim.id);
-        }
-        self.metrics.ranges.inc();
     }
 
     /// A request failed at chunk `from`: queue the rest again after a pause, or end the pull

@@ -69,7 +69,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use super::super::{Claim, ClaimKind, FileMeta, FileState, Job, SLOW_RANGE, Work};
+    use super::super::steal::SLOW_RANGE;
+    use super::super::{Claim, ClaimKind, FileMeta, FileState, Job, Work};
     use crate::disk::journal::Journal;
     use crate::metrics::Metrics;
     use crate::pull::Options;
