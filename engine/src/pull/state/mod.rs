@@ -13,21 +13,22 @@ use std::time::{Duration, Instant};
 
 use url::Url;
 
-use super::limits::{RateLimiter, backoff};
+use super::limits::RateLimiter;
 use super::{Options, plan};
 use crate::buf::AlignedBuf;
 use crate::digest::ordered::OrderedHashers;
 use crate::digest::{Algorithm, Digest, crc};
-use crate::disk::journal::{self, Header, Journal, Record};
+use crate::disk::journal::{Journal, Record};
 use crate::disk::part;
 use crate::disk::staging::FileRecord;
 use crate::error::Error;
-use crate::http::HttpError;
 use crate::metrics::Metrics;
 use crate::pool::BufPool;
 use crate::progress::Progress;
 use crate::target::Target;
 
+mod probe;
+mod retry;
 mod schedule;
 mod steal;
 mod window;
@@ -277,9 +278,6 @@ pub(crate) struct Job {
     window_chunks: u64,
 }
 
-/// Times a file may change on the server mid-download before the pull gives up.
-const MAX_RESTARTS: u32 = 3;
-
 impl Job {
     pub fn new(
         opts: Options,
@@ -345,232 +343,6 @@ impl Job {
 
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Relaxed)
-    }
-
-    /// A new file's probe answered: sets up its chunks, part file and journal, queues the
-    /// remaining ranges, and registers the probe's own span as in flight.
-    /// Returns the span `[0, end)` the probe response carries.
-    pub fn start_file(
-        &self,
-        claim: &Claim,
-        size: u64,
-        validator: String,
-        url: Url,
-        ranged: bool,
-    ) -> Result<u64, Error> {
-        let meta = &self.metas[claim.file];
-        let direct = part::create(&meta.part, Some(size))
-            .map_err(|e| Error::local("create", &meta.part, e))?;
-        let chunk = self.chunk_size();
-        let header = Header {
-            version: journal::VERSION,
-            source: meta.source.clone(),
-            size,
-            validator: validator.clone(),
-            chunk_size: chunk,
-            algorithms: meta.algorithms(),
-        };
-        // A rewrite a crash interrupted (see `Journal::replace`) has nothing left to give.
-        let _ = std::fs::remove_file(Journal::temp_path(&meta.journal));
-        let journal = Journal::create(&meta.journal, &header)
-            .map_err(|e| Error::local("create", &meta.journal, e))?;
-        let mut st = self.lock();
-        let fs = &mut st.files[claim.file];
-        if fs.generation != claim.generation {
-            return Ok(0);
-        }
-        let chunks = size.div_ceil(chunk);
-        fs.size = size;
-        fs.chunks = chunks;
-        fs.validator = validator;
-        fs.direct = direct;
-        fs.ranged = ranged;
-        fs.url = url;
-        fs.done = vec![false; chunks as usize];
-        fs.done_count = 0;
-        fs.crcs = vec![vec![0; chunks as usize]; meta.crcs.len()];
-        fs.cursor = 0;
-        fs.hashers = Some(OrderedHashers::new(meta.ordered.iter().copied(), size));
-        fs.unwritten.clear();
-        fs.journal = Some(journal);
-        fs.records = 0;
-        fs.last_sync = Instant::now();
-        fs.downloads += 1;
-        fs.phase = Phase::Active;
-        let first_end = if ranged {
-            claim.end.min(chunks)
-        } else {
-            chunks
-        };
-        fs.active.push(ActiveRange {
-            id: claim.id,
-            next: 0,
-            end: first_end,
-            since: Instant::now(),
-        });
-        fs.queue(plan::ranges(first_end, chunks, self.range_chunks(), |_| {
-            false
-        }));
-        self.progress.total_bytes.fetch_add(size, Relaxed);
-        Ok(first_end)
-    }
-
-    /// A resumed file's first answer matched its journal: back to normal work. The validating
-    /// claim's span (if any) becomes a range in flight.
-    pub fn validated(&self, claim: &Claim, url: Url) {
-        let mut st = self.lock();
-        let fs = &mut st.files[claim.file];
-        if fs.generation != claim.generation {
-            return;
-        }
-        fs.phase = Phase::Active;
-        fs.url = url;
-        fs.probe_attempts = 0;
-        if claim.end > claim.start {
-            fs.active.push(ActiveRange {
-                id: claim.id,
-                next: claim.start,
-                end: claim.end,
-                since: Instant::now(),
-            });
-        }
-    }
-
-    /// A request failed at chunk `from`: queue the rest again after a pause, or end the pull
-    /// when the attempts are spent.
-    pub fn retry(&self, claim: &Claim, from: u64, err: HttpError) {
-        let meta = &self.metas[claim.file];
-        let mut st = self.lock();
-        if st.failed.is_some() {
-            return;
-        }
-        let fs = &mut st.files[claim.file];
-        if fs.generation != claim.generation {
-            return;
-        }
-        let progressed = claim.kind == ClaimKind::Range && from > claim.start;
-        let attempts = if progressed { 1 } else { claim.attempts + 1 };
-        if attempts > self.opts.retries {
-            drop(st);
-            self.fail(Error::Source {
-                file: meta.target.path.clone(),
-                attempts,
-                source: err,
-            });
-            return;
-        }
-        let delay = backoff(
-            attempts,
-            self.opts.backoff_base,
-            self.opts.backoff_cap,
-            err.retry_after(),
-        );
-        tracing::warn!(file = %meta.target.path, error = %err, attempt = attempts, delay_ms = delay.as_millis() as u64, "retrying");
-        self.progress.retries.fetch_add(1, Relaxed);
-        self.metrics.retries.inc();
-        let not_before = Some(Instant::now() + delay);
-        match fs.phase {
-            Phase::Probing if claim.kind == ClaimKind::Probe => {
-                fs.phase = Phase::New;
-                fs.probe_attempts = attempts;
-                fs.not_before = not_before;
-            }
-            Phase::Probing => {
-                fs.phase = Phase::Validate;
-                fs.probe_attempts = attempts;
-                fs.not_before = not_before;
-                if claim.end > claim.start {
-                    fs.pending.insert(
-                        claim.start,
-                        Pending {
-                            end: claim.end,
-                            attempts,
-                            not_before,
-                        },
-                    );
-                }
-            }
-            _ if !fs.ranged => {
-                // Without Range support the only way to continue is from the start.
-                drop(st);
-                self.restart(
-                    claim.file,
-                    claim.generation,
-                    "the server does not support ranges and the transfer broke",
-                    Some(delay),
-                    false,
-                );
-            }
-            _ => {
-                let Some(pos) = fs.active.iter().position(|a| a.id == claim.id) else {
-                    return;
-                };
-                let a = fs.active.swap_remove(pos);
-                if from < a.end {
-                    fs.pending.insert(
-                        from,
-                        Pending {
-                            end: a.end,
-                            attempts,
-                            not_before,
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    /// Starts a file over: the server's object changed, the digest did not match, or a broken
-    /// transfer cannot be resumed. `verify` says whether this counts as a verification attempt.
-    pub fn restart(
-        &self,
-        file: usize,
-        generation: u32,
-        reason: &str,
-        delay: Option<Duration>,
-        verify: bool,
-    ) {
-        let meta = &self.metas[file];
-        let mut st = self.lock();
-        let fs = &mut st.files[file];
-        if fs.generation != generation || fs.phase == Phase::Done {
-            return;
-        }
-        let restarts = fs.restarts + u32::from(!verify);
-        if restarts > MAX_RESTARTS {
-            drop(st);
-            self.fail(Error::Remote {
-                file: meta.target.path.clone(),
-                message: format!("{reason}; gave up after {MAX_RESTARTS} restarts"),
-            });
-            return;
-        }
-        tracing::warn!(file = %meta.target.path, reason, "starting the file over");
-        let downloads = fs.downloads;
-        let (wrong, wrong_varied) = (fs.wrong.take(), fs.wrong_varied);
-        let counted = fs.counted_bytes;
-        let size_known = fs.chunks > 0 || fs.size > 0;
-        let size = fs.size;
-        for (_, buf) in std::mem::take(&mut fs.parked) {
-            self.pool.put(buf);
-        }
-        let mut fresh = FileState::fresh(meta);
-        fresh.generation = generation + 1;
-        fresh.downloads = downloads;
-        fresh.wrong = wrong;
-        fresh.wrong_varied = wrong_varied;
-        fresh.restarts = restarts;
-        fresh.not_before = delay.map(|d| Instant::now() + d);
-        *fs = fresh;
-        // Before the lock is released: once it is, a worker may create the next generation's
-        // part and journal at these paths, which a later removal would take away.
-        let _ = std::fs::remove_file(&meta.journal);
-        let _ = std::fs::remove_file(&meta.part);
-        drop(st);
-        self.progress.done_bytes.fetch_sub(counted, Relaxed);
-        if size_known {
-            self.progress.total_bytes.fetch_sub(size, Relaxed);
-        }
     }
 
     /// Records a written chunk and says what the worker must do next.
@@ -863,18 +635,6 @@ impl Job {
             }
         }
     }
-
-    /// Sends later requests for a file back to its source URL (a redirect target expired).
-    pub fn reset_url(&self, file: usize) -> bool {
-        let mut st = self.lock();
-        let fs = &mut st.files[file];
-        let original = &self.metas[file].target.url;
-        if &fs.url == original {
-            return false;
-        }
-        fs.url = original.clone();
-        true
-    }
 }
 
 impl FileState {
@@ -1107,6 +867,7 @@ fn part_holds(part: &std::path::Path, record: &FileRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::journal::{self, Header};
     use sha2::Digest as _;
 
     /// A part verified and journaled `done`, its rename not made: what a stop between
