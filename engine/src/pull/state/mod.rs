@@ -4,6 +4,20 @@
 //! One mutex guards it all. It is taken a few times per chunk (megabytes), never per byte, and
 //! never across I/O: hashing, network and disk work happen outside it. That keeps every
 //! invariant in one place, which matters more here than the last microsecond.
+//!
+//! This module holds the types and the lock. The code that works on them is split by concern
+//! into child modules, each adding `impl Job` (or `impl FileState`) blocks whose methods take
+//! the lock themselves; being children, they see the fields that stay private to `state`:
+//!
+//! - `schedule`: which claim a worker gets next, within the per-host caps;
+//! - `window`: how far ahead of their hash cursors the files may fetch;
+//! - `steal`: ranges in flight, and splitting one when nothing else can be claimed;
+//! - `probe`: what a file's first answer sets up, and where its requests go;
+//! - `hash`: the hash cursor: who hashes which chunk next, and when a file is complete;
+//! - `checkpoint`: when the journal vouches for what is on disk;
+//! - `verify`: a complete file checked against what is expected;
+//! - `retry`: requests tried again, files started over, and when the pull gives up;
+//! - `resume`: the state each file starts a pull in, from what an earlier run left.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -303,7 +317,8 @@ pub(crate) struct Job {
     pub metrics: Metrics,
     pub limiter: Option<RateLimiter>,
     pub cancel: Arc<AtomicBool>,
-    /// Chunks a file may have in flight or parked ahead of its hash cursor.
+    /// Chunks a file, and all files together, may have in flight or parked ahead of their
+    /// hash cursors (see `window`).
     window_chunks: u64,
 }
 
@@ -335,6 +350,7 @@ impl Job {
         }
     }
 
+    /// Takes the one lock over the pull's state (the module doc says why there is one).
     pub fn lock(&self) -> MutexGuard<'_, JobState> {
         self.state.lock().expect("job state lock")
     }

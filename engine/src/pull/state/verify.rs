@@ -2,8 +2,9 @@
 //!
 //! The ordered digests come from the hashers; the CRCs are combined from each chunk's, so no
 //! byte is read again. A file whose size or digest does not match is downloaded again, up to
-//! `Options::verify_attempts` downloads in all; the error then says whether the wrong digest
-//! was the same every time (pointing at the store's copy) or not (at what carries the bytes).
+//! `Options::verify_attempts` downloads in all; a digest's error then says whether the wrong
+//! digest was the same every time (pointing at the store's copy) or not (at what carries the
+//! bytes).
 
 use std::sync::atomic::Ordering::Relaxed;
 
