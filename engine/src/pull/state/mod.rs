@@ -1,0 +1,409 @@
+//! The shared state of one pull: every file's progress, the scheduler that hands out work, and
+//! the bookkeeping of chunks, hash cursors and retries.
+//!
+//! One mutex guards it all. It is taken a few times per chunk (megabytes), never per byte, and
+//! never across I/O: hashing, network and disk work happen outside it. That keeps every
+//! invariant in one place, which matters more here than the last microsecond.
+//!
+//! This module holds the types and the lock. The code that works on them is split by concern
+//! into child modules, each adding `impl Job` (or `impl FileState`) blocks whose methods take
+//! the lock themselves; being children, they see the fields that stay private to `state`:
+//!
+//! - `schedule`: which claim a worker gets next, within the per-host caps;
+//! - `window`: how far ahead of their hash cursors the files may fetch;
+//! - `steal`: ranges in flight, and splitting one when nothing else can be claimed;
+//! - `probe`: what a file's first answer sets up, and where its requests go;
+//! - `hash`: the hash cursor: who hashes which chunk next, and when a file is complete;
+//! - `checkpoint`: when the journal vouches for what is on disk;
+//! - `verify`: a complete file checked against what is expected;
+//! - `retry`: requests tried again, files started over, and when the pull gives up;
+//! - `resume`: the state each file starts a pull in, from what an earlier run left.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use url::Url;
+
+use super::Options;
+use super::limits::RateLimiter;
+use crate::buf::AlignedBuf;
+use crate::digest::ordered::OrderedHashers;
+use crate::digest::{Algorithm, Digest};
+use crate::disk::journal::Journal;
+use crate::disk::staging::FileRecord;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::pool::BufPool;
+use crate::progress::Progress;
+use crate::target::Target;
+
+mod checkpoint;
+mod hash;
+mod probe;
+mod resume;
+mod retry;
+mod schedule;
+mod steal;
+mod verify;
+mod window;
+
+/// What never changes about a file during a pull.
+#[derive(Debug)]
+pub(crate) struct FileMeta {
+    pub target: Target,
+    /// The source as logs and the journal may show it.
+    pub source: String,
+    pub host: String,
+    /// Where the target's credentials may go: its own scheme, host and port only.
+    pub origin: Option<crate::http::conn::Endpoint>,
+    pub part: PathBuf,
+    pub journal: PathBuf,
+    pub final_path: PathBuf,
+    /// Digests computed in order (sha256, sha1, md5).
+    pub ordered: Vec<Algorithm>,
+    /// CRCs computed per chunk; crc32c first, always.
+    pub crcs: Vec<Algorithm>,
+}
+
+impl FileMeta {
+    pub fn new(target: Target, part: PathBuf, journal: PathBuf, final_path: PathBuf) -> Self {
+        let mut ordered: Vec<Algorithm> = target
+            .expected
+            .iter()
+            .map(|d| d.algorithm)
+            .filter(|a| a.is_ordered())
+            .collect();
+        if target.expected.is_empty() {
+            // Nothing to check against: compute sha256 anyway so the report can vouch for it.
+            ordered.push(Algorithm::Sha256);
+        }
+        ordered.sort();
+        ordered.dedup();
+        let mut crcs = vec![Algorithm::Crc32c];
+        for d in &target.expected {
+            if !d.algorithm.is_ordered() && !crcs.contains(&d.algorithm) {
+                crcs.push(d.algorithm);
+            }
+        }
+        Self {
+            source: crate::redact(&target.url),
+            host: target.url.host_str().unwrap_or_default().to_owned(),
+            origin: crate::http::conn::Endpoint::of(&target.url).ok(),
+            target,
+            part,
+            journal,
+            final_path,
+            ordered,
+            crcs,
+        }
+    }
+
+    pub fn algorithms(&self) -> Vec<Algorithm> {
+        self.ordered.iter().chain(&self.crcs).copied().collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Nothing known: the first request probes size and validator.
+    New,
+    /// Resumed from a journal: the first request checks the server still has the same object.
+    Validate,
+    /// A worker is on the first request.
+    Probing,
+    Active,
+    Done,
+}
+
+#[derive(Debug)]
+struct Pending {
+    end: u64,
+    attempts: u32,
+    not_before: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct ActiveRange {
+    id: u64,
+    /// First chunk not yet reserved by the worker.
+    next: u64,
+    end: u64,
+    since: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct FileState {
+    pub phase: Phase,
+    pub generation: u32,
+    pub size: u64,
+    pub chunks: u64,
+    pub validator: String,
+    pub direct: bool,
+    /// Whether the server honours `Range`.
+    pub ranged: bool,
+    /// Where requests go: the source, or the URL a redirect led to.
+    pub url: Url,
+    done: Vec<bool>,
+    done_count: u64,
+    /// Per CRC algorithm (as in `FileMeta::crcs`), per chunk.
+    crcs: Vec<Vec<u64>>,
+    cursor: u64,
+    hashers: Option<OrderedHashers>,
+    /// Chunks the hashers took from a worker's buffer before the worker wrote them: the cursor
+    /// is past them but they are not on disk yet, so no checkpoint and no finalize until they
+    /// are.
+    unwritten: BTreeSet<u64>,
+    parked: BTreeMap<u64, AlignedBuf>,
+    pending: BTreeMap<u64, Pending>,
+    active: Vec<ActiveRange>,
+    journal: Option<Journal>,
+    records: u64,
+    syncing: bool,
+    last_sync: Instant,
+    probe_attempts: u32,
+    not_before: Option<Instant>,
+    downloads: u32,
+    /// The wrong digest of the last failed verification, and whether earlier ones differed.
+    wrong: Option<Digest>,
+    wrong_varied: bool,
+    restarts: u32,
+    counted_bytes: u64,
+    pub record: Option<FileRecord>,
+    pub resumed_bytes: u64,
+}
+
+impl FileState {
+    fn fresh(meta: &FileMeta) -> Self {
+        Self {
+            phase: Phase::New,
+            generation: 0,
+            size: 0,
+            chunks: 0,
+            validator: String::new(),
+            direct: false,
+            ranged: true,
+            url: meta.target.url.clone(),
+            done: Vec::new(),
+            done_count: 0,
+            crcs: vec![Vec::new(); meta.crcs.len()],
+            cursor: 0,
+            hashers: None,
+            unwritten: BTreeSet::new(),
+            parked: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            active: Vec::new(),
+            journal: None,
+            records: 0,
+            syncing: false,
+            last_sync: Instant::now(),
+            probe_attempts: 0,
+            not_before: None,
+            downloads: 0,
+            wrong: None,
+            wrong_varied: false,
+            restarts: 0,
+            counted_bytes: 0,
+            record: None,
+            resumed_bytes: 0,
+        }
+    }
+
+    /// Queues ranges that have not been tried yet.
+    fn queue(&mut self, ranges: Vec<(u64, u64)>) {
+        for (start, end) in ranges {
+            self.pending.insert(
+                start,
+                Pending {
+                    end,
+                    attempts: 0,
+                    not_before: None,
+                },
+            );
+        }
+    }
+
+    /// Bytes of this file already accounted for (for progress).
+    pub fn counted_bytes(&self) -> u64 {
+        self.counted_bytes
+    }
+}
+
+/// A unit of work handed to a worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Claim {
+    pub file: usize,
+    pub generation: u32,
+    pub id: u64,
+    pub kind: ClaimKind,
+    /// Chunk span `[start, end)`; for a probe of a new file, the span the probe asks for.
+    pub start: u64,
+    pub end: u64,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimKind {
+    Probe,
+    Validate,
+    Range,
+}
+
+#[derive(Debug)]
+pub(crate) enum Work {
+    Fetch(Claim),
+    Wait(Duration),
+    Finished,
+}
+
+/// What a worker must do after recording a chunk.
+pub(crate) enum AfterChunk {
+    Nothing(AlignedBuf),
+    /// The chunk is at the hash cursor: hash it (and whatever follows) with these hashers.
+    Hash(OrderedHashers, AlignedBuf),
+    /// The hashers took the chunk before it was written and are free: go on from their
+    /// cursor (read back, checkpoint or finalize may have waited for this write).
+    Resume(OrderedHashers, AlignedBuf),
+    /// Every chunk is in: verify and publish the file.
+    Finalize(AlignedBuf),
+    /// Flush the part, then record the checkpoint.
+    Checkpoint {
+        records: u64,
+        buf: AlignedBuf,
+    },
+}
+
+/// What the hasher must do next.
+pub(crate) enum HashStep {
+    /// Hash this buffer (the chunk at the cursor).
+    Buffer(AlignedBuf),
+    /// Read the chunk at the cursor back from disk, then hash it.
+    Read,
+    /// Flush and checkpoint, then ask again.
+    Checkpoint { records: u64 },
+    /// Hashing is complete: finalize.
+    Finalize,
+    /// The hashers were put back; nothing to hash now.
+    Stop,
+    /// The file was reset meanwhile.
+    Stale,
+}
+
+/// What a worker should do for a file right after it was probed or validated.
+pub(crate) enum Kick {
+    Nothing,
+    Hash(OrderedHashers),
+    Finalize,
+}
+
+#[derive(Debug)]
+pub(crate) struct JobState {
+    pub files: Vec<FileState>,
+    failed: Option<Error>,
+    next_id: u64,
+    host_active: HashMap<String, usize>,
+}
+
+/// One pull's shared state and services.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub opts: Options,
+    pub metas: Vec<FileMeta>,
+    pub state: Mutex<JobState>,
+    pub pool: BufPool,
+    pub progress: Arc<Progress>,
+    pub metrics: Metrics,
+    pub limiter: Option<RateLimiter>,
+    pub cancel: Arc<AtomicBool>,
+    /// Chunks a file, and all files together, may have in flight or parked ahead of their
+    /// hash cursors (see `window`).
+    window_chunks: u64,
+}
+
+impl Job {
+    pub fn new(
+        opts: Options,
+        metas: Vec<FileMeta>,
+        files: Vec<FileState>,
+        progress: Arc<Progress>,
+        metrics: Metrics,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        let buffers = (opts.memory_limit / opts.chunk_size).max(opts.connections + 2);
+        Self {
+            window_chunks: window::window_chunks(&opts, buffers),
+            pool: BufPool::new(opts.chunk_size, buffers),
+            limiter: opts.limit_rate.map(RateLimiter::new),
+            state: Mutex::new(JobState {
+                files,
+                failed: None,
+                next_id: 0,
+                host_active: HashMap::new(),
+            }),
+            opts,
+            metas,
+            progress,
+            metrics,
+            cancel,
+        }
+    }
+
+    /// Takes the one lock over the pull's state (the module doc says why there is one).
+    pub fn lock(&self) -> MutexGuard<'_, JobState> {
+        self.state.lock().expect("job state lock")
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.opts.chunk_size as u64
+    }
+
+    fn range_chunks(&self) -> u64 {
+        (self.opts.range_size / self.chunk_size()).max(1)
+    }
+
+    /// Length of chunk `c` of a file of `size` bytes.
+    pub fn chunk_len(&self, size: u64, c: u64) -> usize {
+        chunk_len(size, self.chunk_size(), c)
+    }
+
+    /// Records a failure that ends the pull (the first one wins).
+    pub fn fail(&self, err: Error) {
+        let mut st = self.lock();
+        if st.failed.is_none() {
+            tracing::debug!(error = %err, "pull failed");
+            st.failed = Some(err);
+        }
+    }
+
+    pub fn take_failure(&self) -> Option<Error> {
+        self.lock().failed.take()
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.lock().failed.is_some()
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Relaxed)
+    }
+
+    /// Whether `generation` is still the file's current one (it was not started over).
+    pub fn is_current(&self, file: usize, generation: u32) -> bool {
+        self.lock().files[file].generation == generation
+    }
+
+    /// Size and chunk count of a file, and whether it is written with O_DIRECT; `None` when
+    /// `generation` is no longer the file's current one.
+    pub fn layout(&self, file: usize, generation: u32) -> Option<(u64, u64, bool)> {
+        let st = self.lock();
+        let fs = &st.files[file];
+        (fs.generation == generation).then_some((fs.size, fs.chunks, fs.direct))
+    }
+}
+
+/// Length of chunk `c` of a file of `size` bytes cut in chunks of `chunk` bytes.
+fn chunk_len(size: u64, chunk: u64, c: u64) -> usize {
+    (size - c * chunk).min(chunk) as usize
+}

@@ -1,0 +1,157 @@
+//! Recovering from failures: a request tried again after a pause, a file started over.
+//!
+//! Both are bounded, and past the bounds the pull fails: a range (or a probe) gets
+//! `Options::retries` attempts, counted again from one once a range makes progress; a file may
+//! start over `MAX_RESTARTS` times when it cannot go on (its object changed on the server, or a
+//! transfer without `Range` broke), and is downloaded at most `Options::verify_attempts` times
+//! when its digest does not match (see `verify`).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use super::{Claim, ClaimKind, FileState, Job, Pending, Phase};
+use crate::error::Error;
+use crate::http::HttpError;
+use crate::pull::limits::backoff;
+
+/// Times a file may change on the server mid-download before the pull gives up.
+const MAX_RESTARTS: u32 = 3;
+
+impl Job {
+    /// A request failed at chunk `from`: queue the rest again after a pause, or end the pull
+    /// when the attempts are spent.
+    pub fn retry(&self, claim: &Claim, from: u64, err: HttpError) {
+        let meta = &self.metas[claim.file];
+        let mut st = self.lock();
+        if st.failed.is_some() {
+            return;
+        }
+        let fs = &mut st.files[claim.file];
+        if fs.generation != claim.generation {
+            return;
+        }
+        let progressed = claim.kind == ClaimKind::Range && from > claim.start;
+        let attempts = if progressed { 1 } else { claim.attempts + 1 };
+        if attempts > self.opts.retries {
+            drop(st);
+            self.fail(Error::Source {
+                file: meta.target.path.clone(),
+                attempts,
+                source: err,
+            });
+            return;
+        }
+        let delay = backoff(
+            attempts,
+            self.opts.backoff_base,
+            self.opts.backoff_cap,
+            err.retry_after(),
+        );
+        tracing::warn!(file = %meta.target.path, error = %err, attempt = attempts, delay_ms = delay.as_millis() as u64, "retrying");
+        self.progress.retries.fetch_add(1, Relaxed);
+        self.metrics.retries.inc();
+        let not_before = Some(Instant::now() + delay);
+        match fs.phase {
+            Phase::Probing if claim.kind == ClaimKind::Probe => {
+                fs.phase = Phase::New;
+                fs.probe_attempts = attempts;
+                fs.not_before = not_before;
+            }
+            Phase::Probing => {
+                fs.phase = Phase::Validate;
+                fs.probe_attempts = attempts;
+                fs.not_before = not_before;
+                if claim.end > claim.start {
+                    fs.pending.insert(
+                        claim.start,
+                        Pending {
+                            end: claim.end,
+                            attempts,
+                            not_before,
+                        },
+                    );
+                }
+            }
+            _ if !fs.ranged => {
+                // Without Range support the only way to continue is from the start.
+                drop(st);
+                self.restart(
+                    claim.file,
+                    claim.generation,
+                    "the server does not support ranges and the transfer broke",
+                    Some(delay),
+                    false,
+                );
+            }
+            _ => {
+                let Some(pos) = fs.active.iter().position(|a| a.id == claim.id) else {
+                    return;
+                };
+                let a = fs.active.swap_remove(pos);
+                if from < a.end {
+                    fs.pending.insert(
+                        from,
+                        Pending {
+                            end: a.end,
+                            attempts,
+                            not_before,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts a file over: the server's object changed, the digest did not match, or a broken
+    /// transfer cannot be resumed. `verify` says whether this counts as a verification attempt.
+    pub fn restart(
+        &self,
+        file: usize,
+        generation: u32,
+        reason: &str,
+        delay: Option<Duration>,
+        verify: bool,
+    ) {
+        let meta = &self.metas[file];
+        let mut st = self.lock();
+        let fs = &mut st.files[file];
+        if fs.generation != generation || fs.phase == Phase::Done {
+            return;
+        }
+        let restarts = fs.restarts + u32::from(!verify);
+        if restarts > MAX_RESTARTS {
+            drop(st);
+            self.fail(Error::Remote {
+                file: meta.target.path.clone(),
+                message: format!("{reason}; gave up after {MAX_RESTARTS} restarts"),
+            });
+            return;
+        }
+        tracing::warn!(file = %meta.target.path, reason, "starting the file over");
+        let downloads = fs.downloads;
+        let (wrong, wrong_varied) = (fs.wrong.take(), fs.wrong_varied);
+        let counted = fs.counted_bytes;
+        let size_known = fs.chunks > 0 || fs.size > 0;
+        let size = fs.size;
+        for (_, buf) in std::mem::take(&mut fs.parked) {
+            self.pool.put(buf);
+        }
+        let mut fresh = FileState::fresh(meta);
+        fresh.generation = generation + 1;
+        fresh.downloads = downloads;
+        fresh.wrong = wrong;
+        fresh.wrong_varied = wrong_varied;
+        fresh.restarts = restarts;
+        fresh.not_before = delay.map(|d| Instant::now() + d);
+        *fs = fresh;
+        // Before the lock is released: once it is, a worker may create the next generation's
+        // part and journal at these paths, which a later removal would take away.
+        let _ = std::fs::remove_file(&meta.journal);
+        let _ = std::fs::remove_file(&meta.part);
+        drop(st);
+        self.progress.done_bytes.fetch_sub(counted, Relaxed);
+        if size_known {
+            self.progress.total_bytes.fetch_sub(size, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The scheduler: which piece of work a worker gets next.
+//!
+//! A file's first request (a probe, or the check that a resumed file's object is unchanged)
+//! comes first, then the lowest pending range of the earliest file, so hash cursors keep
+//! moving, within the memory window (see `window`). When nothing can be claimed, a range in
+//! flight may be split instead (see `steal`). Connections per host are capped here: a claim
+//! counts against its file's host until the worker releases it.
+
+use std::time::{Duration, Instant};
+
+use super::{ActiveRange, Claim, ClaimKind, FileState, Job, JobState, Phase, Work};
+
+/// How long a worker waits before it asks again when nothing can be claimed.
+const POLL: Duration = Duration::from_millis(5);
+
+impl Job {
+    /// Hands out the next piece of work: probes first, then the lowest pending range of the
+    /// earliest file (so hash cursors keep moving), then half of the largest range in flight.
+    pub fn claim(&self) -> Work {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.failed.is_some() || st.files.iter().all(|f| f.phase == Phase::Done) {
+            return Work::Finished;
+        }
+        let mut wait = POLL;
+        let mut blocked = false;
+        let committed = self.window_committed(&st.files);
+        for file in 0..st.files.len() {
+            let host_busy = self.host_busy(st, file);
+            let fs = &st.files[file];
+            match fs.phase {
+                Phase::New | Phase::Validate => {
+                    if let Some(nb) = fs.not_before.filter(|&nb| nb > now) {
+                        wait = wait.min(nb - now);
+                        continue;
+                    }
+                    if host_busy {
+                        continue;
+                    }
+                    return self.claim_first_request(st, file);
+                }
+                Phase::Active if !host_busy => {
+                    match fs.ready_range(now) {
+                        Some((s, e))
+                            if self.fits_window(&self.metas[file], fs, committed, s, e) =>
+                        {
+                            return self.claim_range(st, file, s, now);
+                        }
+                        Some(_) => blocked = true,
+                        None => {}
+                    }
+                    if let Some(nb) = fs.pending.values().filter_map(|p| p.not_before).min() {
+                        wait = wait.min(nb.saturating_duration_since(now));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.split_range(st, blocked, now)
+            .unwrap_or(Work::Wait(wait))
+    }
+
+    /// Claims a file's first request: the probe of a new file, or the check that a resumed
+    /// file's object is unchanged, which also fetches its lowest pending range (if any).
+    fn claim_first_request(&self, st: &mut JobState, file: usize) -> Work {
+        let fs = &mut st.files[file];
+        let (kind, start, end, attempts) = if fs.phase == Phase::New {
+            (ClaimKind::Probe, 0, self.range_chunks(), fs.probe_attempts)
+        } else if let Some((start, p)) = fs.pending.pop_first() {
+            (
+                ClaimKind::Validate,
+                start,
+                p.end,
+                p.attempts.max(fs.probe_attempts),
+            )
+        } else {
+            (ClaimKind::Validate, 0, 0, fs.probe_attempts)
+        };
+        fs.phase = Phase::Probing;
+        let generation = fs.generation;
+        let id = self.open_claim(st, file);
+        Work::Fetch(Claim {
+            file,
+            generation,
+            id,
+            kind,
+            start,
+            end,
+            attempts,
+        })
+    }
+
+    /// Claims a file's pending range that starts at chunk `start`: it becomes a range in
+    /// flight.
+    fn claim_range(&self, st: &mut JobState, file: usize, start: u64, now: Instant) -> Work {
+        let p = st.files[file]
+            .pending
+            .remove(&start)
+            .expect("pending range");
+        let id = self.open_claim(st, file);
+        let fs = &mut st.files[file];
+        fs.active.push(ActiveRange {
+            id,
+            next: start,
+            end: p.end,
+            since: now,
+        });
+        Work::Fetch(Claim {
+            file,
+            generation: fs.generation,
+            id,
+            kind: ClaimKind::Range,
+            start,
+            end: p.end,
+            attempts: p.attempts,
+        })
+    }
+
+    /// Whether the host of `file` has all the connections it may have.
+    pub(super) fn host_busy(&self, st: &JobState, file: usize) -> bool {
+        st.host_active
+            .get(&self.metas[file].host)
+            .copied()
+            .unwrap_or(0)
+            >= self.opts.connections_per_host
+    }
+
+    /// Numbers a new claim on `file` and counts it against the file's host until
+    /// [`Job::release_host`].
+    pub(super) fn open_claim(&self, st: &mut JobState, file: usize) -> u64 {
+        st.next_id += 1;
+        *st.host_active
+            .entry(self.metas[file].host.clone())
+            .or_default() += 1;
+        st.next_id
+    }
+
+    /// Called when a worker is done with a claim, whatever the outcome.
+    pub fn release_host(&self, file: usize) {
+        let mut st = self.lock();
+        if let Some(n) = st.host_active.get_mut(&self.metas[file].host) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl FileState {
+    /// The lowest pending range whose pause (after a failure) is over, as `(start, end)`.
+    fn ready_range(&self, now: Instant) -> Option<(u64, u64)> {
+        self.pending
+            .iter()
+            .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
+            .map(|(&s, p)| (s, p.end))
+    }
+}

@@ -1,0 +1,102 @@
+//! Ranges in flight, and work stealing: taking over the upper half of one.
+//!
+//! A worker reserves the chunks of its range one at a time ([`Job::begin_chunk`]), so the
+//! range's end may move down while it works: when nothing is left to claim, another worker
+//! is given the upper half of a range in flight and the first stops where the cut was made.
+//! That way one slow connection never holds the end of the pull, nor, while the memory window
+//! is full, the hash cursor that the window waits for.
+
+use std::time::{Duration, Instant};
+
+use super::{ActiveRange, Claim, ClaimKind, Job, JobState, Phase, Work};
+
+/// A range in flight this long while its file's window is full counts as slow.
+pub(super) const SLOW_RANGE: Duration = Duration::from_secs(2);
+
+impl Job {
+    /// Reserves chunk `c` for the worker holding range `id`. `false`: the range was cut short
+    /// (split, or the file was reset) and the worker must stop.
+    pub fn begin_chunk(&self, claim: &Claim, c: u64) -> bool {
+        let mut st = self.lock();
+        let fs = &mut st.files[claim.file];
+        if fs.generation != claim.generation {
+            return false;
+        }
+        let Some(pos) = fs.active.iter().position(|a| a.id == claim.id) else {
+            return false;
+        };
+        if c >= fs.active[pos].end {
+            fs.active.swap_remove(pos);
+            return false;
+        }
+        fs.active[pos].next = c + 1;
+        true
+    }
+
+    /// The worker finished its range.
+    pub fn finish_range(&self, claim: &Claim) {
+        let mut st = self.lock();
+        let fs = &mut st.files[claim.file];
+        if fs.generation == claim.generation {
+            fs.active.retain(|a| a.id != claim.id);
+        }
+        self.metrics.ranges.inc();
+    }
+
+    /// Nothing to claim: at the end of a file, takes over the upper half of the range with
+    /// the most left, so that one slow connection never holds the end of the pull. When a
+    /// window is full instead (`blocked`), only a range that has been slow is split: one at a
+    /// file's cursor, holding the window back (any file's, since the window is shared).
+    pub(super) fn split_range(
+        &self,
+        st: &mut JobState,
+        blocked: bool,
+        now: Instant,
+    ) -> Option<Work> {
+        let (file, j) = self.split_victim(st, blocked, now)?;
+        let id = self.open_claim(st, file);
+        let fs = &mut st.files[file];
+        let a = &mut fs.active[j];
+        let mid = a.next + (a.end - a.next) / 2;
+        let end = a.end;
+        a.end = mid;
+        fs.active.push(ActiveRange {
+            id,
+            next: mid,
+            end,
+            since: now,
+        });
+        tracing::debug!(file = %self.metas[file].target.path, from = mid, to = end, "split a range in flight");
+        Some(Work::Fetch(Claim {
+            file,
+            generation: fs.generation,
+            id,
+            kind: ClaimKind::Range,
+            start: mid,
+            end,
+            attempts: 0,
+        }))
+    }
+
+    /// The range in flight to split, as its file and its place in the file's `active`: the
+    /// one with the most chunks left (two at least) on a host with a connection to spare.
+    fn split_victim(&self, st: &JobState, blocked: bool, now: Instant) -> Option<(usize, usize)> {
+        let slow = self.opts.stall_timeout.min(SLOW_RANGE);
+        st.files
+            .iter()
+            .enumerate()
+            .filter(|&(i, fs)| fs.phase == Phase::Active && fs.ranged && !self.host_busy(st, i))
+            .flat_map(|(i, fs)| {
+                fs.active
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, a)| {
+                        !blocked || (a.next <= fs.cursor + 1 && now - a.since >= slow)
+                    })
+                    .map(move |(j, a)| (i, j, a.end - a.next))
+            })
+            .filter(|&(_, _, left)| left >= 2)
+            .max_by_key(|&(_, _, left)| left)
+            .map(|(i, j, _)| (i, j))
+    }
+}
