@@ -5,6 +5,9 @@
 //! slice as it lands, hash the chunk at once when it is at a free hash cursor, write it to the
 //! part file at its offset, then record it (and hand it to the hash cursor if it was not hashed
 //! yet). Everything else (bookkeeping, retries) is a call into [`Job`] between chunks.
+//!
+//! It stays one file, longer than most, because it is the per-byte path: whoever checks what
+//! happens to a chunk's bytes, from the socket to the journal, finds every step here.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

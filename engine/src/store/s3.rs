@@ -1,5 +1,8 @@
 //! `s3://bucket/prefix` (or an exact key): Amazon S3 and S3-compatible stores.
 //!
+//! One file, longer than most: listing, the checksum HEADs, addressing styles and signing are
+//! one protocol whose parts share the same settings and error mapping.
+//!
 //! Listing is ListObjectsV2, page by page; each object then gets a HEAD with
 //! `x-amz-checksum-mode: ENABLED` (16 in flight) to learn the checksum S3 keeps for it. The
 //! digest verified is the first of: a full-object `x-amz-checksum-crc64nvme`, `-crc32c`,

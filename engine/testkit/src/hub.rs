@@ -7,8 +7,11 @@
 //! URL, errors are keyed by `X-Error-Code`), and the tests need to make it misbehave in the
 //! ways the real one does: presigned URLs that expire mid-download, gated and private repos,
 //! corrupt bytes. They also need to see every request, for example to prove that the token
-//! never reaches the CDN. `tests/hub.rs` proves the fixture faithful with the real Python
+//! never reaches the CDN. The engine's `tests/it/hub.rs` proves the fixture faithful with the real Python
 //! client, `huggingface_hub`.
+//!
+//! It is one long file because every route shares one state (repos, knobs, the request log)
+//! and one set of Hub error conventions; split, each part would import all the others.
 //!
 //! Like [`crate::origin::Origin`], it runs on its own tokio runtime in a background thread and stops
 //! when dropped. It has two listeners on 127.0.0.1, the Hub and its CDN, on different ports,

@@ -5,7 +5,7 @@
 //! file descriptor may be left open once the proxy is gone.
 //!
 //! The test runs a short soak (8 pulls). The long one is the same test with more pulls:
-//!   MODELPULL_SOAK_PULLS=60 cargo test --release -p modelpull --test chaos -- --nocapture
+//!   MODELPULL_SOAK_PULLS=60 cargo test --release -p modelpull --test it chaos:: -- --nocapture
 //! MODELPULL_SOAK_SEED picks another fault sequence (faults are drawn in the order connections
 //! are accepted, which thread timing decides, so a seed does not replay a run exactly).
 
