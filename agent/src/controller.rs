@@ -22,7 +22,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource};
 use modelpull::store::Env;
 
-use crate::config::{CONFIG_MAP, Config};
+use crate::config::{CONFIG_MAP, Config, ConfigError};
 use crate::crd::{LocalModelNode, ModelStatus};
 use crate::disk::Root;
 use crate::jobs::{Downloads, Report};
@@ -71,7 +71,7 @@ pub struct Ctx {
     pub node_env: Env,
     pub recorder: Recorder,
     progress_sent: Mutex<HashMap<String, Instant>>,
-    invalid_reported: Mutex<HashSet<(String, String)>>,
+    invalid_reported: Mutex<HashSet<(String, keys::InvalidEntry)>>,
     /// Reconciles failed in a row (for the backoff).
     failures: AtomicU32,
 }
@@ -82,12 +82,15 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
+/// Why a reconcile failed (a download's failure is not one: it shows in the model's status).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Config(String),
+    #[error("reading {CONFIG_MAP} timed out")]
+    ConfigTimeout,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 impl Ctx {
@@ -131,9 +134,9 @@ impl Ctx {
         let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let got = tokio::time::timeout(API_TIMEOUT, maps.get_opt(CONFIG_MAP))
             .await
-            .map_err(|_| Error::Config(format!("reading {CONFIG_MAP} timed out")))?;
+            .map_err(|_| Error::ConfigTimeout)?;
         match got? {
-            Some(cm) => Config::parse(&cm.data.unwrap_or_default()).map_err(Error::Config),
+            Some(cm) => Ok(Config::parse(&cm.data.unwrap_or_default())?),
             None => {
                 tracing::warn!(namespace = %self.namespace, "ConfigMap {CONFIG_MAP} not found; using KServe's defaults");
                 Ok(Config::default())
@@ -278,7 +281,8 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         )
         .await;
         match env {
-            Ok(mut env) => {
+            Ok(credentials) => {
+                let mut env = credentials.env;
                 for (name, value) in ctx.node_env.iter() {
                     if env.get(name).is_none() {
                         env.set(name, value);
@@ -286,10 +290,10 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
                 }
                 ctx.downloads.start_download(key, start.entry.clone(), env);
             }
-            Err(message) => {
+            Err(e) => {
                 mark_failed(&mut plan, key, &entries[..]);
                 ctx.downloads
-                    .fail(key, start.entry.clone(), format!("credentials: {message}"));
+                    .fail(key, start.entry.clone(), format!("credentials: {e}"));
             }
         }
     }

@@ -54,7 +54,7 @@ pub struct Invalid {
     pub status_key: String,
     /// The storage key its URI would have (it names the entry in Events).
     pub storage_key: String,
-    pub reason: String,
+    pub reason: keys::InvalidEntry,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
