@@ -23,10 +23,11 @@ use kube::{Api, Client, Resource};
 use modelpull::store::Env;
 
 use crate::config::{CONFIG_MAP, Config, ConfigError};
-use crate::crd::{LocalModelNode, ModelStatus};
+use crate::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 use crate::disk::Root;
+use crate::error::Error as DownloadError;
 use crate::jobs::{Downloads, Report};
-use crate::metrics::AgentMetrics;
+use crate::metrics::{AgentMetrics, SUCCESS};
 use crate::plan::{self, Download};
 use crate::server::Health;
 use crate::{credentials, keys};
@@ -74,6 +75,9 @@ pub struct Ctx {
     invalid_reported: Mutex<HashSet<(String, keys::InvalidEntry)>>,
     /// Reconciles failed in a row (for the backoff).
     failures: AtomicU32,
+    /// The LocalModelNode's generation at the last reconcile: a new one releases failed
+    /// downloads (see [`Downloads::release`]).
+    generation: Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -127,6 +131,7 @@ impl Ctx {
             progress_sent: Mutex::new(HashMap::new()),
             invalid_reported: Mutex::new(HashSet::new()),
             failures: AtomicU32::new(0),
+            generation: Mutex::new(None),
         }
     }
 
@@ -244,6 +249,7 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
             )
         })
         .collect();
+    release_on_change(&lmn, &ctx);
     let snapshot = ctx.downloads.snapshot();
     let now = Instant::now();
     let mut plan = {
@@ -266,9 +272,9 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
                 .unwrap_or_else(|p| p.into_inner())
                 .set_aside(key);
             if let Err(e) = set_aside {
-                let message = format!("cannot move the unverified folder out of the way: {e}");
                 mark_failed(&mut plan, key, &entries[..]);
-                ctx.downloads.fail(key, start.entry.clone(), message);
+                let error = DownloadError::SetAside(e);
+                ctx.downloads.fail(key, start.entry.clone(), error);
                 continue;
             }
             tracing::info!(model = %shown, "the model folder is not verified; downloading it again (the old one goes after the grace period)");
@@ -281,19 +287,18 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         )
         .await;
         match env {
-            Ok(credentials) => {
-                let mut env = credentials.env;
+            Ok(mut credentials) => {
                 for (name, value) in ctx.node_env.iter() {
-                    if env.get(name).is_none() {
-                        env.set(name, value);
+                    if credentials.env.get(name).is_none() {
+                        credentials.env.set(name, value);
                     }
                 }
-                ctx.downloads.start_download(key, start.entry.clone(), env);
+                ctx.downloads
+                    .start_download(key, start.entry.clone(), credentials);
             }
             Err(e) => {
                 mark_failed(&mut plan, key, &entries[..]);
-                ctx.downloads
-                    .fail(key, start.entry.clone(), format!("credentials: {e}"));
+                ctx.downloads.fail(key, start.entry.clone(), e.into());
             }
         }
     }
@@ -341,6 +346,29 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         .next_retry()
         .map(|at| at.saturating_duration_since(Instant::now()) + Duration::from_millis(50));
     Ok(Action::requeue(retry.map_or(next, |r| r.min(next))))
+}
+
+/// Makes failed downloads due now when the spec's generation changed since the last reconcile,
+/// or when the entry a download failed with is no longer the spec's first entry of its URI:
+/// a failure waits (bad input: for good) only while nothing it depends on changes.
+fn release_on_change(lmn: &LocalModelNode, ctx: &Ctx) {
+    let generation = lmn.metadata.generation;
+    let new_generation = {
+        let mut seen = ctx.generation.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *seen, generation) != generation
+    };
+    let mut first: HashMap<String, &LocalModelInfo> = HashMap::new();
+    for e in &lmn.spec.local_models {
+        first
+            .entry(keys::storage_key(&e.source_model_uri))
+            .or_insert(e);
+    }
+    // A model no longer in the spec is not released: its download is cancelled.
+    ctx.downloads.release(|key, failed_with| {
+        first
+            .get(key)
+            .is_some_and(|e| new_generation || *e != failed_with)
+    });
 }
 
 /// Sets every entry of storage key `key` to Error (a download that could not start).
@@ -407,7 +435,7 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
                 bytes,
                 seconds,
             } => {
-                ctx.metrics.downloads.with_label_values(&["ok"]).inc();
+                ctx.metrics.downloads.with_label_values(&[SUCCESS]).inc();
                 let note = format!(
                     "{uri}: {} in {seconds:.1} s ({:.2} GB/s), verified and published",
                     modelpull::demo::human_bytes(bytes),
@@ -422,20 +450,18 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
                 )
                 .await;
             }
-            Report::Failed {
-                key,
-                uri,
-                message,
-                retry_in,
-            } => {
-                ctx.metrics.downloads.with_label_values(&["error"]).inc();
-                let note = format!("{uri}: {message}; trying again in {} s", retry_in.as_secs());
+            Report::Failed(failure) => {
+                let class = failure.error.class();
+                ctx.metrics
+                    .downloads
+                    .with_label_values(&[class.metric_label()])
+                    .inc();
                 ctx.event(
                     lmn,
                     EventType::Warning,
                     "DownloadFailed",
-                    format!("Download {key}"),
-                    note,
+                    format!("Download {}", failure.key),
+                    failure.note(),
                 )
                 .await;
             }

@@ -1,7 +1,7 @@
 //! When a failed download is tried again, by the [`Class`] of its failure: transient failures
 //! after an exponential backoff, refused access after a longer one (credentials are fixed by
 //! people, and a store that refuses should not be asked every few seconds), bad input not
-//! until its entry or the node's spec changes.
+//! until its entry or the node's spec changes (see [`crate::jobs::Downloads::release`]).
 //! KServe's agent never retries a failed Job; a person has to delete it.
 
 use std::time::Duration;
