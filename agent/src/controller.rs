@@ -57,20 +57,20 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 /// How often status is refreshed while downloads run.
 const BUSY_REFRESH: Duration = Duration::from_secs(2);
 
-/// Everything a reconcile needs.
+/// Everything a reconcile needs; made with [`Ctx::builder`].
 pub struct Ctx {
-    pub client: Client,
-    pub node: String,
+    client: Client,
+    node: String,
     /// Where `inferenceservice-config` lives (`POD_NAMESPACE`).
-    pub namespace: String,
-    pub root: Mutex<Root>,
-    pub downloads: Downloads,
-    pub grace: Duration,
-    pub health: Health,
-    pub metrics: AgentMetrics,
+    namespace: String,
+    root: Mutex<Root>,
+    downloads: Downloads,
+    grace: Duration,
+    health: Health,
+    metrics: AgentMetrics,
     /// The node's own settings every model inherits (see [`NODE_ENV`]).
-    pub node_env: Env,
-    pub recorder: Recorder,
+    node_env: Env,
+    recorder: Recorder,
     progress_sent: Mutex<HashMap<String, Instant>>,
     invalid_reported: Mutex<HashSet<(String, keys::InvalidEntry)>>,
     /// Reconciles failed in a row (for the backoff).
@@ -97,41 +97,99 @@ pub enum Error {
     Config(#[from] ConfigError),
 }
 
-impl Ctx {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: Client,
-        node: String,
-        namespace: String,
-        root: Root,
-        downloads: Downloads,
-        grace: Duration,
-        health: Health,
-        metrics: AgentMetrics,
-        node_env: Env,
-    ) -> Self {
+/// Makes a [`Ctx`]: what it cannot do without up front, the rest with defaults.
+pub struct CtxBuilder {
+    client: Client,
+    node: String,
+    root: Root,
+    downloads: Downloads,
+    metrics: AgentMetrics,
+    namespace: String,
+    grace: Duration,
+    health: Health,
+    node_env: Env,
+}
+
+impl std::fmt::Debug for CtxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CtxBuilder")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CtxBuilder {
+    /// Where `inferenceservice-config` lives (`POD_NAMESPACE`); KServe's `kserve` by default.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long a folder stays unwanted before it is collected; 10 minutes by default.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// What `/readyz` reports; a fresh one by default.
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The node's own settings every model inherits (see [`NODE_ENV`]); none by default.
+    pub fn node_env(mut self, node_env: Env) -> Self {
+        self.node_env = node_env;
+        self
+    }
+
+    pub fn build(self) -> Ctx {
         let recorder = Recorder::new(
-            client.clone(),
+            self.client.clone(),
             Reporter {
                 controller: "localmodelnode-agent".into(),
-                instance: Some(node.clone()),
+                instance: Some(self.node.clone()),
             },
         );
-        Self {
-            client,
-            node,
-            namespace,
-            root: Mutex::new(root),
-            downloads,
-            grace,
-            health,
-            metrics,
-            node_env,
+        Ctx {
+            client: self.client,
+            node: self.node,
+            namespace: self.namespace,
+            root: Mutex::new(self.root),
+            downloads: self.downloads,
+            grace: self.grace,
+            health: self.health,
+            metrics: self.metrics,
+            node_env: self.node_env,
             recorder,
             progress_sent: Mutex::new(HashMap::new()),
             invalid_reported: Mutex::new(HashSet::new()),
             failures: AtomicU32::new(0),
             generation: Mutex::new(None),
+        }
+    }
+}
+
+impl Ctx {
+    /// The context of the agent of `node`, with its models root, its downloads and the
+    /// metrics it counts them in.
+    pub fn builder(
+        client: Client,
+        node: impl Into<String>,
+        root: Root,
+        downloads: Downloads,
+        metrics: AgentMetrics,
+    ) -> CtxBuilder {
+        CtxBuilder {
+            client,
+            node: node.into(),
+            root,
+            downloads,
+            metrics,
+            namespace: "kserve".into(),
+            grace: Duration::from_secs(600),
+            health: Health::default(),
+            node_env: Env::default(),
         }
     }
 

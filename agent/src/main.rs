@@ -298,17 +298,19 @@ async fn main() -> anyhow::Result<()> {
     let node_env: Env = std::env::vars()
         .filter(|(k, _)| controller::NODE_ENV.contains(&k.as_str()))
         .collect();
-    let ctx = Arc::new(Ctx::new(
+    let ctx = Ctx::builder(
         client,
-        args.node_name.clone(),
-        args.namespace.clone(),
+        &args.node_name,
         root,
         downloads.clone(),
-        args.gc_grace,
-        health,
         agent_metrics,
-        node_env,
-    ));
+    )
+    .namespace(&args.namespace)
+    .grace(args.gc_grace)
+    .health(health)
+    .node_env(node_env)
+    .build();
+    let ctx = Arc::new(ctx);
     controller::run(ctx, changed_rx, stopped(stop.clone())).await;
     let dl = downloads.clone();
     tokio::task::spawn_blocking(move || dl.shutdown(Duration::from_secs(4))).await?;
