@@ -398,11 +398,12 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
     } else {
         config.local_model.reconcile_every
     };
-    // A failed download is retried when its backoff ends, not at the next periodic check.
-    let retry = ctx
-        .downloads
-        .next_retry()
-        .map(|at| at.saturating_duration_since(Instant::now()) + Duration::from_millis(50));
+    // A failed download is retried when its backoff ends, not at the next periodic check (in
+    // whole seconds, rounded up: never before it is due).
+    let retry = ctx.downloads.next_retry().map(|at| {
+        let wait = at.saturating_duration_since(Instant::now());
+        Duration::from_secs(wait.as_millis().div_ceil(1000) as u64)
+    });
     Ok(Action::requeue(retry.map_or(next, |r| r.min(next))))
 }
 
@@ -556,3 +557,6 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

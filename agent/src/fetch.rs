@@ -36,6 +36,10 @@ pub trait Fetch: Send + Sync + std::fmt::Debug {
 pub(crate) mod fake {
     //! A [`Fetch`] that runs a test's closure instead of a store and the engine.
 
+    use std::path::Path;
+
+    use modelpull::disk::staging::{MARKER, Marker};
+
     use super::*;
 
     struct FnFetch<F>(F);
@@ -56,5 +60,15 @@ pub(crate) mod fake {
         f: impl Fn(Order<'_>) -> Result<u64, Error> + Send + Sync + 'static,
     ) -> Arc<dyn Fetch> {
         Arc::new(FnFetch(f))
+    }
+
+    /// Leaves `models/<key>` as a finished pull does: a folder with a completion marker that
+    /// names `uri`.
+    pub(crate) fn publish(models: &Path, key: &str, uri: &str) {
+        let folder = models.join(key);
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut marker = Marker::new(Vec::new(), Vec::new());
+        marker.sources = vec![modelpull::redact_str(uri)];
+        std::fs::write(folder.join(MARKER), serde_json::to_vec(&marker).unwrap()).unwrap();
     }
 }
