@@ -97,6 +97,19 @@ impl Default for GcsConfig {
     }
 }
 
+/// A key of the ConfigMap that is present but cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{CONFIG_MAP}: key {key} is not valid JSON: {source}")]
+    Json {
+        key: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{CONFIG_MAP}: localModel.reconcilationFrequencyInSecs must be positive, got {0}")]
+    Frequency(i64),
+}
+
 /// The whole configuration the agent takes from the ConfigMap.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
@@ -107,26 +120,23 @@ pub struct Config {
 impl Config {
     /// Parses the ConfigMap's data. A key that is present but broken is an error naming it
     /// (KServe panics on some of these); absent keys take KServe's defaults.
-    pub fn parse(data: &BTreeMap<String, String>) -> Result<Self, String> {
+    pub fn parse(data: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let json = |key| move |source| ConfigError::Json { key, source };
         let mut config = Config::default();
         if let Some(text) = data.get("localModel") {
-            let raw: RawLocalModel = serde_json::from_str(text)
-                .map_err(|e| format!("{CONFIG_MAP}: key localModel is not valid JSON: {e}"))?;
+            let raw: RawLocalModel = serde_json::from_str(text).map_err(json("localModel"))?;
             if let Some(ns) = raw.job_namespace.filter(|n| !n.is_empty()) {
                 config.local_model.job_namespace = ns;
             }
             if let Some(secs) = raw.reconcilation_frequency_in_secs {
                 if secs <= 0 {
-                    return Err(format!(
-                        "{CONFIG_MAP}: localModel.reconcilationFrequencyInSecs must be positive, got {secs}"
-                    ));
+                    return Err(ConfigError::Frequency(secs));
                 }
                 config.local_model.reconcile_every = Duration::from_secs(secs as u64);
             }
         }
         if let Some(text) = data.get("credentials") {
-            config.credentials = serde_json::from_str(text)
-                .map_err(|e| format!("{CONFIG_MAP}: key credentials is not valid JSON: {e}"))?;
+            config.credentials = serde_json::from_str(text).map_err(json("credentials"))?;
         }
         Ok(config)
     }
@@ -182,7 +192,7 @@ mod tests {
             ("localModel", r#"{"reconcilationFrequencyInSecs": 0}"#),
             ("credentials", r#"{"s3": 5}"#),
         ] {
-            let err = Config::parse(&data(&[bad])).unwrap_err();
+            let err = Config::parse(&data(&[bad])).unwrap_err().to_string();
             assert!(err.contains(bad.0), "{err}");
         }
     }

@@ -22,11 +22,12 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource};
 use modelpull::store::Env;
 
-use crate::config::{CONFIG_MAP, Config};
-use crate::crd::{LocalModelNode, ModelStatus};
+use crate::config::{CONFIG_MAP, Config, ConfigError};
+use crate::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 use crate::disk::Root;
+use crate::error::Error as DownloadError;
 use crate::jobs::{Downloads, Report};
-use crate::metrics::AgentMetrics;
+use crate::metrics::{AgentMetrics, SUCCESS};
 use crate::plan::{self, Download};
 use crate::server::Health;
 use crate::{credentials, keys};
@@ -56,24 +57,27 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 /// How often status is refreshed while downloads run.
 const BUSY_REFRESH: Duration = Duration::from_secs(2);
 
-/// Everything a reconcile needs.
+/// Everything a reconcile needs; made with [`Ctx::builder`].
 pub struct Ctx {
-    pub client: Client,
-    pub node: String,
+    client: Client,
+    node: String,
     /// Where `inferenceservice-config` lives (`POD_NAMESPACE`).
-    pub namespace: String,
-    pub root: Mutex<Root>,
-    pub downloads: Downloads,
-    pub grace: Duration,
-    pub health: Health,
-    pub metrics: AgentMetrics,
+    namespace: String,
+    root: Mutex<Root>,
+    downloads: Downloads,
+    grace: Duration,
+    health: Health,
+    metrics: AgentMetrics,
     /// The node's own settings every model inherits (see [`NODE_ENV`]).
-    pub node_env: Env,
-    pub recorder: Recorder,
+    node_env: Env,
+    recorder: Recorder,
     progress_sent: Mutex<HashMap<String, Instant>>,
-    invalid_reported: Mutex<HashSet<(String, String)>>,
+    invalid_reported: Mutex<HashSet<(String, keys::InvalidEntry)>>,
     /// Reconciles failed in a row (for the backoff).
     failures: AtomicU32,
+    /// The LocalModelNode's generation at the last reconcile: a new one releases failed
+    /// downloads (see [`Downloads::release`]).
+    generation: Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -82,48 +86,110 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
+/// Why a reconcile failed (a download's failure is not one: it shows in the model's status).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Config(String),
+    #[error("reading {CONFIG_MAP} timed out")]
+    ConfigTimeout,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
-impl Ctx {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: Client,
-        node: String,
-        namespace: String,
-        root: Root,
-        downloads: Downloads,
-        grace: Duration,
-        health: Health,
-        metrics: AgentMetrics,
-        node_env: Env,
-    ) -> Self {
+/// Makes a [`Ctx`]: what it cannot do without up front, the rest with defaults.
+pub struct CtxBuilder {
+    client: Client,
+    node: String,
+    root: Root,
+    downloads: Downloads,
+    metrics: AgentMetrics,
+    namespace: String,
+    grace: Duration,
+    health: Health,
+    node_env: Env,
+}
+
+impl std::fmt::Debug for CtxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CtxBuilder")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CtxBuilder {
+    /// Where `inferenceservice-config` lives (`POD_NAMESPACE`); KServe's `kserve` by default.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long a folder stays unwanted before it is collected; 10 minutes by default.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// What `/readyz` reports; a fresh one by default.
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The node's own settings every model inherits (see [`NODE_ENV`]); none by default.
+    pub fn node_env(mut self, node_env: Env) -> Self {
+        self.node_env = node_env;
+        self
+    }
+
+    pub fn build(self) -> Ctx {
         let recorder = Recorder::new(
-            client.clone(),
+            self.client.clone(),
             Reporter {
                 controller: "localmodelnode-agent".into(),
-                instance: Some(node.clone()),
+                instance: Some(self.node.clone()),
             },
         );
-        Self {
-            client,
-            node,
-            namespace,
-            root: Mutex::new(root),
-            downloads,
-            grace,
-            health,
-            metrics,
-            node_env,
+        Ctx {
+            client: self.client,
+            node: self.node,
+            namespace: self.namespace,
+            root: Mutex::new(self.root),
+            downloads: self.downloads,
+            grace: self.grace,
+            health: self.health,
+            metrics: self.metrics,
+            node_env: self.node_env,
             recorder,
             progress_sent: Mutex::new(HashMap::new()),
             invalid_reported: Mutex::new(HashSet::new()),
             failures: AtomicU32::new(0),
+            generation: Mutex::new(None),
+        }
+    }
+}
+
+impl Ctx {
+    /// The context of the agent of `node`, with its models root, its downloads and the
+    /// metrics it counts them in.
+    pub fn builder(
+        client: Client,
+        node: impl Into<String>,
+        root: Root,
+        downloads: Downloads,
+        metrics: AgentMetrics,
+    ) -> CtxBuilder {
+        CtxBuilder {
+            client,
+            node: node.into(),
+            root,
+            downloads,
+            metrics,
+            namespace: "kserve".into(),
+            grace: Duration::from_secs(600),
+            health: Health::default(),
+            node_env: Env::default(),
         }
     }
 
@@ -131,9 +197,9 @@ impl Ctx {
         let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let got = tokio::time::timeout(API_TIMEOUT, maps.get_opt(CONFIG_MAP))
             .await
-            .map_err(|_| Error::Config(format!("reading {CONFIG_MAP} timed out")))?;
+            .map_err(|_| Error::ConfigTimeout)?;
         match got? {
-            Some(cm) => Config::parse(&cm.data.unwrap_or_default()).map_err(Error::Config),
+            Some(cm) => Ok(Config::parse(&cm.data.unwrap_or_default())?),
             None => {
                 tracing::warn!(namespace = %self.namespace, "ConfigMap {CONFIG_MAP} not found; using KServe's defaults");
                 Ok(Config::default())
@@ -241,6 +307,7 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
             )
         })
         .collect();
+    release_on_change(&lmn, &ctx);
     let snapshot = ctx.downloads.snapshot();
     let now = Instant::now();
     let mut plan = {
@@ -263,9 +330,9 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
                 .unwrap_or_else(|p| p.into_inner())
                 .set_aside(key);
             if let Err(e) = set_aside {
-                let message = format!("cannot move the unverified folder out of the way: {e}");
                 mark_failed(&mut plan, key, &entries[..]);
-                ctx.downloads.fail(key, start.entry.clone(), message);
+                let error = DownloadError::SetAside(e);
+                ctx.downloads.fail(key, start.entry.clone(), error);
                 continue;
             }
             tracing::info!(model = %shown, "the model folder is not verified; downloading it again (the old one goes after the grace period)");
@@ -278,18 +345,18 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         )
         .await;
         match env {
-            Ok(mut env) => {
+            Ok(mut credentials) => {
                 for (name, value) in ctx.node_env.iter() {
-                    if env.get(name).is_none() {
-                        env.set(name, value);
+                    if credentials.env.get(name).is_none() {
+                        credentials.env.set(name, value);
                     }
                 }
-                ctx.downloads.start_download(key, start.entry.clone(), env);
-            }
-            Err(message) => {
-                mark_failed(&mut plan, key, &entries[..]);
                 ctx.downloads
-                    .fail(key, start.entry.clone(), format!("credentials: {message}"));
+                    .start_download(key, start.entry.clone(), credentials);
+            }
+            Err(e) => {
+                mark_failed(&mut plan, key, &entries[..]);
+                ctx.downloads.fail(key, start.entry.clone(), e.into());
             }
         }
     }
@@ -331,12 +398,36 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
     } else {
         config.local_model.reconcile_every
     };
-    // A failed download is retried when its backoff ends, not at the next periodic check.
-    let retry = ctx
-        .downloads
-        .next_retry()
-        .map(|at| at.saturating_duration_since(Instant::now()) + Duration::from_millis(50));
+    // A failed download is retried when its backoff ends, not at the next periodic check (in
+    // whole seconds, rounded up: never before it is due).
+    let retry = ctx.downloads.next_retry().map(|at| {
+        let wait = at.saturating_duration_since(Instant::now());
+        Duration::from_secs(wait.as_millis().div_ceil(1000) as u64)
+    });
     Ok(Action::requeue(retry.map_or(next, |r| r.min(next))))
+}
+
+/// Makes failed downloads due now when the spec's generation changed since the last reconcile,
+/// or when the entry a download failed with is no longer the spec's first entry of its URI:
+/// a failure waits (bad input: for good) only while nothing it depends on changes.
+fn release_on_change(lmn: &LocalModelNode, ctx: &Ctx) {
+    let generation = lmn.metadata.generation;
+    let new_generation = {
+        let mut seen = ctx.generation.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *seen, generation) != generation
+    };
+    let mut first: HashMap<String, &LocalModelInfo> = HashMap::new();
+    for e in &lmn.spec.local_models {
+        first
+            .entry(keys::storage_key(&e.source_model_uri))
+            .or_insert(e);
+    }
+    // A model no longer in the spec is not released: its download is cancelled.
+    ctx.downloads.release(|key, failed_with| {
+        first
+            .get(key)
+            .is_some_and(|e| new_generation || *e != failed_with)
+    });
 }
 
 /// Sets every entry of storage key `key` to Error (a download that could not start).
@@ -403,7 +494,7 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
                 bytes,
                 seconds,
             } => {
-                ctx.metrics.downloads.with_label_values(&["ok"]).inc();
+                ctx.metrics.downloads.with_label_values(&[SUCCESS]).inc();
                 let note = format!(
                     "{uri}: {} in {seconds:.1} s ({:.2} GB/s), verified and published",
                     modelpull::units::human_bytes(bytes),
@@ -418,20 +509,18 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
                 )
                 .await;
             }
-            Report::Failed {
-                key,
-                uri,
-                message,
-                retry_in,
-            } => {
-                ctx.metrics.downloads.with_label_values(&["error"]).inc();
-                let note = format!("{uri}: {message}; trying again in {} s", retry_in.as_secs());
+            Report::Failed(failure) => {
+                let class = failure.error.class();
+                ctx.metrics
+                    .downloads
+                    .with_label_values(&[class.metric_label()])
+                    .inc();
                 ctx.event(
                     lmn,
                     EventType::Warning,
                     "DownloadFailed",
-                    format!("Download {key}"),
-                    note,
+                    format!("Download {}", failure.key),
+                    failure.note(),
                 )
                 .await;
             }
@@ -468,3 +557,6 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

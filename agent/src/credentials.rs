@@ -32,11 +32,122 @@ const S3_ANNOTATIONS: [(&str, &str); 8] = [
     ("serving.kserve.io/s3-cabundle", "AWS_CA_BUNDLE"),
 ];
 
+/// Which credentials a download uses, by name only (never a value): the Events of a refused
+/// download say which Secret or ServiceAccount to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The entry names neither a storage key nor a ServiceAccount: anonymous access.
+    Anonymous,
+    /// A key of the storage-config Secret.
+    StorageSpec {
+        namespace: String,
+        secret: String,
+        key: String,
+    },
+    /// The Secrets of a ServiceAccount (the names of those that exist).
+    ServiceAccount {
+        namespace: String,
+        name: String,
+        secrets: Vec<String>,
+    },
+    /// The entry names a ServiceAccount that does not exist: anonymous access, as KServe's.
+    MissingServiceAccount { namespace: String, name: String },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Anonymous => {
+                f.write_str("no credentials (the entry names no ServiceAccount and no storage key)")
+            }
+            Source::StorageSpec {
+                namespace,
+                secret,
+                key,
+            } => write!(f, "key `{key}` of Secret {namespace}/{secret}"),
+            Source::ServiceAccount {
+                namespace,
+                name,
+                secrets,
+            } if secrets.is_empty() => {
+                write!(
+                    f,
+                    "ServiceAccount {namespace}/{name}, which names no Secret that exists"
+                )
+            }
+            Source::ServiceAccount {
+                namespace,
+                name,
+                secrets,
+            } => write!(
+                f,
+                "ServiceAccount {namespace}/{name} (Secrets {})",
+                secrets.join(", ")
+            ),
+            Source::MissingServiceAccount { namespace, name } => write!(
+                f,
+                "no credentials (ServiceAccount {namespace}/{name} does not exist)"
+            ),
+        }
+    }
+}
+
+/// A model's environment and where its credentials came from.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub env: Env,
+    pub source: Source,
+}
+
+/// Why a model's credentials could not be read. Every variant names the object, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("reading {kind} {namespace}/{name}: {source}")]
+    Read {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Secret {namespace}/{name} does not exist")]
+    MissingSecret { namespace: String, name: String },
+    #[error("Secret {namespace}/{name} has no key `{key}`")]
+    MissingKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("Secret {namespace}/{name} key `{key}`: {source}")]
+    StorageSpec {
+        namespace: String,
+        name: String,
+        key: String,
+        #[source]
+        source: StorageSpecError,
+    },
+}
+
+/// Why a storage-config entry cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageSpecError {
+    #[error("the storage-config entry is not a JSON object")]
+    NotJson,
+    #[error("the storage-config entry has no `type`")]
+    NoType,
+    #[error("storage type `{0}` is not supported (use s3 or hf)")]
+    Unsupported(String),
+}
+
 /// A `storage-config` entry (JSON) with the entry's parameters laid over it, as the
 /// storage-initializer's `STORAGE_CONFIG` + `STORAGE_OVERRIDE_CONFIG`.
-pub fn from_storage_spec(json: &str, parameters: &BTreeMap<String, String>) -> Result<Env, String> {
-    let mut spec: BTreeMap<String, serde_json::Value> = serde_json::from_str(json)
-        .map_err(|_| "the storage-config entry is not a JSON object".to_owned())?;
+pub fn from_storage_spec(
+    json: &str,
+    parameters: &BTreeMap<String, String>,
+) -> Result<Env, StorageSpecError> {
+    // The serde error is dropped: it may quote the Secret's bytes.
+    let mut spec: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(json).map_err(|_| StorageSpecError::NotJson)?;
     for (k, v) in parameters {
         spec.insert(k.clone(), serde_json::Value::String(v.clone()));
     }
@@ -72,11 +183,11 @@ pub fn from_storage_spec(json: &str, parameters: &BTreeMap<String, String>) -> R
             }
         }
         Some(other) => {
-            return Err(format!(
-                "storage type `{other}` is not supported (use s3 or hf)"
+            return Err(StorageSpecError::Unsupported(
+                other.escape_debug().to_string(),
             ));
         }
-        None => return Err("the storage-config entry has no `type`".into()),
+        None => return Err(StorageSpecError::NoType),
     }
     Ok(env)
 }
@@ -167,24 +278,50 @@ pub async fn for_entry(
     namespace: &str,
     entry: &LocalModelInfo,
     cfg: &CredentialConfig,
-) -> Result<Env, String> {
+) -> Result<Credentials, CredentialError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let read = |kind, name: &str| {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        move |source| CredentialError::Read {
+            kind,
+            namespace,
+            name,
+            source,
+        }
+    };
     if let Some(key) = entry.storage.as_ref().and_then(|s| s.key.as_deref()) {
         let name = &cfg.storage_spec_secret_name;
         let secret = secrets
             .get_opt(name)
             .await
-            .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?
-            .ok_or_else(|| format!("Secret {namespace}/{name} does not exist"))?;
-        let json = data(&secret, key)
-            .ok_or_else(|| format!("Secret {namespace}/{name} has no key `{key}`"))?;
+            .map_err(read("Secret", name))?
+            .ok_or_else(|| CredentialError::MissingSecret {
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+            })?;
+        let json = data(&secret, key).ok_or_else(|| CredentialError::MissingKey {
+            namespace: namespace.to_owned(),
+            name: name.clone(),
+            key: key.to_owned(),
+        })?;
         let params = entry
             .storage
             .as_ref()
             .and_then(|s| s.parameters.clone())
             .unwrap_or_default();
-        return from_storage_spec(&json, &params)
-            .map_err(|e| format!("Secret {namespace}/{name} key `{key}`: {e}"));
+        let env =
+            from_storage_spec(&json, &params).map_err(|source| CredentialError::StorageSpec {
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+                key: key.to_owned(),
+                source,
+            })?;
+        let source = Source::StorageSpec {
+            namespace: namespace.to_owned(),
+            secret: name.clone(),
+            key: key.to_owned(),
+        };
+        return Ok(Credentials { env, source });
     }
     // As KServe: credentials only for an entry that names a ServiceAccount (or a storage key,
     // above); never the `default` account's Secrets for everyone.
@@ -193,29 +330,52 @@ pub async fn for_entry(
         .as_deref()
         .filter(|s| !s.is_empty())
     else {
-        return Ok(Env::default());
+        return Ok(Credentials {
+            env: Env::default(),
+            source: Source::Anonymous,
+        });
     };
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let Some(sa) = accounts
         .get_opt(sa_name)
         .await
-        .map_err(|e| format!("reading ServiceAccount {namespace}/{sa_name}: {e}"))?
+        .map_err(read("ServiceAccount", sa_name))?
     else {
         // As KServe: no ServiceAccount, no credentials (anonymous access).
-        return Ok(Env::default());
+        return Ok(Credentials {
+            env: Env::default(),
+            source: Source::MissingServiceAccount {
+                namespace: namespace.to_owned(),
+                name: sa_name.to_owned(),
+            },
+        });
     };
     let mut found = Vec::new();
     for reference in sa.secrets.unwrap_or_default() {
         let Some(name) = reference.name else { continue };
-        match secrets.get_opt(&name).await {
-            Ok(Some(s)) => found.push(s),
-            Ok(None) => {
+        match secrets
+            .get_opt(&name)
+            .await
+            .map_err(read("Secret", &name))?
+        {
+            Some(s) => found.push(s),
+            None => {
                 tracing::warn!(secret = %name, service_account = %sa_name, "a Secret named by the ServiceAccount does not exist")
             }
-            Err(e) => return Err(format!("reading Secret {namespace}/{name}: {e}")),
         }
     }
-    Ok(from_secrets(&found, cfg))
+    let source = Source::ServiceAccount {
+        namespace: namespace.to_owned(),
+        name: sa_name.to_owned(),
+        secrets: found
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect(),
+    };
+    Ok(Credentials {
+        env: from_secrets(&found, cfg),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -259,8 +419,18 @@ mod tests {
         assert_eq!(env.get("S3_VERIFY_SSL"), Some("false"));
         let hf = from_storage_spec(r#"{"type": "hf", "token": "hf_x"}"#, &BTreeMap::new()).unwrap();
         assert_eq!(hf.get("HF_TOKEN"), Some("hf_x"));
-        assert!(from_storage_spec(r#"{"type": "hdfs"}"#, &BTreeMap::new()).is_err());
-        assert!(from_storage_spec("[]", &BTreeMap::new()).is_err());
+        assert_eq!(
+            from_storage_spec(r#"{"type": "hdfs"}"#, &BTreeMap::new()).unwrap_err(),
+            StorageSpecError::Unsupported("hdfs".into())
+        );
+        assert_eq!(
+            from_storage_spec("[]", &BTreeMap::new()).unwrap_err(),
+            StorageSpecError::NotJson
+        );
+        assert_eq!(
+            from_storage_spec(r#"{"token": "x"}"#, &BTreeMap::new()).unwrap_err(),
+            StorageSpecError::NoType
+        );
         assert!(!format!("{env:?}").contains("SK"), "Debug shows names only");
     }
 
@@ -298,6 +468,43 @@ mod tests {
         assert!(env.get("GOOGLE_APPLICATION_CREDENTIALS_JSON").is_some());
         assert_eq!(env.get("HF_TOKEN"), Some("hf_abc"));
         assert_eq!(env.get("models.example-headers"), Some("{\"X\": \"1\"}"));
+    }
+
+    #[test]
+    fn sources_name_objects_only() {
+        let shown = [
+            Source::Anonymous,
+            Source::StorageSpec {
+                namespace: "jobs".into(),
+                secret: "storage-config".into(),
+                key: "s3".into(),
+            },
+            Source::ServiceAccount {
+                namespace: "jobs".into(),
+                name: "puller".into(),
+                secrets: vec!["s3-keys".into(), "hf".into()],
+            },
+            Source::ServiceAccount {
+                namespace: "jobs".into(),
+                name: "empty".into(),
+                secrets: Vec::new(),
+            },
+            Source::MissingServiceAccount {
+                namespace: "jobs".into(),
+                name: "gone".into(),
+            },
+        ]
+        .map(|s| s.to_string());
+        assert_eq!(
+            shown,
+            [
+                "no credentials (the entry names no ServiceAccount and no storage key)",
+                "key `s3` of Secret jobs/storage-config",
+                "ServiceAccount jobs/puller (Secrets s3-keys, hf)",
+                "ServiceAccount jobs/empty, which names no Secret that exists",
+                "no credentials (ServiceAccount jobs/gone does not exist)",
+            ]
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! Downloads run in-process: a few worker threads, each running one engine pull at a time
-//! (the engine starts its own pinned cores for it), instead of one Kubernetes Job with a
-//! Python pod per model.
+//! The node's downloads, in-process: which are queued, running or failed, when a failed one is
+//! tried again, and what to tell the cluster. A few worker threads each run one download at a
+//! time through a [`Fetch`] — in production the engine ([`Engine`]), which starts its own
+//! pinned cores for it — instead of one Kubernetes Job with a Python pod per model.
 //!
-//! A download lists its source, checks the free space against the listed size, and pulls into
-//! `models/<storage key>` (staged beside it, published atomically, resumable from its
-//! journals). A failure is retried with exponential backoff (30 s doubling to 10 minutes),
-//! never left for a human. Connections, buffer memory and bandwidth are the node's, shared
-//! between the downloads running at once. Every change wakes the controller, which reports it. Credentials
+//! What follows a failure depends on its [`Class`] (see [`crate::error`] and
+//! [`RetryPolicy`]): a transient failure is tried again after a backoff, refused access after a
+//! longer one, bad input only once its entry or the node's spec changes
+//! ([`Downloads::release`], which also cuts any backoff short). None is left for a human, as
+//! KServe's failed Jobs are. Every change wakes the controller, which reports it. Credentials
 //! arrive in an in-memory [`Env`] and go nowhere else.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -22,23 +23,75 @@ use modelpull::store::{self, Control, Env};
 use modelpull::{Context, Options, PullRequest};
 
 use crate::crd::LocalModelInfo;
+use crate::credentials::{Credentials, Source};
+use crate::error::{Class, Error};
+use crate::fetch::{Fetch, Order};
 use crate::plan::Download;
+use crate::retry::RetryPolicy;
 
-/// How downloads run.
+/// How the engine pulls.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `<root>/models`.
     pub models: PathBuf,
-    /// Models downloading at once.
+    /// Models downloading at once: each pull gets this share of the node's limits.
     pub concurrent: usize,
-    /// Engine options for one pull; connections and rate are split between concurrent pulls.
+    /// Engine options for the node; connections, memory and rate are split between pulls.
     pub engine: Options,
-    pub retry_base: Duration,
-    pub retry_cap: Duration,
+}
+
+/// The production [`Fetch`]: lists the source, checks the free space against the listed size,
+/// and pulls into `models/<storage key>` with the modelpull engine (staged beside it,
+/// published atomically, resumable from its journals).
+#[derive(Debug)]
+pub struct Engine {
+    settings: Settings,
+    metrics: Metrics,
+}
+
+impl Engine {
+    pub fn new(settings: Settings, metrics: Metrics) -> Self {
+        Self { settings, metrics }
+    }
+}
+
+impl Fetch for Engine {
+    fn fetch(&self, order: Order<'_>) -> Result<u64, Error> {
+        pull(&self.settings, &self.metrics, order)
+    }
+}
+
+/// A download that failed, as the controller reports it.
+#[derive(Debug)]
+pub struct Failure {
+    pub key: String,
+    /// The source, redacted.
+    pub uri: String,
+    pub error: Error,
+    /// When it is tried again; `None`: once its entry or the spec changes.
+    pub retry_in: Option<Duration>,
+    /// The credentials it used; `None` when it failed before any were found.
+    pub credentials: Option<Source>,
+}
+
+impl Failure {
+    /// The note of its Event: what failed, which credentials were refused, what happens next.
+    pub fn note(&self) -> String {
+        let mut note = format!("{}: {}", self.uri, self.error);
+        if let (Class::AccessDenied, Some(source)) = (self.error.class(), &self.credentials) {
+            note.push_str(&format!("; credentials used: {source}"));
+        }
+        match self.retry_in {
+            Some(wait) => note.push_str(&format!("; trying again in {} s", wait.as_secs())),
+            None => note
+                .push_str("; not tried again until its entry or the LocalModelNode's spec changes"),
+        }
+        note
+    }
 }
 
 /// Something the controller should tell the cluster about (as an Event).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Report {
     Started {
         key: String,
@@ -50,29 +103,47 @@ pub enum Report {
         bytes: u64,
         seconds: f64,
     },
-    Failed {
-        key: String,
-        uri: String,
-        message: String,
-        retry_in: Duration,
-    },
+    Failed(Box<Failure>),
 }
 
 #[derive(Debug)]
 enum State {
     Queued,
     Running,
-    Failed { retry_at: Instant },
+    /// Tried again once `retry_at` has passed; never by itself when `None`.
+    Failed {
+        retry_at: Option<Instant>,
+    },
 }
 
 #[derive(Debug)]
 struct Job {
     entry: LocalModelInfo,
     env: Env,
+    /// Where `env`'s credentials came from; `None` when the download never started.
+    source: Option<Source>,
     state: State,
     attempts: u32,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
+}
+
+impl Job {
+    fn new(entry: LocalModelInfo, credentials: Option<Credentials>, attempts: u32) -> Self {
+        let (env, source) = match credentials {
+            Some(c) => (c.env, Some(c.source)),
+            None => (Env::default(), None),
+        };
+        Self {
+            entry,
+            env,
+            source,
+            state: State::Queued,
+            attempts,
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Progress::default()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -85,8 +156,8 @@ struct Shared {
 
 #[derive(Debug)]
 struct Inner {
-    settings: Settings,
-    metrics: Metrics,
+    fetch: Arc<dyn Fetch>,
+    retry: RetryPolicy,
     shared: Mutex<Shared>,
     wake_workers: Condvar,
     /// Tells the controller that something changed.
@@ -101,33 +172,36 @@ pub struct Downloads {
 }
 
 impl Downloads {
-    /// Starts the workers. `changed` receives a message after every state change.
+    /// Starts `workers` threads, each running one download at a time through `fetch`; with
+    /// none, a download runs only when [`Downloads::run_next`] is called. `changed` receives a
+    /// message after every state change.
     pub fn start(
-        settings: Settings,
-        metrics: Metrics,
+        fetch: Arc<dyn Fetch>,
+        workers: usize,
+        retry: RetryPolicy,
         changed: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> Self {
-        let workers = settings.concurrent.max(1);
-        let inner = Arc::new(Inner {
-            settings,
-            metrics,
-            shared: Mutex::new(Shared::default()),
-            wake_workers: Condvar::new(),
-            changed,
-        });
+        let downloads = Self {
+            inner: Arc::new(Inner {
+                fetch,
+                retry,
+                shared: Mutex::new(Shared::default()),
+                wake_workers: Condvar::new(),
+                changed,
+            }),
+            workers: Arc::new(Mutex::new(Vec::new())),
+        };
         let handles = (0..workers)
             .map(|i| {
-                let inner = inner.clone();
+                let downloads = downloads.clone();
                 std::thread::Builder::new()
                     .name(format!("download-{i}"))
-                    .spawn(move || worker(&inner))
+                    .spawn(move || downloads.work())
                     .expect("spawn a download worker")
             })
             .collect();
-        Self {
-            inner,
-            workers: Arc::new(Mutex::new(handles)),
-        }
+        *downloads.workers.lock().unwrap_or_else(|p| p.into_inner()) = handles;
+        downloads
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -135,7 +209,7 @@ impl Downloads {
     }
 
     /// Queues (or queues again, after a failure) the download of `key`.
-    pub fn start_download(&self, key: &str, entry: LocalModelInfo, env: Env) {
+    pub fn start_download(&self, key: &str, entry: LocalModelInfo, credentials: Credentials) {
         let mut s = self.lock();
         if s.stopping {
             return;
@@ -148,39 +222,37 @@ impl Downloads {
             Some(job) => job.attempts,
             None => 0,
         };
-        s.jobs.insert(
-            key.to_owned(),
-            Job {
-                entry,
-                env,
-                state: State::Queued,
-                attempts,
-                cancel: Arc::new(AtomicBool::new(false)),
-                progress: Arc::new(Progress::default()),
-            },
-        );
+        s.jobs
+            .insert(key.to_owned(), Job::new(entry, Some(credentials), attempts));
         s.queue.push_back(key.to_owned());
         drop(s);
         self.inner.wake_workers.notify_one();
     }
 
     /// Records that the download of `key` could not even start (its credentials or its
-    /// folder): it counts as failed, with the same backoff and report as a failed pull.
-    pub fn fail(&self, key: &str, entry: LocalModelInfo, message: String) {
+    /// folder): it counts as failed, with the same policy and report as a failed fetch.
+    pub fn fail(&self, key: &str, entry: LocalModelInfo, error: Error) {
         let mut s = self.lock();
         let attempts = s.jobs.get(key).map_or(0, |j| j.attempts) + 1;
-        s.jobs.insert(
-            key.to_owned(),
-            Job {
-                entry,
-                env: Env::default(),
-                state: State::Queued,
-                attempts,
-                cancel: Arc::new(AtomicBool::new(false)),
-                progress: Arc::new(Progress::default()),
-            },
-        );
-        s.record_failure(&self.inner.settings, key, message);
+        s.jobs
+            .insert(key.to_owned(), Job::new(entry, None, attempts));
+        s.record_failure(&self.inner.retry, key, error);
+    }
+
+    /// Makes each failed download for which `changed(key, the entry it failed with)` holds
+    /// due now: a failure waits for its backoff (bad input: indefinitely) only while nothing
+    /// it depends on changes. Its attempts so far still count for the next backoff.
+    pub fn release(&self, changed: impl Fn(&str, &LocalModelInfo) -> bool) {
+        let now = Instant::now();
+        for (key, job) in self.lock().jobs.iter_mut() {
+            if let State::Failed { retry_at } = &mut job.state
+                && retry_at.is_none_or(|at| at > now)
+                && changed(key, &job.entry)
+            {
+                tracing::info!(key = %key, "its entry or the spec changed; the failed download is tried again");
+                *retry_at = Some(now);
+            }
+        }
     }
 
     /// Stops everything (the LocalModelNode was deleted).
@@ -191,13 +263,13 @@ impl Downloads {
         }
     }
 
-    /// When the earliest failed download is due to be tried again.
+    /// When the earliest failed download is due to be tried again (bad input never is).
     pub fn next_retry(&self) -> Option<Instant> {
         self.lock()
             .jobs
             .values()
             .filter_map(|j| match j.state {
-                State::Failed { retry_at, .. } => Some(retry_at),
+                State::Failed { retry_at } => retry_at,
                 _ => None,
             })
             .min()
@@ -233,7 +305,7 @@ impl Downloads {
                     State::Running => Download::Running {
                         bytes: j.progress.snapshot().done_bytes,
                     },
-                    State::Failed { retry_at, .. } => Download::Failed {
+                    State::Failed { retry_at } => Download::Failed {
                         retry_at: *retry_at,
                     },
                 };
@@ -298,26 +370,45 @@ impl Downloads {
             }
         }
     }
-}
 
-fn worker(inner: &Inner) {
-    loop {
-        let (key, entry, env, cancel, progress) = {
-            let mut s = inner.shared.lock().unwrap_or_else(|p| p.into_inner());
-            let key = loop {
-                if s.stopping {
-                    return;
-                }
-                if let Some(k) = s.queue.pop_front() {
-                    break k;
-                }
-                s = inner
+    /// A worker thread: runs queued downloads, one at a time, until shutdown.
+    fn work(&self) {
+        loop {
+            if self.run_next() {
+                continue;
+            }
+            let mut s = self.lock();
+            while s.queue.is_empty() && !s.stopping {
+                s = self
+                    .inner
                     .wake_workers
                     .wait(s)
                     .unwrap_or_else(|p| p.into_inner());
+            }
+            if s.stopping {
+                return;
+            }
+        }
+    }
+
+    /// Runs the next queued download to its end on this thread and records how it ended;
+    /// `false` when none is queued (or everything is stopping).
+    pub fn run_next(&self) -> bool {
+        let (key, entry, env, cancel, progress) = {
+            let mut s = self.lock();
+            if s.stopping {
+                return false;
+            }
+            let key = loop {
+                match s.queue.pop_front() {
+                    None => return false,
+                    Some(key) if s.jobs.contains_key(&key) => break key,
+                    // Cancelled while queued.
+                    Some(_) => {}
+                }
             };
             let Some(job) = s.jobs.get_mut(&key) else {
-                continue;
+                return false;
             };
             job.state = State::Running;
             job.attempts += 1;
@@ -329,15 +420,21 @@ fn worker(inner: &Inner) {
                 job.progress.clone(),
             );
             s.reports.push(Report::Started {
-                key: key.clone(),
+                key,
                 uri: modelpull::redact_str(&started.1.source_model_uri),
             });
             started
         };
-        let _ = inner.changed.send(());
+        let _ = self.inner.changed.send(());
         let started = Instant::now();
-        let result = pull(inner, &key, &entry, &env, cancel.clone(), progress);
-        let mut s = inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.inner.fetch.fetch(Order {
+            key: &key,
+            entry: &entry,
+            env: &env,
+            cancel: &cancel,
+            progress: &progress,
+        });
+        let mut s = self.lock();
         let uri = modelpull::redact_str(&entry.source_model_uri);
         match result {
             _ if cancel.load(Relaxed) => {
@@ -352,76 +449,74 @@ fn worker(inner: &Inner) {
                     seconds: started.elapsed().as_secs_f64(),
                 });
             }
-            Err(message) => s.record_failure(&inner.settings, &key, message),
+            Err(error) => s.record_failure(&self.inner.retry, &key, error),
         }
         drop(s);
-        let _ = inner.changed.send(());
+        let _ = self.inner.changed.send(());
+        true
     }
 }
 
 impl Shared {
-    /// Marks the download of `key` failed: retried after the backoff its attempts so far
-    /// give, and reported.
-    fn record_failure(&mut self, settings: &Settings, key: &str, message: String) {
+    /// Marks the download of `key` failed as its class says (tried again after a backoff, or
+    /// once something changes) and reports it.
+    fn record_failure(&mut self, retry: &RetryPolicy, key: &str, error: Error) {
         let Some(job) = self.jobs.get_mut(key) else {
             return;
         };
-        let retry_in = backoff(settings, job.attempts);
+        let class = error.class();
+        let retry_in = retry.retry_in(class, job.attempts);
         job.state = State::Failed {
-            retry_at: Instant::now() + retry_in,
+            retry_at: retry_in.map(|wait| Instant::now() + wait),
         };
         let uri = modelpull::redact_str(&job.entry.source_model_uri);
-        tracing::warn!(model = %uri, error = %message, retry_in_s = retry_in.as_secs(), "download failed; it will be retried");
-        self.reports.push(Report::Failed {
+        let class = class.metric_label();
+        match retry_in {
+            Some(wait) => {
+                tracing::warn!(model = %uri, error = %error, class, retry_in_s = wait.as_secs(), "download failed; it will be tried again")
+            }
+            None => {
+                tracing::warn!(model = %uri, error = %error, class, "download failed; it waits for its entry or the spec to change")
+            }
+        }
+        self.reports.push(Report::Failed(Box::new(Failure {
             key: key.to_owned(),
             uri,
-            message,
+            error,
             retry_in,
-        });
+            credentials: job.source.clone(),
+        })));
     }
 }
 
-fn backoff(settings: &Settings, attempts: u32) -> Duration {
-    let exp = attempts.saturating_sub(1).min(16);
-    settings
-        .retry_base
-        .saturating_mul(1 << exp)
-        .min(settings.retry_cap)
-}
-
-/// Lists, checks space, pulls. Returns the bytes of the model, or a message for the status
-/// Event (which names what failed and what to do).
-fn pull(
-    inner: &Inner,
-    key: &str,
-    entry: &LocalModelInfo,
-    env: &Env,
-    cancel: Arc<AtomicBool>,
-    progress: Arc<Progress>,
-) -> Result<u64, String> {
-    let settings = &inner.settings;
+/// Lists, checks space, pulls. Returns the bytes of the model.
+fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<u64, Error> {
+    let Order {
+        key,
+        entry,
+        env,
+        cancel,
+        progress,
+    } = order;
     let mut opts = settings.engine.clone();
     let share = settings.concurrent.max(1);
     opts.connections = (opts.connections / share).max(1);
     opts.memory_limit = (opts.memory_limit / share).max((opts.connections + 2) * opts.chunk_size);
     opts.connections_per_host = opts.connections_per_host.min(opts.connections);
     opts.limit_rate = opts.limit_rate.map(|r| (r / share as u64).max(1));
-    opts.proxy = env.proxy()?;
+    opts.proxy = env.proxy().map_err(Error::Proxy)?;
     let uri = &entry.source_model_uri;
-    let control = Control::new(&opts.client())
-        .map_err(|e| e.to_string())?
-        .with_cancel(cancel.clone());
-    let manifest = store::resolve(uri, env, &control).map_err(|e| e.to_string())?;
+    let control = Control::new(&opts.client())?.with_cancel(cancel.clone());
+    let manifest = store::resolve(uri, env, &control)?;
     if let Some(need) = manifest.total_size() {
-        let free =
-            crate::disk::free_bytes(&settings.models).map_err(|e| format!("models root: {e}"))?;
+        let free = crate::disk::free_bytes(&settings.models).map_err(Error::ModelsRoot)?;
         if need > free {
-            return Err(format!(
+            return Err(Error::NoSpace(format!(
                 "not enough disk space: the model needs {} and {} is free on {}",
                 modelpull::units::human_bytes(need),
                 modelpull::units::human_bytes(free),
                 settings.models.display()
-            ));
+            )));
         }
     }
     opts.apply_tls(&manifest);
@@ -432,30 +527,176 @@ fn pull(
         sources: vec![modelpull::redact_str(uri)],
     };
     let cx = Context {
-        metrics: inner.metrics.clone(),
-        progress,
-        cancel,
+        metrics: metrics.clone(),
+        progress: progress.clone(),
+        cancel: cancel.clone(),
     };
-    modelpull::pull(&request, &opts, &cx)
-        .map(|r| r.total_bytes)
-        .map_err(|e| e.to_string())
+    Ok(modelpull::pull(&request, &opts, &cx).map(|r| r.total_bytes)?)
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::credentials::CredentialError;
+    use crate::fetch::fake;
+
     use super::*;
 
+    fn entry(uri: &str) -> LocalModelInfo {
+        LocalModelInfo {
+            source_model_uri: uri.into(),
+            model_name: "m".into(),
+            ..Default::default()
+        }
+    }
+
+    fn sa() -> Source {
+        Source::ServiceAccount {
+            namespace: "jobs".into(),
+            name: "hf-puller".into(),
+            secrets: vec!["hf-secret".into()],
+        }
+    }
+
+    fn credentials() -> Credentials {
+        Credentials {
+            env: [("HF_TOKEN", "hf_value")].into_iter().collect(),
+            source: sa(),
+        }
+    }
+
+    /// Downloads without workers whose fetch fails as the URI says.
+    fn failing() -> Downloads {
+        let fetch = fake::fetch(|order| {
+            let uri = order.entry.source_model_uri.clone();
+            Err(Error::Engine(match uri.as_str() {
+                "ftp://x/bad" => modelpull::Error::InvalidSource {
+                    input: uri,
+                    reason: "unsupported scheme `ftp`".into(),
+                },
+                "hf://acme/denied" => modelpull::Error::Auth {
+                    uri,
+                    message: "acme/denied is a gated repository".into(),
+                },
+                _ => modelpull::Error::Store {
+                    uri,
+                    message: "the Hub answered HTTP 503".into(),
+                },
+            }))
+        });
+        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+        Downloads::start(fetch, 0, RetryPolicy::default(), tx)
+    }
+
+    fn failures(downloads: &Downloads) -> Vec<Failure> {
+        downloads
+            .take_reports()
+            .into_iter()
+            .filter_map(|r| match r {
+                Report::Failed(f) => Some(*f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Seconds from now until a failed download of `key` is due; `None` when it never is.
+    fn due_in(downloads: &Downloads, key: &str) -> Option<u64> {
+        match downloads.snapshot().get(key) {
+            Some(Download::Failed { retry_at }) => retry_at.map(|at| {
+                (at.saturating_duration_since(Instant::now()).as_secs_f64()).round() as u64
+            }),
+            other => panic!("{key}: not failed but {other:?}"),
+        }
+    }
+
     #[test]
-    fn backoff_doubles_to_a_cap() {
-        let s = Settings {
-            models: PathBuf::new(),
-            concurrent: 1,
-            engine: Options::default(),
-            retry_base: Duration::from_secs(30),
-            retry_cap: Duration::from_secs(600),
-        };
-        let got: Vec<u64> = (1..=7).map(|a| backoff(&s, a).as_secs()).collect();
-        assert_eq!(got, [30, 60, 120, 240, 480, 600, 600]);
-        assert_eq!(backoff(&s, 1000).as_secs(), 600);
+    fn each_class_fails_into_its_own_wait() {
+        let d = failing();
+        for uri in ["ftp://x/bad", "hf://acme/denied", "hf://acme/flaky"] {
+            d.start_download(uri, entry(uri), credentials());
+        }
+        assert!(d.run_next() && d.run_next() && d.run_next());
+        assert!(
+            !d.run_next(),
+            "nothing left: no failure is queued again by itself"
+        );
+        assert_eq!(
+            due_in(&d, "ftp://x/bad"),
+            None,
+            "bad input waits for a change"
+        );
+        assert_eq!(due_in(&d, "hf://acme/denied"), Some(120));
+        assert_eq!(due_in(&d, "hf://acme/flaky"), Some(30));
+        let next = d.next_retry().expect("the transient one");
+        assert_eq!(
+            next.saturating_duration_since(Instant::now())
+                .as_secs_f64()
+                .round(),
+            30.0
+        );
+        let waits: Vec<(String, Option<u64>)> = failures(&d)
+            .into_iter()
+            .map(|f| (f.key, f.retry_in.map(|w| w.as_secs())))
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                ("ftp://x/bad".to_owned(), None),
+                ("hf://acme/denied".to_owned(), Some(120)),
+                ("hf://acme/flaky".to_owned(), Some(30)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_change_releases_a_failure_and_its_attempts_still_count() {
+        let d = failing();
+        for uri in ["ftp://x/bad", "hf://acme/flaky"] {
+            d.start_download(uri, entry(uri), credentials());
+            assert!(d.run_next());
+        }
+        d.release(|_, _| false);
+        assert_eq!(due_in(&d, "ftp://x/bad"), None, "nothing changed");
+        d.release(|key, e| key == "ftp://x/bad" && e.source_model_uri == "ftp://x/bad");
+        assert_eq!(due_in(&d, "ftp://x/bad"), Some(0), "due now");
+        assert_eq!(due_in(&d, "hf://acme/flaky"), Some(30), "not released");
+        d.release(|_, _| true);
+        for uri in ["ftp://x/bad", "hf://acme/flaky"] {
+            d.start_download(uri, entry(uri), credentials());
+            assert!(d.run_next());
+        }
+        assert_eq!(due_in(&d, "ftp://x/bad"), None, "waits again");
+        assert_eq!(
+            due_in(&d, "hf://acme/flaky"),
+            Some(60),
+            "the second attempt"
+        );
+    }
+
+    #[test]
+    fn notes_say_what_follows_and_which_credentials_were_refused() {
+        let d = failing();
+        for uri in ["ftp://x/bad", "hf://acme/denied", "hf://acme/flaky"] {
+            d.start_download(uri, entry(uri), credentials());
+            assert!(d.run_next());
+        }
+        d.fail(
+            "s3://b/m",
+            entry("s3://b/m"),
+            Error::from(CredentialError::MissingSecret {
+                namespace: "jobs".into(),
+                name: "storage-config".into(),
+            }),
+        );
+        let notes: Vec<String> = failures(&d).iter().map(Failure::note).collect();
+        assert_eq!(
+            notes,
+            [
+                "ftp://x/bad: invalid source `ftp://x/bad`: unsupported scheme `ftp`; not tried again until its entry or the LocalModelNode's spec changes",
+                "hf://acme/denied: hf://acme/denied: access denied: acme/denied is a gated repository; credentials used: ServiceAccount jobs/hf-puller (Secrets hf-secret); trying again in 120 s",
+                "hf://acme/flaky: hf://acme/flaky: the Hub answered HTTP 503; trying again in 30 s",
+                "s3://b/m: credentials: Secret jobs/storage-config does not exist; trying again in 120 s",
+            ]
+        );
+        assert!(notes.iter().all(|n| !n.contains("hf_value")));
     }
 }

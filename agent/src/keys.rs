@@ -30,26 +30,34 @@ pub fn is_storage_key(name: &str) -> bool {
     name.len() == 16 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Why an entry cannot be served as written. The names are kept escaped, so a name with
+/// control characters cannot forge lines in a log or an Event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum InvalidEntry {
+    #[error("modelName `{0}` is not a valid Kubernetes object name")]
+    ModelName(String),
+    #[error("namespace `{0}` is not a valid namespace name")]
+    Namespace(String),
+    #[error("sourceModelUri is empty")]
+    EmptyUri,
+}
+
 /// Why an entry cannot be served, if it cannot: names are Kubernetes object names (a DNS
 /// subdomain for the model, a DNS label for the namespace); a name with `/` or `..` would make
 /// the status key ambiguous.
-pub fn check_entry(m: &LocalModelInfo) -> Result<(), String> {
+pub fn check_entry(m: &LocalModelInfo) -> Result<(), InvalidEntry> {
     if !is_dns_subdomain(&m.model_name) {
-        return Err(format!(
-            "modelName `{}` is not a valid Kubernetes object name",
-            m.model_name.escape_debug()
+        return Err(InvalidEntry::ModelName(
+            m.model_name.escape_debug().to_string(),
         ));
     }
     if let Some(ns) = m.namespace.as_deref().filter(|n| !n.is_empty())
         && !is_dns_label(ns)
     {
-        return Err(format!(
-            "namespace `{}` is not a valid namespace name",
-            ns.escape_debug()
-        ));
+        return Err(InvalidEntry::Namespace(ns.escape_debug().to_string()));
     }
     if m.source_model_uri.trim().is_empty() {
-        return Err("sourceModelUri is empty".into());
+        return Err(InvalidEntry::EmptyUri);
     }
     Ok(())
 }
@@ -105,6 +113,14 @@ mod tests {
         for bad in ["a/b", "..", "", "UPPER", "-x", &"x".repeat(254)] {
             assert!(check_entry(&info(bad, None)).is_err(), "{bad}");
         }
-        assert!(check_entry(&info("ok", Some("a/b"))).is_err());
+        assert_eq!(
+            check_entry(&info("ok", Some("a/b"))),
+            Err(InvalidEntry::Namespace("a/b".into()))
+        );
+        assert_eq!(
+            check_entry(&info("a\nb", None)).unwrap_err().to_string(),
+            "modelName `a\\nb` is not a valid Kubernetes object name",
+            "escaped"
+        );
     }
 }

@@ -9,7 +9,9 @@
 //! - [`crd`], [`keys`], [`config`]: KServe's objects and names;
 //! - [`plan`]: spec + disk + downloads → status + actions, a pure function;
 //! - [`disk`]: the models root, verified state and safe garbage collection;
-//! - [`jobs`]: the in-process downloads; [`credentials`]: Secrets and ServiceAccounts → env;
+//! - [`jobs`]: the in-process downloads, through the [`fetch`] seam (the engine in production);
+//!   [`error`]: why one failed, sorted into classes; [`retry`]: what each class waits for;
+//! - [`credentials`]: Secrets and ServiceAccounts → env;
 //! - [`controller`]: the kube-rs controller; [`server`], [`metrics`]: ports 8080 and 8081.
 
 pub mod config;
@@ -17,8 +19,11 @@ pub mod controller;
 pub mod crd;
 pub mod credentials;
 pub mod disk;
+pub mod error;
+pub mod fetch;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod plan;
+pub mod retry;
 pub mod server;

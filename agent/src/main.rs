@@ -12,8 +12,9 @@ use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use localmodelnode_agent::controller::{self, Ctx};
 use localmodelnode_agent::disk::Root;
-use localmodelnode_agent::jobs::{Downloads, Settings};
+use localmodelnode_agent::jobs::{Downloads, Engine, Settings};
 use localmodelnode_agent::metrics::AgentMetrics;
+use localmodelnode_agent::retry::RetryPolicy;
 use localmodelnode_agent::server::{self, Health};
 use modelpull::store::Env;
 
@@ -239,15 +240,18 @@ async fn main() -> anyhow::Result<()> {
         memory_limit: args.memory_limit,
         ..modelpull::Options::default()
     };
-    let downloads = Downloads::start(
+    let engine = Engine::new(
         Settings {
             models: root.models_dir().to_owned(),
             concurrent: args.max_concurrent_downloads,
             engine,
-            retry_base: Duration::from_secs(30),
-            retry_cap: Duration::from_secs(600),
         },
         engine_metrics,
+    );
+    let downloads = Downloads::start(
+        Arc::new(engine),
+        args.max_concurrent_downloads.max(1),
+        RetryPolicy::default(),
         changed_tx,
     );
 
@@ -294,17 +298,19 @@ async fn main() -> anyhow::Result<()> {
     let node_env: Env = std::env::vars()
         .filter(|(k, _)| controller::NODE_ENV.contains(&k.as_str()))
         .collect();
-    let ctx = Arc::new(Ctx::new(
+    let ctx = Ctx::builder(
         client,
-        args.node_name.clone(),
-        args.namespace.clone(),
+        &args.node_name,
         root,
         downloads.clone(),
-        args.gc_grace,
-        health,
         agent_metrics,
-        node_env,
-    ));
+    )
+    .namespace(&args.namespace)
+    .grace(args.gc_grace)
+    .health(health)
+    .node_env(node_env)
+    .build();
+    let ctx = Arc::new(ctx);
     controller::run(ctx, changed_rx, stopped(stop.clone())).await;
     let dl = downloads.clone();
     tokio::task::spawn_blocking(move || dl.shutdown(Duration::from_secs(4))).await?;

@@ -6,11 +6,15 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::crd::ModelStatus;
 
+/// The `result` of a download that finished, verified and published; a failed one's is its
+/// class ([`crate::error::Class::metric_label`]).
+pub const SUCCESS: &str = "ok";
+
 #[derive(Debug, Clone)]
 pub struct AgentMetrics {
     /// `modelpull_models{state}`: models of this node by status.
     pub models: IntGaugeVec,
-    /// `modelpull_model_downloads_total{result}`.
+    /// `modelpull_model_downloads_total{result}`: [`SUCCESS`], or the failure's class.
     pub downloads: IntCounterVec,
 }
 
@@ -24,7 +28,7 @@ impl AgentMetrics {
             downloads: IntCounterVec::new(
                 Opts::new(
                     "modelpull_model_downloads_total",
-                    "Model downloads finished, by result.",
+                    "Model downloads finished, by result: ok (verified and published), or the class of the failure: bad_input (not retried until the entry or the spec changes), access_denied (retried after a longer backoff), transient (retried after a backoff).",
                 ),
                 &["result"],
             )?,

@@ -5,8 +5,9 @@
 //!
 //! Departures from KServe (reference §4.1, §14): a folder counts as downloaded only with a
 //! matching completion marker, never because it merely exists; a failed download is retried
-//! with backoff instead of waiting for a human; an invalid entry gets an error status of its
-//! own instead of failing the whole node.
+//! with backoff instead of waiting for a human (unless its input is bad: then it waits for
+//! its entry or the spec to change); an invalid entry gets an error status of its own instead
+//! of failing the whole node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -33,9 +34,10 @@ pub enum Download {
     Running {
         bytes: u64,
     },
-    /// Failed; tried again once `retry_at` has passed.
+    /// Failed; tried again once `retry_at` has passed, or, when `None` (bad input), once the
+    /// downloads are told that its entry or the spec changed.
     Failed {
-        retry_at: Instant,
+        retry_at: Option<Instant>,
     },
 }
 
@@ -54,7 +56,7 @@ pub struct Invalid {
     pub status_key: String,
     /// The storage key its URI would have (it names the entry in Events).
     pub storage_key: String,
-    pub reason: String,
+    pub reason: keys::InvalidEntry,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,7 +100,9 @@ pub fn plan(
             (_, Some(Download::Running { bytes })) if *bytes > 0 => ModelStatus::Downloading,
             (_, Some(Download::Running { .. } | Download::Queued)) => ModelStatus::Pending,
             (Disk::Verified, _) => ModelStatus::Downloaded,
-            (_, Some(Download::Failed { retry_at, .. })) if *retry_at > now => ModelStatus::Error,
+            (_, Some(Download::Failed { retry_at })) if retry_at.is_none_or(|at| at > now) => {
+                ModelStatus::Error
+            }
             (on_disk, _) => {
                 out.start.push(Start {
                     storage_key: key.clone(),
@@ -196,7 +200,9 @@ mod tests {
     #[test]
     fn running_and_failed_downloads() {
         let later = Instant::now() + Duration::from_secs(60);
-        let failed = Download::Failed { retry_at: later };
+        let failed = Download::Failed {
+            retry_at: Some(later),
+        };
         let p = run(
             &[
                 entry("q", "hf://o/q"),
@@ -217,11 +223,22 @@ mod tests {
 
         // After the backoff the download is tried again (KServe waits for a human).
         let retry = Download::Failed {
-            retry_at: Instant::now() - Duration::from_secs(1),
+            retry_at: Some(Instant::now() - Duration::from_secs(1)),
         };
         let p = run(&[entry("f", "hf://o/f")], &[], &[("hf://o/f", retry)]);
         assert_eq!(p.status["f"], ModelStatus::Pending);
         assert_eq!(p.start.len(), 1);
+
+        // Bad input waits for a change, however long ago it failed; a verified folder wins.
+        let waits = Download::Failed { retry_at: None };
+        let p = run(
+            &[entry("f", "hf://o/f"), entry("v", "hf://o/v")],
+            &[("hf://o/v", Disk::Verified)],
+            &[("hf://o/f", waits.clone()), ("hf://o/v", waits)],
+        );
+        assert_eq!(p.status["f"], ModelStatus::Error);
+        assert_eq!(p.status["v"], ModelStatus::Downloaded);
+        assert!(p.start.is_empty());
     }
 
     #[test]

@@ -74,10 +74,10 @@ pub mod store;
 pub mod target;
 pub mod units;
 
-pub use self::digest::{Algorithm, Digest};
+pub use self::digest::{Algorithm, Digest, DigestError};
 pub use disk::staging::{MARKER, Marker};
 pub use error::{Error, ExitCode, Result};
-pub use http::ClientConfig;
+pub use http::{ClientConfig, HttpError};
 pub use http::proxy::ProxyConfig;
 pub use pull::{Context, Options, PullRequest, pull};
 pub use report::Report;
