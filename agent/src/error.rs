@@ -119,8 +119,8 @@ fn engine_class(e: &modelpull::Error) -> Class {
 mod tests {
     use std::path::PathBuf;
 
-    use modelpull::{Algorithm, Digest};
     use modelpull::HttpError;
+    use modelpull::{Algorithm, Digest};
 
     use super::*;
 

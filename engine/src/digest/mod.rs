@@ -162,16 +162,28 @@ impl fmt::Debug for Digest {
 /// Why a digest given by a user or a store could not be understood.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
+    /// An algorithm name the engine does not know.
     #[error("unknown digest algorithm `{0}` (use sha256, sha1, md5, crc32, crc32c or crc64nvme)")]
     UnknownAlgorithm(String),
+    /// A value that is not hexadecimal.
     #[error("{algorithm} digest `{value}` is not hexadecimal")]
-    NotHex { algorithm: Algorithm, value: String },
+    NotHex {
+        /// The algorithm named.
+        algorithm: Algorithm,
+        /// The value given.
+        value: String,
+    },
+    /// A value of the wrong length for its algorithm.
     #[error("{algorithm} digest must be {expected} hex digits, got {actual}")]
     WrongLength {
+        /// The algorithm named.
         algorithm: Algorithm,
+        /// Hex digits the algorithm gives.
         expected: usize,
+        /// Hex digits given.
         actual: usize,
     },
+    /// Text that is not `ALGORITHM=HEX`.
     #[error("digest `{0}` is not of the form ALGORITHM=HEX")]
     Malformed(String),
 }

@@ -51,14 +51,23 @@ pub enum ContentRange {
     Unsatisfied { total: u64 },
 }
 
+/// Why a response head was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HeadError {
+    /// Not an HTTP/1.x response head (or a status outside 100–599).
     #[error("malformed HTTP response head: {0}")]
     Malformed(String),
+    /// The head did not end within its size bound.
     #[error("response head larger than {MAX_HEAD} bytes")]
     TooLarge,
+    /// A header the client relies on does not parse.
     #[error("malformed {name} header: {value:?}")]
-    BadHeader { name: &'static str, value: String },
+    BadHeader {
+        /// The header's name.
+        name: &'static str,
+        /// Its value as received.
+        value: String,
+    },
 }
 
 /// Parses a complete head from `buf`. `Ok(None)` means more bytes are needed; `Ok(Some(n))`

@@ -47,40 +47,72 @@ const MAX_IDLE: usize = 64;
 /// A failed request, with enough context to say what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// The TCP connection (or the proxy's) could not be opened.
     #[error("cannot connect to {host}: {source}")]
     Connect {
+        /// The host and port.
         host: String,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake failed (an untrusted or expired certificate, a name mismatch, …).
     #[error("TLS with {host} failed: {message}")]
-    Tls { host: String, message: String },
+    Tls {
+        /// The host and port.
+        host: String,
+        /// What rustls said.
+        message: String,
+    },
+    /// Connecting took longer than the connect timeout, or no byte came for the stall timeout.
     #[error("{what} timed out talking to {host}")]
-    Timeout { what: &'static str, host: String },
+    Timeout {
+        /// What timed out: `connect`, `proxy CONNECT`, `TLS handshake` or a read.
+        what: &'static str,
+        /// The host and port.
+        host: String,
+    },
+    /// Reading or writing the connection failed.
     #[error("connection to {host} failed: {source}")]
     Io {
+        /// The host and port.
         host: String,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The server closed the connection before the response ended.
     #[error("{host} closed the connection early")]
-    Closed { host: String },
+    Closed {
+        /// The host and port.
+        host: String,
+    },
+    /// The response head could not be parsed.
     #[error(transparent)]
     Head(#[from] HeadError),
+    /// The server answered a status the request cannot use.
     #[error("{url} answered HTTP {status}")]
     Status {
+        /// The HTTP status code.
         status: u16,
+        /// The URL, redacted.
         url: String,
+        /// The pause the server asked for with `Retry-After`.
         retry_after: Option<Duration>,
     },
+    /// A URL that does not parse.
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
+    /// A scheme other than http or https.
     #[error("unsupported URL scheme `{0}` (use http or https)")]
     UnsupportedScheme(String),
+    /// A redirect that is not followed (too many, or to another scheme).
     #[error("redirect refused: {0}")]
     Redirect(String),
+    /// The response broke HTTP/1.1 framing (`Content-Range`, chunked encoding, lengths).
     #[error("{0}")]
     Protocol(String),
+    /// The forward proxy refused the tunnel or answered badly.
     #[error("{0}")]
     Proxy(String),
 }
