@@ -5,6 +5,8 @@
 //! [`pull()`] takes targets and a destination directory and returns a [`Report`] once every
 //! file is fetched with parallel ranged requests, written with O_DIRECT, verified against its
 //! digest and published atomically, with a [`Marker`] that says what the folder holds.
+//! [`HfCache::pull`] puts an `hf://` model into the Hugging Face cache instead, where
+//! `huggingface_hub` and `transformers` look for it.
 //!
 //! ```no_run
 //! use modelpull::{Context, Control, Env, Options, PullRequest};
@@ -39,6 +41,8 @@
 //! - [`store`]: model stores and their listings (the control plane);
 //! - `archive`: safe unpacking of a model shipped as one archive;
 //! - `pull`: the scheduler and the per-core workers;
+//! - [`hf_cache`]: `hf://` models pulled into the Hugging Face cache ([`HfCache`]), laid out
+//!   as `huggingface_hub` lays them out;
 //! - [`metrics`], [`progress`], [`report`], [`units`]: what a pull tells its caller.
 //!
 //! The CLI (`engine/cli`), the HTTP origin the demo serves from (`engine/origin`) and the test
@@ -66,6 +70,7 @@ layers!(archive, buf, digest, disk, http, pool, pull);
 pub mod error;
 #[cfg(feature = "internals")]
 pub mod fuzzing;
+pub mod hf_cache;
 pub mod metrics;
 pub mod progress;
 pub mod report;
@@ -77,6 +82,7 @@ pub mod units;
 pub use self::digest::{Algorithm, Digest, DigestError};
 pub use disk::staging::{MARKER, Marker};
 pub use error::{Error, ExitCode, Result};
+pub use hf_cache::HfCache;
 pub use http::head::HeadError;
 pub use http::proxy::ProxyConfig;
 pub use http::{ClientConfig, HttpError};

@@ -40,8 +40,12 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Download a model into a new directory, verified and published atomically.
-    #[command(after_help = PULL_AFTER)]
+    /// Download a model into a new directory (or the Hugging Face cache), verified and
+    /// published atomically.
+    #[command(
+        after_help = PULL_AFTER,
+        override_usage = "modelpull pull [OPTIONS] <SOURCE>... [DEST]\n       modelpull pull [OPTIONS] <SOURCE>... --local-dir <DIR>\n       modelpull pull [OPTIONS] hf://ORG/MODEL[:REVISION]"
+    )]
     Pull(PullArgs),
     /// List the files a source holds (path, size, what they are verified against).
     #[command(after_help = LS_AFTER)]
@@ -85,9 +89,14 @@ See SOURCES below. Files of all sources land in DEST at their path relative to t
 prefix. A pull that yields exactly one .tar, .tar.gz, .tgz or .zip unpacks it in place and
 removes it (--keep-archive keeps it as it is).
 
-DEST is the model directory to create. Files are staged in a hidden sibling directory and DEST
-appears only when every file is verified. Running the same command again resumes an
-interrupted pull, or does nothing if DEST is already complete.
+DEST (or --local-dir DIR) is the model directory to create. Files are staged in a hidden
+sibling directory and DEST appears only when every file is verified. Running the same command
+again resumes an interrupted pull, or does nothing if DEST is already complete.
+
+Without DEST, an hf:// model goes to the Hugging Face cache, laid out as huggingface_hub lays
+it out (models--ORG--MODEL/blobs, snapshots/COMMIT, refs/REVISION): HF_HUB_CACHE, else
+HF_HOME/hub, else ~/.cache/huggingface/hub. Blobs already there are not fetched again; the
+snapshot appears only when every file is verified.
 
 Sizes take K, M, G, T (powers of 1024; KB, MB, GB for powers of 1000).
 
@@ -109,13 +118,14 @@ Exit codes:
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Models or files to fetch (hf://, s3://, gs://, http(s)://).
+    /// Models or files to fetch (hf://, s3://, gs://, http(s)://), then DEST, the model
+    /// directory to create; without DEST, an hf:// model goes to the Hugging Face cache.
     #[arg(value_name = "SOURCE", num_args = 1.., required = true)]
     pub sources: Vec<String>,
 
-    /// The model directory to create.
-    #[arg(value_name = "DEST")]
-    pub dest: PathBuf,
+    /// The model directory to create, files at their plain paths (the same as DEST).
+    #[arg(long, value_name = "DIR")]
+    pub local_dir: Option<PathBuf>,
 
     /// Keep a single downloaded archive as it is instead of unpacking it.
     #[arg(long)]

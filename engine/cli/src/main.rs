@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod dest;
 mod output;
 
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 use modelpull::store::{self, Control, Env, Manifest};
-use modelpull::{Context, Options, PullRequest};
+use modelpull::{Context, HfCache, Options, PullRequest};
 
 use cli::{Cli, Command, LogFormat};
 
@@ -80,7 +81,10 @@ fn run_ls(args: cli::LsArgs, cx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
+fn run_pull(mut args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
+    let dest = args
+        .destination()
+        .map_err(modelpull::Error::InvalidOption)?;
     let env = Env::from_process();
     let mut opts = options(&args.engine, &env)?;
     // On a terminal, say what is being listed (a big bucket takes a moment); scripts get
@@ -89,10 +93,16 @@ fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
         || args.output.no_progress
         || !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let manifests = resolve(&args.sources, &env, &mut opts, quiet, cx)?;
+    let dest = match dest {
+        dest::Destination::Dir(dir) => dir,
+        dest::Destination::HfCache => {
+            return pull_to_cache(&manifests[0], &env, &opts, &args.output, cx);
+        }
+    };
     let targets = manifests.into_iter().flat_map(|m| m.files).collect();
     let request = PullRequest {
         targets,
-        dest: args.dest,
+        dest,
         unpack: !args.keep_archive,
         sources: args
             .sources
@@ -107,6 +117,22 @@ fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
     let result = modelpull::pull(&request, &opts, cx);
     bar.finish();
     output::report(&result?, args.output.json);
+    Ok(())
+}
+
+/// `pull` without DEST: the model goes to the Hugging Face cache.
+fn pull_to_cache(
+    manifest: &Manifest,
+    env: &Env,
+    opts: &Options,
+    shown: &cli::OutputArgs,
+    cx: &Context,
+) -> anyhow::Result<()> {
+    let cache = HfCache::from_env(env)?;
+    let bar = output::ProgressBar::start(cx.progress.clone(), !shown.json && !shown.no_progress);
+    let result = cache.pull(manifest, opts, cx);
+    bar.finish();
+    output::report(&result?, shown.json);
     Ok(())
 }
 

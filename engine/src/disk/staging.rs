@@ -226,7 +226,9 @@ impl Staging {
     }
 }
 
-fn lock(path: &Path) -> Result<File> {
+/// Takes the exclusive lock on `path` (created if need be) and writes this process's id in
+/// it; a lock another process holds is [`Error::Locked`], naming that process.
+pub fn lock(path: &Path) -> Result<File> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -252,18 +254,20 @@ fn lock(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
+/// Writes `data` to a new file at `path` and flushes it to the disk.
+pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(data)?;
     f.sync_all()
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Flushes `dir`'s entries (the files created, renamed or removed in it) to the disk.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Flushes `dir` and every directory below it, so that renames inside are durable.
-fn sync_dirs(dir: &Path) -> io::Result<()> {
+pub fn sync_dirs(dir: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_type()?.is_dir() {

@@ -25,6 +25,7 @@ use crate::target::Target;
 pub use control::Control;
 pub use env::Env;
 use filter::Patterns;
+pub(crate) use hf::Repo as HfRepo;
 
 /// What a source URI holds.
 #[derive(Debug, Clone)]

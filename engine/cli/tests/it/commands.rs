@@ -297,7 +297,8 @@ fn help_reads_well() {
     let o = modelpull(&["pull", "--help"]);
     let help = String::from_utf8_lossy(&o.stdout);
     for needle in [
-        "<SOURCE>... <DEST>",
+        "<SOURCE>... [DEST]",
+        "--local-dir <DIR>",
         "Exit codes:",
         "--limit-rate",
         "--ca-bundle",
