@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use modelpull::runtime::DriverChoice;
 
@@ -66,7 +67,25 @@ SOURCES, as KServe's storage-initializer takes them:
   http(s)://HOST/PATH         one file; headers from the env variable `HOST-headers` (JSON);
                               append #sha256=<hex> (or sha1, md5, crc32, crc32c, crc64nvme) to verify
 STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS (JSON or comma list of fnmatch patterns) filter
-listed files. HTTPS_PROXY, HTTP_PROXY, NO_PROXY are honoured."
+listed files, as --include / --exclude do. HTTPS_PROXY, HTTP_PROXY, NO_PROXY are honoured."
+    };
+}
+
+/// How --include / --exclude / --revision work, shared by `pull` and `ls`.
+macro_rules! selection_help {
+    () => {
+        "\
+SELECTION: --include and --exclude take fnmatch patterns (`*`, `?`, `[seq]`; `*` crosses `/`)
+matched against each file's path in the source; for hf://, a pattern ending in `/` matches
+that folder's contents. They filter like STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS and
+take their place, each on its own: --include replaces STORAGE_ALLOW_PATTERNS, --exclude
+replaces STORAGE_IGNORE_PATTERNS, and a variable without its flag still applies. A file is
+kept when it matches an include pattern (or none is given) and no exclude pattern. A single
+file (an http(s) URL, an exact S3 key or GCS object) is fetched whatever the patterns.
+--revision REV is hf://ORG/MODEL:REV for every hf:// source; it is refused with other schemes
+and when a source names another revision.
+
+"
     };
 }
 
@@ -76,6 +95,7 @@ Prints one line per file: size, what it will be verified against, path. --json p
 manifest as JSON. Nothing is downloaded. Exit codes as for `modelpull pull`.
 
 ",
+    selection_help!(),
     sources_help!()
 );
 
@@ -104,6 +124,7 @@ Exit codes:
   130  interrupted (SIGINT/SIGTERM); run again to resume
 
 ",
+    selection_help!(),
     sources_help!()
 );
 
@@ -120,6 +141,9 @@ pub struct PullArgs {
     /// Keep a single downloaded archive as it is instead of unpacking it.
     #[arg(long)]
     pub keep_archive: bool,
+
+    #[command(flatten)]
+    pub select: SelectArgs,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -139,7 +163,27 @@ pub struct LsArgs {
     pub json: bool,
 
     #[command(flatten)]
+    pub select: SelectArgs,
+
+    #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// Which files of the sources `pull` fetches and `ls` lists (see SELECTION in `--help`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Selection")]
+pub struct SelectArgs {
+    /// Only files matching PATTERN (repeatable); replaces STORAGE_ALLOW_PATTERNS.
+    #[arg(long, value_name = "PATTERN", value_parser = NonEmptyStringValueParser::new())]
+    pub include: Vec<String>,
+
+    /// No file matching PATTERN (repeatable); replaces STORAGE_IGNORE_PATTERNS.
+    #[arg(long, value_name = "PATTERN", value_parser = NonEmptyStringValueParser::new())]
+    pub exclude: Vec<String>,
+
+    /// Branch, tag or commit of hf:// sources, as in hf://ORG/MODEL:REV.
+    #[arg(long, value_name = "REV", value_parser = NonEmptyStringValueParser::new())]
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Args)]

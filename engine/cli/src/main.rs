@@ -3,6 +3,7 @@
 mod cli;
 mod demo;
 mod output;
+mod select;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 use modelpull::store::{self, Control, Env, Manifest};
-use modelpull::{Context, Options, PullRequest};
+use modelpull::{Context, Options, Patterns, PullRequest};
 
 use cli::{Cli, Command, LogFormat};
 
@@ -51,11 +52,13 @@ fn options(engine: &cli::EngineArgs, env: &Env) -> anyhow::Result<Options> {
     Ok(opts)
 }
 
-/// Lists every source; the manifests' TLS needs are added to `opts`.
+/// Lists every source, keeping the files `patterns` select; the manifests' TLS needs are
+/// added to `opts`.
 fn resolve(
     sources: &[String],
     env: &Env,
     opts: &mut Options,
+    patterns: &Patterns,
     quiet: bool,
     cx: &Context,
 ) -> anyhow::Result<Vec<Manifest>> {
@@ -65,7 +68,7 @@ fn resolve(
         if !quiet {
             eprintln!("modelpull: listing {}", modelpull::redact_str(uri));
         }
-        let m = store::resolve(uri, env, &control)?;
+        let m = store::resolve_filtered(uri, env, &control, patterns)?;
         opts.apply_tls(&m);
         manifests.push(m);
     }
@@ -75,7 +78,9 @@ fn resolve(
 fn run_ls(args: cli::LsArgs, cx: &Context) -> anyhow::Result<()> {
     let env = Env::from_process();
     let mut opts = options(&args.engine, &env)?;
-    let manifests = resolve(&args.sources, &env, &mut opts, true, cx)?;
+    let sources = select::sources(&args.sources, args.select.revision.as_deref())?;
+    let patterns = select::patterns(&args.select, &env);
+    let manifests = resolve(&sources, &env, &mut opts, &patterns, true, cx)?;
     output::listing(&manifests, args.json);
     Ok(())
 }
@@ -83,22 +88,20 @@ fn run_ls(args: cli::LsArgs, cx: &Context) -> anyhow::Result<()> {
 fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
     let env = Env::from_process();
     let mut opts = options(&args.engine, &env)?;
+    let sources = select::sources(&args.sources, args.select.revision.as_deref())?;
+    let patterns = select::patterns(&args.select, &env);
     // On a terminal, say what is being listed (a big bucket takes a moment); scripts get
     // nothing but the result or the one-line error.
     let quiet = args.output.json
         || args.output.no_progress
         || !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let manifests = resolve(&args.sources, &env, &mut opts, quiet, cx)?;
+    let manifests = resolve(&sources, &env, &mut opts, &patterns, quiet, cx)?;
     let targets = manifests.into_iter().flat_map(|m| m.files).collect();
     let request = PullRequest {
         targets,
         dest: args.dest,
         unpack: !args.keep_archive,
-        sources: args
-            .sources
-            .iter()
-            .map(|s| modelpull::redact_str(s))
-            .collect(),
+        sources: sources.iter().map(|s| modelpull::redact_str(s)).collect(),
     };
     let bar = output::ProgressBar::start(
         cx.progress.clone(),

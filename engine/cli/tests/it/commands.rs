@@ -302,6 +302,10 @@ fn help_reads_well() {
         "--limit-rate",
         "--ca-bundle",
         "--driver",
+        "--include <PATTERN>",
+        "--exclude <PATTERN>",
+        "--revision <REV>",
+        "SELECTION:",
     ] {
         assert!(help.contains(needle), "missing {needle}:\n{help}");
     }
