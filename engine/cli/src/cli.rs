@@ -109,6 +109,11 @@ DEST is the model directory to create. Files are staged in a hidden sibling dire
 appears only when every file is verified. Running the same command again resumes an
 interrupted pull, or does nothing if DEST is already complete.
 
+OUTPUT: stdout gets one line, the model directory's absolute path, as `hf download` prints it:
+MODEL=$(modelpull pull -q SOURCE DEST). The summary goes to stderr; on a terminal, so do the
+listing and a progress display (bytes, rate, ETA, the files downloading). --quiet leaves only
+the path and errors; --json prints the JSON report on stdout instead of the path.
+
 Sizes take K, M, G, T (powers of 1024; KB, MB, GB for powers of 1000).
 
 Exit codes:
@@ -218,9 +223,13 @@ pub struct OutputArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// No progress bar, even on a terminal.
+    /// No progress display, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+
+    /// Nothing on stderr but errors: no progress, listing, summary or warnings.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 mod cli;
 mod demo;
 mod output;
+mod progress;
 mod select;
 
 use std::process::ExitCode;
@@ -17,7 +18,12 @@ use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.verbose);
+    let quiet = match &cli.command {
+        Command::Pull(args) => args.output.quiet,
+        Command::Demo(args) => args.output.quiet,
+        Command::Ls(_) => false,
+    };
+    init_logging(cli.log_format, cli.verbose, quiet);
     let cancel = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal ends the process at once, as users expect from Ctrl-C twice.
@@ -90,12 +96,11 @@ fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
     let mut opts = options(&args.engine, &env)?;
     let sources = select::sources(&args.sources, args.select.revision.as_deref())?;
     let patterns = select::patterns(&args.select, &env);
-    // On a terminal, say what is being listed (a big bucket takes a moment); scripts get
-    // nothing but the result or the one-line error.
-    let quiet = args.output.json
-        || args.output.no_progress
-        || !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let manifests = resolve(&sources, &env, &mut opts, &patterns, quiet, cx)?;
+    // On a terminal, say what is being listed (a big bucket takes a moment) and show progress;
+    // scripts get nothing but the result or the one-line error.
+    let chatty = !(args.output.json || args.output.no_progress || args.output.quiet)
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let manifests = resolve(&sources, &env, &mut opts, &patterns, !chatty, cx)?;
     let targets = manifests.into_iter().flat_map(|m| m.files).collect();
     let request = PullRequest {
         targets,
@@ -103,13 +108,10 @@ fn run_pull(args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
         unpack: !args.keep_archive,
         sources: sources.iter().map(|s| modelpull::redact_str(s)).collect(),
     };
-    let bar = output::ProgressBar::start(
-        cx.progress.clone(),
-        !args.output.json && !args.output.no_progress,
-    );
+    let display = progress::Display::start(cx.progress.clone(), chatty);
     let result = modelpull::pull(&request, &opts, cx);
-    bar.finish();
-    output::report(&result?, args.output.json);
+    display.finish();
+    output::pulled(&result?, args.output.json, args.output.quiet);
     Ok(())
 }
 
@@ -122,24 +124,25 @@ fn run_demo(args: cli::DemoArgs, cx: &Context) -> anyhow::Result<()> {
         keep: args.keep,
     };
     let json = args.output.json;
-    let mut bar = None;
+    let chatty = !json && !args.output.quiet;
+    let mut display = None;
     let outcome = demo::run(&demo, &opts, cx, &mut |stage| {
-        if !json {
+        if chatty {
             eprintln!("modelpull demo: {stage}");
         }
         if stage.starts_with("pulling") {
-            bar = Some(output::ProgressBar::start(
+            display = Some(progress::Display::start(
                 cx.progress.clone(),
-                !json && !args.output.no_progress,
+                chatty && !args.output.no_progress,
             ));
         }
     });
-    if let Some(bar) = bar {
-        bar.finish();
+    if let Some(display) = display {
+        display.finish();
     }
     let outcome = outcome?;
     output::report(&outcome.report, json);
-    if !json {
+    if chatty {
         if let Some(path) = &outcome.kept {
             eprintln!("modelpull demo: the model is kept in {}", path.display());
         } else {
@@ -149,11 +152,14 @@ fn run_demo(args: cli::DemoArgs, cx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat, verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+/// Logs on stderr: warnings by default, errors only with `--quiet`, more with `-v`; `RUST_LOG`
+/// overrides.
+fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

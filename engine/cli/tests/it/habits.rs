@@ -1,6 +1,8 @@
 //! The habits of `hf download` where they fit: `--include` / `--exclude` (over the
-//! environment's `STORAGE_*_PATTERNS`) on `pull` and `ls`, and `--revision`.
+//! environment's `STORAGE_*_PATTERNS`) on `pull` and `ls`, `--revision`, and `--quiet` with the
+//! model's path alone on stdout.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use modelpull_testkit::hub::{Hub, HubRepo, RouteKind};
@@ -200,5 +202,83 @@ fn revision_is_the_uri_revision_and_refused_where_it_cannot_apply() {
         hub.stats().count(RouteKind::Tree),
         2,
         "refused commands asked the Hub nothing"
+    );
+}
+
+#[test]
+fn stdout_gets_the_path_and_quiet_leaves_only_it() {
+    let content = data(3, 200_000);
+    let fx = Fixture::new(&[("model.bin", &content)]);
+    let url = with_sha256(&fx.origin.url("model.bin"), &content);
+    let pull = |args: &[&str], dest: &Path| {
+        modelpull()
+            .arg("pull")
+            .args(args)
+            .arg(&url)
+            .arg(dest)
+            .output()
+            .unwrap()
+    };
+    let path_line = |dest: &Path| format!("{}\n", dest.display());
+
+    let dest = fx.dest("m");
+    let out = pull(&[], &dest);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), path_line(&dest));
+    assert!(
+        text(&out.stderr).starts_with("pulled 1 files"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_file(&dest, "model.bin", &content);
+
+    let dest = fx.dest("q");
+    let out = pull(&["-q"], &dest);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), path_line(&dest));
+    assert_eq!(text(&out.stderr), "");
+    // Complete already: the same path, still nothing on stderr.
+    let again = pull(&["--quiet"], &dest);
+    assert!(again.status.success());
+    assert_eq!(text(&again.stdout), path_line(&dest));
+    assert_eq!(text(&again.stderr), "");
+
+    // A relative destination is printed absolute.
+    let out = modelpull()
+        .current_dir(fx.dir.path())
+        .args(["pull", "-q", &url, "rel"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), path_line(&fx.dir.path().join("rel")));
+
+    // Errors still reach stderr, and nothing reaches stdout.
+    let bad = modelpull()
+        .args(["pull", "-q", "--retries", "1", "http://127.0.0.1:9/x.bin"])
+        .arg(fx.dest("bad"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(3));
+    assert!(bad.stdout.is_empty());
+    let err = text(&bad.stderr);
+    assert!(
+        err.starts_with("modelpull: error: fetching x.bin failed"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "no warnings before the error: {err}"
+    );
+
+    let both = modelpull()
+        .args(["pull", "-q", "-v", &url])
+        .arg(fx.dest("v"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--quiet and --verbose conflict"
     );
 }
