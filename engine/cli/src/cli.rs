@@ -49,6 +49,9 @@ pub enum Command {
     Ls(LsArgs),
     /// Pull a generated model from a local origin and report throughput (needs nothing else).
     Demo(DemoArgs),
+    /// Print a shell completion script.
+    #[command(after_help = COMPLETIONS_AFTER)]
+    Completions(CompletionsArgs),
 }
 
 /// The sources section shared by `pull` and `ls` (a macro so `concat!` can join it).
@@ -88,6 +91,12 @@ and when a source names another revision.
 "
     };
 }
+
+const COMPLETIONS_AFTER: &str = "\
+Install, for example:
+  bash  echo 'source <(modelpull completions bash)' >> ~/.bashrc
+  zsh   modelpull completions zsh > \"${fpath[1]}/_modelpull\"
+  fish  modelpull completions fish > ~/.config/fish/completions/modelpull.fish";
 
 const LS_AFTER: &str = concat!(
     "\
@@ -189,6 +198,13 @@ pub struct SelectArgs {
     /// Branch, tag or commit of hf:// sources, as in hf://ORG/MODEL:REV.
     #[arg(long, value_name = "REV", value_parser = NonEmptyStringValueParser::new())]
     pub revision: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete `modelpull` in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use modelpull::store::{self, Control, Env, Manifest};
 use modelpull::{Context, Options, Patterns, PullRequest};
 
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let quiet = match &cli.command {
         Command::Pull(args) => args.output.quiet,
         Command::Demo(args) => args.output.quiet,
-        Command::Ls(_) => false,
+        Command::Ls(_) | Command::Completions(_) => false,
     };
     init_logging(cli.log_format, cli.verbose, quiet);
     let cancel = Arc::new(AtomicBool::new(false));
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => (args.output.json, run_pull(args, &cx)),
         Command::Ls(args) => (args.json, run_ls(args, &cx)),
         Command::Demo(args) => (args.output.json, run_demo(args, &cx)),
+        Command::Completions(args) => (false, completions(args.shell)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,6 +150,17 @@ fn run_demo(args: cli::DemoArgs, cx: &Context) -> anyhow::Result<()> {
             eprintln!("modelpull demo: verified every file; temporary files removed");
         }
     }
+    Ok(())
+}
+
+/// `modelpull completions SHELL`: clap's completion script for this very command line.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "modelpull",
+        &mut std::io::stdout(),
+    );
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The habits of `hf download` where they fit: `--include` / `--exclude` (over the
-//! environment's `STORAGE_*_PATTERNS`) on `pull` and `ls`, `--revision`, and `--quiet` with the
-//! model's path alone on stdout.
+//! environment's `STORAGE_*_PATTERNS`) on `pull` and `ls`, `--revision`, `--quiet` with the
+//! model's path alone on stdout, and shell completions.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -281,4 +281,44 @@ fn stdout_gets_the_path_and_quiet_leaves_only_it() {
         Some(2),
         "--quiet and --verbose conflict"
     );
+}
+
+#[test]
+fn completions_for_every_shell_and_bash_loads_them() {
+    let script = |shell: &str| {
+        let out = modelpull().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let bash = script("bash");
+    for word in [
+        "pull",
+        "ls",
+        "demo",
+        "completions",
+        "--include",
+        "--revision",
+        "--quiet",
+    ] {
+        assert!(bash.contains(word), "bash completions miss {word}");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(script(shell).contains("modelpull"), "{shell}");
+    }
+    let loaded = Command::new("bash")
+        .args([
+            "-c",
+            r#"source <("$MODELPULL" completions bash) && complete -p modelpull"#,
+        ])
+        .env("MODELPULL", env!("CARGO_BIN_EXE_modelpull"))
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{}", text(&loaded.stderr));
+    assert!(
+        text(&loaded.stdout).contains("modelpull"),
+        "{}",
+        text(&loaded.stdout)
+    );
+    let unknown = modelpull().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
 }

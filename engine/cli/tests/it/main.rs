@@ -1,9 +1,9 @@
 //! The `modelpull` binary's tests, one binary with a module per area: flags, output and exit
 //! codes (`commands`), kills at any moment (`crash`), what reaches the disk and when
 //! (`durability`), the habits of `hf download` (`habits`: file patterns, revisions, quiet
-//! output), request headers from the environment (`headers`), the progress display on a
-//! pseudo-terminal (`progress`), and credentials against real stores (`stores`). Fixtures come
-//! from `modelpull-testkit`.
+//! output, completions), request headers from the environment (`headers`), the progress
+//! display on a pseudo-terminal (`progress`), and credentials against real stores (`stores`).
+//! Fixtures come from `modelpull-testkit`.
 
 mod commands;
 mod crash;
