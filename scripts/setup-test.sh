@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real servers and clients the tests run against, once: tinyproxy (a forward
-# proxy, from Debian), strace (the durability test reads a pull's system calls), and a virtualenv .venv-test with moto (S3), gcp-storage-emulator (GCS),
+# proxy, from Debian), strace (the durability test reads a pull's system calls), tmux (the
+# progress test reads a pull's screen in a pseudo-terminal), and a virtualenv .venv-test with moto (S3), gcp-storage-emulator (GCS),
 # huggingface_hub (the client that proves the in-tree Hub fixture faithful), and aiohttp and
 # the kubernetes client (the agent's test API server and the client that proves it faithful). The tests
 # start and stop the servers themselves, each on a free port of 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in tinyproxy:tinyproxy openssl:openssl strace:strace; do
+for pair in tinyproxy:tinyproxy openssl:openssl strace:strace tmux:tmux; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

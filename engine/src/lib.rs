@@ -1,7 +1,8 @@
 //! modelpull: a thread-per-core io_uring download engine for large ML models.
 //!
 //! [`resolve`] turns a model URI (`hf://`, `s3://`, `gs://`, `http(s)://`) into a
-//! [`Manifest`] of [`Target`]s: URL, size, the digest the store vouches for, credentials.
+//! [`Manifest`] of [`Target`]s: URL, size, the digest the store vouches for, credentials;
+//! [`resolve_filtered`] does the same with the caller's [`Patterns`] of files to keep.
 //! [`pull()`] takes targets and a destination directory and returns a [`Report`] once every
 //! file is fetched with parallel ranged requests, written with O_DIRECT, verified against its
 //! digest and published atomically, with a [`Marker`] that says what the folder holds.
@@ -88,7 +89,7 @@ pub use http::proxy::ProxyConfig;
 pub use http::{ClientConfig, HttpError};
 pub use pull::{Context, Options, PullRequest, pull};
 pub use report::Report;
-pub use store::{Control, Env, Manifest, resolve};
+pub use store::{Control, Env, Manifest, Patterns, resolve, resolve_filtered};
 pub use target::Target;
 
 /// A URL as it may appear in logs, errors and reports: without query string, fragment or

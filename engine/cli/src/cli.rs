@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use modelpull::runtime::DriverChoice;
 
@@ -52,6 +53,9 @@ pub enum Command {
     Ls(LsArgs),
     /// Pull a generated model from a local origin and report throughput (needs nothing else).
     Demo(DemoArgs),
+    /// Print a shell completion script.
+    #[command(after_help = COMPLETIONS_AFTER)]
+    Completions(CompletionsArgs),
 }
 
 /// The sources section shared by `pull` and `ls` (a macro so `concat!` can join it).
@@ -70,9 +74,33 @@ SOURCES, as KServe's storage-initializer takes them:
   http(s)://HOST/PATH         one file; headers from the env variable `HOST-headers` (JSON);
                               append #sha256=<hex> (or sha1, md5, crc32, crc32c, crc64nvme) to verify
 STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS (JSON or comma list of fnmatch patterns) filter
-listed files. HTTPS_PROXY, HTTP_PROXY, NO_PROXY are honoured."
+listed files, as --include / --exclude do. HTTPS_PROXY, HTTP_PROXY, NO_PROXY are honoured."
     };
 }
+
+/// How --include / --exclude / --revision work, shared by `pull` and `ls`.
+macro_rules! selection_help {
+    () => {
+        "\
+SELECTION: --include and --exclude take fnmatch patterns (`*`, `?`, `[seq]`; `*` crosses `/`)
+matched against each file's path in the source; for hf://, a pattern ending in `/` matches
+that folder's contents. They filter like STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS and
+take their place, each on its own: --include replaces STORAGE_ALLOW_PATTERNS, --exclude
+replaces STORAGE_IGNORE_PATTERNS, and a variable without its flag still applies. A file is
+kept when it matches an include pattern (or none is given) and no exclude pattern. A single
+file (an http(s) URL, an exact S3 key or GCS object) is fetched whatever the patterns.
+--revision REV is hf://ORG/MODEL:REV for every hf:// source; it is refused with other schemes
+and when a source names another revision.
+
+"
+    };
+}
+
+const COMPLETIONS_AFTER: &str = "\
+Install, for example:
+  bash  echo 'source <(modelpull completions bash)' >> ~/.bashrc
+  zsh   modelpull completions zsh > \"${fpath[1]}/_modelpull\"
+  fish  modelpull completions fish > ~/.config/fish/completions/modelpull.fish";
 
 const LS_AFTER: &str = concat!(
     "\
@@ -80,6 +108,7 @@ Prints one line per file: size, what it will be verified against, path. --json p
 manifest as JSON. Nothing is downloaded. Exit codes as for `modelpull pull`.
 
 ",
+    selection_help!(),
     sources_help!()
 );
 
@@ -98,6 +127,11 @@ it out (models--ORG--MODEL/blobs, snapshots/COMMIT, refs/REVISION): HF_HUB_CACHE
 HF_HOME/hub, else ~/.cache/huggingface/hub. Blobs already there are not fetched again; the
 snapshot appears only when every file is verified.
 
+OUTPUT: stdout gets one line, the model directory's absolute path, as `hf download` prints it:
+MODEL=$(modelpull pull -q SOURCE DEST). The summary goes to stderr; on a terminal, so do the
+listing and a progress display (bytes, rate, ETA, the files downloading). --quiet leaves only
+the path and errors; --json prints the JSON report on stdout instead of the path.
+
 Sizes take K, M, G, T (powers of 1024; KB, MB, GB for powers of 1000).
 
 Exit codes:
@@ -113,6 +147,7 @@ Exit codes:
   130  interrupted (SIGINT/SIGTERM); run again to resume
 
 ",
+    selection_help!(),
     sources_help!()
 );
 
@@ -132,6 +167,9 @@ pub struct PullArgs {
     pub keep_archive: bool,
 
     #[command(flatten)]
+    pub select: SelectArgs,
+
+    #[command(flatten)]
     pub engine: EngineArgs,
 
     #[command(flatten)]
@@ -149,7 +187,34 @@ pub struct LsArgs {
     pub json: bool,
 
     #[command(flatten)]
+    pub select: SelectArgs,
+
+    #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// Which files of the sources `pull` fetches and `ls` lists (see SELECTION in `--help`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Selection")]
+pub struct SelectArgs {
+    /// Only files matching PATTERN (repeatable); replaces STORAGE_ALLOW_PATTERNS.
+    #[arg(long, value_name = "PATTERN", value_parser = NonEmptyStringValueParser::new())]
+    pub include: Vec<String>,
+
+    /// No file matching PATTERN (repeatable); replaces STORAGE_IGNORE_PATTERNS.
+    #[arg(long, value_name = "PATTERN", value_parser = NonEmptyStringValueParser::new())]
+    pub exclude: Vec<String>,
+
+    /// Branch, tag or commit of hf:// sources, as in hf://ORG/MODEL:REV.
+    #[arg(long, value_name = "REV", value_parser = NonEmptyStringValueParser::new())]
+    pub revision: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete `modelpull` in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -184,9 +249,13 @@ pub struct OutputArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// No progress bar, even on a terminal.
+    /// No progress display, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+
+    /// Nothing on stderr but errors: no progress, listing, summary or warnings.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -4,20 +4,27 @@ mod cli;
 mod demo;
 mod dest;
 mod output;
+mod progress;
+mod select;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use modelpull::store::{self, Control, Env, Manifest};
-use modelpull::{Context, HfCache, Options, PullRequest};
+use modelpull::{Context, HfCache, Options, Patterns, PullRequest};
 
 use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.verbose);
+    let quiet = match &cli.command {
+        Command::Pull(args) => args.output.quiet,
+        Command::Demo(args) => args.output.quiet,
+        Command::Ls(_) | Command::Completions(_) => false,
+    };
+    init_logging(cli.log_format, cli.verbose, quiet);
     let cancel = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal ends the process at once, as users expect from Ctrl-C twice.
@@ -32,6 +39,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => (args.output.json, run_pull(args, &cx)),
         Command::Ls(args) => (args.json, run_ls(args, &cx)),
         Command::Demo(args) => (args.output.json, run_demo(args, &cx)),
+        Command::Completions(args) => (false, completions(args.shell)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,11 +60,13 @@ fn options(engine: &cli::EngineArgs, env: &Env) -> anyhow::Result<Options> {
     Ok(opts)
 }
 
-/// Lists every source; the manifests' TLS needs are added to `opts`.
+/// Lists every source, keeping the files `patterns` select; the manifests' TLS needs are
+/// added to `opts`.
 fn resolve(
     sources: &[String],
     env: &Env,
     opts: &mut Options,
+    patterns: &Patterns,
     quiet: bool,
     cx: &Context,
 ) -> anyhow::Result<Vec<Manifest>> {
@@ -66,7 +76,7 @@ fn resolve(
         if !quiet {
             eprintln!("modelpull: listing {}", modelpull::redact_str(uri));
         }
-        let m = store::resolve(uri, env, &control)?;
+        let m = store::resolve_filtered(uri, env, &control, patterns)?;
         opts.apply_tls(&m);
         manifests.push(m);
     }
@@ -76,7 +86,9 @@ fn resolve(
 fn run_ls(args: cli::LsArgs, cx: &Context) -> anyhow::Result<()> {
     let env = Env::from_process();
     let mut opts = options(&args.engine, &env)?;
-    let manifests = resolve(&args.sources, &env, &mut opts, true, cx)?;
+    let sources = select::sources(&args.sources, args.select.revision.as_deref())?;
+    let patterns = select::patterns(&args.select, &env);
+    let manifests = resolve(&sources, &env, &mut opts, &patterns, true, cx)?;
     output::listing(&manifests, args.json);
     Ok(())
 }
@@ -87,16 +99,17 @@ fn run_pull(mut args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
         .map_err(modelpull::Error::InvalidOption)?;
     let env = Env::from_process();
     let mut opts = options(&args.engine, &env)?;
-    // On a terminal, say what is being listed (a big bucket takes a moment); scripts get
-    // nothing but the result or the one-line error.
-    let quiet = args.output.json
-        || args.output.no_progress
-        || !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let manifests = resolve(&args.sources, &env, &mut opts, quiet, cx)?;
+    let sources = select::sources(&args.sources, args.select.revision.as_deref())?;
+    let patterns = select::patterns(&args.select, &env);
+    // On a terminal, say what is being listed (a big bucket takes a moment) and show progress;
+    // scripts get nothing but the result or the one-line error.
+    let chatty = !(args.output.json || args.output.no_progress || args.output.quiet)
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let manifests = resolve(&sources, &env, &mut opts, &patterns, !chatty, cx)?;
     let dest = match dest {
         dest::Destination::Dir(dir) => dir,
         dest::Destination::HfCache => {
-            return pull_to_cache(&manifests[0], &env, &opts, &args.output, cx);
+            return pull_to_cache(&manifests[0], &env, &opts, &args.output, chatty, cx);
         }
     };
     let targets = manifests.into_iter().flat_map(|m| m.files).collect();
@@ -104,19 +117,12 @@ fn run_pull(mut args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
         targets,
         dest,
         unpack: !args.keep_archive,
-        sources: args
-            .sources
-            .iter()
-            .map(|s| modelpull::redact_str(s))
-            .collect(),
+        sources: sources.iter().map(|s| modelpull::redact_str(s)).collect(),
     };
-    let bar = output::ProgressBar::start(
-        cx.progress.clone(),
-        !args.output.json && !args.output.no_progress,
-    );
+    let display = progress::Display::start(cx.progress.clone(), chatty);
     let result = modelpull::pull(&request, &opts, cx);
-    bar.finish();
-    output::report(&result?, args.output.json);
+    display.finish();
+    output::pulled(&result?, args.output.json, args.output.quiet);
     Ok(())
 }
 
@@ -126,13 +132,14 @@ fn pull_to_cache(
     env: &Env,
     opts: &Options,
     shown: &cli::OutputArgs,
+    chatty: bool,
     cx: &Context,
 ) -> anyhow::Result<()> {
     let cache = HfCache::from_env(env)?;
-    let bar = output::ProgressBar::start(cx.progress.clone(), !shown.json && !shown.no_progress);
+    let display = progress::Display::start(cx.progress.clone(), chatty);
     let result = cache.pull(manifest, opts, cx);
-    bar.finish();
-    output::report(&result?, shown.json);
+    display.finish();
+    output::pulled(&result?, shown.json, shown.quiet);
     Ok(())
 }
 
@@ -145,24 +152,25 @@ fn run_demo(args: cli::DemoArgs, cx: &Context) -> anyhow::Result<()> {
         keep: args.keep,
     };
     let json = args.output.json;
-    let mut bar = None;
+    let chatty = !json && !args.output.quiet;
+    let mut display = None;
     let outcome = demo::run(&demo, &opts, cx, &mut |stage| {
-        if !json {
+        if chatty {
             eprintln!("modelpull demo: {stage}");
         }
         if stage.starts_with("pulling") {
-            bar = Some(output::ProgressBar::start(
+            display = Some(progress::Display::start(
                 cx.progress.clone(),
-                !json && !args.output.no_progress,
+                chatty && !args.output.no_progress,
             ));
         }
     });
-    if let Some(bar) = bar {
-        bar.finish();
+    if let Some(display) = display {
+        display.finish();
     }
     let outcome = outcome?;
     output::report(&outcome.report, json);
-    if !json {
+    if chatty {
         if let Some(path) = &outcome.kept {
             eprintln!("modelpull demo: the model is kept in {}", path.display());
         } else {
@@ -172,11 +180,25 @@ fn run_demo(args: cli::DemoArgs, cx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat, verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+/// `modelpull completions SHELL`: clap's completion script for this very command line.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "modelpull",
+        &mut std::io::stdout(),
+    );
+    Ok(())
+}
+
+/// Logs on stderr: warnings by default, errors only with `--quiet`, more with `-v`; `RUST_LOG`
+/// overrides.
+fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

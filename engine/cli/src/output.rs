@@ -1,74 +1,58 @@
-//! What the CLI prints: a progress bar on a terminal, a summary or a JSON report.
+//! What the CLI prints: a pull's path or JSON report, the summary, listings and errors. The
+//! live progress display is in `progress`.
 
-use std::io::IsTerminal;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::fmt::Write as _;
 
-use modelpull::progress::Progress;
 use modelpull::units::human_bytes;
 
-/// A progress bar on stderr, fed from the engine's counters by a small thread.
-pub struct ProgressBar {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ProgressBar {
-    pub fn start(progress: Arc<Progress>, wanted: bool) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = (wanted && std::io::stderr().is_terminal()).then(|| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let bar = indicatif::ProgressBar::new(0);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:40.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
-                    )
-                    .expect("progress template"),
-                );
-                while !stop.load(Relaxed) {
-                    let s = progress.snapshot();
-                    bar.set_length(s.total_bytes);
-                    bar.set_position(s.done_bytes.min(s.total_bytes));
-                    let retries = if s.retries > 0 { format!(", {} retries", s.retries) } else { String::new() };
-                    bar.set_message(format!("files {}/{}{retries}", s.files_done, s.files_total));
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                bar.finish_and_clear();
-            })
-        });
-        Self { stop, thread }
-    }
-
-    pub fn finish(mut self) {
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-pub fn report(report: &modelpull::Report, json: bool) {
+/// The end of a successful `pull`: with `json`, the report on stdout; otherwise the summary
+/// on stderr (none when `quiet`) and the model directory's absolute path on stdout, the one
+/// line `hf download` prints too, so `MODEL=$(modelpull pull -q …)` works.
+pub fn pulled(report: &modelpull::Report, json: bool, quiet: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(report).expect("report serialises")
-        );
+        print_json(report);
         return;
     }
+    if !quiet {
+        eprint!("{}", summary(report));
+    }
+    let path =
+        std::path::absolute(&report.destination).unwrap_or_else(|_| report.destination.clone());
+    println!("{}", path.display());
+}
+
+/// `demo`'s result: the report on stdout, as JSON or as the summary.
+pub fn report(report: &modelpull::Report, json: bool) {
+    if json {
+        print_json(report);
+    } else {
+        print!("{}", summary(report));
+    }
+}
+
+fn print_json(report: &modelpull::Report) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).expect("report serialises")
+    );
+}
+
+/// What a pull did, for people: files, bytes, speed, driver, and each file's digest.
+fn summary(report: &modelpull::Report) -> String {
+    let mut out = String::new();
     if report.up_to_date {
-        println!(
+        let _ = writeln!(
+            out,
             "{} is complete and verified ({} files, {}); nothing to do",
             report.destination.display(),
             report.files.len(),
             human_bytes(report.total_bytes)
         );
-        return;
+        return out;
     }
     let driver = report.driver.map_or("none", |d| d.name());
-    println!(
+    let _ = writeln!(
+        out,
         "pulled {} files, {} in {:.2} s ({:.2} GB/s) into {}",
         report.files.len(),
         human_bytes(report.total_bytes),
@@ -84,12 +68,14 @@ pub fn report(report: &modelpull::Report, json: bool) {
     } else {
         String::new()
     };
-    println!(
+    let _ = writeln!(
+        out,
         "  driver {driver}, {} cores, {} connections, {} retries{resumed}",
         report.cores, report.connections, report.retries
     );
     if let Some(u) = &report.unpacked {
-        println!(
+        let _ = writeln!(
+            out,
             "  unpacked {} into {} files ({}) and removed it",
             u.archive,
             u.files,
@@ -97,7 +83,7 @@ pub fn report(report: &modelpull::Report, json: bool) {
         );
     }
     if let Some(note) = &report.driver_note {
-        println!("  note: {note}; running on epoll");
+        let _ = writeln!(out, "  note: {note}; running on epoll");
     }
     for f in &report.files {
         let shown = f
@@ -111,7 +97,8 @@ pub fn report(report: &modelpull::Report, json: bool) {
             "verified"
         };
         if let Some(d) = shown {
-            println!(
+            let _ = writeln!(
+                out,
                 "  {check} {d}  {}  {}  ({})",
                 human_bytes(f.size),
                 f.path,
@@ -119,6 +106,7 @@ pub fn report(report: &modelpull::Report, json: bool) {
             );
         }
     }
+    out
 }
 
 /// `modelpull ls`: one line per file, or the manifests as JSON.

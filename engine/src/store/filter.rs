@@ -2,17 +2,29 @@
 //! semantics: a JSON list or a comma list of Python `fnmatch` patterns matched against the
 //! file's path relative to the URI; `*` crosses `/`. For `hf://`, a pattern ending in `/`
 //! matches the folder's contents, as in `huggingface_hub`, which KServe hands them to.
+//!
+//! [`Patterns`] is public so that a caller with patterns of its own (the CLI's `--include` /
+//! `--exclude`) filters with this very matcher, through [`super::resolve_filtered`], rather
+//! than by setting environment variables.
 
 use super::env::Env;
 
-/// Which listed files to fetch.
+/// Which listed files to fetch: a file is kept when it matches one of `allow` (or `allow` is
+/// empty) and none of `ignore`. Patterns are Python `fnmatch` patterns (`*`, `?`, `[seq]`,
+/// `[!seq]`; `*` crosses `/`) matched against the file's path relative to the source URI;
+/// for `hf://`, one ending in `/` also matches everything in that folder. A single file (an
+/// `http(s)://` URL, an exact S3 key or GCS object) is fetched whatever the patterns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Patterns {
+    /// Patterns a file must match one of; none means every file.
     pub allow: Vec<String>,
+    /// Patterns a file must match none of.
     pub ignore: Vec<String>,
 }
 
 impl Patterns {
+    /// `STORAGE_ALLOW_PATTERNS` and `STORAGE_IGNORE_PATTERNS`: each a JSON list (or a JSON
+    /// string), else a comma-separated list; empty items are dropped.
     pub fn from_env(env: &Env) -> Self {
         Self {
             allow: parse_list(env.get("STORAGE_ALLOW_PATTERNS")),

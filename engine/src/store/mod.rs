@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::target::Target;
 pub use control::Control;
 pub use env::Env;
-use filter::Patterns;
+pub use filter::Patterns;
 pub(crate) use hf::Repo as HfRepo;
 
 /// What a source URI holds.
@@ -38,8 +38,7 @@ pub struct Manifest {
     pub revision: Option<String>,
     /// Every file the URI names, after the filters.
     pub files: Vec<Target>,
-    /// Files left out by `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS` or skipped as
-    /// folder markers.
+    /// Files left out by the [`Patterns`] or skipped as folder markers.
     pub skipped: usize,
     /// TLS settings the store's environment asks for, to apply to the pull's options: a CA
     /// bundle (`AWS_CA_BUNDLE`) and hosts not to verify (`S3_VERIFY_SSL=0`).
@@ -79,7 +78,8 @@ impl Manifest {
 }
 
 /// Lists `uri`: every file it names, with URL, size, expected digests and credentials.
-/// `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS` from `env` filter the listing.
+/// `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS` from `env` filter the listing: this is
+/// [`resolve_filtered`] with [`Patterns::from_env`].
 ///
 /// ```no_run
 /// use modelpull::{Control, Env, Options};
@@ -95,12 +95,37 @@ impl Manifest {
 /// # }
 /// ```
 pub fn resolve(uri: &str, env: &Env, control: &Control) -> Result<Manifest> {
+    resolve_filtered(uri, env, control, &Patterns::from_env(env))
+}
+
+/// [`resolve`] with the caller's `patterns` in place of the environment's: `env` still gives
+/// endpoints and credentials, but its `STORAGE_*_PATTERNS` are not read.
+///
+/// ```no_run
+/// use modelpull::{Control, Env, Options, Patterns};
+///
+/// # fn main() -> modelpull::Result<()> {
+/// let env = Env::from_process();
+/// let control = Control::new(&Options::default().client())?;
+/// let patterns = Patterns {
+///     allow: vec!["*.safetensors".into(), "*.json".into()],
+///     ignore: vec!["original/".into()],
+/// };
+/// let manifest = modelpull::store::resolve_filtered("hf://org/model", &env, &control, &patterns)?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn resolve_filtered(
+    uri: &str,
+    env: &Env,
+    control: &Control,
+    patterns: &Patterns,
+) -> Result<Manifest> {
     let scheme = uri.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    let patterns = Patterns::from_env(env);
     let mut manifest = match scheme.as_deref() {
-        Some("hf") => hf::list(uri, env, control, &patterns)?,
-        Some("s3") => s3::list(uri, env, control, &patterns)?,
-        Some("gs") => gs::list(uri, env, control, &patterns)?,
+        Some("hf") => hf::list(uri, env, control, patterns)?,
+        Some("s3") => s3::list(uri, env, control, patterns)?,
+        Some("gs") => gs::list(uri, env, control, patterns)?,
         Some("http" | "https") => http::list(uri, env)?,
         other => {
             let what = other.map_or_else(
@@ -116,7 +141,7 @@ pub fn resolve(uri: &str, env: &Env, control: &Control) -> Result<Manifest> {
     if manifest.files.is_empty() {
         let filtered = if manifest.skipped > 0 {
             format!(
-                " ({} listed file(s) were left out by STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS, or are folder markers or empty objects)",
+                " ({} listed file(s) were left out by the allow/ignore patterns, or are folder markers or empty objects)",
                 manifest.skipped
             )
         } else {

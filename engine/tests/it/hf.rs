@@ -124,6 +124,19 @@ fn revisions_by_branch_and_commit_and_filters() {
     );
     assert_eq!(m.revision.as_deref(), Some(commit.as_str()));
 
+    let caller = modelpull::Patterns {
+        allow: vec!["tokenizer/".into()],
+        ignore: Vec::new(),
+    };
+    let m = modelpull::store::resolve_filtered("hf://acme/tiny", &e, &control, &caller).unwrap();
+    let paths: Vec<_> = m.files.iter().map(|t| t.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["tokenizer/vocab file.txt"],
+        "the caller's patterns replace the environment's, `tokenizer/` as a folder"
+    );
+    assert_eq!(m.skipped, r.files().len() - 1);
+
     let err = pull_uri(
         "hf://acme/tiny:no-such-branch",
         &env(&hub, None),

@@ -214,7 +214,7 @@ fn json_report_then_up_to_date_then_occupied() {
 
     let o = modelpull(&["pull", &url, dest.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to do"));
+    assert!(stderr(&o).contains("nothing to do"));
 
     let other = fx.origin.url("model.bin");
     let o = modelpull(&["pull", &other, dest.to_str().unwrap()]);
@@ -303,6 +303,12 @@ fn help_reads_well() {
         "--limit-rate",
         "--ca-bundle",
         "--driver",
+        "--include <PATTERN>",
+        "--exclude <PATTERN>",
+        "--revision <REV>",
+        "-q, --quiet",
+        "SELECTION:",
+        "OUTPUT:",
     ] {
         assert!(help.contains(needle), "missing {needle}:\n{help}");
     }

@@ -126,13 +126,15 @@ impl Job {
             >= self.opts.connections_per_host
     }
 
-    /// Numbers a new claim on `file` and counts it against the file's host until
-    /// [`Job::release_host`].
+    /// Numbers a new claim on `file` and counts it against the file's host, and the file as
+    /// in flight for the progress display, until [`Job::release_host`].
     pub(super) fn open_claim(&self, st: &mut JobState, file: usize) -> u64 {
         st.next_id += 1;
         *st.host_active
             .entry(self.metas[file].host.clone())
             .or_default() += 1;
+        self.progress
+            .request_started(&self.metas[file].target.path);
         st.next_id
     }
 
@@ -142,6 +144,7 @@ impl Job {
         if let Some(n) = st.host_active.get_mut(&self.metas[file].host) {
             *n = n.saturating_sub(1);
         }
+        self.progress.request_ended(&self.metas[file].target.path);
     }
 }
 
@@ -152,5 +155,50 @@ impl FileState {
             .iter()
             .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
             .map(|(&s, p)| (s, p.end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{FileMeta, FileState, Job, Work};
+    use crate::disk::journal::Journal;
+    use crate::metrics::Metrics;
+    use crate::pull::Options;
+    use crate::target::Target;
+
+    #[test]
+    fn a_file_is_in_flight_while_a_claim_on_it_is_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let metas: Vec<FileMeta> = ["a.bin", "b.bin"]
+            .iter()
+            .map(|name| {
+                let target = Target::parse(&format!("http://127.0.0.1:9/{name}")).unwrap();
+                let at = |suffix: &str| dir.path().join(format!("{name}{suffix}"));
+                FileMeta::new(target, at(".part"), Journal::path_for(&at("")), at(""))
+            })
+            .collect();
+        let files = metas.iter().map(FileState::fresh).collect();
+        let job = Job::new(
+            Options::default(),
+            metas,
+            files,
+            Arc::default(),
+            Metrics::default(),
+            Arc::default(),
+        );
+        let mut claimed = Vec::new();
+        for _ in 0..2 {
+            match job.claim() {
+                Work::Fetch(c) => claimed.push(c.file),
+                other => panic!("a probe, not {other:?}"),
+            }
+        }
+        assert_eq!(job.progress.in_flight(), ["a.bin", "b.bin"]);
+        job.release_host(claimed[0]);
+        assert_eq!(job.progress.in_flight(), ["b.bin"]);
+        job.release_host(claimed[1]);
+        assert!(job.progress.in_flight().is_empty());
     }
 }
