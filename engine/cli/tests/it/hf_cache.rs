@@ -297,8 +297,18 @@ fn a_new_revision_fetches_only_new_blobs_and_a_repeat_nothing() {
     let before = served(&hub);
     let again = pull(&hub, &cache, &["hf://acme/tiny:v2"]);
     assert!(again.status.success());
-    let text = String::from_utf8_lossy(&again.stdout);
+    // The summary goes to stderr; stdout holds only the snapshot's path.
+    let text = String::from_utf8_lossy(&again.stderr);
     assert!(text.contains("nothing to do"), "{text}");
+    let printed = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(
+        printed.trim(),
+        cache
+            .join("models--acme--tiny/snapshots")
+            .join(&commit)
+            .to_str()
+            .unwrap()
+    );
     assert_eq!(served(&hub), before, "a complete snapshot fetches nothing");
 
     // `main` moved to the same commit: its ref follows, nothing is fetched.
