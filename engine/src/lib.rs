@@ -32,7 +32,8 @@
 //!
 //! - `buf`: page-aligned buffers shared by the socket, the hasher and the disk;
 //! - `digest`: in-order digests with saved state, combinable CRCs;
-//! - [`runtime`]: one pinned monoio runtime per core, on io_uring or epoll;
+//! - [`runtime`]: one pinned monoio runtime per core, on io_uring or epoll; [`limits`]: the
+//!   container's cgroup limits, which [`Options::fit`] sizes a pull under;
 //! - `http`: the HTTP/1.1 client (both planes), TLS and forward proxies;
 //! - `disk`: part files, the resume journal, staging and publish;
 //! - [`target`]: one file to fetch and the rules for its path;
@@ -66,6 +67,7 @@ layers!(archive, buf, digest, disk, http, pool, pull);
 pub mod error;
 #[cfg(feature = "internals")]
 pub mod fuzzing;
+pub mod limits;
 pub mod metrics;
 pub mod progress;
 pub mod report;
@@ -77,8 +79,8 @@ pub mod units;
 pub use self::digest::{Algorithm, Digest, DigestError};
 pub use disk::staging::{MARKER, Marker};
 pub use error::{Error, ExitCode, Result};
-pub use http::{ClientConfig, HttpError};
 pub use http::proxy::ProxyConfig;
+pub use http::{ClientConfig, HttpError};
 pub use pull::{Context, Options, PullRequest, pull};
 pub use report::Report;
 pub use store::{Control, Env, Manifest, resolve};
