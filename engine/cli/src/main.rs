@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod initializer;
 mod output;
 
 use std::process::ExitCode;
@@ -15,6 +16,9 @@ use modelpull::{Context, Options, PullRequest};
 use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
+    if let Some(code) = initializer::main_if_invoked() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
     let cancel = Arc::new(AtomicBool::new(false));
