@@ -158,8 +158,11 @@ fn run(pairs: &[Pair]) -> anyhow::Result<()> {
             .driver_note
             .as_deref()
             .map_or(String::new(), |n| format!(": {n}"));
+        let unpacked = report.unpacked.as_ref().map_or(String::new(), |u| {
+            format!(", {} unpacked into {} file(s)", u.archive, u.files)
+        });
         eprintln!(
-            "modelpull storage-initializer: {source} → {dest}: {} file(s), {} in {:.1} s ({:.2} GB/s), each verified; driver {driver}{note}",
+            "modelpull storage-initializer: {source} → {dest}: {} file(s), {} in {:.1} s ({:.2} GB/s), each verified{unpacked}; driver {driver}{note}",
             report.files.len(),
             human_bytes(report.total_bytes),
             report.seconds,

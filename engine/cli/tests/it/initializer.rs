@@ -157,6 +157,10 @@ fn pairs_are_pulled_in_order_readable_by_every_user() {
         })
         .collect();
     assert!(order.is_sorted(), "{err}");
+    assert!(
+        err.contains(", model.tar.gz unpacked into 2 file(s)"),
+        "{err}"
+    );
 }
 
 #[test]
