@@ -174,7 +174,10 @@ echo "storage-initializer, as KServe runs it:"
 stores=$work/stores
 mkdir -p "$stores"
 export MODELPULL_TEST_VENV=${MODELPULL_TEST_VENV:-$PWD/.venv-test}
-cargo build -q -p modelpull-testkit --bin serve-stores
+cargo build -q -p modelpull-testkit --bin serve-stores 2>"$work/cargo.log" || {
+  cat "$work/cargo.log"
+  exit 1
+}
 target_dir=$(cargo metadata -q --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 "$target_dir/debug/serve-stores" "$stores" >"$work/stores.log" 2>&1 &
 stores_pid=$!
