@@ -15,7 +15,8 @@
 //! succeed. Credentials and settings come from the variables KServe's credential builder
 //! injects, `STORAGE_CONFIG` included; a source under `/mnt/models` is already in place.
 //! Sources only KServe's own image reads (PVCs, OCI, ModelScope, Azure, HDFS, git, local
-//! paths) are refused before anything is downloaded, naming that image.
+//! paths), and its decryption of confidential models, are refused before anything is
+//! downloaded, naming that image.
 //!
 //! DEST is usually a mount point (KServe's emptyDir), which cannot be renamed over, so each
 //! pull is staged and published inside it, in `.modelpull-initializer/`, then moved up into
@@ -125,6 +126,13 @@ fn run(pairs: &[Pair]) -> anyhow::Result<()> {
         }
     }
     let env = Env::from_process().with_storage_config()?;
+    // KServe's image decrypts the models afterwards; serving them still encrypted would fail
+    // later and less clearly.
+    if env.flag("CONFIDENTIAL_ENABLED") == Some(true) {
+        anyhow::bail!(
+            "CONFIDENTIAL_ENABLED: decrypting models is not supported by modelpull's storage-initializer; use KServe's image {KSERVE_IMAGE}"
+        );
+    }
     let limits = Limits::detect();
     let mut opts = Options::default();
     opts.fit(&limits);

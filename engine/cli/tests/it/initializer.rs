@@ -241,6 +241,32 @@ fn sources_only_kserve_reads_fail_before_anything_is_downloaded() {
 }
 
 #[test]
+fn confidential_models_are_left_to_kserve() {
+    let fx = Fixture::new(&[("good.bin", &data(9, 1000))]);
+    let ep = Entrypoint::new();
+    let dest = ep.models("m");
+    let out = ep.run(
+        &[&fx.origin.url("good.bin"), dest.to_str().unwrap()],
+        &[
+            ("CONFIDENTIAL_ENABLED", "true"),
+            ("CONFIDENTIAL_RESOURCE_ID", "kbs:///default/key/1"),
+        ],
+    );
+    assert_failed(&out);
+    assert_eq!(
+        last_line(&out),
+        "Storage initialization failed: CONFIDENTIAL_ENABLED: decrypting models is not supported by modelpull's storage-initializer; use KServe's image kserve/storage-initializer"
+    );
+    assert_eq!(
+        fx.origin
+            .stats()
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[test]
 fn a_source_under_mnt_models_is_already_in_place() {
     let ep = Entrypoint::new();
     let dest = ep.models("models");
