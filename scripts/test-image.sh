@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
-# Builds the image from the Dockerfile and checks what it promises, on this machine's Docker
-# engine. No registry is reachable here, so both bases are local stand-ins made from the host
-# (scripts/image-standins.sh); set BUILDER_IMAGE / RUNTIME_IMAGE to build from others.
+# Builds the two images of the Dockerfile and checks what they promise, on this machine's
+# Docker engine. No registry is reachable here, so both bases are local stand-ins made from the
+# host (scripts/image-standins.sh); set BUILDER_IMAGE / RUNTIME_IMAGE to build from others.
 #
-# Checks: the image runs as 65532:65532 and holds no shell or package manager, only the two
+# The agent's image: it runs as 65532:65532 and holds no shell or package manager, only the two
 # binaries, CA certificates and licences; without a cluster the agent keeps running, says why,
 # answers /healthz, reports not ready, serves Prometheus text on /metrics and exits 0 on
 # SIGTERM within 5 s; it refuses a models root it cannot write; `modelpull demo` succeeds on
 # the epoll fallback under a profile without io_uring (what Docker >= 25 and containerd >= 1.7
 # ship as their default) and on io_uring under deploy/seccomp/modelpull.json.
+#
+# The storage-initializer's image (`--target storage-initializer`): it runs as 1000:1000 from
+# KServe's entrypoint path and holds only /modelpull, CA certificates and licences; run as
+# KServe's init container runs (arguments only, the model volume at /mnt/models, read-only
+# root, 1 CPU and 1 GiB, no capabilities, Docker's current default seccomp profile, uid 1000 or
+# another), it pulls http(s)://, hf://, s3:// and gs:// sources from the test kit's stores on
+# 127.0.0.1 (`serve-stores`, built here with cargo; s3 and gs need the test virtualenv,
+# MODELPULL_TEST_VENV, default .venv-test) byte for byte into files every user can read, fits
+# its buffers to the memory limit it reads from its cgroup, and fails with exit 1 and one line
+# saying why for a wrong digest, a pvc:// source or no arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 image=${IMAGE:-localmodelnode-agent:test}
+init_image=${INIT_IMAGE:-modelpull-storage-initializer:test}
 failures=0
 ok() { echo "  ok    $*"; }
 fail() {
@@ -26,8 +37,13 @@ check() {
 }
 work=$(mktemp -d)
 containers=()
+stores_pid=
 cleanup() {
   for c in "${containers[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
+  if [ -n "$stores_pid" ]; then
+    kill "$stores_pid" 2>/dev/null || true
+    wait "$stores_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -37,10 +53,12 @@ if [ -z "${BUILDER_IMAGE:-}" ] || [ -z "${RUNTIME_IMAGE:-}" ]; then
   BUILDER_IMAGE=$(sed -n 1p <<<"$bases")
   RUNTIME_IMAGE=$(sed -n 2p <<<"$bases")
 fi
-echo "building $image from $BUILDER_IMAGE and $RUNTIME_IMAGE"
+echo "building $image and $init_image from $BUILDER_IMAGE and $RUNTIME_IMAGE"
 start=$(date +%s)
-docker build -q -t "$image" \
-  --build-arg BUILDER_IMAGE="$BUILDER_IMAGE" --build-arg RUNTIME_IMAGE="$RUNTIME_IMAGE" . >/dev/null
+for target in agent:"$image" storage-initializer:"$init_image"; do
+  docker build -q --target "${target%%:*}" -t "${target#*:}" \
+    --build-arg BUILDER_IMAGE="$BUILDER_IMAGE" --build-arg RUNTIME_IMAGE="$RUNTIME_IMAGE" . >/dev/null
+done
 echo "built in $(($(date +%s) - start)) s"
 
 echo "image:"
@@ -51,14 +69,20 @@ check "entrypoint is /localmodelnode-agent" \
 check "exposes 8080 and 8081" \
   test "$(docker image inspect -f '{{range $p, $_ := .Config.ExposedPorts}}{{$p}} {{end}}' "$image")" = "8080/tcp 8081/tcp "
 
-docker create --name "mp-files-$$" "$image" >/dev/null
-containers+=("mp-files-$$")
-docker export "mp-files-$$" | tar -tv >"$work/listing"
-# Docker adds these to every container's filesystem.
-grep -v -E ' (\.dockerenv|dev/.*|proc/.*|sys/.*|etc/(hostname|hosts|resolv\.conf|mtab))$' "$work/listing" >"$work/own_listing" || true
-awk '{print $6}' "$work/own_listing" >"$work/own"
+# Lists the files of image $1 into $work/own_listing (`tar -tv` lines) and $work/own (paths),
+# which `has` and `lacks` read.
+files_of() {
+  docker create --name "mp-files-$$" "$1" >/dev/null
+  containers+=("mp-files-$$")
+  docker export "mp-files-$$" | tar -tv >"$work/listing"
+  docker rm "mp-files-$$" >/dev/null
+  # Docker adds these to every container's filesystem.
+  grep -v -E ' (\.dockerenv|dev/.*|proc/.*|sys/.*|etc/(hostname|hosts|resolv\.conf|mtab))$' "$work/listing" >"$work/own_listing" || true
+  awk '{print $6}' "$work/own_listing" >"$work/own"
+}
 has() { grep -q -x -E "$1" "$work/own"; }
 lacks() { ! grep -q -E "(^|/)$1\$" "$work/own"; }
+files_of "$image"
 for tool in sh bash dash ash busybox apt apt-get dpkg apk; do
   check "no $tool" lacks "$tool"
 done
@@ -124,6 +148,108 @@ out=$(demo --security-opt seccomp=deploy/seccomp/modelpull.json | driver_of) || 
 check "with deploy/seccomp/modelpull.json: demo passes on io_uring ($out)" bash -c '[[ $1 == uring* ]]' _ "$out"
 out=$(demo | driver_of) || out="failed: $(tail -3 "$work/demo.err")"
 check "under this engine's default profile: demo passes ($out)" bash -c '[[ $1 != failed* ]]' _ "$out"
+
+echo "storage-initializer image:"
+check "runs as 1000:1000 (KServe's uid)" \
+  test "$(docker image inspect -f '{{.Config.User}}' "$init_image")" = 1000:1000
+check "entrypoint is KServe's path" \
+  test "$(docker image inspect -f '{{json .Config.Entrypoint}}' "$init_image")" = '["/storage-initializer/scripts/initializer-entrypoint"]'
+files_of "$init_image"
+for tool in sh bash dash ash busybox apt apt-get dpkg apk python3; do
+  check "no $tool" lacks "$tool"
+done
+check "holds /modelpull" has modelpull
+check "KServe's entrypoint is a link to /modelpull" \
+  grep -q -E ' storage-initializer/scripts/initializer-entrypoint -> /modelpull$' "$work/own_listing"
+check "holds no agent" lacks localmodelnode-agent
+check "holds CA certificates" has 'etc/ssl/certs/ca-certificates.crt'
+check "holds its licence" has licenses/LICENSE
+check "holds the crates' licences" has licenses/third-party/CRATES
+check "/mnt belongs to 1000:1000, as in KServe's image" \
+  grep -q -E '^d[rwx-]{9} 1000/1000 .* mnt/?$' "$work/own_listing"
+check "no executable but /modelpull and shared libraries" bash -c \
+  "! awk '\$1 ~ /^-..x/ {print \$6}' '$work/own_listing' | grep -v -x -E 'modelpull|(usr/)?lib(64)?/.*\.so[.0-9]*'"
+
+echo "storage-initializer, as KServe runs it:"
+stores=$work/stores
+mkdir -p "$stores"
+export MODELPULL_TEST_VENV=${MODELPULL_TEST_VENV:-$PWD/.venv-test}
+cargo build -q -p modelpull-testkit --bin serve-stores 2>"$work/cargo.log" || {
+  cat "$work/cargo.log"
+  exit 1
+}
+target_dir=$(cargo metadata -q --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+"$target_dir/debug/serve-stores" "$stores" >"$work/stores.log" 2>&1 &
+stores_pid=$!
+for _ in $(seq 300); do
+  [ -e "$stores/ready" ] || ! kill -0 "$stores_pid" 2>/dev/null && break
+  sleep 0.2
+done
+[ -e "$stores/ready" ] || {
+  cat "$work/stores.log"
+  echo "serve-stores did not start"
+  exit 1
+}
+# Runs the image as KServe's injected init container: arguments only (SRC DEST pairs, after
+# the docker options), the model volume (an emptyDir: a fresh folder anyone may write) at
+# /mnt/models, read-only root, 1 CPU and $memory (1g), no capabilities, the current default
+# seccomp profile (no io_uring), the stores on the host's 127.0.0.1. $1: uid[:gid]; $2: the
+# host folder for /mnt/models; $3: the name of its output files in $work.
+initializer() {
+  local user=$1 models=$2 out=$3
+  shift 3
+  mkdir -p "$models"
+  chmod 0777 "$models"
+  timeout 300 docker run --rm --network host --read-only --cpus 1 --memory "${memory:-1g}" \
+    --user "$user" --cap-drop ALL --security-opt no-new-privileges \
+    --security-opt "seccomp=$work/no-io-uring.json" -v "$models:/mnt/models" "$@" \
+    >"$work/$out.out" 2>"$work/$out.err"
+}
+uri() { cat "$stores/$1/uri"; }
+last_error() { tail -1 "$work/$1.err"; }
+# $1 pulled into $2 as $3: exit 0, the expected files and nothing else, readable by all.
+pulled() {
+  local store=$1 dest=$2 user=$3 code=$4 out=$5 why=
+  [ "$code" = 0 ] || why=": $(last_error "$out")"
+  check "$store as uid $user: exit 0 (was $code$why)" test "$code" = 0
+  check "$store: every file, byte for byte, and nothing else" diff -r "$stores/$store/expected" "$dest"
+  check "$store: files 0644 and folders 0755, owned by $user" bash -c \
+    "[ -z \"\$(find '$dest' -mindepth 1 \\( -type f ! -perm 0644 \\) -o \\( -type d ! -perm 0755 \\) -o ! -uid '${user%%:*}')\" ]"
+}
+for store in hf http s3 gs; do
+  if [ ! -e "$stores/$store" ]; then
+    echo "  skip  $store: its server is not installed (scripts/setup-test.sh); $(grep -h SKIPPED "$work/stores.log" | head -1)"
+    continue
+  fi
+  code=0
+  initializer 1000 "$work/models-$store" "$store" --env-file "$stores/$store/env" "$init_image" \
+    "$(uri "$store")" /mnt/models || code=$?
+  pulled "$store" "$work/models-$store" 1000 "$code" "$store"
+done
+check "reads its limits: 1 core, 192 MiB of buffers under 1 CPU and 1 GiB" \
+  grep -q '1 core(s), 192.0 MiB of buffers, 16 connections (cgroup: 1 CPU, 1.0 GiB memory)' "$work/hf.err"
+check "runs on epoll under the default profile" grep -q 'driver epoll: io_uring unavailable' "$work/hf.err"
+code=0
+memory=160m initializer 1000 "$work/models-small" small "$init_image" "$(uri http)" /mnt/models || code=$?
+check "under 160 MiB: exit 0 (was $code) with buffers fitted to it" \
+  bash -c "[ $code = 0 ] && grep -q '76.0 MiB of buffers, 16 connections (cgroup: 1 CPU, 160.0 MiB memory)' '$work/small.err'"
+code=0
+initializer 1337:1337 "$work/models-pairs" pairs --env-file "$stores/hf/env" "$init_image" \
+  "$(uri http)" /mnt/models/packed "$(uri hf)" /mnt/models/hf || code=$?
+pulled http "$work/models-pairs/packed" 1337 "$code" pairs
+pulled hf "$work/models-pairs/hf" 1337 "$code" pairs
+code=0
+initializer 1000 "$work/models-bad" bad "$init_image" "$(uri bad-digest)" /mnt/models || code=$?
+check "a wrong digest: exit 1 (was $code), saying so last" bash -c \
+  "[ $code = 1 ] && tail -1 '$work/bad.err' | grep -q -E '^Storage initialization failed: pulling .*/bad.bin into /mnt/models: bad.bin failed verification after 3 download'"
+code=0
+initializer 1000 "$work/models-pvc" pvc "$init_image" pvc://claim/models/m /mnt/models || code=$?
+check "pvc://: exit 1 (was $code), naming KServe's image" bash -c \
+  "[ $code = 1 ] && [ \"\$(tail -1 '$work/pvc.err')\" = \"Storage initialization failed: pvc://claim/models/m: a PersistentVolumeClaim is not supported by modelpull's storage-initializer; use KServe's image kserve/storage-initializer for this URI\" ]"
+code=0
+initializer 1000 "$work/models-none" none "$init_image" || code=$?
+check "no arguments: exit 1 (was $code), usage on stdout" \
+  bash -c "[ $code = 1 ] && grep -q '^Usage: initializer-entrypoint SRC_URI DEST_PATH' '$work/none.out'"
 
 if [ "$failures" -gt 0 ]; then
   echo "image checks: $failures failed"

@@ -35,7 +35,8 @@
 //!
 //! - `buf`: page-aligned buffers shared by the socket, the hasher and the disk;
 //! - `digest`: in-order digests with saved state, combinable CRCs;
-//! - [`runtime`]: one pinned monoio runtime per core, on io_uring or epoll;
+//! - [`runtime`]: one pinned monoio runtime per core, on io_uring or epoll; [`limits`]: the
+//!   container's cgroup limits, which [`Options::fit`] sizes a pull under;
 //! - `http`: the HTTP/1.1 client (both planes), TLS and forward proxies;
 //! - `disk`: part files, the resume journal, staging and publish;
 //! - [`target`]: one file to fetch and the rules for its path;
@@ -72,6 +73,7 @@ pub mod error;
 #[cfg(feature = "internals")]
 pub mod fuzzing;
 pub mod hf_cache;
+pub mod limits;
 pub mod metrics;
 pub mod progress;
 pub mod report;

@@ -3,6 +3,7 @@
 mod cli;
 mod demo;
 mod dest;
+mod initializer;
 mod output;
 mod progress;
 mod select;
@@ -18,6 +19,9 @@ use modelpull::{Context, HfCache, Options, Patterns, PullRequest};
 use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
+    if let Some(code) = initializer::main_if_invoked() {
+        return code;
+    }
     let cli = Cli::parse();
     let quiet = match &cli.command {
         Command::Pull(args) => args.output.quiet,

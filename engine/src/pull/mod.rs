@@ -21,6 +21,7 @@ use crate::disk::staging::{Marker, Prepared, SourceRecord, Staging};
 use crate::error::{Error, Result};
 use crate::http::proxy::ProxyConfig;
 use crate::http::{ClientConfig, Timeouts, tls};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::report::{FileReport, Report};
@@ -85,6 +86,39 @@ impl Options {
         }
         self.insecure_hosts
             .extend(manifest.insecure_hosts.iter().cloned());
+    }
+
+    /// Fits these options under a container's limits, lowering them only: no more cores than
+    /// the CPU quota keeps busy, unpinned (a quota is a share of time on any CPU, not CPUs of
+    /// the container's own, so pinning would crowd whichever CPUs come first), and chunk
+    /// buffers within [`Limits::buffer_budget`], with no more connections than those buffers
+    /// serve. Buffers never go below what one connection needs (three chunks).
+    ///
+    /// ```
+    /// use modelpull::Options;
+    /// use modelpull::limits::{CpuQuota, Limits};
+    ///
+    /// let mut opts = Options::default();
+    /// opts.fit(&Limits {
+    ///     memory: Some(256 << 20),
+    ///     cpu: Some(CpuQuota { quota_us: 100_000, period_us: 100_000 }),
+    /// });
+    /// assert_eq!((opts.cores, opts.pin), (1, false));
+    /// assert_eq!(opts.memory_limit, 160 << 20);
+    /// ```
+    pub fn fit(&mut self, limits: &Limits) {
+        if let Some(cpu) = limits.cpu {
+            self.cores = self.cores.min(cpu.cores()).max(1);
+            self.pin = false;
+        }
+        if let Some(budget) = limits.buffer_budget() {
+            let chunks = (budget / self.chunk_size).max(3);
+            if chunks * self.chunk_size < self.memory_limit {
+                self.memory_limit = chunks * self.chunk_size;
+                self.connections = self.connections.min(chunks - 2);
+                self.connections_per_host = self.connections_per_host.min(self.connections);
+            }
+        }
     }
 
     /// The settings every request of this pull shares, for the control plane.
@@ -451,5 +485,57 @@ fn up_to_date_report(
         gigabytes_per_second: 0.0,
         retries: 0,
         peak_buffer_bytes: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::CpuQuota;
+
+    #[test]
+    fn fitting_only_lowers_and_keeps_a_pull_valid() {
+        let defaults = Options {
+            cores: 8,
+            ..Options::default()
+        };
+        let fitted = |limits: Limits| {
+            let mut opts = defaults.clone();
+            opts.fit(&limits);
+            opts.validate().unwrap();
+            opts
+        };
+        let none = fitted(Limits::default());
+        assert_eq!(
+            (none.cores, none.pin, none.memory_limit, none.connections),
+            (8, true, 192 * MIB, 16)
+        );
+
+        // KServe's storage-initializer: 1 CPU, 1 GiB; the default buffers fit.
+        let kserve = fitted(Limits {
+            memory: Some(1 << 30),
+            cpu: Some(CpuQuota {
+                quota_us: 100_000,
+                period_us: 100_000,
+            }),
+        });
+        assert_eq!((kserve.cores, kserve.pin), (1, false));
+        assert_eq!((kserve.memory_limit, kserve.connections), (192 * MIB, 16));
+
+        // 128 MiB: 48 MiB of buffers, 12 chunks, 10 connections.
+        let small = fitted(Limits {
+            memory: Some(128 << 20),
+            cpu: None,
+        });
+        assert_eq!((small.cores, small.pin), (8, true));
+        assert_eq!(small.memory_limit, 48 * MIB);
+        assert_eq!((small.connections, small.connections_per_host), (10, 10));
+
+        // Below what the process itself needs: one connection's three chunks, no fewer.
+        let tiny = fitted(Limits {
+            memory: Some(32 << 20),
+            cpu: None,
+        });
+        assert_eq!((tiny.memory_limit, tiny.connections), (12 * MIB, 1));
     }
 }

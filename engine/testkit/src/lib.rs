@@ -60,6 +60,20 @@ pub fn with_sha256(url: &str, content: &[u8]) -> String {
     format!("{url}#sha256={}", sha256_hex(content))
 }
 
+/// A `.tar.gz` of `files` (path, content), each a regular file of mode 0644.
+pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, path, *content).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
 /// A directory of files served by an origin, plus a place to pull into.
 #[derive(Debug)]
 pub struct Fixture {

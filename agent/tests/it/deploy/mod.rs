@@ -4,9 +4,11 @@
 //! /mnt/models, probes on 8081, a non-root, read-only, capability-free container, KServe's
 //! name, selector and node selector, the io_uring seccomp profile); the seccomp profile allows
 //! io_uring and refuses what it does not list; the Helm chart renders the same objects as the
-//! kustomize base, with every value it declares used.
+//! kustomize base, with every value it declares used. The storage-initializer's component and
+//! Helm value are checked in `storage_initializer`.
 
 mod helm;
+mod storage_initializer;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,21 +32,26 @@ fn parse_all(text: &str) -> Vec<Value> {
 
 /// `kubectl kustomize deploy/<dir>`, or None without kubectl.
 fn kustomize(dir: &str) -> Option<Vec<Value>> {
-    let out = match Command::new("kubectl")
-        .arg("kustomize")
-        .arg(deploy().join(dir))
-        .output()
-    {
+    kustomize_at(&deploy().join(dir))
+}
+
+/// `kubectl kustomize <dir>`, or None without kubectl.
+fn kustomize_at(dir: &Path) -> Option<Vec<Value>> {
+    let out = match Command::new("kubectl").arg("kustomize").arg(dir).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("kubectl is not installed: deploy/{dir} is read file by file, not rendered");
+            eprintln!(
+                "kubectl is not installed: {} is read file by file, or not checked",
+                dir.display()
+            );
             return None;
         }
         Err(e) => panic!("kubectl: {e}"),
     };
     assert!(
         out.status.success(),
-        "kubectl kustomize deploy/{dir}: {}",
+        "kubectl kustomize {}: {}",
+        dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     Some(parse_all(&String::from_utf8(out.stdout).unwrap()))

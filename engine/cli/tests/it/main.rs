@@ -2,8 +2,9 @@
 //! codes (`commands`), kills at any moment (`crash`), what reaches the disk and when
 //! (`durability`), the habits of `hf download` (`habits`: file patterns, revisions, quiet
 //! output, completions), request headers from the environment (`headers`), the Hugging Face
-//! cache layout read back by `huggingface_hub` (`hf_cache`), the progress display on a
-//! pseudo-terminal (`progress`), and credentials against real stores (`stores`). Fixtures come
+//! cache layout read back by `huggingface_hub` (`hf_cache`), the storage-initializer KServe
+//! runs (`initializer`), the progress display on a pseudo-terminal (`progress`), and
+//! credentials against real stores (`stores`). Fixtures come
 //! from `modelpull-testkit`.
 
 mod commands;
@@ -12,5 +13,6 @@ mod durability;
 mod habits;
 mod headers;
 mod hf_cache;
+mod initializer;
 mod progress;
 mod stores;
