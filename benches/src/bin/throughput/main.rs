@@ -8,6 +8,7 @@
 //! numbers read as fractions of what the disk, the loopback and one core's sha256 allow.
 
 mod agent;
+mod cgroup;
 mod data;
 mod origin;
 mod report;
@@ -34,23 +35,26 @@ struct Args {
     /// Scenarios to run.
     /// `stores` pulls a 1 GiB model through each model store (hf, s3, gs) with modelpull and
     /// KServe's storage initializer; `agent` times localmodelnode-agent end to end against
-    /// modelpull alone.
+    /// modelpull alone; `initializer` times KServe's storage initializer against modelpull's,
+    /// each in a cgroup with the init container's limits (1 CPU, 1 GiB; needs root).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "loopback,capped,latency,stores,agent"
+        default_value = "loopback,capped,latency,stores,agent,initializer"
     )]
     scenarios: Vec<String>,
     /// Data sets: file (one large file), shards (8 × 512 MiB), mixed (200 small + 4 × 512 MiB).
-    #[arg(long, value_delimiter = ',', default_value = "file,shards,mixed")]
-    datasets: Vec<String>,
+    /// Default: all three, and only `file` for the initializer scenario.
+    #[arg(long, value_delimiter = ',')]
+    datasets: Option<Vec<String>>,
     /// Size of the single-file data set.
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     size: u64,
     /// Runs per tool (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Tools to compare.
+    /// Tools to compare. The initializer scenario runs `kserve` and `modelpull-initializer`
+    /// (modelpull's storage-initializer mode, also chosen by `modelpull`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -114,10 +118,26 @@ fn main() -> Result<()> {
     let peers = std::fs::canonicalize("benches/peers").context("run from the repository root")?;
 
     // The nginx scenarios share these data sets; the store rows have their own.
-    let nginx_scenarios = args.scenarios.iter().any(|s| s != "stores" && s != "agent");
+    let throughput_sets = args.scenarios.iter().any(|s| is_throughput(s));
+    let initializer_sets = args.scenarios.iter().any(|s| s == "initializer");
+    let mut names: Vec<&str> = Vec::new();
+    for (wanted, default) in [
+        (throughput_sets, &["file", "shards", "mixed"][..]),
+        (initializer_sets, &["file"][..]),
+    ] {
+        let chosen: Vec<&str> = match &args.datasets {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None => default.to_vec(),
+        };
+        for name in chosen.into_iter().filter(|_| wanted) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
     let mut sets = Vec::new();
-    for name in args.datasets.iter().filter(|_| nginx_scenarios) {
-        let name: &'static str = match name.as_str() {
+    for name in names {
+        let name: &'static str = match name {
             "file" => "file",
             "shards" => "shards",
             "mixed" => "mixed",
@@ -154,7 +174,52 @@ fn main() -> Result<()> {
             "loopback" => Scenario::Loopback,
             "capped" => Scenario::Capped,
             "latency" => Scenario::Latency,
-            other => bail!("unknown scenario {other} (loopback, capped, latency, stores)"),
+            "initializer" => Scenario::Initializer,
+            other => bail!(
+                "unknown scenario {other} (loopback, capped, latency, stores, agent, initializer)"
+            ),
+        };
+        // The initializer scenario runs its tools in the init container's cgroup, on its own
+        // data sets; the others run every tool asked for, unconfined.
+        let (tools_here, sets_here, group) = if scenario == Scenario::Initializer {
+            let group = match cgroup::Group::create() {
+                Ok(g) => g,
+                Err(e) => {
+                    let note = format!(
+                        "Scenario \"{}\" skipped: cannot run the tools in a cgroup with the \
+                         init container's limits (needs root and a cgroup v1 or v2 file \
+                         system with the cpu and memory controllers): {e:#}.",
+                        scenario.title()
+                    );
+                    eprintln!("{note}");
+                    notes.push(note);
+                    continue;
+                }
+            };
+            let chosen = |t: Tool| tools.contains(&t);
+            let mut here = Vec::new();
+            if chosen(Tool::ModelpullInitializer) || chosen(Tool::Modelpull) {
+                here.push(Tool::ModelpullInitializer);
+            }
+            if chosen(Tool::Kserve) {
+                here.push(Tool::Kserve);
+            }
+            let wanted = args.datasets.clone().unwrap_or_else(|| vec!["file".into()]);
+            let sets: Vec<&data::DataSet> = sets
+                .iter()
+                .filter(|s| wanted.iter().any(|w| w == s.name))
+                .collect();
+            (here, sets, Some(group))
+        } else {
+            let wanted = args
+                .datasets
+                .clone()
+                .unwrap_or_else(|| ["file", "shards", "mixed"].map(String::from).to_vec());
+            let sets: Vec<&data::DataSet> = sets
+                .iter()
+                .filter(|s| wanted.iter().any(|w| w == s.name))
+                .collect();
+            (tools.clone(), sets, None)
         };
         let netns = if scenario == Scenario::Latency {
             match origin::Netns::create() {
@@ -188,21 +253,29 @@ fn main() -> Result<()> {
             base_url: &base_url,
             work: &args.work,
         };
-        for set in &sets {
+        let mut prefix: Vec<String> = netns
+            .as_ref()
+            .map(origin::Netns::prefix)
+            .unwrap_or_default();
+        if let Some(g) = &group {
+            prefix = g.wrap(prefix);
+        }
+        for set in sets_here {
             let mut rows: Vec<(Tool, Vec<Sample>)> =
-                tools.iter().map(|t| (*t, Vec::new())).collect();
+                tools_here.iter().map(|t| (*t, Vec::new())).collect();
             for run in 0..args.runs {
                 for k in 0..rows.len() {
                     // Rotate the order so no tool always runs first.
                     let i = (k + run) % rows.len();
                     let tool = rows[i].0;
-                    let sample = run_tool(tool, set, &cx, netns.as_ref(), &args.work)?;
+                    let sample = run_tool(tool, set, &cx, &prefix, &args.work)?;
                     eprintln!(
-                        "{} / {} / run {}: {:<12} {:.3} GB/s, {:.2} CPU s/GB, {} MiB{}",
+                        "{} / {} / run {}: {:<12} {:.2} s, {:.3} GB/s, {:.2} CPU s/GB, {} MiB{}",
                         scenario.name(),
                         set.name,
                         run + 1,
                         tool.name(),
+                        sample.seconds,
                         set.bytes() as f64 / sample.seconds / 1e9,
                         sample.cpu_seconds / (set.bytes() as f64 / 1e9),
                         sample.max_rss_kib / 1024,
@@ -218,7 +291,8 @@ fn main() -> Result<()> {
                 dataset_title: set.title.clone(),
                 bytes: set.bytes(),
                 rows,
-                note: None,
+                note: group.as_ref().map(|g| initializer_note(g, set)),
+                startup: group.is_some(),
             });
         }
     }
@@ -242,7 +316,7 @@ fn main() -> Result<()> {
     for n in &notes {
         md.push_str(&format!("\n{n}\n"));
     }
-    let mut csv = String::from("scenario,dataset,tool,gbps,correct\n");
+    let mut csv = String::from("scenario,dataset,tool,gbps,correct,seconds\n");
     for c in &cells {
         c.csv(&mut csv);
     }
@@ -302,7 +376,9 @@ fn check_prerequisites(args: &Args, tools: &[Tool]) -> Result<()> {
             args.agent.display()
         );
     }
-    if tools.contains(&Tool::Modelpull) && !args.modelpull.exists() {
+    if (tools.contains(&Tool::Modelpull) || tools.contains(&Tool::ModelpullInitializer))
+        && !args.modelpull.exists()
+    {
         bail!(
             "{} not found: build it with `cargo build --release -p modelpull-cli`",
             args.modelpull.display()
@@ -343,7 +419,7 @@ fn run_stores(args: &Args, tools: &[Tool], peers: &Path) -> Result<Vec<Cell>> {
                     .iter()
                     .map(|f| (stores::output(&dest, &f.path), f.size, f.sha256.clone()))
                     .collect();
-                let sample = measure(argv, &servers.env, &dest, outputs, None, &args.work)?;
+                let sample = measure(argv, &servers.env, &dest, outputs, &[], &args.work)?;
                 eprintln!(
                     "stores / {} / run {}: {:<12} {:.3} GB/s{}",
                     store.name(),
@@ -370,6 +446,7 @@ fn run_stores(args: &Args, tools: &[Tool], peers: &Path) -> Result<Vec<Cell>> {
                 "modelpull verifies every file against {}; KServe checks nothing.",
                 store.checks()
             )),
+            startup: false,
         });
     }
     Ok(cells)
@@ -386,11 +463,34 @@ fn fresh_dest(tool: Tool, work: &Path, create: bool) -> Result<PathBuf> {
     Ok(dest)
 }
 
+/// Whether `scenario` is one of the nginx throughput scenarios.
+fn is_throughput(scenario: &str) -> bool {
+    matches!(scenario, "loopback" | "capped" | "latency")
+}
+
+/// The line under an initializer table: the limits, and what is timed.
+fn initializer_note(group: &cgroup::Group, set: &data::DataSet) -> String {
+    format!(
+        "Each tool runs in a cgroup with the limits KServe's `inferenceservice-config` ships \
+         for its storage-initializer (cpuLimit 1, memoryLimit 1Gi; {}); nginx runs outside \
+         it. **seconds**: from the tool's start until the model ({}) is on disk and flushed, \
+         i.e. model-ready; GB/s is the data set ÷ seconds; **CPU s** the CPU time of \
+         the whole run; **modelpull ÷ tool** the tool's seconds ÷ modelpull's. modelpull \
+         verifies each file's sha256 (`#sha256=`); KServe checks nothing; the harness checks \
+         both afterwards.",
+        group.describe(),
+        match set.files.len() {
+            1 => "1 file".to_owned(),
+            n => format!("{n} files"),
+        }
+    )
+}
+
 fn run_tool(
     tool: Tool,
     set: &data::DataSet,
     cx: &tools::Ctx<'_>,
-    netns: Option<&origin::Netns>,
+    prefix: &[String],
     work: &Path,
 ) -> Result<Sample> {
     let dest = fresh_dest(tool, work, true)?;
@@ -406,22 +506,22 @@ fn run_tool(
             )
         })
         .collect();
-    measure(argv, &[], &dest, outputs, netns, work)
+    measure(argv, &[], &dest, outputs, prefix, work)
 }
 
-/// Runs `command` under GNU time, flushes its `outputs` (path, size, sha256), checks them
-/// and removes `dest`.
+/// Runs `command` under GNU time, after `prefix` (a network namespace, a cgroup), flushes
+/// its `outputs` (path, size, sha256), checks them and removes `dest`.
 fn measure(
     command: Vec<String>,
     env: &[(String, String)],
     dest: &Path,
     outputs: Vec<(PathBuf, u64, String)>,
-    netns: Option<&origin::Netns>,
+    prefix: &[String],
     work: &Path,
 ) -> Result<Sample> {
     let timefile = work.join("time.out");
     let _ = std::fs::remove_file(&timefile);
-    let mut argv: Vec<String> = netns.map(origin::Netns::prefix).unwrap_or_default();
+    let mut argv: Vec<String> = prefix.to_vec();
     argv.extend([
         "/usr/bin/time".into(),
         "-f".into(),

@@ -18,6 +18,9 @@ pub enum Scenario {
     Capped,
     /// Every packet delayed 10 ms each way on a namespaced loopback (20 ms RTT).
     Latency,
+    /// Loopback without limits on the origin; the tools run inside a cgroup with the init
+    /// container's limits (see `cgroup.rs`).
+    Initializer,
 }
 
 impl Scenario {
@@ -26,6 +29,7 @@ impl Scenario {
             Scenario::Loopback => "loopback",
             Scenario::Capped => "capped",
             Scenario::Latency => "latency",
+            Scenario::Initializer => "initializer",
         }
     }
 
@@ -34,6 +38,9 @@ impl Scenario {
             Scenario::Loopback => "unlimited loopback",
             Scenario::Capped => "85 MB/s per connection (nginx limit_rate 85m)",
             Scenario::Latency => "20 ms RTT (netem on a namespaced loopback)",
+            Scenario::Initializer => {
+                "start-up in KServe's init-container limits (1 CPU, 1 GiB), unlimited loopback"
+            }
         }
     }
 }

@@ -228,6 +228,7 @@ mod tests {
                 .map(|&(t, g)| (t, vec![run(g, 0.9, 190), run(g * 1.1, 0.7, 200)]))
                 .collect(),
             note: None,
+            startup: false,
         }
     }
 

@@ -9,6 +9,8 @@ use crate::data::DataSet;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     Modelpull,
+    /// `modelpull storage-initializer SRC DEST…`, KServe's init-container contract.
+    ModelpullInitializer,
     Aria2c,
     Curl,
     HfTransfer,
@@ -19,17 +21,22 @@ impl Tool {
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "modelpull" => Tool::Modelpull,
+            "modelpull-initializer" => Tool::ModelpullInitializer,
             "aria2c" => Tool::Aria2c,
             "curl" => Tool::Curl,
             "hf_transfer" => Tool::HfTransfer,
             "kserve" => Tool::Kserve,
-            other => bail!("unknown tool {other} (modelpull, aria2c, curl, hf_transfer, kserve)"),
+            other => bail!(
+                "unknown tool {other} (modelpull, modelpull-initializer, aria2c, curl, \
+                 hf_transfer, kserve)"
+            ),
         })
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Tool::Modelpull => "modelpull",
+            Tool::ModelpullInitializer => "modelpull-initializer",
             Tool::Aria2c => "aria2c",
             Tool::Curl => "curl",
             Tool::HfTransfer => "hf_transfer",
@@ -41,6 +48,7 @@ impl Tool {
     pub fn title(self) -> &'static str {
         match self {
             Tool::Modelpull => "modelpull (verified)",
+            Tool::ModelpullInitializer => "modelpull storage-initializer (verified)",
             Tool::Aria2c => "aria2c -x16 -s16",
             Tool::Curl => "curl",
             Tool::HfTransfer => "hf_transfer (16 connections)",
@@ -135,6 +143,23 @@ pub fn command(tool: Tool, set: &DataSet, dest: &Path, cx: &Ctx<'_>) -> Result<V
             v.push(d);
             v
         }
+        Tool::ModelpullInitializer => {
+            // KServe's script calls `Storage.download(url, out_dir)` per file (see
+            // kserve_pull.py); here one `SRC DEST` pair per file, DEST its folder, so both
+            // tools lay the data set out alike. Pairs are pulled in order, as KServe's are.
+            let mut v = vec![
+                cx.modelpull.display().to_string(),
+                "storage-initializer".into(),
+            ];
+            for f in &set.files {
+                v.push(format!("{base}/{}#sha256={}", f.path, f.sha256));
+                v.push(match f.path.rsplit_once('/') {
+                    Some((folder, _)) => format!("{d}/{folder}"),
+                    None => d.clone(),
+                });
+            }
+            v
+        }
     })
 }
 
@@ -143,5 +168,52 @@ pub fn output(tool: Tool, dest: &Path, path: &str) -> PathBuf {
     match tool {
         Tool::Modelpull => dest.join(path.rsplit('/').next().unwrap_or(path)),
         _ => dest.join(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::File;
+
+    #[test]
+    fn the_initializer_gets_one_verified_pair_per_file_into_its_folder() {
+        let set = DataSet {
+            name: "mixed",
+            title: String::new(),
+            files: ["extra/00/a.json", "model.bin"]
+                .into_iter()
+                .map(|p| File {
+                    path: p.into(),
+                    size: 1,
+                    sha256: "ab".into(),
+                })
+                .collect(),
+        };
+        let work = tempfile::tempdir().unwrap();
+        let cx = Ctx {
+            modelpull: Path::new("/bin/modelpull"),
+            python: Path::new("python"),
+            peers: Path::new("peers"),
+            base_url: "http://127.0.0.1:1",
+            work: work.path(),
+        };
+        let tool = Tool::parse("modelpull-initializer").unwrap();
+        let argv = command(tool, &set, Path::new("/d"), &cx).unwrap();
+        assert_eq!(
+            argv,
+            [
+                "/bin/modelpull",
+                "storage-initializer",
+                "http://127.0.0.1:1/mixed/extra/00/a.json#sha256=ab",
+                "/d/extra/00",
+                "http://127.0.0.1:1/mixed/model.bin#sha256=ab",
+                "/d",
+            ]
+        );
+        assert_eq!(
+            output(tool, Path::new("/d"), "extra/00/a.json"),
+            Path::new("/d/extra/00/a.json")
+        );
     }
 }
