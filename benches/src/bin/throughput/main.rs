@@ -36,15 +36,16 @@ struct Args {
     /// `stores` pulls a 1 GiB model through each model store (hf, s3, gs) with modelpull and
     /// KServe's storage initializer; `agent` times localmodelnode-agent end to end against
     /// modelpull alone; `initializer` times KServe's storage initializer against modelpull's,
-    /// each in a cgroup with the init container's limits (1 CPU, 1 GiB; needs root).
+    /// each in a cgroup with the init container's limits (1 CPU, 1 GiB; needs root), and
+    /// `initializer-capped` does the same from an origin capped at 85 MB/s per connection.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "loopback,capped,latency,stores,agent,initializer"
+        default_value = "loopback,capped,latency,stores,agent,initializer,initializer-capped"
     )]
     scenarios: Vec<String>,
     /// Data sets: file (one large file), shards (8 × 512 MiB), mixed (200 small + 4 × 512 MiB).
-    /// Default: all three, and only `file` for the initializer scenario.
+    /// Default: all three, and only `file` for the initializer scenarios.
     #[arg(long, value_delimiter = ',')]
     datasets: Option<Vec<String>>,
     /// Size of the single-file data set.
@@ -119,7 +120,10 @@ fn main() -> Result<()> {
 
     // The nginx scenarios share these data sets; the store rows have their own.
     let throughput_sets = args.scenarios.iter().any(|s| is_throughput(s));
-    let initializer_sets = args.scenarios.iter().any(|s| s == "initializer");
+    let initializer_sets = args
+        .scenarios
+        .iter()
+        .any(|s| s == "initializer" || s == "initializer-capped");
     let mut names: Vec<&str> = Vec::new();
     for (wanted, default) in [
         (throughput_sets, &["file", "shards", "mixed"][..]),
@@ -175,13 +179,15 @@ fn main() -> Result<()> {
             "capped" => Scenario::Capped,
             "latency" => Scenario::Latency,
             "initializer" => Scenario::Initializer,
+            "initializer-capped" => Scenario::InitializerCapped,
             other => bail!(
-                "unknown scenario {other} (loopback, capped, latency, stores, agent, initializer)"
+                "unknown scenario {other} (loopback, capped, latency, stores, agent, \
+                 initializer, initializer-capped)"
             ),
         };
         // The initializer scenario runs its tools in the init container's cgroup, on its own
         // data sets; the others run every tool asked for, unconfined.
-        let (tools_here, sets_here, group) = if scenario == Scenario::Initializer {
+        let (tools_here, sets_here, group) = if scenario.confined() {
             let group = match cgroup::Group::create() {
                 Ok(g) => g,
                 Err(e) => {

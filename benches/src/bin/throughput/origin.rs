@@ -21,6 +21,9 @@ pub enum Scenario {
     /// Loopback without limits on the origin; the tools run inside a cgroup with the init
     /// container's limits (see `cgroup.rs`).
     Initializer,
+    /// The same cgroup, with the origin capped as in `Capped`: a store that limits each
+    /// connection, as S3, GCS and CDNs do.
+    InitializerCapped,
 }
 
 impl Scenario {
@@ -30,7 +33,18 @@ impl Scenario {
             Scenario::Capped => "capped",
             Scenario::Latency => "latency",
             Scenario::Initializer => "initializer",
+            Scenario::InitializerCapped => "initializer-capped",
         }
+    }
+
+    /// Whether nginx caps each connection (`limit_rate 85m`).
+    pub fn capped(self) -> bool {
+        matches!(self, Scenario::Capped | Scenario::InitializerCapped)
+    }
+
+    /// Whether the tools run in the init container's cgroup.
+    pub fn confined(self) -> bool {
+        matches!(self, Scenario::Initializer | Scenario::InitializerCapped)
     }
 
     pub fn title(self) -> &'static str {
@@ -40,6 +54,9 @@ impl Scenario {
             Scenario::Latency => "20 ms RTT (netem on a namespaced loopback)",
             Scenario::Initializer => {
                 "start-up in KServe's init-container limits (1 CPU, 1 GiB), unlimited loopback"
+            }
+            Scenario::InitializerCapped => {
+                "start-up in KServe's init-container limits (1 CPU, 1 GiB), 85 MB/s per connection"
             }
         }
     }
@@ -116,7 +133,7 @@ pub fn start(
     let prefix: PathBuf = work.join(format!("nginx-{}", scenario.name()));
     std::fs::create_dir_all(prefix.join("logs"))?;
     let conf = prefix.join("nginx.conf");
-    let limit = if scenario == Scenario::Capped {
+    let limit = if scenario.capped() {
         "limit_rate 85m;"
     } else {
         ""
