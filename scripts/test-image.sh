@@ -15,7 +15,8 @@
 # KServe's init container runs (arguments only, the model volume at /mnt/models, read-only
 # root, 1 CPU and 1 GiB, no capabilities, Docker's current default seccomp profile, uid 1000 or
 # another), it pulls http(s)://, hf://, s3:// and gs:// sources from the test kit's stores on
-# 127.0.0.1 (`serve-stores`, built here with cargo; s3 and gs need the test virtualenv,
+# 127.0.0.1 (`serve-stores`, built here with cargo; https trusted through the CA bundle KServe
+# mounts; s3 and gs need the test virtualenv,
 # MODELPULL_TEST_VENV, default .venv-test) byte for byte into files every user can read, fits
 # its buffers to the memory limit it reads from its cgroup, and fails with exit 1 and one line
 # saying why for a wrong digest, a pvc:// source or no arguments.
@@ -216,14 +217,19 @@ pulled() {
   check "$store: files 0644 and folders 0755, owned by $user" bash -c \
     "[ -z \"\$(find '$dest' -mindepth 1 \\( -type f ! -perm 0644 \\) -o \\( -type d ! -perm 0755 \\) -o ! -uid '${user%%:*}')\" ]"
 }
-for store in hf http s3 gs; do
+for store in hf http https s3 gs; do
   if [ ! -e "$stores/$store" ]; then
     echo "  skip  $store: its server is not installed (scripts/setup-test.sh); $(grep -h SKIPPED "$work/stores.log" | head -1)"
     continue
   fi
+  # KServe mounts its CA bundle ConfigMap where CA_BUNDLE_VOLUME_MOUNT_POINT says.
+  mounts=()
+  if [ -e "$stores/$store/cabundle.crt" ]; then
+    mounts=(-v "$stores/$store/cabundle.crt:/etc/ssl/custom-certs/cabundle.crt:ro")
+  fi
   code=0
-  initializer 1000 "$work/models-$store" "$store" --env-file "$stores/$store/env" "$init_image" \
-    "$(uri "$store")" /mnt/models || code=$?
+  initializer 1000 "$work/models-$store" "$store" --env-file "$stores/$store/env" "${mounts[@]}" \
+    "$init_image" "$(uri "$store")" /mnt/models || code=$?
   pulled "$store" "$work/models-$store" 1000 "$code" "$store"
 done
 check "reads its limits: 1 core, 192 MiB of buffers under 1 CPU and 1 GiB" \

@@ -5,7 +5,9 @@
 //! For each store it writes `OUT/<store>/uri` (the source URI), `OUT/<store>/env` (the
 //! variables KServe would inject, in `docker run --env-file` form) and `OUT/<store>/expected/`
 //! (the files the pull must produce), then `OUT/ready`. Stores: `http` (a lone `.tar.gz`
-//! with its sha256, unpacked by the pull), `hf` (the Hub fixture, an LFS file on its CDN),
+//! with its sha256, unpacked by the pull), `https` (a TLS origin whose certificate only the
+//! CA in `OUT/https/cabundle.crt` signs, the file KServe mounts from its CA bundle ConfigMap),
+//! `hf` (the Hub fixture, an LFS file on its CDN),
 //! `s3` (moto, signed, credentials only in `STORAGE_CONFIG`), `gs` (gcp-storage-emulator,
 //! with `STORAGE_IGNORE_PATTERNS`), and `bad-digest` (a URL whose `#sha256=` does not match).
 //! Without the test virtualenv `s3` and `gs` are left out and the run says so, unless
@@ -17,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use modelpull_testkit::hub::{Hub, HubRepo};
+use modelpull_testkit::origin::Origin;
+use modelpull_testkit::pki;
 use modelpull_testkit::stores::{Gcs, S3, none};
 use modelpull_testkit::{Fixture, data, tar_gz, with_sha256};
 use serde_json::json;
@@ -70,6 +74,26 @@ fn main() {
         &[],
         &[],
     );
+
+    let pki = pki::pki();
+    let tls_root = tempfile::tempdir().unwrap();
+    std::fs::write(tls_root.path().join("model.bin"), &weights).unwrap();
+    let https =
+        Origin::serve_tls(tls_root.path(), &pki::leaf(&pki, &["localhost"], false)).unwrap();
+    describe(
+        out,
+        "https",
+        &with_sha256(&https.url_for_host("localhost", "model.bin"), &weights),
+        &[
+            ("CA_BUNDLE_CONFIGMAP_NAME", "global-ca-bundle".into()),
+            (
+                "CA_BUNDLE_VOLUME_MOUNT_POINT",
+                "/etc/ssl/custom-certs".into(),
+            ),
+        ],
+        &[("model.bin", &weights)],
+    );
+    std::fs::write(out.join("https/cabundle.crt"), &pki.ca_pem).unwrap();
 
     let hub = Hub::start(vec![
         HubRepo::new("org/model")
