@@ -162,15 +162,7 @@ pub fn from_storage_spec(
     let mut env = Env::default();
     match text("type").as_deref() {
         Some("s3") => {
-            for (field, var) in [
-                ("endpoint_url", "AWS_ENDPOINT_URL"),
-                ("access_key_id", "AWS_ACCESS_KEY_ID"),
-                ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
-                ("region", "AWS_DEFAULT_REGION"),
-                ("ca_bundle", "AWS_CA_BUNDLE"),
-                ("verify_ssl", "S3_VERIFY_SSL"),
-                ("anonymous", "awsAnonymousCredential"),
-            ] {
+            for (field, var) in modelpull::store::S3_STORAGE_SPEC {
                 if let Some(v) = text(field) {
                     env.set(var, v);
                 }

@@ -199,9 +199,10 @@ fn cgroup_dirs(root: &Path, cgroups: &str, mounts: &str) -> Vec<Dirs> {
     found
 }
 
-/// The process's path in the hierarchy of `controller` (`""`: the v2 hierarchy), from
-/// `/proc/self/cgroup` lines `id:controllers:path`.
-fn own_path<'a>(cgroups: &'a str, controller: &str) -> Option<&'a str> {
+/// A process's path in the hierarchy of `controller` (`""`: the v2 hierarchy), from the text of
+/// its `/proc/PID/cgroup` (lines `id:controllers:path`). The benchmark harness uses it to check
+/// that a process landed in the cgroup it made.
+pub fn own_path<'a>(cgroups: &'a str, controller: &str) -> Option<&'a str> {
     cgroups.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);

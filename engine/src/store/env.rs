@@ -18,6 +18,18 @@ impl std::fmt::Debug for Env {
     }
 }
 
+/// The fields of an `"type": "s3"` storage spec (KServe's `storage-config` Secret entry) and
+/// the variable each sets, as KServe's storage-initializer maps them.
+pub const S3_STORAGE_SPEC: [(&str, &str); 7] = [
+    ("endpoint_url", "AWS_ENDPOINT_URL"),
+    ("access_key_id", "AWS_ACCESS_KEY_ID"),
+    ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+    ("region", "AWS_DEFAULT_REGION"),
+    ("ca_bundle", "AWS_CA_BUNDLE"),
+    ("verify_ssl", "S3_VERIFY_SSL"),
+    ("anonymous", "awsAnonymousCredential"),
+];
+
 impl Env {
     /// The process environment (variables that are not UTF-8 are skipped).
     pub fn from_process() -> Self {
@@ -90,15 +102,7 @@ impl Env {
         if spec.get("type").and_then(|t| t.as_str()) != Some("s3") {
             return Ok(self);
         }
-        for (field, var) in [
-            ("endpoint_url", "AWS_ENDPOINT_URL"),
-            ("access_key_id", "AWS_ACCESS_KEY_ID"),
-            ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
-            ("region", "AWS_DEFAULT_REGION"),
-            ("ca_bundle", "AWS_CA_BUNDLE"),
-            ("verify_ssl", "S3_VERIFY_SSL"),
-            ("anonymous", "awsAnonymousCredential"),
-        ] {
+        for (field, var) in S3_STORAGE_SPEC {
             let value = match spec.get(field) {
                 None => continue,
                 Some(serde_json::Value::String(s)) => s.clone(),

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::target::Target;
 pub use control::Control;
-pub use env::Env;
+pub use env::{Env, S3_STORAGE_SPEC};
 pub use filter::Patterns;
 pub(crate) use hf::Repo as HfRepo;
 

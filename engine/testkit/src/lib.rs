@@ -295,3 +295,13 @@ pub fn finished_chunks(journal: &Path) -> Vec<u64> {
         .filter_map(|v| v["chunk"]["index"].as_u64())
         .collect()
 }
+
+/// Fails the test, with the program's stderr, unless it exited 0.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -252,3 +252,14 @@ pub fn rsa_key(dir: &Path, name: &str) -> Option<(String, Vec<u8>)> {
     let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
     Some((pem, pair.public().as_ref().to_vec()))
 }
+
+/// A service-account key file's JSON for `pem`, whose tokens come from the endpoint of
+/// [`token_endpoint`] on `token_port`.
+pub fn service_account(pem: &str, token_port: u16) -> serde_json::Value {
+    json!({
+        "type": "service_account",
+        "client_email": "puller@project.iam.gserviceaccount.com",
+        "private_key": pem,
+        "token_uri": format!("http://127.0.0.1:{token_port}/token"),
+    })
+}

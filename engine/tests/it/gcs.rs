@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use modelpull::store::Env;
 use modelpull::{Error, ExitCode};
 use modelpull_testkit::servers;
-use modelpull_testkit::stores::{Gcs, rsa_key, token_endpoint};
+use modelpull_testkit::stores::{Gcs, rsa_key, service_account, token_endpoint};
 use modelpull_testkit::*;
 
 #[test]
@@ -83,12 +83,7 @@ fn service_account_key_gets_a_token() {
         return;
     };
     let (port, seen) = token_endpoint(public);
-    let creds = serde_json::json!({
-        "type": "service_account",
-        "client_email": "puller@project.iam.gserviceaccount.com",
-        "private_key": pem,
-        "token_uri": format!("http://127.0.0.1:{port}/token"),
-    });
+    let creds = service_account(&pem, port);
     let file = gcs.dir.path().join("sa.json");
     std::fs::write(&file, creds.to_string()).unwrap();
     let mut env = gcs.env();
@@ -102,12 +97,7 @@ fn service_account_key_gets_a_token() {
 
     // A key the token endpoint does not know: an access error, no key in the message.
     let (other_pem, _) = rsa_key(gcs.dir.path(), "other.pem").unwrap();
-    let creds = serde_json::json!({
-        "type": "service_account",
-        "client_email": "puller@project.iam.gserviceaccount.com",
-        "private_key": other_pem,
-        "token_uri": format!("http://127.0.0.1:{port}/token"),
-    });
+    let creds = service_account(&other_pem, port);
     let mut env = gcs.env();
     env.set("GOOGLE_APPLICATION_CREDENTIALS_JSON", creds.to_string());
     let err = pull_uri("gs://models/m", &env, &gcs.dest("denied"), &store_options()).unwrap_err();

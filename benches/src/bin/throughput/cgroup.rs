@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use modelpull::limits::own_path;
 
 /// The folder's name in each hierarchy.
 pub const NAME: &str = "modelpull-bench-init";
@@ -174,21 +175,6 @@ impl Drop for Group {
             }
         }
     }
-}
-
-/// The process's path in the hierarchy of `controller` (`""`: v2's), from
-/// `/proc/self/cgroup` lines `id:controllers:path`.
-fn own_path<'a>(cgroups: &'a str, controller: &str) -> Option<&'a str> {
-    cgroups.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let matches = if controller.is_empty() {
-            controllers.is_empty()
-        } else {
-            controllers.split(',').any(|c| c == controller)
-        };
-        matches.then_some(path)
-    })
 }
 
 /// Where to create the group in a v1 hierarchy mounted at `mount`: under the process's own

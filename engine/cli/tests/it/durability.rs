@@ -41,11 +41,7 @@ fn data_is_flushed_before_each_rename_and_folders_after() {
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_file(&dest, "a.bin", &big);
     let text = std::fs::read_to_string(&trace).unwrap();
     // "PID call(args) = result"; of a call strace split in two, the first half is kept (it

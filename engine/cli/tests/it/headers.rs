@@ -32,11 +32,7 @@ fn host_headers_from_env_reach_only_their_host() {
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_file(&dest, "model.bin", &content);
     let seen = fx.origin.requests_seen();
     assert!(

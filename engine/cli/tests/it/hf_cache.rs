@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use modelpull_testkit::hub::{Hub, HubRepo, RouteKind, git_blob_sha1};
-use modelpull_testkit::{Rng, data, servers, sha256_hex};
+use modelpull_testkit::{Rng, SMALL_RANGES, assert_success, data, servers, sha256_hex};
 
 const REPO: &str = "acme/tiny";
 const REPO_DIR: &str = "models--acme--tiny";
@@ -371,11 +371,7 @@ fn hf_home_is_used_without_hf_hub_cache() {
         .env("HF_HOME", &home)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_snapshot(&home.join("hub"), &commit_of(&hub, "main"), &files);
 }
 
@@ -427,17 +423,10 @@ fn a_kill_at_any_moment_leaves_no_snapshot_or_a_whole_one() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let snap = cache.join(REPO_DIR).join("snapshots").join(&commit);
-    let args = [
-        "hf://acme/tiny",
-        "--limit-rate",
-        "4M",
-        "--chunk-size",
-        "256K",
-        "--range-size",
-        "1M",
-        "--connections",
-        "4",
-    ];
+    let args: Vec<&str> = ["hf://acme/tiny", "--limit-rate", "4M"]
+        .into_iter()
+        .chain(SMALL_RANGES)
+        .collect();
     // At 4 MB/s a run that starts over needs 2.9 s, and every run is killed within 0.7 s:
     // only resuming what earlier runs fetched can finish.
     let mut rng = Rng::new(7);

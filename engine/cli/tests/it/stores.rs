@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use modelpull_testkit::hub::{Hub, HubRepo};
-use modelpull_testkit::stores::{Gcs, S3, rsa_key, token_endpoint};
+use modelpull_testkit::stores::{Gcs, S3, rsa_key, service_account, token_endpoint};
 use modelpull_testkit::*;
 use serde_json::json;
 
@@ -109,12 +109,7 @@ fn gcs_service_account_key_and_token_stay_out_of_the_output() {
         return;
     };
     let (port, seen) = token_endpoint(public);
-    let creds = json!({
-        "type": "service_account",
-        "client_email": "puller@project.iam.gserviceaccount.com",
-        "private_key": pem,
-        "token_uri": format!("http://127.0.0.1:{port}/token"),
-    });
+    let creds = service_account(&pem, port);
     let file = gcs.dir.path().join("sa.json");
     std::fs::write(&file, creds.to_string()).unwrap();
     let mut env = gcs.env();
@@ -161,11 +156,7 @@ fn hf_lists_and_pulls_and_never_prints_the_token() {
             .unwrap()
     };
     let ls = run(&["ls", "--json", "hf://acme/tiny"]);
-    assert!(
-        ls.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ls.stderr)
-    );
+    assert_success(&ls);
     let listing: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
     assert_eq!(
         listing[0]["files"].as_array().unwrap().len(),
@@ -174,11 +165,7 @@ fn hf_lists_and_pulls_and_never_prints_the_token() {
     assert_eq!(listing[0]["store"], "hf");
     let dest = dir.path().join("m");
     let pull = run(&["pull", "--json", "hf://acme/tiny", dest.to_str().unwrap()]);
-    assert!(
-        pull.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pull.stderr)
-    );
+    assert_success(&pull);
     for f in r.files() {
         assert_file(&dest, &f.path, &f.bytes);
     }

@@ -177,13 +177,11 @@ mod tests {
 
     use sha2::Digest as _;
 
-    use super::super::{AfterChunk, FileMeta, FileState, HashStep, Job, Kick, Work};
+    use super::super::{AfterChunk, FileState, HashStep, Job, Kick, Work, test_meta};
     use crate::digest::crc;
     use crate::digest::ordered::OrderedHashers;
-    use crate::disk::journal::Journal;
     use crate::metrics::Metrics;
     use crate::pull::Options;
-    use crate::target::Target;
 
     /// A chunk the hashers took before it was written: they go on with the chunks parked
     /// after it, but no checkpoint vouches for it and the file is not finalized until its
@@ -194,9 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..4 * CHUNK).map(|i| (i * 7 % 251) as u8).collect();
         let sha = hex::encode(sha2::Sha256::digest(&data));
-        let target = Target::parse(&format!("http://127.0.0.1:9/m.bin#sha256={sha}")).unwrap();
-        let at = |suffix: &str| dir.path().join(format!("m.bin{suffix}"));
-        let meta = FileMeta::new(target, at(".part"), Journal::path_for(&at("")), at(""));
+        let meta = test_meta(dir.path(), "m.bin", &format!("#sha256={sha}"));
         let opts = Options {
             chunk_size: CHUNK,
             range_size: 2 * CHUNK as u64,

@@ -403,6 +403,20 @@ impl Job {
     }
 }
 
+/// A file `name` in `dir` for the state's unit tests: fetched from a port nothing answers,
+/// `fragment` appended to its URL (`""` or `#sha256=…`), its part and journal beside it.
+#[cfg(test)]
+fn test_meta(dir: &std::path::Path, name: &str, fragment: &str) -> FileMeta {
+    let target = Target::parse(&format!("http://127.0.0.1:9/{name}{fragment}")).unwrap();
+    let at = |suffix: &str| dir.join(format!("{name}{suffix}"));
+    FileMeta::new(
+        target,
+        at(crate::disk::part::SUFFIX),
+        Journal::path_for(&at("")),
+        at(""),
+    )
+}
+
 /// Length of chunk `c` of a file of `size` bytes cut in chunks of `chunk` bytes.
 fn chunk_len(size: u64, chunk: u64, c: u64) -> usize {
     (size - c * chunk).min(chunk) as usize

@@ -162,22 +162,16 @@ impl FileState {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::{FileMeta, FileState, Job, Work};
-    use crate::disk::journal::Journal;
+    use super::super::{FileMeta, FileState, Job, Work, test_meta};
     use crate::metrics::Metrics;
     use crate::pull::Options;
-    use crate::target::Target;
 
     #[test]
     fn a_file_is_in_flight_while_a_claim_on_it_is_out() {
         let dir = tempfile::tempdir().unwrap();
         let metas: Vec<FileMeta> = ["a.bin", "b.bin"]
             .iter()
-            .map(|name| {
-                let target = Target::parse(&format!("http://127.0.0.1:9/{name}")).unwrap();
-                let at = |suffix: &str| dir.path().join(format!("{name}{suffix}"));
-                FileMeta::new(target, at(".part"), Journal::path_for(&at("")), at(""))
-            })
+            .map(|name| test_meta(dir.path(), name, ""))
             .collect();
         let files = metas.iter().map(FileState::fresh).collect();
         let job = Job::new(

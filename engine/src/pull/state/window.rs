@@ -70,11 +70,9 @@ mod tests {
     use std::time::Instant;
 
     use super::super::steal::SLOW_RANGE;
-    use super::super::{Claim, ClaimKind, FileMeta, FileState, Job, Work};
-    use crate::disk::journal::Journal;
+    use super::super::{Claim, ClaimKind, FileMeta, FileState, Job, Work, test_meta};
     use crate::metrics::Metrics;
     use crate::pull::Options;
-    use crate::target::Target;
 
     fn claimed(job: &Job) -> Option<(usize, u64, u64)> {
         match job.claim() {
@@ -88,11 +86,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metas: Vec<FileMeta> = ["a.bin", "b.bin"]
             .iter()
-            .map(|name| {
-                let target = Target::parse(&format!("http://127.0.0.1:9/{name}")).unwrap();
-                let at = |suffix: &str| dir.path().join(format!("{name}{suffix}"));
-                FileMeta::new(target, at(".part"), Journal::path_for(&at("")), at(""))
-            })
+            .map(|name| test_meta(dir.path(), name, ""))
             .collect();
         // 8 buffers of 4 KiB, 2 connections: 6 chunks may wait for the hashers, in all.
         let opts = Options {
