@@ -17,7 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource};
 use modelpull::store::Env;
@@ -26,6 +26,7 @@ use crate::config::{CONFIG_MAP, Config, ConfigError};
 use crate::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 use crate::disk::Root;
 use crate::error::Error as DownloadError;
+use crate::events::Events;
 use crate::jobs::{Downloads, Report};
 use crate::metrics::{AgentMetrics, SUCCESS};
 use crate::plan::{self, Download};
@@ -70,7 +71,7 @@ pub struct Ctx {
     metrics: AgentMetrics,
     /// The node's own settings every model inherits (see [`NODE_ENV`]).
     node_env: Env,
-    recorder: Recorder,
+    events: Events,
     progress_sent: Mutex<HashMap<String, Instant>>,
     invalid_reported: Mutex<HashSet<(String, keys::InvalidEntry)>>,
     /// Reconciles failed in a row (for the backoff).
@@ -144,13 +145,7 @@ impl CtxBuilder {
     }
 
     pub fn build(self) -> Ctx {
-        let recorder = Recorder::new(
-            self.client.clone(),
-            Reporter {
-                controller: "localmodelnode-agent".into(),
-                instance: Some(self.node.clone()),
-            },
-        );
+        let events = Events::new(self.client.clone(), &self.node);
         Ctx {
             client: self.client,
             node: self.node,
@@ -161,7 +156,7 @@ impl CtxBuilder {
             health: self.health,
             metrics: self.metrics,
             node_env: self.node_env,
-            recorder,
+            events,
             progress_sent: Mutex::new(HashMap::new()),
             invalid_reported: Mutex::new(HashSet::new()),
             failures: AtomicU32::new(0),
@@ -207,9 +202,10 @@ impl Ctx {
         }
     }
 
-    /// Publishes an Event on the node's LocalModelNode. Events of one reason and action are
-    /// aggregated into a series (kube's recorder keeps the first note), so the action names
-    /// the model (by storage key) and, for progress, the step reached.
+    /// Publishes an Event on the node's LocalModelNode, unless Events were refused (see
+    /// [`crate::events`]). Events of one reason and action are aggregated into a series
+    /// (kube's recorder keeps the first note), so the action names the model (by storage key)
+    /// and, for progress, the step reached.
     async fn event(
         &self,
         lmn: &LocalModelNode,
@@ -225,9 +221,7 @@ impl Ctx {
             action,
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &lmn.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "cannot publish an Event");
-        }
+        self.events.publish(&event, &lmn.object_ref(&())).await;
     }
 }
 

@@ -12,7 +12,8 @@
 //! - [`jobs`]: the in-process downloads, through the [`fetch`] seam (the engine in production);
 //!   [`error`]: why one failed, sorted into classes; [`retry`]: what each class waits for;
 //! - [`credentials`]: Secrets and ServiceAccounts → env;
-//! - [`controller`]: the kube-rs controller; [`server`], [`metrics`]: ports 8080 and 8081.
+//! - [`controller`]: the kube-rs controller, and [`events`] for as long as it may send them;
+//!   [`server`], [`metrics`]: ports 8080 and 8081.
 
 pub mod config;
 pub mod controller;
@@ -20,6 +21,7 @@ pub mod crd;
 pub mod credentials;
 pub mod disk;
 pub mod error;
+pub mod events;
 pub mod fetch;
 pub mod jobs;
 pub mod keys;

@@ -33,6 +33,8 @@ enum Reply {
     /// The request's own body (what the API server returns for a created Event).
     Echo,
     NotFound,
+    /// 403, as KServe's role answers an Event.
+    Forbidden,
 }
 
 /// A request the agent must make next, and its answer.
@@ -150,6 +152,14 @@ impl ApiServer {
                                 let status = Status::failure("not found", "NotFound").with_code(404);
                                 Response::builder()
                                     .status(StatusCode::NOT_FOUND)
+                                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                                    .unwrap()
+                            }
+                            Reply::Forbidden => {
+                                let message = "events.events.k8s.io is forbidden: User \"system:serviceaccount:kserve:kserve-localmodelnode-agent\" cannot create resource \"events\" in API group \"events.k8s.io\" in the namespace \"default\"";
+                                let status = Status::failure(message, "Forbidden").with_code(403);
+                                Response::builder()
+                                    .status(StatusCode::FORBIDDEN)
                                     .body(Body::from(serde_json::to_vec(&status).unwrap()))
                                     .unwrap()
                             }
@@ -535,4 +545,47 @@ async fn a_transient_failure_is_tried_again_when_its_backoff_ends() {
     );
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     assert_eq!(w.downloads_total(), counts(&[("transient", 1)]));
+}
+
+#[tokio::test]
+async fn forbidden_events_are_not_sent_again_and_status_goes_on() {
+    let mut w = World::new(Duration::from_secs(600), |models| {
+        fake::fetch(move |order| {
+            fake::publish(&models, order.key, &order.entry.source_model_uri);
+            Ok(100)
+        })
+    });
+    let lmn = node(1, vec![entry("llama", LLAMA)], &[]);
+    w.reconcile(&lmn, vec![config(), status_patch()]).await;
+    assert!(w.run_next().await);
+
+    // Two Events are due (started, downloaded): the first is refused, the second not tried,
+    // and the status is still written.
+    let lmn = node(
+        1,
+        vec![entry("llama", LLAMA)],
+        &[("llama", ModelStatus::Pending)],
+    );
+    let refused = Expect {
+        method: Method::POST,
+        path: EVENTS_PATH.into(),
+        reply: Reply::Forbidden,
+    };
+    let (action, seen) = w
+        .reconcile(&lmn, vec![config(), refused, status_patch()])
+        .await;
+    seen[1].event("Normal", "DownloadStarted");
+    assert_eq!(seen[2].model_status(), &json!({"llama": "ModelDownloaded"}));
+    assert_eq!(action, Action::requeue(EVERY));
+    assert!(w.ctx.events.forbidden());
+    assert_eq!(w.downloads_total(), counts(&[("ok", 1)]));
+
+    // An invalid entry, which would get an Event of its own: its status only.
+    let entries = vec![entry("llama", LLAMA), entry("a/../b", LLAMA)];
+    let lmn = node(2, entries, &[("llama", ModelStatus::Downloaded)]);
+    let (_, seen) = w.reconcile(&lmn, vec![config(), status_patch()]).await;
+    assert_eq!(
+        seen[1].model_status(),
+        &json!({"a/../b": "ModelDownloadError"})
+    );
 }
