@@ -26,10 +26,11 @@ use crate::config::{CONFIG_MAP, Config, ConfigError};
 use crate::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 use crate::disk::Root;
 use crate::error::Error as DownloadError;
-use crate::events::Events;
+use crate::events::{self, Events};
 use crate::jobs::{Downloads, Report};
 use crate::metrics::{AgentMetrics, SUCCESS};
 use crate::plan::{self, Download};
+use crate::root_watch::{RootState, RootWatch};
 use crate::server::Health;
 use crate::{credentials, keys};
 
@@ -65,6 +66,8 @@ pub struct Ctx {
     /// Where `inferenceservice-config` lives (`POD_NAMESPACE`).
     namespace: String,
     root: Mutex<Root>,
+    /// Whether the root takes new files; until it does, nothing is downloaded or collected.
+    root_watch: RootWatch,
     downloads: Downloads,
     grace: Duration,
     health: Health,
@@ -109,6 +112,7 @@ pub struct CtxBuilder {
     grace: Duration,
     health: Health,
     node_env: Env,
+    root_watch: RootWatch,
 }
 
 impl std::fmt::Debug for CtxBuilder {
@@ -144,6 +148,13 @@ impl CtxBuilder {
         self
     }
 
+    /// Whether the models root takes new files; by default it does (it was opened with
+    /// [`Root::open`]).
+    pub fn root_watch(mut self, root_watch: RootWatch) -> Self {
+        self.root_watch = root_watch;
+        self
+    }
+
     pub fn build(self) -> Ctx {
         let events = Events::new(self.client.clone(), &self.node);
         Ctx {
@@ -151,6 +162,7 @@ impl CtxBuilder {
             node: self.node,
             namespace: self.namespace,
             root: Mutex::new(self.root),
+            root_watch: self.root_watch,
             downloads: self.downloads,
             grace: self.grace,
             health: self.health,
@@ -185,6 +197,7 @@ impl Ctx {
             grace: Duration::from_secs(600),
             health: Health::default(),
             node_env: Env::default(),
+            root_watch: RootWatch::writable(),
         }
     }
 
@@ -259,6 +272,7 @@ pub async fn run(
             }
         })
     };
+    let root_events = tokio::spawn(report_root(ctx.clone()));
     Controller::new(api, watcher::Config::default().fields(&selector))
         .reconcile_all_on(wakeups)
         .graceful_shutdown_on(shutdown)
@@ -270,6 +284,40 @@ pub async fn run(
         })
         .await;
     deletions.abort();
+    root_events.abort();
+}
+
+/// Events on this agent's Node about a models root that refuses new files: one when the agent
+/// starts so, one when it is fixed. On the Node, not the LocalModelNode: the Node exists
+/// before any LocalModelNode does (KServe creates one with the first cache for the node), the
+/// fix is on the node's disk, and `kubectl describe node` is where its other disk troubles
+/// show.
+async fn report_root(ctx: Arc<Ctx>) {
+    let mut watch = ctx.root_watch.clone();
+    let RootState::Unwritable(why) = watch.state() else {
+        return;
+    };
+    let node = events::node_ref(&ctx.node);
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ModelsRootNotWritable".into(),
+        note: Some(why.to_string()),
+        action: "CheckModelsRoot".into(),
+        secondary: None,
+    };
+    ctx.events.publish(&event, &node).await;
+    watch.until_writable().await;
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "ModelsRootWritable".into(),
+        note: Some(format!(
+            "{} takes new files now; downloads start",
+            why.folder.display()
+        )),
+        action: "CheckModelsRoot".into(),
+        secondary: None,
+    };
+    ctx.events.publish(&event, &node).await;
 }
 
 /// Failed reconciles are tried again after 1 s, doubling to 5 minutes; a success resets it.
@@ -314,6 +362,14 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         )
     };
 
+    // A root that refuses new files: what is verified there is reported, the rest is an
+    // error until it is fixed (see crate::root_watch), and nothing is collected.
+    let writable = ctx.root_watch.is_writable();
+    if !writable {
+        for start in std::mem::take(&mut plan.start) {
+            mark_failed(&mut plan, &start.storage_key, &entries[..]);
+        }
+    }
     for start in std::mem::take(&mut plan.start) {
         let key = &start.storage_key;
         let shown = modelpull::redact_str(&start.entry.source_model_uri);
@@ -361,7 +417,7 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         ctx.downloads.cancel(key);
     }
     // Removing folders of hundreds of GB takes a while: not on the runtime's threads.
-    let gc = {
+    let gc = writable.then(|| {
         let ctx = ctx.clone();
         let wanted = plan.wanted.clone();
         tokio::task::spawn_blocking(move || {
@@ -369,8 +425,10 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
             let mut root = ctx.root.lock().unwrap_or_else(|p| p.into_inner());
             root.collect(&wanted, &busy, ctx.grace, now);
         })
-    };
-    let _ = gc.await;
+    });
+    if let Some(gc) = gc {
+        let _ = gc.await;
+    }
 
     report(&lmn, &ctx, &plan).await;
 

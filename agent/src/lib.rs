@@ -8,7 +8,8 @@
 //!
 //! - [`crd`], [`keys`], [`config`]: KServe's objects and names;
 //! - [`plan`]: spec + disk + downloads → status + actions, a pure function;
-//! - [`disk`]: the models root, verified state and safe garbage collection;
+//! - [`disk`]: the models root, verified state and safe garbage collection; [`root_watch`]:
+//!   a root that refuses new files, waited for;
 //! - [`jobs`]: the in-process downloads, through the [`fetch`] seam (the engine in production);
 //!   [`error`]: why one failed, sorted into classes; [`retry`]: what each class waits for;
 //! - [`credentials`]: Secrets and ServiceAccounts → env;
@@ -28,4 +29,5 @@ pub mod keys;
 pub mod metrics;
 pub mod plan;
 pub mod retry;
+pub mod root_watch;
 pub mod server;

@@ -15,6 +15,7 @@ use localmodelnode_agent::disk::Root;
 use localmodelnode_agent::jobs::{Downloads, Engine, Settings};
 use localmodelnode_agent::metrics::AgentMetrics;
 use localmodelnode_agent::retry::RetryPolicy;
+use localmodelnode_agent::root_watch::RootWatch;
 use localmodelnode_agent::server::{self, Health};
 use modelpull::store::Env;
 
@@ -223,15 +224,15 @@ async fn main() -> anyhow::Result<()> {
         server::probes(args.health_probe_bind_address, health.clone()),
     ));
 
-    let root = Root::open(&args.models_root).with_context(|| {
-        format!(
-            "cannot write to the models root {} as uid {}: mount a volume there that this user can write \
-             (for the DaemonSet's hostPath, on each node: install -d -o 65532 -g 65532 /models)",
-            args.models_root.display(),
-            rustix::process::getuid().as_raw(),
-        )
-    })?;
+    let root = Root::new(&args.models_root);
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel();
+    // A root that refuses new files does not stop the agent: it runs not ready until fixed.
+    let root_watch = {
+        let changed = changed_tx.clone();
+        RootWatch::start(root.models_dir(), health.clone(), move || {
+            let _ = changed.send(());
+        })
+    };
     // Engine threads are pinned within the CPUs the pod may use (its affinity mask).
     let engine = modelpull::Options {
         connections: args.connections,
@@ -309,6 +310,7 @@ async fn main() -> anyhow::Result<()> {
     .grace(args.gc_grace)
     .health(health)
     .node_env(node_env)
+    .root_watch(root_watch)
     .build();
     let ctx = Arc::new(ctx);
     controller::run(ctx, changed_rx, stopped(stop.clone())).await;

@@ -15,10 +15,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
 
-/// What the probe endpoints report.
+/// What the probe endpoints report: ready when both hold.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
+    /// Connected to the API server and watching (the controller sets it).
     pub ready: Arc<AtomicBool>,
+    /// The models root takes new files (see [`crate::root_watch`]).
+    pub models_root_writable: Arc<AtomicBool>,
 }
 
 /// Serves `/metrics` from `registry` on `addr` until the process ends.
@@ -45,6 +48,11 @@ pub async fn metrics(addr: SocketAddr, registry: Registry) -> std::io::Result<()
 pub async fn probes(addr: SocketAddr, health: Health) -> std::io::Result<()> {
     serve(addr, move |path| match path {
         "/healthz" => (StatusCode::OK, "text/plain".into(), b"ok\n".to_vec()),
+        "/readyz" if !health.models_root_writable.load(Relaxed) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain".into(),
+            b"the models root is not writable: see the agent's log\n".to_vec(),
+        ),
         "/readyz" if health.ready.load(Relaxed) => {
             (StatusCode::OK, "text/plain".into(), b"ok\n".to_vec())
         }

@@ -1,8 +1,9 @@
 //! The agent's integration tests, one binary with a module per area: the test API server is
 //! faithful (`apiserver`), whole runs of the agent binary against it (`cluster`), the CRDs'
 //! schemas (`crd_schema`, `examples`), the agent without a cluster (`no_cluster`), the exact
-//! requests it sends (`requests`), and what `deploy/` installs (`deploy`). Shared pieces are
-//! in `util`; servers and fixtures come from `modelpull-testkit`.
+//! requests it sends (`requests`), a models root it cannot write (`unwritable_root`), and what
+//! `deploy/` installs (`deploy`). Shared pieces are in `util`; servers and fixtures come from
+//! `modelpull-testkit`.
 
 mod apiserver;
 mod cluster;
@@ -11,4 +12,5 @@ mod deploy;
 mod examples;
 mod no_cluster;
 mod requests;
+mod unwritable_root;
 mod util;
