@@ -12,9 +12,10 @@
 //!   a root that refuses new files, waited for;
 //! - [`jobs`]: the in-process downloads, through the [`fetch`] seam (the engine in production);
 //!   [`error`]: why one failed, sorted into classes; [`retry`]: what each class waits for;
+//!   [`fit`]: their memory and threads sized under the pod's limits;
 //! - [`credentials`]: Secrets and ServiceAccounts → env;
 //! - [`controller`]: the kube-rs controller, and [`events`] for as long as it may send them;
-//!   [`server`], [`metrics`]: ports 8080 and 8081.
+//!   [`server`], [`metrics`], [`throttling`]: ports 8080 and 8081.
 
 pub mod config;
 pub mod controller;
@@ -24,6 +25,7 @@ pub mod disk;
 pub mod error;
 pub mod events;
 pub mod fetch;
+pub mod fit;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
@@ -31,3 +33,4 @@ pub mod plan;
 pub mod retry;
 pub mod root_watch;
 pub mod server;
+pub mod throttling;

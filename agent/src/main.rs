@@ -12,6 +12,7 @@ use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use localmodelnode_agent::controller::{self, Ctx};
 use localmodelnode_agent::disk::Root;
+use localmodelnode_agent::fit;
 use localmodelnode_agent::jobs::{Downloads, Engine, Settings};
 use localmodelnode_agent::metrics::AgentMetrics;
 use localmodelnode_agent::retry::RetryPolicy;
@@ -60,10 +61,11 @@ struct Args {
     #[arg(long, env = "DOWNLOAD_CONNECTIONS", default_value_t = 16)]
     connections: usize,
 
-    /// Buffer memory for downloads on this node, in total (e.g. 192M; at least 40M per
-    /// concurrent download). Keep it below the container's memory limit.
-    #[arg(long, env = "DOWNLOAD_MEMORY_LIMIT", default_value = "192M", value_parser = parse_bytes)]
-    memory_limit: usize,
+    /// Buffer memory for downloads on this node, in total (e.g. 192M; at least 16M per
+    /// concurrent download). Default: 192M, or what fits under the container's memory limit;
+    /// a value above what fits is lowered to it.
+    #[arg(long, env = "DOWNLOAD_MEMORY_LIMIT", value_parser = parse_bytes)]
+    memory_limit: Option<usize>,
 
     /// Bandwidth cap for downloads on this node, bytes per second (e.g. 500M).
     #[arg(long, env = "DOWNLOAD_LIMIT_RATE", value_parser = parse_rate)]
@@ -214,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let engine_metrics = modelpull::metrics::Metrics::new(&registry)?;
     let agent_metrics = AgentMetrics::new(&registry)?;
+    localmodelnode_agent::throttling::CpuThrottling::register(&registry)?;
     let health = Health::default();
     tokio::spawn(serve_or_log(
         "metrics",
@@ -233,25 +236,26 @@ async fn main() -> anyhow::Result<()> {
             let _ = changed.send(());
         })
     };
-    // Engine threads are pinned within the CPUs the pod may use (its affinity mask).
-    let engine = modelpull::Options {
-        connections: args.connections,
-        connections_per_host: args.connections,
-        limit_rate: args.limit_rate,
-        memory_limit: args.memory_limit,
-        ..modelpull::Options::default()
-    };
+    // Buffers, connections and engine threads sized under the container's limits.
+    let (fitted, engine) = fit::for_this_process(
+        fit::Requested {
+            memory_limit: args.memory_limit.map(|m| m as u64),
+            concurrent: args.max_concurrent_downloads,
+            connections: args.connections,
+        },
+        args.limit_rate,
+    );
     let engine = Engine::new(
         Settings {
             models: root.models_dir().to_owned(),
-            concurrent: args.max_concurrent_downloads,
+            concurrent: fitted.concurrent,
             engine,
         },
         engine_metrics,
     );
     let downloads = Downloads::start(
         Arc::new(engine),
-        args.max_concurrent_downloads.max(1),
+        fitted.concurrent,
         RetryPolicy::default(),
         changed_tx,
     );
