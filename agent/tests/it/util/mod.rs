@@ -148,6 +148,11 @@ impl Drop for ApiServer {
     }
 }
 
+/// The agent binary under test.
+pub fn agent_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_localmodelnode-agent")
+}
+
 /// The agent binary, stopped (SIGTERM) when dropped.
 pub struct Agent {
     child: Child,
@@ -169,7 +174,7 @@ impl Agent {
         env: &[(&str, &str)],
     ) -> Self {
         Self::spawn(
-            Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent")),
+            Command::new(agent_binary()),
             kubeconfig,
             root,
             node,
@@ -182,12 +187,14 @@ impl Agent {
     /// test must run as root, and the binary, `kubeconfig` and `root` be reachable by `uid`.
     pub fn start_as(uid: u32, kubeconfig: &Path, root: &Path, node: &str) -> Self {
         use std::os::unix::process::CommandExt;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent"));
+        let mut command = Command::new(agent_binary());
         command.uid(uid).gid(uid);
         Self::spawn(command, kubeconfig, root, node, &[], &[])
     }
 
-    fn spawn(
+    /// The agent started by `command`, which runs the agent binary ([`agent_binary`]) with
+    /// the arguments this adds (e.g. a shell that first moves itself into a cgroup).
+    pub fn spawn(
         mut command: Command,
         kubeconfig: &Path,
         root: &Path,
@@ -230,6 +237,11 @@ impl Agent {
             metrics,
             health,
         }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The status code `/readyz` answers now; `None` while nothing listens.
