@@ -193,6 +193,15 @@ impl World {
     /// An agent of `NODE` whose downloads go through the fetch `make` returns (given the
     /// models folder); nothing downloads until the test calls [`Downloads::run_next`].
     fn new(grace: Duration, make: impl FnOnce(PathBuf) -> Arc<dyn Fetch>) -> Self {
+        Self::with_root_watch(grace, make, RootWatch::writable())
+    }
+
+    /// As [`World::new`], the models root's state told by `root_watch`.
+    fn with_root_watch(
+        grace: Duration,
+        make: impl FnOnce(PathBuf) -> Arc<dyn Fetch>,
+        root_watch: RootWatch,
+    ) -> Self {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let dir = tempfile::tempdir().unwrap();
@@ -204,6 +213,7 @@ impl World {
         let metrics = AgentMetrics::new(&registry).unwrap();
         let ctx = Ctx::builder(client, NODE, root, downloads.clone(), metrics)
             .grace(grace)
+            .root_watch(root_watch)
             .build();
         Self {
             ctx: Arc::new(ctx),
@@ -588,4 +598,50 @@ async fn forbidden_events_are_not_sent_again_and_status_goes_on() {
         seen[1].model_status(),
         &json!({"a/../b": "ModelDownloadError"})
     );
+}
+
+#[tokio::test]
+async fn an_unwritable_root_reports_what_is_there_and_starts_nothing() {
+    const OLD: &str = "hf://acme/old";
+    const BERT: &str = "hf://acme/bert";
+    // A root that refuses new files: a file stands where its folder would be.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("in-the-way"), b"").unwrap();
+    let watch = RootWatch::start(
+        &elsewhere.path().join("in-the-way/models"),
+        Health::default(),
+        || {},
+    );
+    assert!(!watch.is_writable());
+    let grace = Duration::from_millis(1);
+    let mut w = World::with_root_watch(
+        grace,
+        |models| {
+            for uri in [LLAMA, OLD] {
+                fake::publish(&models, &keys::storage_key(uri), uri);
+            }
+            fake::fetch(|order| panic!("{} was downloaded", order.key))
+        },
+        watch,
+    );
+    let entries = vec![entry("llama", LLAMA), entry("bert", BERT)];
+    let lmn = node(1, entries.clone(), &[]);
+    let (action, seen) = w.reconcile(&lmn, vec![config(), status_patch()]).await;
+    assert_eq!(
+        seen[1].model_status(),
+        &json!({"llama": "ModelDownloaded", "bert": "ModelDownloadError"})
+    );
+    assert_eq!(action, Action::requeue(EVERY));
+    assert!(!w.run_next().await, "nothing queued");
+    tokio::time::sleep(grace * 10).await;
+    let lmn = node(
+        1,
+        entries,
+        &[
+            ("llama", ModelStatus::Downloaded),
+            ("bert", ModelStatus::Error),
+        ],
+    );
+    w.reconcile(&lmn, vec![config()]).await;
+    assert!(w.folder(OLD).exists(), "nothing is collected");
 }
