@@ -118,6 +118,15 @@ impl Control {
         }
     }
 
+    /// The same settings with other connect and stall timeouts (a credential provider's,
+    /// which must fail fast where the pull's may wait).
+    pub fn with_timeouts(&self, timeouts: Timeouts) -> Self {
+        Self {
+            timeouts,
+            ..self.clone()
+        }
+    }
+
     /// Runs `f` with a client on a runtime of its own on this thread.
     pub fn run<F, Fut, T>(&self, f: F) -> Result<T>
     where

@@ -16,7 +16,7 @@
 //! Every path in a listing is untrusted: [`crate::target::check_targets`] refuses anything
 //! that could escape the destination before a byte is written.
 
-layers!(control, env, filter, gcp_auth, gs, hf, http, s3);
+layers!(aws_auth, control, env, filter, gcp_auth, gs, hf, http, s3);
 
 use serde::Serialize;
 
