@@ -67,7 +67,7 @@ pub struct Options {
     /// How often the resume journal records a durable checkpoint.
     pub checkpoint_interval: Duration,
     /// Extra CA certificates (PEM) trusted besides the system's and webpki's roots.
-    pub ca_bundle: Option<PathBuf>,
+    pub ca_bundle: Option<crate::http::tls::CaBundle>,
     /// Hosts whose TLS certificates are not verified (`S3_VERIFY_SSL=0`); a warning is
     /// logged for each.
     pub insecure_hosts: Vec<String>,
@@ -273,7 +273,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
             expected: t.expected.clone(),
         })
         .collect();
-    let tls = tls::client_config(opts.ca_bundle.as_deref(), &opts.insecure_hosts)
+    let tls = tls::client_config(opts.ca_bundle.as_ref(), &opts.insecure_hosts)
         .map_err(|e| Error::InvalidOption(e.to_string()))?;
     let staging = match Staging::prepare(&req.dest, &request)? {
         Prepared::UpToDate(marker) => {

@@ -42,7 +42,7 @@ pub struct Manifest {
     pub skipped: usize,
     /// TLS settings the store's environment asks for, to apply to the pull's options: a CA
     /// bundle (`AWS_CA_BUNDLE`) and hosts not to verify (`S3_VERIFY_SSL=0`).
-    pub ca_bundle: Option<std::path::PathBuf>,
+    pub ca_bundle: Option<crate::CaBundle>,
     /// Hosts whose certificates are not verified, from the store's environment.
     pub insecure_hosts: Vec<String>,
 }

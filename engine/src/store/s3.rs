@@ -17,7 +17,6 @@
 //! credential builder use; see [`Settings::from_env`]. Without static keys the credentials
 //! come from the AWS SDKs' default chain ([`super::aws_auth`]).
 
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 use aws_sigv4::http_request::{
@@ -33,6 +32,7 @@ use super::env::Env;
 use super::filter::Patterns;
 use super::{Manifest, base64_digest, encode};
 use crate::digest::{Algorithm, Digest};
+use crate::CaBundle;
 use crate::error::{Error, Result};
 use crate::http::{Client, Request};
 use crate::target::{Auth, Authorize, Target};
@@ -50,7 +50,7 @@ pub struct Settings {
     pub virtual_hosted: bool,
     /// Where the signing credentials come from; `None`: unsigned (anonymous) requests.
     pub credentials: Option<Provider>,
-    pub ca_bundle: Option<PathBuf>,
+    pub ca_bundle: Option<CaBundle>,
     pub verify_tls: bool,
 }
 
@@ -58,7 +58,9 @@ impl Settings {
     /// Reads `AWS_ENDPOINT_URL` (else `S3_ENDPOINT` with `S3_USE_HTTPS`, else AWS's regional
     /// endpoint), `AWS_REGION`/`AWS_DEFAULT_REGION` (default `us-east-1`),
     /// `S3_USER_VIRTUAL_BUCKET`, `awsAnonymousCredential` (`true`, any case, as KServe reads
-    /// it: unsigned requests), `S3_VERIFY_SSL` and `AWS_CA_BUNDLE`; the credentials are
+    /// it: unsigned requests), `S3_VERIFY_SSL`, `AWS_CA_BUNDLE` (a file) or
+    /// `AWS_CA_BUNDLE_PEM` (the same in memory, as the agent hands over a ConfigMap's
+    /// bundle; it wins); the credentials are
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, else the next
     /// source of the default chain ([`Provider::from_env`]).
     pub fn from_env(env: &Env) -> Result<Self> {
@@ -68,11 +70,12 @@ impl Settings {
             .to_owned();
         let custom = env.get("AWS_ENDPOINT_URL").map(str::to_owned).or_else(|| {
             env.get("S3_ENDPOINT").map(|host| {
+                // As KServe's credential builder: a scheme wins, else only `0` means http.
                 if host.contains("://") {
                     host.to_owned()
                 } else {
-                    let https = env.flag("S3_USE_HTTPS").unwrap_or(true);
-                    format!("{}://{host}", if https { "https" } else { "http" })
+                    let http = env.get("S3_USE_HTTPS").is_some_and(|v| v.trim() == "0");
+                    format!("{}://{host}", if http { "http" } else { "https" })
                 }
             })
         });
@@ -110,7 +113,13 @@ impl Settings {
             region,
             virtual_hosted,
             credentials,
-            ca_bundle: env.get("AWS_CA_BUNDLE").map(PathBuf::from),
+            ca_bundle: env
+                .get("AWS_CA_BUNDLE_PEM")
+                .map(|pem| CaBundle::Pem {
+                    origin: "AWS_CA_BUNDLE_PEM".into(),
+                    pem: pem.into(),
+                })
+                .or_else(|| env.get("AWS_CA_BUNDLE").map(|p| CaBundle::File(p.into()))),
             // KServe turns verification off for exactly these two values.
             verify_tls: !env
                 .get("S3_VERIFY_SSL")
@@ -537,7 +546,7 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
         tracing::warn!(host = %object_host, "S3_VERIFY_SSL is off: the S3 endpoint's TLS certificate is not verified");
         vec![object_host]
     };
-    let control = control.with_tls(settings.ca_bundle.as_deref(), &insecure_hosts)?;
+    let control = control.with_tls(settings.ca_bundle.as_ref(), &insecure_hosts)?;
     // One signer for the listing and every download: one credential cache, renewed once.
     let signer = settings.signer(&control);
     let ctx_signer = signer.clone();
@@ -675,6 +684,21 @@ mod tests {
             minio.object_url("models", "x+y/z").unwrap().as_str(),
             "http://minio:9000/models/x%2By/z"
         );
+        // As KServe's builder: only `0` means http; a scheme in the endpoint wins.
+        for (use_https, scheme) in [("false", "https"), ("1", "https"), ("0", "http")] {
+            let s = Settings::from_env(&env(&[
+                ("S3_ENDPOINT", "minio:9000"),
+                ("S3_USE_HTTPS", use_https),
+            ]))
+            .unwrap();
+            assert_eq!(s.endpoint.as_str(), format!("{scheme}://minio:9000/"));
+        }
+        let schemed = Settings::from_env(&env(&[
+            ("S3_ENDPOINT", "http://minio:9000"),
+            ("S3_USE_HTTPS", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(schemed.endpoint.as_str(), "http://minio:9000/");
         let virt = Settings::from_env(&env(&[
             ("AWS_ENDPOINT_URL", "http://localhost:5055"),
             ("S3_USER_VIRTUAL_BUCKET", "true"),
