@@ -12,7 +12,8 @@
 //! - [`jobs`]: the in-process downloads, through the [`fetch`] seam (the engine in production);
 //!   [`error`]: why one failed, sorted into classes; [`retry`]: what each class waits for;
 //! - [`credentials`]: Secrets and ServiceAccounts → env;
-//! - [`controller`]: the kube-rs controller; [`server`], [`metrics`]: ports 8080 and 8081.
+//! - [`controller`]: the kube-rs controller; [`server`], [`metrics`]: ports 8080 and 8081;
+//! - [`logging`]: zap-shaped logs, as KServe's agent writes them.
 
 pub mod config;
 pub mod controller;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod fetch;
 pub mod jobs;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod plan;
 pub mod retry;
