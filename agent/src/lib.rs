@@ -13,8 +13,9 @@
 //!   [`error`]: why one failed, sorted into classes; [`retry`]: what each class waits for;
 //! - [`credentials`]: Secrets and ServiceAccounts → env;
 //! - [`controller`]: the kube-rs controller; [`server`], [`metrics`]: ports 8080 and 8081;
-//! - [`logging`]: zap-shaped logs, as KServe's agent writes them.
+//! - [`cli`], [`logging`]: KServe's flags, read as Go reads them, and zap-shaped logs.
 
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
