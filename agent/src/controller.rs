@@ -13,13 +13,15 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, reflector};
 use kube::runtime::watcher::{self, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use modelpull::store::Env;
 
 use crate::config::{CONFIG_MAP, Config, ConfigError};
@@ -27,6 +29,7 @@ use crate::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 use crate::disk::Root;
 use crate::error::Error as DownloadError;
 use crate::jobs::{Downloads, Report};
+use crate::metrics::controller_runtime::Outcome;
 use crate::metrics::{AgentMetrics, SUCCESS};
 use crate::plan::{self, Download};
 use crate::server::Health;
@@ -247,9 +250,6 @@ pub async fn run(
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot list LocalModelNodes yet; not ready"),
         Err(_) => tracing::warn!("listing LocalModelNodes timed out; not ready"),
     }
-    let wakeups = futures::stream::unfold(changed, |mut rx| async move {
-        rx.recv().await.map(|()| ((), rx))
-    });
     // Deleting the LocalModelNode does not reach reconcile: a watch of our own stops its
     // downloads (the folders stay, as with KServe's agent).
     let deletions = {
@@ -265,10 +265,44 @@ pub async fn run(
             }
         })
     };
-    Controller::new(api, watcher::Config::default().fields(&selector))
+    // What Controller::new watches, with each request counted on its way to the scheduler
+    // (controller-runtime's workqueue metrics).
+    let queue = ctx.metrics.controller.clone();
+    let (reader, writer) = reflector::store();
+    let requests = reflector(
+        writer,
+        watcher(api, watcher::Config::default().fields(&selector)),
+    )
+    .inspect_ok({
+        let queue = queue.clone();
+        move |event| match event {
+            watcher::Event::Apply(lmn) | watcher::Event::InitApply(lmn) => {
+                queue.requested(&lmn.name_any());
+            }
+            watcher::Event::Delete(lmn) => queue.forget(&lmn.name_any()),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    })
+    .applied_objects();
+    let wakeups = futures::stream::unfold(changed, |mut rx| async move {
+        rx.recv().await.map(|()| ((), rx))
+    })
+    .inspect({
+        let (queue, reader) = (queue.clone(), reader.clone());
+        move |()| {
+            for lmn in reader.state() {
+                queue.requested(&lmn.name_any());
+            }
+        }
+    });
+    // One worker, as KServe's controller has (MaxConcurrentReconciles = 1).
+    let concurrency = 1;
+    queue.started(concurrency);
+    Controller::for_stream(requests, reader)
+        .with_config(controller::Config::default().concurrency(concurrency))
         .reconcile_all_on(wakeups)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(metered_reconcile, metered_error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "the controller reported an error");
@@ -276,6 +310,25 @@ pub async fn run(
         })
         .await;
     deletions.abort();
+}
+
+/// [`reconcile`], counted in controller-runtime's metrics.
+async fn metered_reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let run = ctx.metrics.controller.reconcile(&lmn.name_any());
+    let result = reconcile(lmn, ctx.clone()).await;
+    run.finish(match &result {
+        Err(_) => Outcome::Error,
+        Ok(action) if *action == Action::await_change() => Outcome::Success,
+        Ok(action) if *action == Action::requeue(Duration::ZERO) => Outcome::Requeue,
+        Ok(_) => Outcome::RequeueAfter,
+    });
+    result
+}
+
+/// [`error_policy`], counted in controller-runtime's metrics (a retry).
+fn metered_error_policy(lmn: Arc<LocalModelNode>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.controller.retried();
+    error_policy(lmn, err, ctx)
 }
 
 /// Failed reconciles are tried again after 1 s, doubling to 5 minutes; a success resets it.

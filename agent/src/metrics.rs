@@ -1,10 +1,15 @@
-//! The agent's own metrics, next to the engine's on the same registry.
+//! The agent's own metrics, next to the engine's on the same registry, with the families
+//! KServe's agent serves: controller-runtime's ([`controller_runtime`]) and the process's
+//! (`process_*`, see [`register_process`]).
+
+pub mod controller_runtime;
 
 use std::collections::BTreeMap;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::crd::ModelStatus;
+use controller_runtime::ControllerMetrics;
 
 /// The `result` of a download that finished, verified and published; a failed one's is its
 /// class ([`crate::error::Class::metric_label`]).
@@ -16,6 +21,8 @@ pub struct AgentMetrics {
     pub models: IntGaugeVec,
     /// `modelpull_model_downloads_total{result}`: [`SUCCESS`], or the failure's class.
     pub downloads: IntCounterVec,
+    /// controller-runtime's `controller_runtime_*` and `workqueue_*` families.
+    pub controller: ControllerMetrics,
 }
 
 impl AgentMetrics {
@@ -32,6 +39,7 @@ impl AgentMetrics {
                 ),
                 &["result"],
             )?,
+            controller: ControllerMetrics::new(registry)?,
         };
         registry.register(Box::new(m.models.clone()))?;
         registry.register(Box::new(m.downloads.clone()))?;
@@ -52,4 +60,12 @@ impl AgentMetrics {
             self.models.with_label_values(&[label]).set(n as i64);
         }
     }
+}
+
+/// Serves the process's CPU time, memory, open and maximum file descriptors, threads and start
+/// time (`process_*`, read from `/proc/self`), as controller-runtime's registry does.
+pub fn register_process(registry: &Registry) -> prometheus::Result<()> {
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
 }

@@ -261,6 +261,38 @@ async fn models_are_downloaded_verified_and_deduplicated() {
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r == "Downloaded"), "{reasons:?}");
+
+    // controller-runtime's families, as KServe's agent serves them, counted on kube's
+    // controller: the watch event and the download wake-ups reached the queue, and every
+    // reconcile here asked to be requeued later.
+    let metrics = agent.metrics();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} is not served: {metrics}"))
+    };
+    let c = r#"{controller="localmodelnode""#;
+    let q = r#"{controller="localmodelnode",name="localmodelnode""#;
+    let requeued = value(&format!(
+        r#"controller_runtime_reconcile_total{c},result="requeue_after"}}"#
+    ));
+    assert!(requeued >= 2.0, "{requeued}");
+    assert_eq!(
+        value(&format!(
+            "controller_runtime_max_concurrent_reconciles{c}}}"
+        )),
+        1.0
+    );
+    assert!(value(&format!("workqueue_adds_total{q}}}")) >= 2.0);
+    assert!(value(&format!("workqueue_queue_duration_seconds_count{q}}}")) >= 1.0);
+    assert_eq!(
+        value(&format!("workqueue_work_duration_seconds_count{q}}}")),
+        value(&format!(
+            "controller_runtime_reconcile_time_seconds_count{c}}}"
+        ))
+    );
+    assert!(value("process_resident_memory_bytes") > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
