@@ -524,6 +524,7 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<u64,
         targets: manifest.files,
         dest: settings.models.join(key),
         unpack: true,
+        adopt: true,
         sources: vec![modelpull::redact_str(uri)],
     };
     let cx = Context {

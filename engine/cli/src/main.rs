@@ -121,6 +121,7 @@ fn run_pull(mut args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
         targets,
         dest,
         unpack: !args.keep_archive,
+        adopt: args.adopt,
         sources: sources.iter().map(|s| modelpull::redact_str(s)).collect(),
     };
     let display = progress::Display::start(cx.progress.clone(), chatty);

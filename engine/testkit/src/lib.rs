@@ -153,6 +153,7 @@ pub fn pull(
         &PullRequest {
             sources: Vec::new(),
             unpack: false,
+            adopt: false,
             targets,
             dest: dest.to_owned(),
         },
@@ -232,6 +233,7 @@ pub fn pull_uri(
             targets: manifest.files,
             dest: dest.to_owned(),
             unpack: true,
+            adopt: false,
         },
         &opts,
         &Context::default(),
