@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::crd::ModelStatus;
 
@@ -16,6 +16,10 @@ pub struct AgentMetrics {
     pub models: IntGaugeVec,
     /// `modelpull_model_downloads_total{result}`: [`SUCCESS`], or the failure's class.
     pub downloads: IntCounterVec,
+    /// `modelpull_agent_undeletable_bytes`: disk space held by model folders the agent no
+    /// longer needs but may not delete (another user's files; the log and an Event say how
+    /// to free it).
+    pub undeletable_bytes: IntGauge,
 }
 
 impl AgentMetrics {
@@ -32,9 +36,14 @@ impl AgentMetrics {
                 ),
                 &["result"],
             )?,
+            undeletable_bytes: IntGauge::new(
+                "modelpull_agent_undeletable_bytes",
+                "Disk space held by model folders the agent no longer needs but may not delete: their files belong to another user (KServe's download Jobs run as uid 1000). Remove them as root on the node, or chown them to the agent.",
+            )?,
         };
         registry.register(Box::new(m.models.clone()))?;
         registry.register(Box::new(m.downloads.clone()))?;
+        registry.register(Box::new(m.undeletable_bytes.clone()))?;
         Ok(m)
     }
 

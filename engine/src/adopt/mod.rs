@@ -376,3 +376,55 @@ impl Outcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(path: &str, size: u64) -> Target {
+        let mut t = Target::parse(&format!("http://127.0.0.1:9/{path}")).unwrap();
+        t.path = path.into();
+        t.size = Some(size);
+        t
+    }
+
+    #[test]
+    fn a_survey_counts_what_is_there_at_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m");
+        let targets = [target("a", 3), target("sub/b", 5), target("c", 7)];
+        assert_eq!(
+            survey(&targets, &dest),
+            Survey {
+                present_bytes: 0,
+                missing_bytes: 15,
+                writable: true
+            },
+            "no folder: everything is missing"
+        );
+        std::fs::create_dir_all(dest.join("sub")).unwrap();
+        std::fs::write(dest.join("a"), b"abc").unwrap();
+        std::fs::write(dest.join("sub/b"), b"wrong size").unwrap();
+        let s = survey(&targets, &dest);
+        assert_eq!(
+            (s.present_bytes, s.missing_bytes, s.writable),
+            (3, 12, true)
+        );
+        assert_eq!(s.bytes_needed(), 12);
+        let copied = Survey {
+            writable: false,
+            ..s
+        };
+        assert_eq!(
+            copied.bytes_needed(),
+            15,
+            "a repair by exchange copies the rest"
+        );
+        let complete = Survey {
+            missing_bytes: 0,
+            writable: false,
+            ..s
+        };
+        assert_eq!(complete.bytes_needed(), 0);
+    }
+}
