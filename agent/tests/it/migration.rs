@@ -20,11 +20,11 @@ use kube::api::PostParams;
 use localmodelnode_agent::crd::{LocalModelInfo, LocalModelNode, LocalModelNodeSpec, ModelStatus};
 use localmodelnode_agent::keys::storage_key;
 use modelpull_testkit::hub::{Hub, HubRepo, RouteKind};
+use modelpull_testkit::kserve::{self, KSERVE_UID};
 use modelpull_testkit::sha256_hex as sha256;
 
 const NODE: &str = "gpu-node-1";
-/// KServe's storage initializer's user, and the agent image's.
-const KSERVE_UID: u32 = 1000;
+/// The agent image's user.
 const AGENT_UID: u32 = 65532;
 const MIB: usize = 1 << 20;
 
@@ -50,101 +50,6 @@ fn entry(name: &str, uri: &str) -> LocalModelInfo {
         model_name: name.into(),
         ..Default::default()
     }
-}
-
-/// Flushes the files under `path` and drops them from the page cache, so reading them again
-/// goes to the disk.
-fn evict(path: &Path) {
-    for e in std::fs::read_dir(path).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            evict(&e.path());
-        } else {
-            let f = std::fs::File::open(e.path()).unwrap();
-            f.sync_all().unwrap();
-            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-        }
-    }
-}
-
-fn chown_r(path: &Path, uid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
-    if std::fs::symlink_metadata(path).unwrap().is_dir() {
-        for e in std::fs::read_dir(path).unwrap().flatten() {
-            chown_r(&e.path(), uid);
-        }
-    }
-}
-
-/// A Python that KServe's user can run with the test virtualenv's packages: the venv's own
-/// interpreter may live where only root can reach it (pyenv under /root), then the system's
-/// interpreter of the same version is used with the venv's site-packages.
-fn python_for_kserve(venv_python: &Path) -> Option<(PathBuf, Option<String>)> {
-    let query = Command::new(venv_python)
-        .args(["-c", "import site, sys; print(site.getsitepackages()[0]); print(sys.version_info[0], sys.version_info[1], sep='.')"])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&query.stdout).into_owned();
-    let mut lines = text.lines();
-    let (site, version) = (lines.next()?.to_owned(), lines.next()?.to_owned());
-    let candidates = [
-        (venv_python.to_owned(), None),
-        (
-            PathBuf::from(format!("/usr/bin/python{version}")),
-            Some(site.clone()),
-        ),
-    ];
-    candidates.into_iter().find(|(python, path)| {
-        let mut cmd = Command::new(python);
-        if let Some(path) = path {
-            cmd.env("PYTHONPATH", path);
-        }
-        cmd.args(["-c", "import kserve_storage"])
-            .uid(KSERVE_UID)
-            .gid(KSERVE_UID)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
-/// Runs KServe's storage initializer as its Jobs do (uid 1000), one `(uri, folder)` after
-/// the other.
-fn kserve_initializer(
-    (python, pythonpath): &(PathBuf, Option<String>),
-    hub: &Hub,
-    home: &Path,
-    pulls: &[(&str, PathBuf)],
-) {
-    let script = "import logging, os, sys\n\
-        from kserve_storage import Storage\n\
-        logging.disable(logging.INFO)\n\
-        for uri, out in zip(sys.argv[1::2], sys.argv[2::2]):\n    \
-            os.makedirs(out, exist_ok=True)\n    \
-            Storage.download(uri, out)\n";
-    let mut cmd = Command::new(python);
-    cmd.arg("-c").arg(script);
-    for (uri, out) in pulls {
-        cmd.arg(uri).arg(out);
-    }
-    cmd.env_clear();
-    if let Some(path) = pythonpath {
-        cmd.env("PYTHONPATH", path);
-    }
-    let out = cmd
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .env("HF_ENDPOINT", hub.endpoint())
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .uid(KSERVE_UID)
-        .gid(KSERVE_UID)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kserve-storage failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The agent as KServe's DaemonSet runs its image: uid 65532, its environment only.
@@ -266,7 +171,7 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
         );
         return;
     }
-    let Some(kserve_python) = python_for_kserve(&python) else {
+    let Some(kserve_python) = kserve::python(&python) else {
         let _ = modelpull_testkit::servers::missing("kserve-storage (PyPI), runnable by uid 1000,");
         return;
     };
@@ -282,7 +187,7 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
     }
     let home = dir.path().join("kserve-home");
     std::fs::create_dir(&home).unwrap();
-    chown_r(&home, KSERVE_UID);
+    kserve::chown_r(&home, KSERVE_UID);
 
     let shards: Vec<Vec<u8>> = (0..3).map(|i| weights(40 + i, 128 * MIB)).collect();
     let small_weights = weights(50, 8 * MIB);
@@ -312,7 +217,7 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
     );
     let folder = |uri: &str| models.join(storage_key(uri));
     let t = Instant::now();
-    kserve_initializer(
+    kserve::initializer(
         &kserve_python,
         &hub,
         &home,
@@ -341,7 +246,7 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
     let small_before = std::fs::metadata(folder(small_uri)).unwrap().ino();
     // What a node that has run for a while holds: the cache on disk, not in memory.
     for uri in [big_uri, small_uri, gone_uri] {
-        evict(&folder(uri));
+        kserve::evict(&folder(uri));
     }
 
     // The cluster: KServe's ConfigMap and this node's LocalModelNode, without the removed model.
@@ -489,7 +394,7 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
         .collect();
     assert_eq!(leftovers.len(), 2, "{leftovers:?}");
     for p in &leftovers {
-        chown_r(p, AGENT_UID);
+        kserve::chown_r(p, AGENT_UID);
     }
     until(
         &agent,

@@ -166,6 +166,12 @@ pub struct PullArgs {
     #[arg(long)]
     pub keep_archive: bool,
 
+    /// Take over a DEST another tool wrote (KServe's storage initializer, `hf download`):
+    /// check its files where they lie, keep those that match the store's digests and fetch
+    /// only the others. A DEST this user cannot write to is exchanged for a verified copy.
+    #[arg(long)]
+    pub adopt: bool,
+
     #[command(flatten)]
     pub select: SelectArgs,
 

@@ -7,6 +7,7 @@
 
 pub mod chaos;
 pub mod hub;
+pub mod kserve;
 pub mod pki;
 pub mod servers;
 pub mod stores;
