@@ -168,7 +168,8 @@ pub struct PullArgs {
 
     /// Take over a DEST another tool wrote (KServe's storage initializer, `hf download`):
     /// check its files where they lie, keep those that match the store's digests and fetch
-    /// only the others. A DEST this user cannot write to is exchanged for a verified copy.
+    /// only the others. A DEST this user cannot write to is exchanged for a verified copy
+    /// (the previous folder is left beside it, named `.DEST.modelpull-old-SECONDS`).
     #[arg(long)]
     pub adopt: bool,
 

@@ -129,3 +129,18 @@ fn folders_kserve_wrote_are_adopted_by_another_user() {
     );
     assert_eq!(std::fs::metadata(&damaged).unwrap().uid(), USER);
 }
+
+#[test]
+fn adopt_needs_a_folder_to_take_over() {
+    let out = Command::new(env!("CARGO_BIN_EXE_modelpull"))
+        .args(["pull", "--adopt", "hf://acme/m"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give DEST or --local-dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
