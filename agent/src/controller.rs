@@ -27,7 +27,6 @@ use modelpull::store::Env;
 use crate::config::{CONFIG_MAP, Config, ConfigError};
 use crate::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 use crate::disk::Root;
-use crate::error::Error as DownloadError;
 use crate::jobs::{Downloads, Report};
 use crate::metrics::controller_runtime::Outcome;
 use crate::metrics::{AgentMetrics, SUCCESS};
@@ -376,19 +375,8 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
     for start in std::mem::take(&mut plan.start) {
         let key = &start.storage_key;
         let shown = modelpull::redact_str(&start.entry.source_model_uri);
-        if start.clear_folder {
-            let set_aside = ctx
-                .root
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .set_aside(key);
-            if let Err(e) = set_aside {
-                mark_failed(&mut plan, key, &entries[..]);
-                let error = DownloadError::SetAside(e);
-                ctx.downloads.fail(key, start.entry.clone(), error);
-                continue;
-            }
-            tracing::info!(model = %shown, "the model folder is not verified; downloading it again (the old one goes after the grace period)");
+        if start.adopt {
+            tracing::info!(model = %shown, "the model folder has no marker of this agent; checking its files in place and fetching only those that differ");
         }
         let env = credentials::for_entry(
             &ctx.client,
@@ -422,16 +410,41 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
     // Removing folders of hundreds of GB takes a while: not on the runtime's threads.
     let gc = {
         let ctx = ctx.clone();
-        let wanted = plan.wanted.clone();
+        let (wanted, verified) = (plan.wanted.clone(), plan.verified.clone());
         tokio::task::spawn_blocking(move || {
             let busy = ctx.downloads.busy();
             let mut root = ctx.root.lock().unwrap_or_else(|p| p.into_inner());
-            root.collect(&wanted, &busy, ctx.grace, now);
+            let collected = root.collect(&wanted, &busy, &verified, ctx.grace, now);
+            ctx.metrics
+                .undeletable_bytes
+                .set(i64::try_from(root.undeletable_bytes()).unwrap_or(i64::MAX));
+            collected
         })
     };
-    let _ = gc.await;
+    let collected = gc.await.unwrap_or_default();
 
     report(&lmn, &ctx, &plan).await;
+    for (path, bytes) in collected.undeletable {
+        let note = format!(
+            "cannot remove {} ({}): its files belong to another user (KServe's download Jobs run as uid 1000); remove it as root on the node (rm -rf {}) or give it to the agent (chown -R 65532:65532 {}), which then removes it",
+            path.display(),
+            modelpull::units::human_bytes(bytes),
+            path.display(),
+            path.display()
+        );
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        ctx.event(
+            &lmn,
+            EventType::Warning,
+            "CannotRemove",
+            format!("Remove {name}"),
+            note,
+        )
+        .await;
+    }
 
     let old = lmn
         .status
@@ -544,14 +557,23 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
             Report::Done {
                 key,
                 uri,
-                bytes,
+                pulled,
                 seconds,
             } => {
                 ctx.metrics.downloads.with_label_values(&[SUCCESS]).inc();
+                let human = modelpull::units::human_bytes;
+                let adopted = match pulled.adopted_bytes {
+                    0 => String::new(),
+                    kept => format!(
+                        "; {} was in the folder already and kept, {} fetched",
+                        human(kept),
+                        human(pulled.bytes - kept)
+                    ),
+                };
                 let note = format!(
-                    "{uri}: {} in {seconds:.1} s ({:.2} GB/s), verified and published",
-                    modelpull::units::human_bytes(bytes),
-                    bytes as f64 / seconds.max(1e-9) / 1e9
+                    "{uri}: {} in {seconds:.1} s ({:.2} GB/s){adopted}, verified and published",
+                    human(pulled.bytes),
+                    pulled.bytes as f64 / seconds.max(1e-9) / 1e9
                 );
                 ctx.event(
                     lmn,

@@ -6,7 +6,7 @@ pub mod controller_runtime;
 
 use std::collections::BTreeMap;
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::crd::ModelStatus;
 use controller_runtime::ControllerMetrics;
@@ -23,6 +23,10 @@ pub struct AgentMetrics {
     pub downloads: IntCounterVec,
     /// controller-runtime's `controller_runtime_*` and `workqueue_*` families.
     pub controller: ControllerMetrics,
+    /// `modelpull_agent_undeletable_bytes`: disk space held by model folders the agent no
+    /// longer needs but may not delete (another user's files; the log and an Event say how
+    /// to free it).
+    pub undeletable_bytes: IntGauge,
 }
 
 impl AgentMetrics {
@@ -40,9 +44,14 @@ impl AgentMetrics {
                 &["result"],
             )?,
             controller: ControllerMetrics::new(registry)?,
+            undeletable_bytes: IntGauge::new(
+                "modelpull_agent_undeletable_bytes",
+                "Disk space held by model folders the agent no longer needs but may not delete: their files belong to another user (KServe's download Jobs run as uid 1000). Remove them as root on the node, or chown them to the agent.",
+            )?,
         };
         registry.register(Box::new(m.models.clone()))?;
         registry.register(Box::new(m.downloads.clone()))?;
+        registry.register(Box::new(m.undeletable_bytes.clone()))?;
         Ok(m)
     }
 

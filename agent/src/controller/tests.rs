@@ -17,7 +17,7 @@ use tower_test::mock::{self, Handle};
 use super::*;
 use crate::crd::{LocalModelInfo, LocalModelNodeSpec, LocalModelNodeStatus};
 use crate::error::Error as DownloadError;
-use crate::fetch::{Fetch, fake};
+use crate::fetch::{Fetch, Pulled, fake};
 use crate::retry::RetryPolicy;
 
 const NODE: &str = "gpu-node-1";
@@ -295,7 +295,10 @@ async fn a_new_entry_goes_pending_then_downloading_then_downloaded() {
             started_tx.send(()).unwrap();
             go_rx.lock().unwrap().recv().unwrap();
             fake::publish(&models, order.key, &order.entry.source_model_uri);
-            Ok(100)
+            Ok(Pulled {
+                bytes: 100,
+                adopted_bytes: 0,
+            })
         })
     });
     let entries = || vec![entry("llama", LLAMA)];

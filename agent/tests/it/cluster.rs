@@ -1,7 +1,7 @@
 //! Whole runs of the agent binary against a test API server (support/apiserver.py), with
 //! models served by the in-tree origin: statuses go Pending → Downloading → Downloaded and
 //! the folders verify; a removed model's folder goes after the grace period (foreign folders
-//! stay); a damaged folder is downloaded again; an API server outage does not stop a download
+//! stay); a damaged file is fetched again; an API server outage does not stop a download
 //! and the status catches up; bad entries get an error of their own. Everything the agent
 //! writes is checked against KServe's CRD schema.
 
@@ -808,7 +808,7 @@ async fn a_thousand_entries_share_ten_downloads() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_folder_left_by_kserves_agent_is_replaced_and_other_nodes_are_ignored() {
+async fn a_folder_left_by_kserves_agent_is_repaired_and_other_nodes_are_ignored() {
     let content = data(30, 150_000);
     let Some(w) = World::start(&[("m/w.bin", content.clone())]).await else {
         return;
@@ -842,7 +842,7 @@ async fn a_folder_left_by_kserves_agent_is_replaced_and_other_nodes_are_ignored(
     while std::fs::read_dir(&models).unwrap().count() > 1 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the old folder was not collected after the grace: {:?}",
+            "staging leftovers beside the repaired folder: {:?}",
             std::fs::read_dir(&models)
                 .unwrap()
                 .flatten()
