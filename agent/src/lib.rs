@@ -12,8 +12,10 @@
 //! - [`jobs`]: the in-process downloads, through the [`fetch`] seam (the engine in production);
 //!   [`error`]: why one failed, sorted into classes; [`retry`]: what each class waits for;
 //! - [`credentials`]: Secrets and ServiceAccounts → env;
-//! - [`controller`]: the kube-rs controller; [`server`], [`metrics`]: ports 8080 and 8081.
+//! - [`controller`]: the kube-rs controller; [`server`], [`metrics`]: ports 8080 and 8081;
+//! - [`cli`], [`logging`]: KServe's flags, read as Go reads them, and zap-shaped logs.
 
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
@@ -23,6 +25,7 @@ pub mod error;
 pub mod fetch;
 pub mod jobs;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod plan;
 pub mod retry;

@@ -1,7 +1,8 @@
 //! The agent's integration tests, one binary with a module per area: the test API server is
 //! faithful (`apiserver`), whole runs of the agent binary against it (`cluster`), the CRDs'
 //! schemas (`crd_schema`, `examples`), the agent without a cluster (`no_cluster`), the exact
-//! requests it sends (`requests`), and what `deploy/` installs (`deploy`). Shared pieces are
+//! requests it sends (`requests`), what `deploy/` installs (`deploy`), and taking over a node
+//! from KServe's agent with its cache (`migration`). Shared pieces are
 //! in `util`; servers and fixtures come from `modelpull-testkit`.
 
 mod apiserver;
@@ -9,6 +10,7 @@ mod cluster;
 mod crd_schema;
 mod deploy;
 mod examples;
+mod migration;
 mod no_cluster;
 mod requests;
 mod util;

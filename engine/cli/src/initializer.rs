@@ -197,6 +197,7 @@ fn pull(pair: &Pair, env: &Env, opts: &Options, cx: &Context) -> anyhow::Result<
         targets: manifest.files,
         dest: staged.clone(),
         unpack: true,
+        adopt: false,
         sources: vec![modelpull::redact_str(&pair.source)],
     };
     let report = modelpull::pull(&request, &opts, cx)?;
