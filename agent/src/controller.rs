@@ -35,8 +35,10 @@ use crate::server::Health;
 use crate::{credentials, keys};
 
 /// Variables of the agent's own environment that every model's environment inherits: proxies
-/// and mirrors are the node's business, credentials are the model's.
-pub const NODE_ENV: [&str; 11] = [
+/// and mirrors are the node's business, credentials are the model's. The pod's AWS identity
+/// (IRSA's token, EKS Pod Identity, the instance metadata settings) stands in for the identity
+/// a KServe download Job's pod would have; a model's own keys still come first.
+pub const NODE_ENV: [&str; 21] = [
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",
@@ -48,6 +50,16 @@ pub const NODE_ENV: [&str; 11] = [
     "HF_ENDPOINT",
     "STORAGE_EMULATOR_HOST",
     "GCE_METADATA_HOST",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
 ];
 
 /// Bound on one API call outside the watch, so a server that accepts but never answers cannot

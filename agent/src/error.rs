@@ -85,6 +85,7 @@ impl Error {
                 CredentialError::MissingSecret { .. }
                 | CredentialError::MissingKey { .. }
                 | CredentialError::StorageSpec { .. } => Class::AccessDenied,
+                CredentialError::CaBundle { .. } => Class::BadInput,
             },
             Error::Proxy(_) => Class::BadInput,
             Error::NoSpace(_) | Error::ModelsRoot(_) => Class::Transient,
@@ -252,6 +253,14 @@ mod tests {
                     source: crate::credentials::StorageSpecError::NoType,
                 }),
                 Class::AccessDenied,
+            ),
+            (
+                Error::from(CredentialError::CaBundle {
+                    namespace: "jobs".into(),
+                    name: "minio-ca".into(),
+                    reason: "it does not exist".into(),
+                }),
+                Class::BadInput,
             ),
             (
                 Error::Proxy("HTTPS_PROXY is not a URL".into()),

@@ -93,6 +93,7 @@ pub use error::{Error, ExitCode, Result};
 pub use hf_cache::HfCache;
 pub use http::head::HeadError;
 pub use http::proxy::ProxyConfig;
+pub use http::tls::CaBundle;
 pub use http::{ClientConfig, HttpError};
 pub use pull::{Context, Options, PullRequest, pull};
 pub use report::Report;

@@ -856,3 +856,83 @@ async fn a_folder_left_by_kserves_agent_is_repaired_and_other_nodes_are_ignored(
         "another node's LocalModelNode is not this agent's business"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_credentials_as_kserves_builder_with_a_ca_bundle_configmap() {
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    let Some(w) = World::start(&[]).await else {
+        return;
+    };
+    let Some(venv) = modelpull_testkit::servers::venv() else {
+        return;
+    };
+    // An S3 endpoint whose certificate only the ConfigMap's CA vouches for.
+    let pki = modelpull_testkit::pki::pki();
+    let identity = modelpull_testkit::pki::leaf(&pki, &["localhost"], false);
+    let moto = modelpull_testkit::servers::moto_tls(&venv, &identity.cert_pem, &identity.key_pem);
+    let endpoint = format!("https://localhost:{}", moto.port);
+    let content = data(21, 200_000);
+    let object = w.root().join("object");
+    std::fs::write(&object, &content).unwrap();
+    let plan = serde_json::json!({
+        "endpoint": endpoint, "verify": false, "bucket": "models",
+        "objects": [{"key": "llama/w.bin", "file": object}],
+    });
+    modelpull_testkit::servers::python(&venv, "s3_seed.py", &[], &plan.to_string());
+
+    // As a KServe user writes them: the key names of KServe's code defaults (the test's
+    // ConfigMap has no `credentials`), the endpoint with its scheme, the CA in a ConfigMap.
+    let ns = "kserve-localmodel-jobs";
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "minio", "namespace": ns, "annotations": {
+            "serving.kserve.io/s3-endpoint": endpoint,
+            "serving.kserve.io/s3-cabundle-configmap": "minio-ca",
+        }},
+        "stringData": {"awsAccessKeyID": "testing", "awsSecretAccessKey": "testing"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let ca: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "minio-ca", "namespace": ns},
+        "data": {"cabundle.crt": pki.ca_pem}
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &ca)
+        .await
+        .unwrap();
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-puller", "namespace": ns},
+        "secrets": [{"name": "minio"}]
+    }))
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+
+    let mut model = entry("llama", "s3://models/llama");
+    model.service_account_name = Some("s3-puller".into());
+    w.create_node(vec![model]).await;
+    w.api.reset_log();
+    let agent = w.agent(&[]);
+    w.api
+        .wait_quietly(
+            NODE,
+            &agent,
+            "llama downloaded",
+            Duration::from_secs(30),
+            |s| s.get("llama") == Some(&ModelStatus::Downloaded),
+        )
+        .await;
+    // The ConfigMap read in the job namespace is among what the shipped RBAC rules allow.
+    crate::util::rbac::assert_allowed(&w.api.requests());
+    assert_eq!(
+        std::fs::read(w.folder("s3://models/llama").join("w.bin")).unwrap(),
+        content
+    );
+    drop(agent);
+}

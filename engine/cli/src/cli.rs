@@ -346,7 +346,7 @@ impl EngineArgs {
             stall_timeout: self.stall_timeout,
             retries: self.retries,
             verify_attempts: self.verify_attempts,
-            ca_bundle: self.ca_bundle.clone(),
+            ca_bundle: self.ca_bundle.clone().map(Into::into),
             headers: self.headers.clone(),
             ..d
         }

@@ -68,7 +68,7 @@ pub struct Options {
     /// How often the resume journal records a durable checkpoint.
     pub checkpoint_interval: Duration,
     /// Extra CA certificates (PEM) trusted besides the system's and webpki's roots.
-    pub ca_bundle: Option<PathBuf>,
+    pub ca_bundle: Option<crate::http::tls::CaBundle>,
     /// Hosts whose TLS certificates are not verified (`S3_VERIFY_SSL=0`); a warning is
     /// logged for each.
     pub insecure_hosts: Vec<String>,
@@ -361,7 +361,7 @@ pub(crate) fn fetch_into(
     opts: &Options,
     cx: &Context,
 ) -> Result<Fetched> {
-    let tls = tls::client_config(opts.ca_bundle.as_deref(), &opts.insecure_hosts)
+    let tls = tls::client_config(opts.ca_bundle.as_ref(), &opts.insecure_hosts)
         .map_err(|e| Error::InvalidOption(e.to_string()))?;
     let (driver, note) = runtime::resolve(opts.driver)?;
     match &note {

@@ -4,6 +4,7 @@
 //! from `modelpull-testkit`.
 
 mod adopt;
+mod aws_credentials;
 mod chaos;
 mod faults;
 mod gcs;
