@@ -2,8 +2,10 @@
 # Installs the real servers and clients the tests run against, once: tinyproxy (a forward
 # proxy, from Debian), strace (the durability test reads a pull's system calls), tmux (the
 # progress test reads a pull's screen in a pseudo-terminal), and a virtualenv .venv-test with moto (S3), gcp-storage-emulator (GCS),
-# huggingface_hub (the client that proves the in-tree Hub fixture faithful), and aiohttp and
-# the kubernetes client (the agent's test API server and the client that proves it faithful). The tests
+# huggingface_hub (the client that proves the in-tree Hub fixture faithful), aiohttp and
+# the kubernetes client (the agent's test API server and the client that proves it faithful),
+# and kserve-storage (KServe's storage initializer, which fills the models root the agent's
+# migration test takes over). The tests
 # start and stop the servers themselves, each on a free port of 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,11 +29,12 @@ fi
 # crc32c and awscrt: without them moto computes crc32c and crc64nvme as plain crc32.
 # aiohttp runs the agent tests' API server (agent/tests/support/apiserver.py); the official
 # kubernetes client proves it faithful.
-"$venv/bin/python" -c 'import moto, crc32c, awscrt, boto3, gcp_storage_emulator, huggingface_hub, aiohttp, kubernetes' >/dev/null 2>&1 || {
-  echo "installing moto, gcp-storage-emulator, huggingface_hub, aiohttp and kubernetes into $venv"
+"$venv/bin/python" -c 'import moto, crc32c, awscrt, boto3, gcp_storage_emulator, huggingface_hub, aiohttp, kubernetes, kserve_storage' >/dev/null 2>&1 || {
+  echo "installing moto, gcp-storage-emulator, huggingface_hub, aiohttp, kubernetes and kserve-storage into $venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q 'moto[server]==5.2.5' crc32c awscrt boto3 \
-    'gcp-storage-emulator==2026.7.19' 'huggingface_hub==2.4.0' 'aiohttp>=3.9,<4' 'kubernetes>=31'
+    'gcp-storage-emulator==2026.7.19' 'huggingface_hub==2.4.0' 'aiohttp>=3.9,<4' 'kubernetes>=31' \
+    'kserve-storage==0.21.0'
 }
 # cargo-fuzz, for the fuzz targets scripts/test.sh runs briefly (scripts/fuzz.sh), where a
 # nightly toolchain is installed: libFuzzer's instrumentation needs it.

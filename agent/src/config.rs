@@ -42,8 +42,10 @@ struct RawLocalModel {
     reconcilation_frequency_in_secs: Option<i64>,
 }
 
-/// `credentials`: the names under which KServe's credential builder finds things.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `credentials`: the names under which KServe's credential builder finds things, and the S3
+/// settings it falls back on. As in KServe, a field that is absent or empty takes the code's
+/// default, which is not always the shipped ConfigMap's (see [`S3Config`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CredentialConfig {
     pub storage_spec_secret_name: String,
@@ -51,49 +53,76 @@ pub struct CredentialConfig {
     pub gcs: GcsConfig,
 }
 
-impl Default for CredentialConfig {
-    fn default() -> Self {
-        Self {
-            storage_spec_secret_name: "storage-config".into(),
-            s3: S3Config::default(),
-            gcs: GcsConfig::default(),
-        }
+impl CredentialConfig {
+    /// The Secret of storage specs: `storageSpecSecretName`, else `storage-config`.
+    pub fn storage_spec_secret(&self) -> &str {
+        or_default(&self.storage_spec_secret_name, "storage-config")
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+fn or_default<'a>(value: &'a str, default: &'a str) -> &'a str {
+    if value.is_empty() { default } else { value }
+}
+
+/// `credentials.s3`, field for field as KServe's `S3Config`. The settings are the last
+/// source of each S3 variable, after a Secret's `serving.kserve.io/s3-*` annotations and its
+/// data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct S3Config {
     #[serde(rename = "s3AccessKeyIDName")]
     pub access_key_id_name: String,
     #[serde(rename = "s3SecretAccessKeyName")]
     pub secret_access_key_name: String,
-    /// Defaults for S3 settings a Secret does not carry (`s3Endpoint`, `s3UseHttps`…).
-    #[serde(flatten)]
-    pub defaults: BTreeMap<String, serde_json::Value>,
+    #[serde(rename = "s3Endpoint")]
+    pub endpoint: String,
+    #[serde(rename = "s3UseHttps")]
+    pub use_https: String,
+    #[serde(rename = "s3Region")]
+    pub region: String,
+    #[serde(rename = "s3VerifySSL")]
+    pub verify_ssl: String,
+    #[serde(rename = "s3UseVirtualBucket")]
+    pub use_virtual_bucket: String,
+    #[serde(rename = "s3UseAccelerate")]
+    pub use_accelerate: String,
+    #[serde(rename = "s3UseAnonymousCredential")]
+    pub use_anonymous_credential: String,
+    #[serde(rename = "s3CABundleConfigMap")]
+    pub ca_bundle_configmap: String,
+    #[serde(rename = "s3CABundle")]
+    pub ca_bundle: String,
 }
 
-impl Default for S3Config {
-    fn default() -> Self {
-        Self {
-            access_key_id_name: "AWS_ACCESS_KEY_ID".into(),
-            secret_access_key_name: "AWS_SECRET_ACCESS_KEY".into(),
-            defaults: BTreeMap::new(),
-        }
+impl S3Config {
+    /// The Secret data key of the access key ID: `s3AccessKeyIDName`, else KServe's code
+    /// default `awsAccessKeyID` (its shipped ConfigMap names `AWS_ACCESS_KEY_ID`).
+    pub fn access_key_id_key(&self) -> &str {
+        or_default(&self.access_key_id_name, "awsAccessKeyID")
+    }
+
+    /// The Secret data key of the secret key, whose presence makes a Secret an S3 one:
+    /// `s3SecretAccessKeyName`, else KServe's code default `awsSecretAccessKey` (shipped:
+    /// `AWS_SECRET_ACCESS_KEY`).
+    pub fn secret_access_key_key(&self) -> &str {
+        or_default(&self.secret_access_key_name, "awsSecretAccessKey")
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GcsConfig {
     pub gcs_credential_file_name: String,
 }
 
-impl Default for GcsConfig {
-    fn default() -> Self {
-        Self {
-            gcs_credential_file_name: "gcloud-application-credentials.json".into(),
-        }
+impl GcsConfig {
+    /// The Secret data key of a GCS key file: `gcsCredentialFileName`, else
+    /// `gcloud-application-credentials.json`.
+    pub fn credential_file_key(&self) -> &str {
+        or_default(
+            &self.gcs_credential_file_name,
+            "gcloud-application-credentials.json",
+        )
     }
 }
 
@@ -169,12 +198,42 @@ mod tests {
         .unwrap();
         assert_eq!(c.local_model.job_namespace, "kserve-localmodel-jobs");
         assert_eq!(c.local_model.reconcile_every, Duration::from_secs(60));
-        assert_eq!(c.credentials.storage_spec_secret_name, "storage-config");
+        assert_eq!(c.credentials.storage_spec_secret(), "storage-config");
         assert_eq!(
-            c.credentials.s3.secret_access_key_name,
+            c.credentials.s3.secret_access_key_key(),
             "AWS_SECRET_ACCESS_KEY"
         );
-        assert!(c.credentials.s3.defaults.contains_key("s3Endpoint"));
+        assert_eq!(c.credentials.s3.access_key_id_key(), "AWS_ACCESS_KEY_ID");
+        assert_eq!(c.credentials.s3.endpoint, "");
+    }
+
+    #[test]
+    fn credential_names_fall_back_to_kserves_code_defaults() {
+        // No `credentials` key, or empty fields: KServe's code defaults, not the shipped ones.
+        for c in [
+            Config::parse(&BTreeMap::new()).unwrap(),
+            Config::parse(&data(&[(
+                "credentials",
+                r#"{"storageSpecSecretName": "", "s3": {"s3AccessKeyIDName": "", "s3SecretAccessKeyName": ""}, "gcs": {}}"#,
+            )]))
+            .unwrap(),
+        ] {
+            assert_eq!(c.credentials.storage_spec_secret(), "storage-config");
+            assert_eq!(c.credentials.s3.access_key_id_key(), "awsAccessKeyID");
+            assert_eq!(c.credentials.s3.secret_access_key_key(), "awsSecretAccessKey");
+            assert_eq!(
+                c.credentials.gcs.credential_file_key(),
+                "gcloud-application-credentials.json"
+            );
+        }
+        let c = Config::parse(&data(&[(
+            "credentials",
+            r#"{"s3": {"s3Endpoint": "minio.svc:9000", "s3UseHttps": "0", "s3CABundleConfigMap": "ca"}}"#,
+        )]))
+        .unwrap();
+        assert_eq!(c.credentials.s3.endpoint, "minio.svc:9000");
+        assert_eq!(c.credentials.s3.use_https, "0");
+        assert_eq!(c.credentials.s3.ca_bundle_configmap, "ca");
     }
 
     #[test]
@@ -191,6 +250,7 @@ mod tests {
             ("localModel", "{"),
             ("localModel", r#"{"reconcilationFrequencyInSecs": 0}"#),
             ("credentials", r#"{"s3": 5}"#),
+            ("credentials", r#"{"s3": {"s3UseHttps": 0}}"#),
         ] {
             let err = Config::parse(&data(&[bad])).unwrap_err().to_string();
             assert!(err.contains(bad.0), "{err}");

@@ -13,21 +13,23 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, reflector};
 use kube::runtime::watcher::{self, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use modelpull::store::Env;
 
 use crate::config::{CONFIG_MAP, Config, ConfigError};
 use crate::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 use crate::disk::Root;
-use crate::error::Error as DownloadError;
 use crate::events::{self, Events};
 use crate::jobs::{Downloads, Report};
+use crate::metrics::controller_runtime::Outcome;
 use crate::metrics::{AgentMetrics, SUCCESS};
 use crate::plan::{self, Download};
 use crate::root_watch::{RootState, RootWatch};
@@ -35,8 +37,10 @@ use crate::server::Health;
 use crate::{credentials, keys};
 
 /// Variables of the agent's own environment that every model's environment inherits: proxies
-/// and mirrors are the node's business, credentials are the model's.
-pub const NODE_ENV: [&str; 11] = [
+/// and mirrors are the node's business, credentials are the model's. The pod's AWS identity
+/// (IRSA's token, EKS Pod Identity, the instance metadata settings) stands in for the identity
+/// a KServe download Job's pod would have; a model's own keys still come first.
+pub const NODE_ENV: [&str; 21] = [
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",
@@ -48,6 +52,16 @@ pub const NODE_ENV: [&str; 11] = [
     "HF_ENDPOINT",
     "STORAGE_EMULATOR_HOST",
     "GCE_METADATA_HOST",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
 ];
 
 /// Bound on one API call outside the watch, so a server that accepts but never answers cannot
@@ -254,9 +268,6 @@ pub async fn run(
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot list LocalModelNodes yet; not ready"),
         Err(_) => tracing::warn!("listing LocalModelNodes timed out; not ready"),
     }
-    let wakeups = futures::stream::unfold(changed, |mut rx| async move {
-        rx.recv().await.map(|()| ((), rx))
-    });
     // Deleting the LocalModelNode does not reach reconcile: a watch of our own stops its
     // downloads (the folders stay, as with KServe's agent).
     let deletions = {
@@ -272,11 +283,45 @@ pub async fn run(
             }
         })
     };
+    // What Controller::new watches, with each request counted on its way to the scheduler
+    // (controller-runtime's workqueue metrics).
+    let queue = ctx.metrics.controller.clone();
+    let (reader, writer) = reflector::store();
+    let requests = reflector(
+        writer,
+        watcher(api, watcher::Config::default().fields(&selector)),
+    )
+    .inspect_ok({
+        let queue = queue.clone();
+        move |event| match event {
+            watcher::Event::Apply(lmn) | watcher::Event::InitApply(lmn) => {
+                queue.requested(&lmn.name_any());
+            }
+            watcher::Event::Delete(lmn) => queue.forget(&lmn.name_any()),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    })
+    .applied_objects();
+    let wakeups = futures::stream::unfold(changed, |mut rx| async move {
+        rx.recv().await.map(|()| ((), rx))
+    })
+    .inspect({
+        let (queue, reader) = (queue.clone(), reader.clone());
+        move |()| {
+            for lmn in reader.state() {
+                queue.requested(&lmn.name_any());
+            }
+        }
+    });
+    // One worker, as KServe's controller has (MaxConcurrentReconciles = 1).
+    let concurrency = 1;
+    queue.started(concurrency);
     let root_events = tokio::spawn(report_root(ctx.clone()));
-    Controller::new(api, watcher::Config::default().fields(&selector))
+    Controller::for_stream(requests, reader)
+        .with_config(controller::Config::default().concurrency(concurrency))
         .reconcile_all_on(wakeups)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(metered_reconcile, metered_error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "the controller reported an error");
@@ -318,6 +363,25 @@ async fn report_root(ctx: Arc<Ctx>) {
         secondary: None,
     };
     ctx.events.publish(&event, &node).await;
+}
+
+/// [`reconcile`], counted in controller-runtime's metrics.
+async fn metered_reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let run = ctx.metrics.controller.reconcile(&lmn.name_any());
+    let result = reconcile(lmn, ctx.clone()).await;
+    run.finish(match &result {
+        Err(_) => Outcome::Error,
+        Ok(action) if *action == Action::await_change() => Outcome::Success,
+        Ok(action) if *action == Action::requeue(Duration::ZERO) => Outcome::Requeue,
+        Ok(_) => Outcome::RequeueAfter,
+    });
+    result
+}
+
+/// [`error_policy`], counted in controller-runtime's metrics (a retry).
+fn metered_error_policy(lmn: Arc<LocalModelNode>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.controller.retried();
+    error_policy(lmn, err, ctx)
 }
 
 /// Failed reconciles are tried again after 1 s, doubling to 5 minutes; a success resets it.
@@ -373,19 +437,8 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
     for start in std::mem::take(&mut plan.start) {
         let key = &start.storage_key;
         let shown = modelpull::redact_str(&start.entry.source_model_uri);
-        if start.clear_folder {
-            let set_aside = ctx
-                .root
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .set_aside(key);
-            if let Err(e) = set_aside {
-                mark_failed(&mut plan, key, &entries[..]);
-                let error = DownloadError::SetAside(e);
-                ctx.downloads.fail(key, start.entry.clone(), error);
-                continue;
-            }
-            tracing::info!(model = %shown, "the model folder is not verified; downloading it again (the old one goes after the grace period)");
+        if start.adopt {
+            tracing::info!(model = %shown, "the model folder has no marker of this agent; checking its files in place and fetching only those that differ");
         }
         let env = credentials::for_entry(
             &ctx.client,
@@ -419,18 +472,44 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
     // Removing folders of hundreds of GB takes a while: not on the runtime's threads.
     let gc = writable.then(|| {
         let ctx = ctx.clone();
-        let wanted = plan.wanted.clone();
+        let (wanted, verified) = (plan.wanted.clone(), plan.verified.clone());
         tokio::task::spawn_blocking(move || {
             let busy = ctx.downloads.busy();
             let mut root = ctx.root.lock().unwrap_or_else(|p| p.into_inner());
-            root.collect(&wanted, &busy, ctx.grace, now);
+            let collected = root.collect(&wanted, &busy, &verified, ctx.grace, now);
+            ctx.metrics
+                .undeletable_bytes
+                .set(i64::try_from(root.undeletable_bytes()).unwrap_or(i64::MAX));
+            collected
         })
     });
-    if let Some(gc) = gc {
-        let _ = gc.await;
-    }
+    let collected = match gc {
+        Some(gc) => gc.await.unwrap_or_default(),
+        None => Default::default(),
+    };
 
     report(&lmn, &ctx, &plan).await;
+    for (path, bytes) in collected.undeletable {
+        let note = format!(
+            "cannot remove {} ({}): its files belong to another user (KServe's download Jobs run as uid 1000); remove it as root on the node (rm -rf {}) or give it to the agent (chown -R 65532:65532 {}), which then removes it",
+            path.display(),
+            modelpull::units::human_bytes(bytes),
+            path.display(),
+            path.display()
+        );
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        ctx.event(
+            &lmn,
+            EventType::Warning,
+            "CannotRemove",
+            format!("Remove {name}"),
+            note,
+        )
+        .await;
+    }
 
     let old = lmn
         .status
@@ -543,14 +622,23 @@ async fn report(lmn: &LocalModelNode, ctx: &Ctx, plan: &plan::Plan) {
             Report::Done {
                 key,
                 uri,
-                bytes,
+                pulled,
                 seconds,
             } => {
                 ctx.metrics.downloads.with_label_values(&[SUCCESS]).inc();
+                let human = modelpull::units::human_bytes;
+                let adopted = match pulled.adopted_bytes {
+                    0 => String::new(),
+                    kept => format!(
+                        "; {} was in the folder already and kept, {} fetched",
+                        human(kept),
+                        human(pulled.bytes - kept)
+                    ),
+                };
                 let note = format!(
-                    "{uri}: {} in {seconds:.1} s ({:.2} GB/s), verified and published",
-                    modelpull::units::human_bytes(bytes),
-                    bytes as f64 / seconds.max(1e-9) / 1e9
+                    "{uri}: {} in {seconds:.1} s ({:.2} GB/s){adopted}, verified and published",
+                    human(pulled.bytes),
+                    pulled.bytes as f64 / seconds.max(1e-9) / 1e9
                 );
                 ctx.event(
                     lmn,

@@ -14,7 +14,7 @@
 //!
 //! Two engine errors are classed apart from their exit code. `DestinationOccupied` is bad input
 //! for the CLI (the user named the folder) but transient here: the folder is the agent's own,
-//! and the next plan moves what is in the way aside. A digest mismatch (exit code 4) is bad
+//! and the next pull adopts what is in the way. A digest mismatch (exit code 4) is bad
 //! input when every download gave the same wrong bytes (the engine's `varied: false`) or the
 //! size disagrees with the listing: the store's copy is wrong, and fetching it again from this
 //! node only spends the origin's bandwidth; it is transient when the bytes varied (something on
@@ -64,8 +64,6 @@ pub enum Error {
     NoSpace(String),
     #[error("models root: {0}")]
     ModelsRoot(#[source] std::io::Error),
-    #[error("cannot move the unverified folder out of the way: {0}")]
-    SetAside(#[source] std::io::Error),
 }
 
 impl From<CredentialError> for Error {
@@ -87,9 +85,10 @@ impl Error {
                 CredentialError::MissingSecret { .. }
                 | CredentialError::MissingKey { .. }
                 | CredentialError::StorageSpec { .. } => Class::AccessDenied,
+                CredentialError::CaBundle { .. } => Class::BadInput,
             },
             Error::Proxy(_) => Class::BadInput,
-            Error::NoSpace(_) | Error::ModelsRoot(_) | Error::SetAside(_) => Class::Transient,
+            Error::NoSpace(_) | Error::ModelsRoot(_) => Class::Transient,
         }
     }
 }
@@ -256,6 +255,14 @@ mod tests {
                 Class::AccessDenied,
             ),
             (
+                Error::from(CredentialError::CaBundle {
+                    namespace: "jobs".into(),
+                    name: "minio-ca".into(),
+                    reason: "it does not exist".into(),
+                }),
+                Class::BadInput,
+            ),
+            (
                 Error::Proxy("HTTPS_PROXY is not a URL".into()),
                 Class::BadInput,
             ),
@@ -264,7 +271,6 @@ mod tests {
                 Class::Transient,
             ),
             (Error::ModelsRoot(io()), Class::Transient),
-            (Error::SetAside(io()), Class::Transient),
         ];
         for (error, class) in cases {
             assert_eq!(error.class(), class, "{error}");

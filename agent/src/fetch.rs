@@ -26,10 +26,20 @@ pub struct Order<'a> {
     pub progress: &'a Arc<Progress>,
 }
 
+/// What a finished fetch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pulled {
+    /// Bytes of the model.
+    pub bytes: u64,
+    /// Of them, bytes found in the folder already (KServe's, or an older version's), checked
+    /// against the store's digests and kept where they lay.
+    pub adopted_bytes: u64,
+}
+
 /// Fetches a model into `models/<key>`, verified and published. Blocks until done, failed or
-/// cancelled; returns the model's size in bytes.
+/// cancelled.
 pub trait Fetch: Send + Sync + std::fmt::Debug {
-    fn fetch(&self, order: Order<'_>) -> Result<u64, Error>;
+    fn fetch(&self, order: Order<'_>) -> Result<Pulled, Error>;
 }
 
 #[cfg(test)]
@@ -50,14 +60,14 @@ pub(crate) mod fake {
         }
     }
 
-    impl<F: Fn(Order<'_>) -> Result<u64, Error> + Send + Sync> Fetch for FnFetch<F> {
-        fn fetch(&self, order: Order<'_>) -> Result<u64, Error> {
+    impl<F: Fn(Order<'_>) -> Result<Pulled, Error> + Send + Sync> Fetch for FnFetch<F> {
+        fn fetch(&self, order: Order<'_>) -> Result<Pulled, Error> {
             (self.0)(order)
         }
     }
 
     pub(crate) fn fetch(
-        f: impl Fn(Order<'_>) -> Result<u64, Error> + Send + Sync + 'static,
+        f: impl Fn(Order<'_>) -> Result<Pulled, Error> + Send + Sync + 'static,
     ) -> Arc<dyn Fetch> {
         Arc::new(FnFetch(f))
     }

@@ -11,7 +11,7 @@
 //! arrive in an in-memory [`Env`] and go nowhere else.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -25,7 +25,7 @@ use modelpull::{Context, Options, PullRequest};
 use crate::crd::LocalModelInfo;
 use crate::credentials::{Credentials, Source};
 use crate::error::{Class, Error};
-use crate::fetch::{Fetch, Order};
+use crate::fetch::{Fetch, Order, Pulled};
 use crate::plan::Download;
 use crate::retry::RetryPolicy;
 
@@ -40,9 +40,11 @@ pub struct Settings {
     pub engine: Options,
 }
 
-/// The production [`Fetch`]: lists the source, checks the free space against the listed size,
-/// and pulls into `models/<storage key>` with the modelpull engine (staged beside it,
-/// published atomically, resumable from its journals).
+/// The production [`Fetch`]: lists the source, checks the free space against the bytes still
+/// missing, and pulls into `models/<storage key>` with the modelpull engine (staged beside
+/// it, published atomically, resumable from its journals). A folder already there without a
+/// marker (KServe's) is adopted: its files are checked where they lie and only those that
+/// differ are fetched ([`modelpull::adopt`]).
 #[derive(Debug)]
 pub struct Engine {
     settings: Settings,
@@ -56,7 +58,7 @@ impl Engine {
 }
 
 impl Fetch for Engine {
-    fn fetch(&self, order: Order<'_>) -> Result<u64, Error> {
+    fn fetch(&self, order: Order<'_>) -> Result<Pulled, Error> {
         pull(&self.settings, &self.metrics, order)
     }
 }
@@ -100,7 +102,7 @@ pub enum Report {
     Done {
         key: String,
         uri: String,
-        bytes: u64,
+        pulled: Pulled,
         seconds: f64,
     },
     Failed(Box<Failure>),
@@ -440,12 +442,12 @@ impl Downloads {
             _ if cancel.load(Relaxed) => {
                 s.jobs.remove(&key);
             }
-            Ok(bytes) => {
+            Ok(pulled) => {
                 s.jobs.remove(&key);
                 s.reports.push(Report::Done {
                     key: key.clone(),
                     uri,
-                    bytes,
+                    pulled,
                     seconds: started.elapsed().as_secs_f64(),
                 });
             }
@@ -489,8 +491,8 @@ impl Shared {
     }
 }
 
-/// Lists, checks space, pulls. Returns the bytes of the model.
-fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<u64, Error> {
+/// Lists, checks space, pulls (adopting what is in the folder already).
+fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pulled, Error> {
     let Order {
         key,
         entry,
@@ -508,22 +510,20 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<u64,
     let uri = &entry.source_model_uri;
     let control = Control::new(&opts.client())?.with_cancel(cancel.clone());
     let manifest = store::resolve(uri, env, &control)?;
-    if let Some(need) = manifest.total_size() {
-        let free = crate::disk::free_bytes(&settings.models).map_err(Error::ModelsRoot)?;
-        if need > free {
-            return Err(Error::NoSpace(format!(
-                "not enough disk space: the model needs {} and {} is free on {}",
-                modelpull::units::human_bytes(need),
-                modelpull::units::human_bytes(free),
-                settings.models.display()
-            )));
-        }
+    let dest = settings.models.join(key);
+    if manifest.total_size().is_some() {
+        check_space(
+            &modelpull::adopt::survey(&manifest.files, &dest),
+            &settings.models,
+            &dest,
+        )?;
     }
     opts.apply_tls(&manifest);
     let request = PullRequest {
         targets: manifest.files,
-        dest: settings.models.join(key),
+        dest,
         unpack: true,
+        adopt: true,
         sources: vec![modelpull::redact_str(uri)],
     };
     let cx = Context {
@@ -531,7 +531,58 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<u64,
         progress: progress.clone(),
         cancel: cancel.clone(),
     };
-    Ok(modelpull::pull(&request, &opts, &cx).map(|r| r.total_bytes)?)
+    let report = modelpull::pull(&request, &opts, &cx)?;
+    if let Some(a) = &report.adoption {
+        tracing::info!(
+            dest = %report.destination.display(),
+            adopted_files = a.adopted_files,
+            adopted_bytes = a.adopted_bytes,
+            fetched_files = a.fetched_files,
+            fetched_bytes = a.fetched_bytes,
+            repair = ?a.repair,
+            verify_s = a.verify_seconds,
+            "adopted the folder in place"
+        );
+    }
+    Ok(Pulled {
+        bytes: report.total_bytes,
+        adopted_bytes: report.adoption.map_or(0, |a| a.adopted_bytes),
+    })
+}
+
+/// Fails with how much is needed when the folder's missing bytes do not fit on the disk. A
+/// folder the agent cannot write to is repaired by a whole copy (see
+/// [`modelpull::adopt::Survey::bytes_needed`]); the message says how to avoid that.
+fn check_space(survey: &modelpull::adopt::Survey, models: &Path, dest: &Path) -> Result<(), Error> {
+    let need = survey.bytes_needed();
+    if need == 0 {
+        return Ok(());
+    }
+    let free = crate::disk::free_bytes(models).map_err(Error::ModelsRoot)?;
+    if need <= free {
+        return Ok(());
+    }
+    let human = modelpull::units::human_bytes;
+    let mut message = format!(
+        "not enough disk space: the model needs {} and {} is free on {}",
+        human(need),
+        human(free),
+        models.display()
+    );
+    if survey.present_bytes > 0 {
+        message.push_str(&format!(
+            "; {} of it is in {} already",
+            human(survey.present_bytes),
+            dest.display()
+        ));
+        if !survey.writable {
+            message.push_str(&format!(
+                ", which the agent cannot write to, so it is copied whole to be repaired: give the folder to the agent (chown -R 65532:65532 {}) to repair it in place",
+                dest.display()
+            ));
+        }
+    }
+    Err(Error::NoSpace(message))
 }
 
 #[cfg(test)]
@@ -669,6 +720,44 @@ mod tests {
             due_in(&d, "hf://acme/flaky"),
             Some(60),
             "the second attempt"
+        );
+    }
+
+    #[test]
+    fn free_space_counts_only_the_bytes_still_missing() {
+        use modelpull::adopt::Survey;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("0123456789abcdef");
+        let free = crate::disk::free_bytes(dir.path()).unwrap();
+        let fits = Survey {
+            present_bytes: u64::MAX / 2,
+            missing_bytes: free / 2,
+            writable: true,
+        };
+        assert!(
+            check_space(&fits, dir.path(), &dest).is_ok(),
+            "what is in place needs no room"
+        );
+        let complete = Survey {
+            present_bytes: u64::MAX / 2,
+            missing_bytes: 0,
+            writable: false,
+        };
+        assert!(check_space(&complete, dir.path(), &dest).is_ok());
+        let copied = Survey {
+            writable: false,
+            ..fits
+        };
+        let Err(Error::NoSpace(message)) = check_space(&copied, dir.path(), &dest) else {
+            panic!("a whole copy of a model larger than the disk cannot fit");
+        };
+        assert!(
+            message.starts_with("not enough disk space: the model needs "),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("chown -R 65532:65532 {}", dest.display())),
+            "{message}"
         );
     }
 

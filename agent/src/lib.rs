@@ -15,8 +15,10 @@
 //!   [`fit`]: their memory and threads sized under the pod's limits;
 //! - [`credentials`]: Secrets and ServiceAccounts → env;
 //! - [`controller`]: the kube-rs controller, and [`events`] for as long as it may send them;
-//!   [`server`], [`metrics`], [`throttling`]: ports 8080 and 8081.
+//!   [`server`], [`metrics`], [`throttling`]: ports 8080 and 8081;
+//! - [`cli`], [`logging`]: KServe's flags, read as Go reads them, and zap-shaped logs.
 
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
@@ -28,6 +30,7 @@ pub mod fetch;
 pub mod fit;
 pub mod jobs;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod plan;
 pub mod retry;

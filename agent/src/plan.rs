@@ -4,7 +4,8 @@
 //! KServe's decision table, and every place this agent departs from it, is a unit test here.
 //!
 //! Departures from KServe (reference §4.1, §14): a folder counts as downloaded only with a
-//! matching completion marker, never because it merely exists; a failed download is retried
+//! matching completion marker, never because it merely exists (a folder without one, such as
+//! KServe's, is adopted: checked in place, only what differs fetched); a failed download is retried
 //! with backoff instead of waiting for a human (unless its input is bad: then it waits for
 //! its entry or the spec to change); an invalid entry gets an error status of its own instead
 //! of failing the whole node.
@@ -46,8 +47,9 @@ pub enum Download {
 pub struct Start {
     pub storage_key: String,
     pub entry: LocalModelInfo,
-    /// A folder without a valid marker is in the way and must go first.
-    pub clear_folder: bool,
+    /// A folder without a valid marker is there: the download checks it in place and keeps
+    /// the files that match.
+    pub adopt: bool,
 }
 
 /// An entry that cannot be served as written.
@@ -65,6 +67,8 @@ pub struct Plan {
     pub start: Vec<Start>,
     /// Storage keys the spec asks for (everything else may be collected).
     pub wanted: BTreeSet<String>,
+    /// Storage keys of the spec whose folder is verified (a folder a repair replaced may go).
+    pub verified: BTreeSet<String>,
     pub invalid: Vec<Invalid>,
 }
 
@@ -96,6 +100,9 @@ pub fn plan(
             continue;
         }
         let on_disk = disk(&key);
+        if on_disk == Disk::Verified {
+            out.verified.insert(key.clone());
+        }
         let status = match (on_disk, downloads.get(&key)) {
             (_, Some(Download::Running { bytes })) if *bytes > 0 => ModelStatus::Downloading,
             (_, Some(Download::Running { .. } | Download::Queued)) => ModelStatus::Pending,
@@ -107,7 +114,7 @@ pub fn plan(
                 out.start.push(Start {
                     storage_key: key.clone(),
                     entry: entry.clone(),
-                    clear_folder: on_disk == Disk::Unverified,
+                    adopt: on_disk == Disk::Unverified,
                 });
                 ModelStatus::Pending
             }
@@ -182,19 +189,21 @@ mod tests {
         assert_eq!(p.status["b"], ModelStatus::Downloaded);
         assert_eq!(p.start.len(), 1);
         assert_eq!(p.start[0].entry.model_name, "a");
-        assert!(!p.start[0].clear_folder);
+        assert!(!p.start[0].adopt);
+        assert_eq!(p.verified, [keys::storage_key("s3://b/m")].into());
     }
 
     #[test]
-    fn an_unverified_folder_is_not_present() {
-        // KServe: an existing (even empty) folder counts as downloaded. Here it is redone.
+    fn an_unverified_folder_is_adopted() {
+        // KServe: an existing (even empty) folder counts as downloaded. Here it is checked.
         let p = run(
             &[entry("a", "hf://o/a")],
             &[("hf://o/a", Disk::Unverified)],
             &[],
         );
         assert_eq!(p.status["a"], ModelStatus::Pending);
-        assert!(p.start[0].clear_folder);
+        assert!(p.start[0].adopt);
+        assert!(p.verified.is_empty());
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! file is fetched with parallel ranged requests, written with O_DIRECT, verified against its
 //! digest and published atomically, with a [`Marker`] that says what the folder holds.
 //! [`HfCache::pull`] puts an `hf://` model into the Hugging Face cache instead, where
-//! `huggingface_hub` and `transformers` look for it.
+//! `huggingface_hub` and `transformers` look for it. A pull with [`PullRequest::adopt`] takes
+//! over a folder another tool wrote: the files that match are kept where they lie, only the
+//! others are fetched ([`adopt`]).
 //!
 //! ```no_run
 //! use modelpull::{Context, Control, Env, Options, PullRequest};
@@ -22,6 +24,7 @@
 //!     targets: manifest.files,
 //!     dest: "/mnt/models/gpt2".into(),
 //!     unpack: false,
+//!     adopt: false,
 //!     sources: vec!["hf://openai-community/gpt2".into()],
 //! };
 //! let report = modelpull::pull(&request, &opts, &Context::default())?;
@@ -43,6 +46,7 @@
 //! - [`store`]: model stores and their listings (the control plane);
 //! - `archive`: safe unpacking of a model shipped as one archive;
 //! - `pull`: the scheduler and the per-core workers;
+//! - [`adopt`]: a folder another tool wrote, checked in place and repaired file by file;
 //! - [`hf_cache`]: `hf://` models pulled into the Hugging Face cache ([`HfCache`]), laid out
 //!   as `huggingface_hub` lays them out;
 //! - [`metrics`], [`progress`], [`report`], [`units`]: what a pull tells its caller.
@@ -69,6 +73,7 @@ macro_rules! layers {
 
 layers!(archive, buf, digest, disk, http, pool, pull);
 
+pub mod adopt;
 pub mod error;
 #[cfg(feature = "internals")]
 pub mod fuzzing;
@@ -88,6 +93,7 @@ pub use error::{Error, ExitCode, Result};
 pub use hf_cache::HfCache;
 pub use http::head::HeadError;
 pub use http::proxy::ProxyConfig;
+pub use http::tls::CaBundle;
 pub use http::{ClientConfig, HttpError};
 pub use pull::{Context, Options, PullRequest, pull};
 pub use report::Report;

@@ -36,6 +36,42 @@ pub struct Unpacked {
     pub bytes: u64,
 }
 
+/// How a pull that adopts its destination (`PullRequest::adopt`) completed the folder there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Repair {
+    /// Every file matched: nothing was fetched or moved.
+    None,
+    /// The files that did not match were fetched and renamed over them one by one.
+    InPlace,
+    /// The folder could not be written to: a verified copy (the matching files copied, the
+    /// others fetched) was exchanged with it in one atomic rename.
+    Exchanged,
+}
+
+/// What a pull that adopts its destination found there and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Adoption {
+    /// Files that matched their digests where they lay, kept untouched.
+    pub adopted_files: usize,
+    /// Their bytes.
+    pub adopted_bytes: u64,
+    /// Files that were missing or did not match, fetched.
+    pub fetched_files: usize,
+    /// Their bytes.
+    pub fetched_bytes: u64,
+    /// How the folder was completed.
+    pub repair: Repair,
+    /// Where the previous folder went after an exchange: it is the caller's to remove once
+    /// nothing reads it any more (a pod that mounted it keeps it open).
+    pub replaced: Option<PathBuf>,
+    /// Where the completion marker was written: inside the folder, or, when the folder cannot
+    /// be written to, in `.modelpull/markers/` beside it.
+    pub marker: PathBuf,
+    /// Seconds spent reading and hashing the files in place.
+    pub verify_seconds: f64,
+}
+
 /// The outcome of a successful pull.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -69,4 +105,6 @@ pub struct Report {
     pub retries: u64,
     /// Memory held in chunk buffers at the high-water mark.
     pub peak_buffer_bytes: u64,
+    /// What adopting the destination found and did, when the pull adopted one.
+    pub adoption: Option<Adoption>,
 }

@@ -17,7 +17,7 @@ use tower_test::mock::{self, Handle};
 use super::*;
 use crate::crd::{LocalModelInfo, LocalModelNodeSpec, LocalModelNodeStatus};
 use crate::error::Error as DownloadError;
-use crate::fetch::{Fetch, fake};
+use crate::fetch::{Fetch, Pulled, fake};
 use crate::retry::RetryPolicy;
 
 const NODE: &str = "gpu-node-1";
@@ -315,7 +315,10 @@ async fn a_new_entry_goes_pending_then_downloading_then_downloaded() {
             started_tx.send(()).unwrap();
             go_rx.lock().unwrap().recv().unwrap();
             fake::publish(&models, order.key, &order.entry.source_model_uri);
-            Ok(100)
+            Ok(Pulled {
+                bytes: 100,
+                adopted_bytes: 0,
+            })
         })
     });
     let entries = || vec![entry("llama", LLAMA)];
@@ -562,7 +565,10 @@ async fn forbidden_events_are_not_sent_again_and_status_goes_on() {
     let mut w = World::new(Duration::from_secs(600), |models| {
         fake::fetch(move |order| {
             fake::publish(&models, order.key, &order.entry.source_model_uri);
-            Ok(100)
+            Ok(Pulled {
+                bytes: 100,
+                adopted_bytes: 0,
+            })
         })
     });
     let lmn = node(1, vec![entry("llama", LLAMA)], &[]);
@@ -644,4 +650,119 @@ async fn an_unwritable_root_reports_what_is_there_and_starts_nothing() {
     );
     w.reconcile(&lmn, vec![config()]).await;
     assert!(w.folder(OLD).exists(), "nothing is collected");
+}
+
+/// Scrapes `/metrics`, served from `registry` on 127.0.0.1: each series (`name{labels}`) and
+/// its value.
+async fn scrape(registry: &prometheus::Registry) -> BTreeMap<String, f64> {
+    use crate::server::{self, BindAddress};
+    use std::io::{Read, Write};
+    let listener = server::bind(&BindAddress::Exact("127.0.0.1:0".parse().unwrap())).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(server::metrics(listener, registry.clone()));
+    let text = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    serving.abort();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reconciles_are_served_as_controller_runtimes_metrics() {
+    let mut w = World::new(Duration::from_secs(600), |_| {
+        fake::fetch(|order| panic!("nothing is downloaded, yet {} was", order.key))
+    });
+    let queue = &w.ctx.metrics.controller;
+    queue.started(1);
+    let lmn = Arc::new(node(1, vec![], &[]));
+
+    // A watch event, then its reconcile: nothing to do until the periodic check.
+    queue.requested(NODE);
+    let work = metered_reconcile(lmn.clone(), w.ctx.clone());
+    let (result, _) = w.api.serve(work, vec![config()]).await;
+    assert_eq!(result.unwrap(), Action::requeue(EVERY));
+
+    // The requeue, failing: the API server answers something that is not a ConfigMap.
+    let work = metered_reconcile(lmn.clone(), w.ctx.clone());
+    let (result, _) = w
+        .api
+        .serve(work, vec![get(CONFIG_PATH, json!("not a ConfigMap"))])
+        .await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Kube(_)), "{err}");
+    let retry = metered_error_policy(lmn, &err, w.ctx.clone());
+    assert_eq!(retry, Action::requeue(Duration::from_secs(1)));
+
+    let metrics = scrape(&w.registry).await;
+    let c = r#"controller="localmodelnode""#;
+    let q = r#"controller="localmodelnode",name="localmodelnode""#;
+    for (series, want) in [
+        (
+            format!("controller_runtime_reconcile_total{{{c},result=\"requeue_after\"}}"),
+            1.0,
+        ),
+        (
+            format!("controller_runtime_reconcile_total{{{c},result=\"error\"}}"),
+            1.0,
+        ),
+        (
+            format!("controller_runtime_reconcile_total{{{c},result=\"success\"}}"),
+            0.0,
+        ),
+        (
+            format!("controller_runtime_reconcile_total{{{c},result=\"requeue\"}}"),
+            0.0,
+        ),
+        (
+            format!("controller_runtime_reconcile_errors_total{{{c}}}"),
+            1.0,
+        ),
+        (
+            format!("controller_runtime_terminal_reconcile_errors_total{{{c}}}"),
+            0.0,
+        ),
+        (
+            format!("controller_runtime_reconcile_time_seconds_count{{{c}}}"),
+            2.0,
+        ),
+        (
+            format!("controller_runtime_max_concurrent_reconciles{{{c}}}"),
+            1.0,
+        ),
+        (format!("controller_runtime_active_workers{{{c}}}"), 0.0),
+        // The watch event, and the requeue when its reconcile started.
+        (format!("workqueue_adds_total{{{q}}}"), 2.0),
+        (format!("workqueue_depth{{{q},priority=\"\"}}"), 0.0),
+        (
+            format!("workqueue_queue_duration_seconds_count{{{q}}}"),
+            1.0,
+        ),
+        (format!("workqueue_work_duration_seconds_count{{{q}}}"), 2.0),
+        (format!("workqueue_retries_total{{{q}}}"), 1.0),
+    ] {
+        assert_eq!(metrics.get(&series), Some(&want), "{series}: {metrics:#?}");
+    }
+    let took = metrics[&format!("controller_runtime_reconcile_time_seconds_sum{{{c}}}")];
+    assert!(took > 0.0 && took < 10.0, "{took}");
+    let within_60s =
+        metrics[&format!("controller_runtime_reconcile_time_seconds_bucket{{{c},le=\"60\"}}")];
+    assert_eq!(
+        within_60s, 2.0,
+        "both within controller-runtime's last bucket"
+    );
 }

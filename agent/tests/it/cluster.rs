@@ -1,7 +1,7 @@
 //! Whole runs of the agent binary against a test API server (support/apiserver.py), with
 //! models served by the in-tree origin: statuses go Pending → Downloading → Downloaded and
 //! the folders verify; a removed model's folder goes after the grace period (foreign folders
-//! stay); a damaged folder is downloaded again; an API server outage does not stop a download
+//! stay); a damaged file is fetched again; an API server outage does not stop a download
 //! and the status catches up; bad entries get an error of their own. Everything the agent
 //! writes is checked against KServe's CRD schema.
 
@@ -261,6 +261,38 @@ async fn models_are_downloaded_verified_and_deduplicated() {
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r == "Downloaded"), "{reasons:?}");
+
+    // controller-runtime's families, as KServe's agent serves them, counted on kube's
+    // controller: the watch event and the download wake-ups reached the queue, and every
+    // reconcile here asked to be requeued later.
+    let metrics = agent.metrics();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} is not served: {metrics}"))
+    };
+    let c = r#"{controller="localmodelnode""#;
+    let q = r#"{controller="localmodelnode",name="localmodelnode""#;
+    let requeued = value(&format!(
+        r#"controller_runtime_reconcile_total{c},result="requeue_after"}}"#
+    ));
+    assert!(requeued >= 2.0, "{requeued}");
+    assert_eq!(
+        value(&format!(
+            "controller_runtime_max_concurrent_reconciles{c}}}"
+        )),
+        1.0
+    );
+    assert!(value(&format!("workqueue_adds_total{q}}}")) >= 2.0);
+    assert!(value(&format!("workqueue_queue_duration_seconds_count{q}}}")) >= 1.0);
+    assert_eq!(
+        value(&format!("workqueue_work_duration_seconds_count{q}}}")),
+        value(&format!(
+            "controller_runtime_reconcile_time_seconds_count{c}}}"
+        ))
+    );
+    assert!(value("process_resident_memory_bytes") > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -776,7 +808,7 @@ async fn a_thousand_entries_share_ten_downloads() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_folder_left_by_kserves_agent_is_replaced_and_other_nodes_are_ignored() {
+async fn a_folder_left_by_kserves_agent_is_repaired_and_other_nodes_are_ignored() {
     let content = data(30, 150_000);
     let Some(w) = World::start(&[("m/w.bin", content.clone())]).await else {
         return;
@@ -810,7 +842,7 @@ async fn a_folder_left_by_kserves_agent_is_replaced_and_other_nodes_are_ignored(
     while std::fs::read_dir(&models).unwrap().count() > 1 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the old folder was not collected after the grace: {:?}",
+            "staging leftovers beside the repaired folder: {:?}",
             std::fs::read_dir(&models)
                 .unwrap()
                 .flatten()
@@ -823,4 +855,84 @@ async fn a_folder_left_by_kserves_agent_is_replaced_and_other_nodes_are_ignored(
         statuses(&w.nodes(), "another-node").await.is_empty(),
         "another node's LocalModelNode is not this agent's business"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_credentials_as_kserves_builder_with_a_ca_bundle_configmap() {
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    let Some(w) = World::start(&[]).await else {
+        return;
+    };
+    let Some(venv) = modelpull_testkit::servers::venv() else {
+        return;
+    };
+    // An S3 endpoint whose certificate only the ConfigMap's CA vouches for.
+    let pki = modelpull_testkit::pki::pki();
+    let identity = modelpull_testkit::pki::leaf(&pki, &["localhost"], false);
+    let moto = modelpull_testkit::servers::moto_tls(&venv, &identity.cert_pem, &identity.key_pem);
+    let endpoint = format!("https://localhost:{}", moto.port);
+    let content = data(21, 200_000);
+    let object = w.root().join("object");
+    std::fs::write(&object, &content).unwrap();
+    let plan = serde_json::json!({
+        "endpoint": endpoint, "verify": false, "bucket": "models",
+        "objects": [{"key": "llama/w.bin", "file": object}],
+    });
+    modelpull_testkit::servers::python(&venv, "s3_seed.py", &[], &plan.to_string());
+
+    // As a KServe user writes them: the key names of KServe's code defaults (the test's
+    // ConfigMap has no `credentials`), the endpoint with its scheme, the CA in a ConfigMap.
+    let ns = "kserve-localmodel-jobs";
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "minio", "namespace": ns, "annotations": {
+            "serving.kserve.io/s3-endpoint": endpoint,
+            "serving.kserve.io/s3-cabundle-configmap": "minio-ca",
+        }},
+        "stringData": {"awsAccessKeyID": "testing", "awsSecretAccessKey": "testing"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let ca: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "minio-ca", "namespace": ns},
+        "data": {"cabundle.crt": pki.ca_pem}
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &ca)
+        .await
+        .unwrap();
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-puller", "namespace": ns},
+        "secrets": [{"name": "minio"}]
+    }))
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+
+    let mut model = entry("llama", "s3://models/llama");
+    model.service_account_name = Some("s3-puller".into());
+    w.create_node(vec![model]).await;
+    w.api.reset_log();
+    let agent = w.agent(&[]);
+    w.api
+        .wait_quietly(
+            NODE,
+            &agent,
+            "llama downloaded",
+            Duration::from_secs(30),
+            |s| s.get("llama") == Some(&ModelStatus::Downloaded),
+        )
+        .await;
+    // The ConfigMap read in the job namespace is among what the shipped RBAC rules allow.
+    crate::util::rbac::assert_allowed(&w.api.requests());
+    assert_eq!(
+        std::fs::read(w.folder("s3://models/llama").join("w.bin")).unwrap(),
+        content
+    );
+    drop(agent);
 }

@@ -166,6 +166,13 @@ pub struct PullArgs {
     #[arg(long)]
     pub keep_archive: bool,
 
+    /// Take over a DEST another tool wrote (KServe's storage initializer, `hf download`):
+    /// check its files where they lie, keep those that match the store's digests and fetch
+    /// only the others. A DEST this user cannot write to is exchanged for a verified copy
+    /// (the previous folder is left beside it, named `.DEST.modelpull-old-SECONDS`).
+    #[arg(long)]
+    pub adopt: bool,
+
     #[command(flatten)]
     pub select: SelectArgs,
 
@@ -339,7 +346,7 @@ impl EngineArgs {
             stall_timeout: self.stall_timeout,
             retries: self.retries,
             verify_attempts: self.verify_attempts,
-            ca_bundle: self.ca_bundle.clone(),
+            ca_bundle: self.ca_bundle.clone().map(Into::into),
             headers: self.headers.clone(),
             ..d
         }

@@ -88,6 +88,7 @@ pub fn run(
         &PullRequest {
             sources: Vec::new(),
             unpack: false,
+            adopt: false,
             targets,
             dest: dest.clone(),
         },

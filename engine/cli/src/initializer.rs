@@ -184,7 +184,7 @@ fn run(pairs: &[Pair]) -> anyhow::Result<()> {
 fn pull(pair: &Pair, env: &Env, opts: &Options, cx: &Context) -> anyhow::Result<Report> {
     let mut opts = opts.clone();
     if let Some(bundle) = ca_bundle(&pair.source, env)? {
-        opts.ca_bundle = Some(bundle);
+        opts.ca_bundle = Some(bundle.into());
     }
     let control = Control::new(&opts.client())?.with_cancel(cx.cancel.clone());
     let manifest = store::resolve(&pair.source, env, &control)?;
@@ -197,6 +197,7 @@ fn pull(pair: &Pair, env: &Env, opts: &Options, cx: &Context) -> anyhow::Result<
         targets: manifest.files,
         dest: staged.clone(),
         unpack: true,
+        adopt: false,
         sources: vec![modelpull::redact_str(&pair.source)],
     };
     let report = modelpull::pull(&request, &opts, cx)?;

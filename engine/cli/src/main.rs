@@ -101,6 +101,12 @@ fn run_pull(mut args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
     let dest = args
         .destination()
         .map_err(modelpull::Error::InvalidOption)?;
+    if args.adopt && matches!(dest, dest::Destination::HfCache) {
+        return Err(modelpull::Error::InvalidOption(
+            "--adopt takes over a model folder: give DEST or --local-dir (the Hugging Face cache reuses the blobs it has without it)".into(),
+        )
+        .into());
+    }
     let env = Env::from_process();
     let mut opts = options(&args.engine, &env)?;
     let sources = select::sources(&args.sources, args.select.revision.as_deref())?;
@@ -121,6 +127,7 @@ fn run_pull(mut args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
         targets,
         dest,
         unpack: !args.keep_archive,
+        adopt: args.adopt,
         sources: sources.iter().map(|s| modelpull::redact_str(s)).collect(),
     };
     let display = progress::Display::start(cx.progress.clone(), chatty);

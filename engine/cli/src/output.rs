@@ -73,6 +73,27 @@ fn summary(report: &modelpull::Report) -> String {
         "  driver {driver}, {} cores, {} connections, {} retries{resumed}",
         report.cores, report.connections, report.retries
     );
+    if let Some(a) = &report.adoption {
+        let how = match a.repair {
+            modelpull::report::Repair::None => "nothing to repair".to_owned(),
+            modelpull::report::Repair::InPlace => "repaired in place".to_owned(),
+            modelpull::report::Repair::Exchanged => format!(
+                "exchanged for a verified copy; the previous folder is {}",
+                a.replaced
+                    .as_ref()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "  adopted {} files ({}) checked in place in {:.2} s, fetched {} ({}); {how}",
+            a.adopted_files,
+            human_bytes(a.adopted_bytes),
+            a.verify_seconds,
+            a.fetched_files,
+            human_bytes(a.fetched_bytes)
+        );
+    }
     if let Some(u) = &report.unpacked {
         let _ = writeln!(
             out,

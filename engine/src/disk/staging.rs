@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 /// Name of the completion marker inside a published model directory.
 pub const MARKER: &str = ".modelpull.json";
-const MARKER_VERSION: u32 = 1;
+pub(crate) const MARKER_VERSION: u32 = 1;
 
 /// One requested source, as the marker records it (no credentials).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,20 +101,7 @@ pub struct Staging {
 impl Staging {
     /// Locks and opens the staging directory for `dest`, or reports that `dest` is complete.
     pub fn prepare(dest: &Path, request: &[SourceRecord]) -> Result<Prepared> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| {
-                Error::InvalidOption(format!(
-                    "destination {} has no directory name",
-                    dest.display()
-                ))
-            })?
-            .to_string_lossy()
-            .into_owned();
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let (parent, name) = split(dest)?;
         std::fs::create_dir_all(&parent)
             .map_err(|e| Error::local("create directory", &parent, e))?;
         let lock_path = parent.join(format!(".{name}.modelpull.lock"));
@@ -138,14 +125,7 @@ impl Staging {
                 });
             }
         }
-        let dir = parent.join(format!(".{name}.modelpull"));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::local("create directory", &dir, e))?;
-        let staging = Staging {
-            dest: dest.to_owned(),
-            dir,
-            lock_path,
-            _lock: lock,
-        };
+        let staging = Staging::locked(dest, &parent, &name, lock_path, lock)?;
         // A pull stopped after writing its marker and before its rename: the model is whole
         // and verified; publish it.
         if let Some(marker) = Marker::read(&staging.dir)
@@ -157,6 +137,28 @@ impl Staging {
             return Ok(Prepared::UpToDate(marker));
         }
         Ok(Prepared::Ready(staging))
+    }
+
+    /// Locks and opens the staging directory for `dest` whatever `dest` holds: for a pull
+    /// that adopts the folder there (see `crate::adopt`), which decides itself what is done.
+    pub fn open(dest: &Path) -> Result<Staging> {
+        let (parent, name) = split(dest)?;
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| Error::local("create directory", &parent, e))?;
+        let lock_path = parent.join(format!(".{name}.modelpull.lock"));
+        let lock = lock(&lock_path)?;
+        Staging::locked(dest, &parent, &name, lock_path, lock)
+    }
+
+    fn locked(dest: &Path, parent: &Path, name: &str, lock_path: PathBuf, lock: File) -> Result<Self> {
+        let dir = parent.join(format!(".{name}.modelpull"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::local("create directory", &dir, e))?;
+        Ok(Staging {
+            dest: dest.to_owned(),
+            dir,
+            lock_path,
+            _lock: lock,
+        })
     }
 
     /// Where `rel` (already checked) is written, with its parent directories created.
@@ -218,12 +220,36 @@ impl Staging {
         Ok(())
     }
 
+    /// Removes the lock file and releases the lock, leaving the staging directory as it is.
+    pub fn unlock(self) {
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+
     /// Removes the staging directory and everything in it (after a failure that resuming
-    /// cannot fix, such as a full disk).
+    /// cannot fix, such as a full disk, or once its files are where they belong).
     pub fn discard(self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(&self.lock_path);
     }
+}
+
+/// The parent folder of `dest` (`.` for a bare name) and its file name.
+fn split(dest: &Path) -> Result<(PathBuf, String)> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| {
+            Error::InvalidOption(format!(
+                "destination {} has no directory name",
+                dest.display()
+            ))
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, name))
 }
 
 /// Takes the exclusive lock on `path` (created if need be) and writes this process's id in

@@ -72,6 +72,7 @@ pub(super) fn fetch_missing(
         targets,
         dest: dirs.download(),
         unpack: false,
+        adopt: false,
         sources: vec![crate::redact_str(model.uri)],
     };
     let report = crate::pull::pull(&request, opts, cx)?;

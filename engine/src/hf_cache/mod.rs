@@ -226,6 +226,7 @@ impl<'m> Model<'m> {
             gigabytes_per_second: downloaded_bytes as f64 / seconds.max(1e-9) / 1e9,
             retries: fetched.map_or(0, |r| r.retries),
             peak_buffer_bytes: fetched.map_or(0, |r| r.peak_buffer_bytes),
+            adoption: None,
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct ClientConfig {
     /// The I/O driver control-plane requests run on.
     pub driver: crate::runtime::DriverChoice,
     /// Extra CA certificates (PEM) trusted besides the system's and webpki's roots.
-    pub ca_bundle: Option<std::path::PathBuf>,
+    pub ca_bundle: Option<tls::CaBundle>,
     /// Hosts whose TLS certificates are not verified.
     pub insecure_hosts: Vec<String>,
     /// How long a connection may take to open, and to stay silent.

@@ -1,13 +1,75 @@
 //! TLS client configuration: rustls with the webpki roots, the system's roots and an optional
-//! CA bundle file, as an operator would expect from curl or the AWS SDK.
+//! CA bundle, as an operator would expect from curl or the AWS SDK.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// Extra CA certificates to trust: a PEM file, or PEM text held in memory (the agent reads a
+/// bundle from a ConfigMap and has no writable disk to put it on).
+#[derive(Clone, PartialEq, Eq)]
+pub enum CaBundle {
+    /// A PEM file, read when the TLS configuration is built.
+    File(PathBuf),
+    /// PEM text.
+    Pem {
+        /// Where the text came from, for messages (`ConfigMap ns/name key cabundle.crt`).
+        origin: String,
+        /// The certificates.
+        pem: Arc<str>,
+    },
+}
+
+impl CaBundle {
+    /// The PEM text.
+    fn load(&self) -> Result<Vec<u8>, TlsConfigError> {
+        match self {
+            CaBundle::File(path) => std::fs::read(path).map_err(|source| TlsConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+            CaBundle::Pem { pem, .. } => Ok(pem.as_bytes().to_vec()),
+        }
+    }
+}
+
+impl std::fmt::Display for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaBundle::File(path) => write!(f, "{}", path.display()),
+            CaBundle::Pem { origin, .. } => f.write_str(origin),
+        }
+    }
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaBundle::File(path) => f.debug_tuple("File").field(path).finish(),
+            CaBundle::Pem { origin, pem } => f
+                .debug_struct("Pem")
+                .field("origin", origin)
+                .field("bytes", &pem.len())
+                .finish(),
+        }
+    }
+}
+
+impl From<PathBuf> for CaBundle {
+    fn from(path: PathBuf) -> Self {
+        CaBundle::File(path)
+    }
+}
+
+impl From<&std::path::Path> for CaBundle {
+    fn from(path: &std::path::Path) -> Self {
+        CaBundle::File(path.to_owned())
+    }
+}
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +90,7 @@ pub enum TlsConfigError {
 /// addition to the usual roots. Certificates of `insecure_hosts` are not verified at all
 /// (`S3_VERIFY_SSL=0`); every other host is verified as usual.
 pub fn client_config(
-    ca_bundle: Option<&Path>,
+    ca_bundle: Option<&CaBundle>,
     insecure_hosts: &[String],
 ) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
     let mut roots = RootCertStore::empty();
@@ -38,12 +100,9 @@ pub fn client_config(
         // A broken system certificate must not stop the others from loading.
         let _ = roots.add(cert);
     }
-    if let Some(path) = ca_bundle {
-        let shown = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|source| TlsConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+    if let Some(bundle) = ca_bundle {
+        let shown = bundle.to_string();
+        let pem = bundle.load()?;
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
             .map_err(|e| TlsConfigError::Invalid {

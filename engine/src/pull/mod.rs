@@ -27,6 +27,7 @@ use crate::progress::Progress;
 use crate::report::{FileReport, Report};
 use crate::runtime::{self, DriverChoice};
 use crate::target::Target;
+pub(crate) use state::first_mismatch;
 use state::{FileMeta, FileState, Job, Phase};
 
 const MIB: usize = 1024 * 1024;
@@ -67,7 +68,7 @@ pub struct Options {
     /// How often the resume journal records a durable checkpoint.
     pub checkpoint_interval: Duration,
     /// Extra CA certificates (PEM) trusted besides the system's and webpki's roots.
-    pub ca_bundle: Option<PathBuf>,
+    pub ca_bundle: Option<crate::http::tls::CaBundle>,
     /// Hosts whose TLS certificates are not verified (`S3_VERIFY_SSL=0`); a warning is
     /// logged for each.
     pub insecure_hosts: Vec<String>,
@@ -216,6 +217,10 @@ pub struct PullRequest {
     /// The URIs the targets were listed from (`hf://…`, `s3://…`), recorded in the completion
     /// marker so a later check can tell which model a directory holds.
     pub sources: Vec<String>,
+    /// When `dest` exists without a completion marker for this request (a folder another
+    /// tool wrote, or an older version of the model), check its files where they lie and
+    /// fetch only those that do not match, instead of refusing it: see [`crate::adopt`].
+    pub adopt: bool,
 }
 
 /// Shared handles a pull reports into.
@@ -253,6 +258,7 @@ fn check_request(req: &PullRequest) -> Result<()> {
 ///     dest: "/mnt/models/example".into(),
 ///     unpack: false,
 ///     sources: Vec::new(),
+///     adopt: false,
 /// };
 /// let cx = Context::default();
 /// let report = modelpull::pull(&request, &Options::default(), &cx)?;
@@ -273,8 +279,9 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
             expected: t.expected.clone(),
         })
         .collect();
-    let tls = tls::client_config(opts.ca_bundle.as_deref(), &opts.insecure_hosts)
-        .map_err(|e| Error::InvalidOption(e.to_string()))?;
+    if req.adopt && std::fs::symlink_metadata(&req.dest).is_ok() {
+        return crate::adopt::pull(req, request, opts, cx, started);
+    }
     let staging = match Staging::prepare(&req.dest, &request)? {
         Prepared::UpToDate(marker) => {
             tracing::info!(dest = %req.dest.display(), "already complete and verified; nothing to do");
@@ -282,6 +289,80 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
         }
         Prepared::Ready(s) => s,
     };
+    let fetched = match fetch_into(&staging, &req.targets, opts, cx) {
+        Ok(f) => f,
+        Err(err) => {
+            if is_disk_full(&err) {
+                tracing::info!(dir = %staging.dir.display(), "disk full: removing the staging directory to free its space");
+                staging.discard();
+            }
+            return Err(err);
+        }
+    };
+    let Fetched {
+        job,
+        reports,
+        records,
+        driver,
+        note,
+        cores,
+        peak_buffer_bytes,
+    } = fetched;
+    let mut marker = Marker::new(request, records);
+    marker.sources.clone_from(&req.sources);
+    let unpacked = if req.unpack {
+        unpack_single(&staging, &job.metas, &mut marker)?
+    } else {
+        None
+    };
+    staging.publish(&marker)?;
+    cx.metrics.pulls.with_label_values(&["ok"]).inc();
+
+    let seconds = started.elapsed().as_secs_f64();
+    let snap = cx.progress.snapshot();
+    let total_bytes: u64 = reports.iter().map(|f| f.size).sum();
+    Ok(Report {
+        destination: req.dest.clone(),
+        up_to_date: false,
+        driver: Some(driver),
+        driver_note: note,
+        cores,
+        connections: opts.connections,
+        total_bytes,
+        downloaded_bytes: snap.downloaded_bytes,
+        resumed_bytes: reports.iter().map(|f| f.resumed_bytes).sum(),
+        files: reports,
+        unpacked,
+        seconds,
+        gigabytes_per_second: snap.downloaded_bytes as f64 / seconds.max(1e-9) / 1e9,
+        retries: snap.retries,
+        peak_buffer_bytes,
+        adoption: None,
+    })
+}
+
+/// What [`fetch_into`] fetched: every file verified in the staging directory.
+pub(crate) struct Fetched {
+    /// The finished pull's state (its files' metadata, for unpacking).
+    pub job: Arc<Job>,
+    pub reports: Vec<FileReport>,
+    pub records: Vec<crate::disk::staging::FileRecord>,
+    pub driver: runtime::Driver,
+    pub note: Option<String>,
+    pub cores: usize,
+    pub peak_buffer_bytes: u64,
+}
+
+/// Fetches `targets` into `staging` (resuming what an earlier run left there) until every
+/// one is verified at its place in the staging directory; publishing is the caller's.
+pub(crate) fn fetch_into(
+    staging: &Staging,
+    targets: &[Target],
+    opts: &Options,
+    cx: &Context,
+) -> Result<Fetched> {
+    let tls = tls::client_config(opts.ca_bundle.as_ref(), &opts.insecure_hosts)
+        .map_err(|e| Error::InvalidOption(e.to_string()))?;
     let (driver, note) = runtime::resolve(opts.driver)?;
     match &note {
         Some(why) => {
@@ -299,7 +380,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
     let range_chunks = opts.range_size / chunk;
     let mut metas = Vec::new();
     let mut files = Vec::new();
-    for t in &req.targets {
+    for t in targets {
         let final_path = staging.path_for(&t.path)?;
         let meta = FileMeta::new(
             t.clone(),
@@ -341,10 +422,6 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
             .pulls
             .with_label_values(&[err.metric_label()])
             .inc();
-        if is_disk_full(&err) {
-            tracing::info!(dir = %staging.dir.display(), "disk full: removing the staging directory to free its space");
-            staging.discard();
-        }
         return Err(err);
     }
 
@@ -371,41 +448,21 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
         records.push(record);
     }
     drop(state);
-    let mut marker = Marker::new(request, records);
-    marker.sources.clone_from(&req.sources);
-    let unpacked = if req.unpack {
-        unpack_single(&staging, &job.metas, &mut marker)?
-    } else {
-        None
-    };
-    staging.publish(&marker)?;
-    cx.metrics.pulls.with_label_values(&["ok"]).inc();
-
-    let seconds = started.elapsed().as_secs_f64();
-    let snap = cx.progress.snapshot();
-    let total_bytes: u64 = reports.iter().map(|f| f.size).sum();
-    Ok(Report {
-        destination: req.dest.clone(),
-        up_to_date: false,
-        driver: Some(driver),
-        driver_note: note,
+    let peak_buffer_bytes = (job.pool.allocated() * opts.chunk_size) as u64;
+    Ok(Fetched {
+        job,
+        reports,
+        records,
+        driver,
+        note,
         cores,
-        connections: opts.connections,
-        total_bytes,
-        downloaded_bytes: snap.downloaded_bytes,
-        resumed_bytes: reports.iter().map(|f| f.resumed_bytes).sum(),
-        files: reports,
-        unpacked,
-        seconds,
-        gigabytes_per_second: snap.downloaded_bytes as f64 / seconds.max(1e-9) / 1e9,
-        retries: snap.retries,
-        peak_buffer_bytes: (job.pool.allocated() * opts.chunk_size) as u64,
+        peak_buffer_bytes,
     })
 }
 
 /// Unpacks the pull's only file when it is an archive: leftovers of an interrupted attempt
 /// are cleared first, the archive is removed after, and the marker lists the unpacked files.
-fn unpack_single(
+pub(crate) fn unpack_single(
     staging: &Staging,
     metas: &[state::FileMeta],
     marker: &mut Marker,
@@ -446,11 +503,11 @@ fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-fn is_disk_full(err: &Error) -> bool {
+pub(crate) fn is_disk_full(err: &Error) -> bool {
     matches!(err, Error::Local { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT))
 }
 
-fn up_to_date_report(
+pub(crate) fn up_to_date_report(
     req: &PullRequest,
     opts: &Options,
     marker: &Marker,
@@ -485,6 +542,7 @@ fn up_to_date_report(
         gigabytes_per_second: 0.0,
         retries: 0,
         peak_buffer_bytes: 0,
+        adoption: None,
     }
 }
 

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -19,6 +19,7 @@ use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::http::head::ResponseHead;
 use crate::http::proxy::ProxyConfig;
+use crate::http::tls::CaBundle;
 use crate::http::{Client, ClientConfig, HttpError, Request, Timeouts, tls};
 use crate::runtime::{self, Driver};
 
@@ -31,7 +32,7 @@ const ATTEMPTS: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct Control {
     tls: Arc<rustls::ClientConfig>,
-    ca_bundle: Option<PathBuf>,
+    ca_bundle: Option<CaBundle>,
     insecure_hosts: Vec<String>,
     timeouts: Timeouts,
     proxy: Option<Arc<ProxyConfig>>,
@@ -79,7 +80,7 @@ impl Reply {
 impl Control {
     /// Control-plane settings from `config`; fails on an unreadable CA bundle or a driver that cannot start.
     pub fn new(config: &ClientConfig) -> Result<Self> {
-        let tls = tls::client_config(config.ca_bundle.as_deref(), &config.insecure_hosts)
+        let tls = tls::client_config(config.ca_bundle.as_ref(), &config.insecure_hosts)
             .map_err(|e| Error::InvalidOption(e.to_string()))?;
         let (driver, _) = runtime::resolve(config.driver)?;
         Ok(Self {
@@ -95,11 +96,15 @@ impl Control {
 
     /// The same settings with a store's own TLS needs added: an extra CA bundle
     /// (`AWS_CA_BUNDLE`) and hosts whose certificates are not verified (`S3_VERIFY_SSL=0`).
-    pub fn with_tls(&self, ca_bundle: Option<&Path>, insecure_hosts: &[String]) -> Result<Self> {
-        let ca_bundle = self.ca_bundle.as_deref().or(ca_bundle).map(Path::to_owned);
+    pub fn with_tls(
+        &self,
+        ca_bundle: Option<&CaBundle>,
+        insecure_hosts: &[String],
+    ) -> Result<Self> {
+        let ca_bundle = self.ca_bundle.as_ref().or(ca_bundle).cloned();
         let mut insecure = self.insecure_hosts.clone();
         insecure.extend(insecure_hosts.iter().cloned());
-        let tls = tls::client_config(ca_bundle.as_deref(), &insecure)
+        let tls = tls::client_config(ca_bundle.as_ref(), &insecure)
             .map_err(|e| Error::InvalidOption(e.to_string()))?;
         Ok(Self {
             tls,
@@ -114,6 +119,15 @@ impl Control {
     pub fn direct(&self) -> Self {
         Self {
             proxy: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same settings with other connect and stall timeouts (a credential provider's,
+    /// which must fail fast where the pull's may wait).
+    pub fn with_timeouts(&self, timeouts: Timeouts) -> Self {
+        Self {
+            timeouts,
             ..self.clone()
         }
     }

@@ -16,7 +16,7 @@
 //! Every path in a listing is untrusted: [`crate::target::check_targets`] refuses anything
 //! that could escape the destination before a byte is written.
 
-layers!(control, env, filter, gcp_auth, gs, hf, http, s3);
+layers!(aws_auth, control, env, filter, gcp_auth, gs, hf, http, s3);
 
 use serde::Serialize;
 
@@ -42,7 +42,7 @@ pub struct Manifest {
     pub skipped: usize,
     /// TLS settings the store's environment asks for, to apply to the pull's options: a CA
     /// bundle (`AWS_CA_BUNDLE`) and hosts not to verify (`S3_VERIFY_SSL=0`).
-    pub ca_bundle: Option<std::path::PathBuf>,
+    pub ca_bundle: Option<crate::CaBundle>,
     /// Hosts whose certificates are not verified, from the store's environment.
     pub insecure_hosts: Vec<String>,
 }

@@ -11,27 +11,28 @@
 //! report names which. Composite (per-part) checksums cannot be checked against the whole
 //! file and are not used.
 //!
-//! Every request is signed with SigV4 (`aws-sigv4`) at the moment it is sent, so long pulls
-//! never carry stale signatures. Settings come from the variables KServe's
-//! storage-initializer and credential builder use; see [`Settings::from_env`].
+//! Every request is signed with SigV4 (`aws-sigv4`) at the moment it is sent, with the
+//! credentials of that moment, so long pulls never carry stale signatures or expired
+//! temporary keys. Settings come from the variables KServe's storage-initializer and
+//! credential builder use; see [`Settings::from_env`]. Without static keys the credentials
+//! come from the AWS SDKs' default chain ([`super::aws_auth`]).
 
-use std::path::PathBuf;
 use std::time::SystemTime;
 
-use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
     UriPathNormalizationMode, sign,
 };
 use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use url::Url;
 
+use super::aws_auth::{Keys, Provider};
 use super::control::{self, Control, Reply};
 use super::env::Env;
 use super::filter::Patterns;
 use super::{Manifest, base64_digest, encode};
 use crate::digest::{Algorithm, Digest};
+use crate::CaBundle;
 use crate::error::{Error, Result};
 use crate::http::{Client, Request};
 use crate::target::{Auth, Authorize, Target};
@@ -47,17 +48,21 @@ pub struct Settings {
     pub region: String,
     /// Virtual-hosted (`bucket.host/key`) instead of path-style (`host/bucket/key`).
     pub virtual_hosted: bool,
-    /// `None`: unsigned (anonymous) requests.
-    pub signer: Option<SigV4>,
-    pub ca_bundle: Option<PathBuf>,
+    /// Where the signing credentials come from; `None`: unsigned (anonymous) requests.
+    pub credentials: Option<Provider>,
+    pub ca_bundle: Option<CaBundle>,
     pub verify_tls: bool,
 }
 
 impl Settings {
     /// Reads `AWS_ENDPOINT_URL` (else `S3_ENDPOINT` with `S3_USE_HTTPS`, else AWS's regional
     /// endpoint), `AWS_REGION`/`AWS_DEFAULT_REGION` (default `us-east-1`),
-    /// `S3_USER_VIRTUAL_BUCKET`, `awsAnonymousCredential`, `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `S3_VERIFY_SSL` and `AWS_CA_BUNDLE`.
+    /// `S3_USER_VIRTUAL_BUCKET`, `awsAnonymousCredential` (`true`, any case, as KServe reads
+    /// it: unsigned requests), `S3_VERIFY_SSL`, `AWS_CA_BUNDLE` (a file) or
+    /// `AWS_CA_BUNDLE_PEM` (the same in memory, as the agent hands over a ConfigMap's
+    /// bundle; it wins); the credentials are
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, else the next
+    /// source of the default chain ([`Provider::from_env`]).
     pub fn from_env(env: &Env) -> Result<Self> {
         let region = env
             .first(&["AWS_REGION", "AWS_DEFAULT_REGION"])
@@ -65,11 +70,12 @@ impl Settings {
             .to_owned();
         let custom = env.get("AWS_ENDPOINT_URL").map(str::to_owned).or_else(|| {
             env.get("S3_ENDPOINT").map(|host| {
+                // As KServe's credential builder: a scheme wins, else only `0` means http.
                 if host.contains("://") {
                     host.to_owned()
                 } else {
-                    let https = env.flag("S3_USE_HTTPS").unwrap_or(true);
-                    format!("{}://{host}", if https { "https" } else { "http" })
+                    let http = env.get("S3_USE_HTTPS").is_some_and(|v| v.trim() == "0");
+                    format!("{}://{host}", if http { "http" } else { "https" })
                 }
             })
         });
@@ -93,41 +99,40 @@ impl Settings {
             .flag("S3_USER_VIRTUAL_BUCKET")
             .unwrap_or(custom.is_none())
             || legacy_global;
-        let anonymous = env.flag("awsAnonymousCredential").unwrap_or(false);
-        let signer = match (
-            env.get("AWS_ACCESS_KEY_ID"),
-            env.get("AWS_SECRET_ACCESS_KEY"),
-        ) {
-            _ if anonymous => None,
-            (Some(id), Some(secret)) => Some(SigV4 {
-                identity: Credentials::new(
-                    id,
-                    secret,
-                    env.get("AWS_SESSION_TOKEN").map(str::to_owned),
-                    None,
-                    "modelpull-env",
-                )
-                .into(),
-                region: region.clone(),
-            }),
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(Error::InvalidOption(
-                    "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or awsAnonymousCredential=true)"
-                        .into(),
-                ));
-            }
-            (None, None) => None,
+        // KServe's storage-initializer: `"true" == os.getenv("awsAnonymousCredential").lower()`.
+        let anonymous = env
+            .get("awsAnonymousCredential")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let credentials = if anonymous {
+            None
+        } else {
+            Provider::from_env(env, is_aws(&endpoint)).map_err(Error::InvalidOption)?
         };
         Ok(Self {
             endpoint,
             region,
             virtual_hosted,
-            signer,
-            ca_bundle: env.get("AWS_CA_BUNDLE").map(PathBuf::from),
+            credentials,
+            ca_bundle: env
+                .get("AWS_CA_BUNDLE_PEM")
+                .map(|pem| CaBundle::Pem {
+                    origin: "AWS_CA_BUNDLE_PEM".into(),
+                    pem: pem.into(),
+                })
+                .or_else(|| env.get("AWS_CA_BUNDLE").map(|p| CaBundle::File(p.into()))),
             // KServe turns verification off for exactly these two values.
             verify_tls: !env
                 .get("S3_VERIFY_SSL")
                 .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false")),
+        })
+    }
+
+    /// The signer for this store's requests, fetching its credentials over `control`.
+    pub fn signer(&self, control: &Control) -> Option<SigV4> {
+        let keys = self.credentials.clone()?.keys(control);
+        Some(SigV4 {
+            keys,
+            region: self.region.clone(),
         })
     }
 
@@ -153,36 +158,46 @@ impl Settings {
     }
 }
 
-/// SigV4 request signing for S3.
-#[derive(Clone)]
+/// AWS's own endpoints (`*.amazonaws.com`, `*.amazonaws.com.cn`, VPC endpoints included),
+/// where an EC2 instance role's credentials are any good.
+fn is_aws(endpoint: &Url) -> bool {
+    endpoint.host_str().is_some_and(|h| {
+        let h = h.trim_end_matches('.').to_ascii_lowercase();
+        h.ends_with(".amazonaws.com") || h.ends_with(".amazonaws.com.cn")
+    })
+}
+
+/// SigV4 request signing for S3, with the credentials of the moment.
+#[derive(Debug, Clone)]
 pub struct SigV4 {
-    identity: Identity,
+    keys: Keys,
     region: String,
 }
 
-impl std::fmt::Debug for SigV4 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigV4")
-            .field("region", &self.region)
-            .field("credentials", &"<redacted>")
-            .finish()
-    }
-}
-
 impl SigV4 {
+    /// Where the credentials come from, for messages.
+    pub fn describe(&self) -> String {
+        self.keys.describe()
+    }
+
     /// The headers that sign `method url` with `extra` headers (which must be sent too).
+    /// When the credential chain found nothing, the request goes unsigned.
     pub fn sign(
         &self,
         method: &str,
         url: &Url,
         extra: &[(String, String)],
     ) -> std::result::Result<Vec<(String, String)>, String> {
+        let Some(creds) = self.keys.current()? else {
+            return Ok(extra.to_vec());
+        };
+        let identity = creds.identity();
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
         let params = v4::SigningParams::builder()
-            .identity(&self.identity)
+            .identity(&identity)
             .region(&self.region)
             .name("s3")
             .time(SystemTime::now())
@@ -332,6 +347,7 @@ struct Ctx<'a> {
     uri: &'a str,
     bucket: &'a str,
     settings: &'a Settings,
+    signer: Option<&'a SigV4>,
 }
 
 impl Ctx<'_> {
@@ -342,7 +358,7 @@ impl Ctx<'_> {
         url: &Url,
         extra: &[(String, String)],
     ) -> Result<Reply> {
-        let headers = match &self.settings.signer {
+        let headers = match self.signer {
             Some(s) => s.sign(method, url, extra).map_err(|message| Error::Auth {
                 uri: self.uri.to_owned(),
                 message,
@@ -376,10 +392,12 @@ impl Ctx<'_> {
             "AuthorizationHeaderMalformed",
         ];
         if status == 401 || status == 403 || credential_codes.contains(&code) {
-            let hint = if self.settings.signer.is_none() {
-                "no credentials were given: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            } else {
-                "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and the bucket policy"
+            let hint = match self.signer {
+                None => "no credentials were given: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give the pod an AWS identity (IRSA, EKS Pod Identity, an instance role)".to_owned(),
+                Some(s) => format!(
+                    "check the credentials ({}) and the bucket policy",
+                    s.describe()
+                ),
             };
             return Error::Auth {
                 uri,
@@ -528,7 +546,10 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
         tracing::warn!(host = %object_host, "S3_VERIFY_SSL is off: the S3 endpoint's TLS certificate is not verified");
         vec![object_host]
     };
-    let control = control.with_tls(settings.ca_bundle.as_deref(), &insecure_hosts)?;
+    let control = control.with_tls(settings.ca_bundle.as_ref(), &insecure_hosts)?;
+    // One signer for the listing and every download: one credential cache, renewed once.
+    let signer = settings.signer(&control);
+    let ctx_signer = signer.clone();
     let ctx_settings = settings.clone();
     let (bucket_c, key_c, uri_c) = (bucket.clone(), key.clone(), uri.to_owned());
     let (listed, skipped) = control.run(move |client| async move {
@@ -536,6 +557,7 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
             uri: &uri_c,
             bucket: &bucket_c,
             settings: &ctx_settings,
+            signer: ctx_signer.as_ref(),
         };
         // An exact key wins, as in KServe; otherwise the key is a folder.
         let folder = if key_c.is_empty() || key_c.ends_with('/') {
@@ -590,11 +612,13 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
         super::check_listing(&uri_c, &preview)?;
         let client2 = client.clone();
         let settings2 = ctx_settings.clone();
+        let signer2 = ctx_signer.clone();
         let (uri2, bucket2) = (uri_c.clone(), bucket_c.clone());
         let checked = control::for_each(chosen, HEAD_WIDTH, move |(obj, rel)| {
-            let (client, settings, uri, bucket) = (
+            let (client, settings, signer, uri, bucket) = (
                 client2.clone(),
                 settings2.clone(),
+                signer2.clone(),
                 uri2.clone(),
                 bucket2.clone(),
             );
@@ -603,6 +627,7 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
                     uri: &uri,
                     bucket: &bucket,
                     settings: &settings,
+                    signer: signer.as_ref(),
                 };
                 let (digest, label) = ctx.checksum(&client, &obj).await?;
                 Ok((obj, rel, digest, label))
@@ -612,10 +637,7 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
         Ok::<_, Error>((checked, skipped))
     })??;
 
-    let auth = settings
-        .signer
-        .clone()
-        .map_or_else(Auth::default, Auth::new);
+    let auth = signer.map_or_else(Auth::default, Auth::new);
     let mut files = Vec::new();
     for (obj, rel, digest, label) in listed {
         files.push(Target {
@@ -662,6 +684,21 @@ mod tests {
             minio.object_url("models", "x+y/z").unwrap().as_str(),
             "http://minio:9000/models/x%2By/z"
         );
+        // As KServe's builder: only `0` means http; a scheme in the endpoint wins.
+        for (use_https, scheme) in [("false", "https"), ("1", "https"), ("0", "http")] {
+            let s = Settings::from_env(&env(&[
+                ("S3_ENDPOINT", "minio:9000"),
+                ("S3_USE_HTTPS", use_https),
+            ]))
+            .unwrap();
+            assert_eq!(s.endpoint.as_str(), format!("{scheme}://minio:9000/"));
+        }
+        let schemed = Settings::from_env(&env(&[
+            ("S3_ENDPOINT", "http://minio:9000"),
+            ("S3_USE_HTTPS", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(schemed.endpoint.as_str(), "http://minio:9000/");
         let virt = Settings::from_env(&env(&[
             ("AWS_ENDPOINT_URL", "http://localhost:5055"),
             ("S3_USER_VIRTUAL_BUCKET", "true"),
@@ -685,7 +722,17 @@ mod tests {
             ("awsAnonymousCredential", "true"),
         ]))
         .unwrap();
-        assert!(anon.signer.is_none());
+        assert!(anon.credentials.is_none());
+        let not_anon = Settings::from_env(&env(&[
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "b"),
+            ("awsAnonymousCredential", "1"),
+        ]))
+        .unwrap();
+        assert!(
+            not_anon.credentials.is_some(),
+            "KServe's storage-initializer takes only `true`"
+        );
         assert!(
             !Settings::from_env(&env(&[("S3_VERIFY_SSL", "0")]))
                 .unwrap()
@@ -710,7 +757,8 @@ mod tests {
             ("AWS_SESSION_TOKEN", "session-token"),
         ]))
         .unwrap();
-        let signer = s.signer.unwrap();
+        let control = Control::new(&crate::Options::default().client()).unwrap();
+        let signer = s.signer(&control).unwrap();
         let url = Url::parse("https://b.s3.us-east-1.amazonaws.com/k").unwrap();
         let extra = [("x-amz-checksum-mode".to_owned(), "ENABLED".to_owned())];
         let h = signer.sign("HEAD", &url, &extra).unwrap();

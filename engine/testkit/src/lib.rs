@@ -7,6 +7,7 @@
 
 pub mod chaos;
 pub mod hub;
+pub mod kserve;
 pub mod pki;
 pub mod servers;
 pub mod stores;
@@ -153,6 +154,7 @@ pub fn pull(
         &PullRequest {
             sources: Vec::new(),
             unpack: false,
+            adopt: false,
             targets,
             dest: dest.to_owned(),
         },
@@ -232,6 +234,7 @@ pub fn pull_uri(
             targets: manifest.files,
             dest: dest.to_owned(),
             unpack: true,
+            adopt: false,
         },
         &opts,
         &Context::default(),

@@ -19,6 +19,8 @@ use crate::walk;
 pub struct S3 {
     pub server: Server,
     pub key: (String, String),
+    /// With signature checking on: a role with full S3 access (for STS to hand out).
+    pub role_arn: Option<String>,
     pub dir: tempfile::TempDir,
 }
 
@@ -63,9 +65,33 @@ impl S3 {
                 key["access_key_id"].as_str().unwrap().to_owned(),
                 key["secret_access_key"].as_str().unwrap().to_owned(),
             ),
+            role_arn: key["role_arn"].as_str().map(str::to_owned),
             server,
             dir,
         }
+    }
+
+    /// Lets the next `n` requests through unsigned, then checks signatures again: an STS
+    /// `AssumeRoleWithWebIdentity` is unsigned, and moto checks every request or none.
+    pub fn allow_unsigned(&self, n: u32) {
+        let status = request(
+            self.server.port,
+            "POST",
+            "/moto-api/reset-auth",
+            "text/plain",
+            n.to_string().as_bytes(),
+        );
+        assert_eq!(status, 200, "moto's reset-auth");
+    }
+
+    /// Where moto answers, without keys: for tests whose credentials come from elsewhere.
+    pub fn endpoint_env(&self) -> Env {
+        [
+            ("AWS_ENDPOINT_URL", self.server.url()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .collect()
     }
 
     pub fn env(&self) -> Env {
@@ -177,6 +203,84 @@ impl Gcs {
             .find(|p| p.is_file() && std::fs::read(p).is_ok_and(|c| c == content))
             .expect("the emulator keeps the object on disk")
     }
+}
+
+/// The credentials JSON AWS's container agents and instance metadata answer with, for a
+/// long-term `key` (moto's user key) made to look temporary.
+fn aws_credentials_json(key: &(String, String)) -> String {
+    json!({
+        "Code": "Success",
+        "Type": "AWS-HMAC",
+        "AccessKeyId": key.0,
+        "SecretAccessKey": key.1,
+        "Token": "",
+        "Expiration": "2099-01-01T00:00:00Z",
+    })
+    .to_string()
+}
+
+/// A container credentials endpoint (ECS agent, EKS Pod Identity agent) handing out `key`
+/// at any path to requests whose `Authorization` header is exactly `token`. Returns its
+/// port and the request heads it saw.
+pub fn container_credentials(token: &str, key: (String, String)) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let expected = format!("authorization: {}\r\n", token.to_ascii_lowercase());
+    let port = servers::responder(move |head, _| {
+        log.lock().unwrap().push(head.to_owned());
+        let lower = head.to_ascii_lowercase();
+        if !lower.starts_with("get ") {
+            return ("405 Method Not Allowed", "{}".into());
+        }
+        if !lower.contains(&expected) {
+            return (
+                "401 Unauthorized",
+                r#"{"Message": "invalid authorization token"}"#.into(),
+            );
+        }
+        ("200 OK", aws_credentials_json(&key))
+    });
+    (port, seen)
+}
+
+/// An EC2 instance metadata service speaking IMDSv2 only: `PUT /latest/api/token` with a TTL
+/// header gives a session token, and the role name and its credentials (`key`) are given
+/// only to requests carrying it. Returns its port and the request lines it saw.
+pub fn instance_metadata(role: &str, key: (String, String)) -> (u16, Arc<Mutex<Vec<String>>>) {
+    const SESSION: &str = "imds-session-token";
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let role = role.to_owned();
+    let port = servers::responder(move |head, _| {
+        let line = head.lines().next().unwrap_or_default().to_owned();
+        log.lock().unwrap().push(line.clone());
+        let lower = head.to_ascii_lowercase();
+        let header = |name: &str| {
+            lower
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(str::trim)
+                .map(str::to_owned)
+        };
+        if line.starts_with("PUT /latest/api/token ") {
+            return match header("x-aws-ec2-metadata-token-ttl-seconds")
+                .and_then(|t| t.parse::<u32>().ok())
+            {
+                Some(1..=21600) => ("200 OK", SESSION.into()),
+                _ => ("400 Bad Request", "missing or invalid TTL".into()),
+            };
+        }
+        if header("x-aws-ec2-metadata-token").as_deref() != Some(SESSION) {
+            return ("401 Unauthorized", String::new());
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or_default();
+        match path.strip_prefix("/latest/meta-data/iam/security-credentials/") {
+            Some("") => ("200 OK", role.clone()),
+            Some(r) if r == role => ("200 OK", aws_credentials_json(&key)),
+            _ => ("404 Not Found", String::new()),
+        }
+    });
+    (port, seen)
 }
 
 /// A token endpoint that accepts a JWT only when `public_key` verifies its signature.

@@ -6,7 +6,8 @@ Plan: {"endpoint": URL, "auth": bool, "bucket": NAME,
                     "wrong_checksum": {"algorithm": "CRC32C", "value": BASE64}}],
        "many": {"prefix": P, "count": N}}
 With "auth", an IAM role and user with full S3 access are created first (moto checks
-signatures after the server's first five requests) and the user's key is printed as JSON;
+signatures after the server's first five requests) and the user's key and the role's ARN are
+printed as JSON;
 with "sts", a session of the role (temporary key and token) too. "verify": false for a TLS server with a
 certificate boto3 does not trust.
 """
@@ -84,6 +85,8 @@ if many:
         s3.put_object(Bucket=bucket, Key=f"{many['prefix']}{i:05d}.txt", Body=f"{i}\n".encode())
 
 out = {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+if plan.get("auth"):
+    out["role_arn"] = role["Arn"]
 if plan.get("sts"):
     sts = boto3.client("sts", endpoint_url=endpoint, region_name="us-east-1", verify=verify,
                        aws_access_key_id=key["AccessKeyId"],

@@ -3,6 +3,8 @@
 //! gcp-storage-emulator, tinyproxy, the Hub fixture), on io_uring and on epoll. Fixtures come
 //! from `modelpull-testkit`.
 
+mod adopt;
+mod aws_credentials;
 mod chaos;
 mod faults;
 mod gcs;

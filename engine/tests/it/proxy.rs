@@ -80,7 +80,7 @@ fn https_tunnels_through_connect_on_both_drivers() {
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     each_driver(|driver| {
         let mut opts = with_proxy(options(driver), &[("HTTPS_PROXY", &proxy.url())]);
-        opts.ca_bundle = Some(ca.clone());
+        opts.ca_bundle = Some(ca.clone().into());
         let target = Target::parse(&origin.url_for_host("localhost", "w.bin")).unwrap();
         let dest = dir.path().join(format!("out-{}", driver.name()));
         pull(vec![target], &dest, &opts).unwrap();

@@ -103,6 +103,7 @@ fn metrics_count_what_happened() {
     let req = modelpull::PullRequest {
         sources: Vec::new(),
         unpack: false,
+        adopt: false,
         targets: vec![fx.target("model.bin", true)],
         dest: fx.dest("m"),
     };
@@ -139,6 +140,7 @@ fn resume_discards_a_file_that_changed_on_the_server() {
         let req = modelpull::PullRequest {
             sources: Vec::new(),
             unpack: false,
+            adopt: false,
             targets: vec![fx.target("model.bin", true)],
             dest: dest.clone(),
         };

@@ -370,6 +370,14 @@ fn tls_endpoints_need_a_trusted_certificate_or_an_explicit_opt_out() {
     pull_uri("s3://models/m", &trusted, &dir.path().join("b"), &opts).unwrap();
     assert_file(&dir.path().join("b"), "w.bin", &content);
 
+    // The agent's handover of a ConfigMap's bundle: in memory, winning over the file.
+    let in_memory = env(&[
+        ("AWS_CA_BUNDLE_PEM", pki.ca_pem.as_str()),
+        ("AWS_CA_BUNDLE", "/nonexistent/ca.pem"),
+    ]);
+    pull_uri("s3://models/m", &in_memory, &dir.path().join("d"), &opts).unwrap();
+    assert_file(&dir.path().join("d"), "w.bin", &content);
+
     let unverified = env(&[("S3_VERIFY_SSL", "0")]);
     pull_uri("s3://models/m", &unverified, &dir.path().join("c"), &opts).unwrap();
     assert_file(&dir.path().join("c"), "w.bin", &content);

@@ -25,7 +25,7 @@ fn attempt(
     if let Some(pem) = ca {
         let path = dir.join("ca.pem");
         std::fs::write(&path, pem).unwrap();
-        opts.ca_bundle = Some(path);
+        opts.ca_bundle = Some(path.into());
     }
     let target = Target::parse(&origin.url_for_host("localhost", "model.bin")).unwrap();
     pull(
@@ -95,7 +95,7 @@ fn certificate_for_another_host_is_refused() {
 fn unreadable_ca_bundle_is_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(modelpull::runtime::Driver::Epoll);
-    opts.ca_bundle = Some(dir.path().join("missing.pem"));
+    opts.ca_bundle = Some(dir.path().join("missing.pem").into());
     let err = pull(
         vec![Target::parse("https://localhost:1/x").unwrap()],
         &dir.path().join("m"),

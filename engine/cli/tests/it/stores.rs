@@ -178,3 +178,25 @@ fn hf_lists_and_pulls_and_never_prints_the_token() {
         );
     }
 }
+
+#[test]
+fn s3_web_identity_without_its_token_file_exits_6_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("eks.amazonaws.com/serviceaccount/token");
+    // Nothing listens at the endpoint: the refusal must come before any request.
+    let out = modelpull()
+        .args(["ls", "s3://models/m"])
+        .env_clear()
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", servers::free_port()),
+        )
+        .env("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/puller")
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("AWS_WEB_IDENTITY_TOKEN_FILE"), "{err}");
+    assert!(err.contains(token.to_str().unwrap()), "{err}");
+}

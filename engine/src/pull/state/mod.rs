@@ -50,6 +50,8 @@ mod steal;
 mod verify;
 mod window;
 
+pub(crate) use verify::first_mismatch;
+
 /// What never changes about a file during a pull.
 #[derive(Debug)]
 pub(crate) struct FileMeta {

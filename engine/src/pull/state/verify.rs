@@ -100,7 +100,7 @@ impl Job {
 }
 
 /// The first expected digest that `digests` computed otherwise, with the computed one.
-pub(super) fn first_mismatch(expected: &[Digest], digests: &[Digest]) -> Option<(Digest, Digest)> {
+pub(crate) fn first_mismatch(expected: &[Digest], digests: &[Digest]) -> Option<(Digest, Digest)> {
     expected.iter().find_map(|e| {
         let actual = digests.iter().find(|d| d.algorithm == e.algorithm)?;
         (actual != e).then(|| (e.clone(), actual.clone()))

@@ -1,0 +1,219 @@
+//! The folder operations a repair is made of, each atomic where a reader could see it: a
+//! fetched file renamed over the one it replaces, a file cloned (or copied) into a new folder,
+//! and two folders exchanged in one `renameat2(RENAME_EXCHANGE)`, so the model's path never
+//! names a missing or half-built folder.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Access, RenameFlags};
+
+/// Whether this process may create, rename and remove entries in `dir`.
+pub(crate) fn writable(dir: &Path) -> bool {
+    rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK).is_ok()
+}
+
+/// Whether each of `paths` (relative to `dest`) can be replaced in place by a rename: the
+/// deepest folder that already exists on its way is writable, and nothing but a file is where
+/// the file goes.
+pub(crate) fn can_swap<'a>(dest: &Path, paths: impl IntoIterator<Item = &'a str>) -> bool {
+    if !std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+        return false;
+    }
+    paths.into_iter().all(|rel| {
+        let at = dest.join(rel);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+            return false;
+        }
+        let mut dir = at.parent();
+        while let Some(d) = dir {
+            match std::fs::symlink_metadata(d) {
+                Ok(m) if m.is_dir() => return writable(d),
+                Ok(_) => return false,
+                Err(_) if d == dest => return false,
+                Err(_) => dir = d.parent(),
+            }
+        }
+        false
+    })
+}
+
+/// Renames `from` over `to`, creating the folders on its way: a reader of `to` sees the old
+/// file or the new one, never neither.
+pub(crate) fn swap_in(from: &Path, to: &Path) -> io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(from, to)
+}
+
+/// Puts a copy of `src` at `dst` (replacing what is there) and flushes it: a reflink where the
+/// filesystem shares blocks (Btrfs, XFS), else the kernel's own copy (`copy_file_range`).
+pub(crate) fn clone_file(src: &Path, dst: &Path) -> io::Result<()> {
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let from = File::open(src)?;
+    let to = File::create(dst)?;
+    if rustix::fs::ioctl_ficlone(&to, &from).is_err() {
+        drop(to);
+        std::fs::copy(src, dst)?;
+    }
+    File::open(dst)?.sync_data()
+}
+
+/// Exchanges the folders (or files) at `a` and `b` in one atomic step; both must exist.
+pub(crate) fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        a,
+        rustix::fs::CWD,
+        b,
+        RenameFlags::EXCHANGE,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Where a folder replaced by an exchange goes: `.NAME.modelpull-old-SECONDS` beside `dest`,
+/// a name that tells whoever collects leftovers what it is and since when.
+pub(crate) fn aside_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut path = dest.with_file_name(format!(".{name}.modelpull-old-{stamp}"));
+    let mut n = 1;
+    while std::fs::symlink_metadata(&path).is_ok() {
+        path = dest.with_file_name(format!(".{name}.modelpull-old-{stamp}-{n}"));
+        n += 1;
+    }
+    path
+}
+
+/// Removes from `dir` every file and folder that is none of `keep` (relative paths) or a
+/// folder on their way: what an earlier, different pull left in a staging directory must not
+/// become part of the model.
+pub(crate) fn prune(dir: &Path, keep: &std::collections::HashSet<PathBuf>) -> io::Result<()> {
+    prune_under(dir, Path::new(""), keep)
+}
+
+fn prune_under(
+    root: &Path,
+    rel: &Path,
+    keep: &std::collections::HashSet<PathBuf>,
+) -> io::Result<()> {
+    for entry in std::fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let path = rel.join(entry.file_name());
+        let is_dir = entry.file_type()?.is_dir();
+        let on_the_way = is_dir && keep.iter().any(|k| k.starts_with(&path) && *k != path);
+        if keep.contains(&path) && !is_dir {
+            continue;
+        }
+        if on_the_way {
+            prune_under(root, &path, keep)?;
+        } else if is_dir {
+            std::fs::remove_dir_all(root.join(&path))?;
+        } else {
+            std::fs::remove_file(root.join(&path))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn an_exchange_swaps_two_folders_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("old"), b"1").unwrap();
+        std::fs::write(b.join("new"), b"2").unwrap();
+        let ino = std::fs::metadata(&b).unwrap().ino();
+        exchange(&b, &a).unwrap();
+        assert!(a.join("new").exists() && b.join("old").exists());
+        assert_eq!(std::fs::metadata(&a).unwrap().ino(), ino);
+        assert!(exchange(&a, &dir.path().join("absent")).is_err());
+    }
+
+    #[test]
+    fn a_clone_is_a_flushed_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("src"), b"bytes").unwrap();
+        let dst = dir.path().join("deep/er/dst");
+        clone_file(&dir.path().join("src"), &dst).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"bytes");
+        std::fs::write(dir.path().join("src"), b"other").unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"bytes", "a copy, not a link");
+    }
+
+    #[test]
+    fn swaps_need_a_writable_folder_and_a_file_in_the_way_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m");
+        std::fs::create_dir_all(dest.join("dir.bin")).unwrap();
+        std::fs::write(dest.join("f.bin"), b"x").unwrap();
+        assert!(can_swap(&dest, ["f.bin", "new/deep.bin"]));
+        assert!(
+            !can_swap(&dest, ["dir.bin"]),
+            "a folder where the file goes"
+        );
+        assert!(!can_swap(&dest, ["f.bin/x"]), "a file on the way");
+        assert!(!can_swap(&dir.path().join("absent"), ["f.bin"]));
+        swap_in(&dest.join("f.bin"), &dest.join("new/deep.bin")).unwrap();
+        assert!(dest.join("new/deep.bin").exists() && !dest.join("f.bin").exists());
+    }
+
+    #[test]
+    fn an_aside_name_is_new_and_says_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("0123456789abcdef");
+        let first = aside_path(&dest);
+        let name = first.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(".0123456789abcdef.modelpull-old-"),
+            "{name}"
+        );
+        std::fs::create_dir(&first).unwrap();
+        assert_ne!(aside_path(&dest), first);
+    }
+
+    #[test]
+    fn pruning_keeps_only_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a", "sub/b", "sub/junk", "other/c", "old.part"] {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let keep: HashSet<PathBuf> = ["a", "sub/b"].into_iter().map(PathBuf::from).collect();
+        prune(dir.path(), &keep).unwrap();
+        let mut left: Vec<String> = walk(dir.path());
+        left.sort();
+        assert_eq!(left, ["a", "sub/b"]);
+    }
+
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()).into_iter().map(|s| format!("{name}/{s}")));
+            } else {
+                out.push(name);
+            }
+        }
+        out
+    }
+}
