@@ -69,10 +69,11 @@ pub struct Args {
     #[arg(long, env = "DOWNLOAD_CONNECTIONS", default_value_t = 16)]
     pub connections: usize,
 
-    /// Buffer memory for downloads on this node, in total (e.g. 192M; at least 40M per
-    /// concurrent download). Keep it below the container's memory limit.
-    #[arg(long, env = "DOWNLOAD_MEMORY_LIMIT", default_value = "192M", value_parser = parse_bytes)]
-    pub memory_limit: usize,
+    /// Buffer memory for downloads on this node, in total (e.g. 192M; at least 16M per
+    /// concurrent download). Default: 192M, or what fits under the container's memory limit;
+    /// a value above what fits is lowered to it.
+    #[arg(long, env = "DOWNLOAD_MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
 
     /// Bandwidth cap for downloads on this node, bytes per second (e.g. 500M).
     #[arg(long, env = "DOWNLOAD_LIMIT_RATE", value_parser = parse_rate)]

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -27,10 +27,12 @@ use modelpull::store::Env;
 use crate::config::{CONFIG_MAP, Config, ConfigError};
 use crate::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 use crate::disk::Root;
+use crate::events::{self, Events};
 use crate::jobs::{Downloads, Report};
 use crate::metrics::controller_runtime::Outcome;
 use crate::metrics::{AgentMetrics, SUCCESS};
 use crate::plan::{self, Download};
+use crate::root_watch::{RootState, RootWatch};
 use crate::server::Health;
 use crate::{credentials, keys};
 
@@ -78,13 +80,15 @@ pub struct Ctx {
     /// Where `inferenceservice-config` lives (`POD_NAMESPACE`).
     namespace: String,
     root: Mutex<Root>,
+    /// Whether the root takes new files; until it does, nothing is downloaded or collected.
+    root_watch: RootWatch,
     downloads: Downloads,
     grace: Duration,
     health: Health,
     metrics: AgentMetrics,
     /// The node's own settings every model inherits (see [`NODE_ENV`]).
     node_env: Env,
-    recorder: Recorder,
+    events: Events,
     progress_sent: Mutex<HashMap<String, Instant>>,
     invalid_reported: Mutex<HashSet<(String, keys::InvalidEntry)>>,
     /// Reconciles failed in a row (for the backoff).
@@ -122,6 +126,7 @@ pub struct CtxBuilder {
     grace: Duration,
     health: Health,
     node_env: Env,
+    root_watch: RootWatch,
 }
 
 impl std::fmt::Debug for CtxBuilder {
@@ -157,25 +162,27 @@ impl CtxBuilder {
         self
     }
 
+    /// Whether the models root takes new files; by default it does (it was opened with
+    /// [`Root::open`]).
+    pub fn root_watch(mut self, root_watch: RootWatch) -> Self {
+        self.root_watch = root_watch;
+        self
+    }
+
     pub fn build(self) -> Ctx {
-        let recorder = Recorder::new(
-            self.client.clone(),
-            Reporter {
-                controller: "localmodelnode-agent".into(),
-                instance: Some(self.node.clone()),
-            },
-        );
+        let events = Events::new(self.client.clone(), &self.node);
         Ctx {
             client: self.client,
             node: self.node,
             namespace: self.namespace,
             root: Mutex::new(self.root),
+            root_watch: self.root_watch,
             downloads: self.downloads,
             grace: self.grace,
             health: self.health,
             metrics: self.metrics,
             node_env: self.node_env,
-            recorder,
+            events,
             progress_sent: Mutex::new(HashMap::new()),
             invalid_reported: Mutex::new(HashSet::new()),
             failures: AtomicU32::new(0),
@@ -204,6 +211,7 @@ impl Ctx {
             grace: Duration::from_secs(600),
             health: Health::default(),
             node_env: Env::default(),
+            root_watch: RootWatch::writable(),
         }
     }
 
@@ -221,9 +229,10 @@ impl Ctx {
         }
     }
 
-    /// Publishes an Event on the node's LocalModelNode. Events of one reason and action are
-    /// aggregated into a series (kube's recorder keeps the first note), so the action names
-    /// the model (by storage key) and, for progress, the step reached.
+    /// Publishes an Event on the node's LocalModelNode, unless Events were refused (see
+    /// [`crate::events`]). Events of one reason and action are aggregated into a series
+    /// (kube's recorder keeps the first note), so the action names the model (by storage key)
+    /// and, for progress, the step reached.
     async fn event(
         &self,
         lmn: &LocalModelNode,
@@ -239,9 +248,7 @@ impl Ctx {
             action,
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &lmn.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "cannot publish an Event");
-        }
+        self.events.publish(&event, &lmn.object_ref(&())).await;
     }
 }
 
@@ -309,6 +316,7 @@ pub async fn run(
     // One worker, as KServe's controller has (MaxConcurrentReconciles = 1).
     let concurrency = 1;
     queue.started(concurrency);
+    let root_events = tokio::spawn(report_root(ctx.clone()));
     Controller::for_stream(requests, reader)
         .with_config(controller::Config::default().concurrency(concurrency))
         .reconcile_all_on(wakeups)
@@ -321,6 +329,40 @@ pub async fn run(
         })
         .await;
     deletions.abort();
+    root_events.abort();
+}
+
+/// Events on this agent's Node about a models root that refuses new files: one when the agent
+/// starts so, one when it is fixed. On the Node, not the LocalModelNode: the Node exists
+/// before any LocalModelNode does (KServe creates one with the first cache for the node), the
+/// fix is on the node's disk, and `kubectl describe node` is where its other disk troubles
+/// show.
+async fn report_root(ctx: Arc<Ctx>) {
+    let mut watch = ctx.root_watch.clone();
+    let RootState::Unwritable(why) = watch.state() else {
+        return;
+    };
+    let node = events::node_ref(&ctx.node);
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ModelsRootNotWritable".into(),
+        note: Some(why.to_string()),
+        action: "CheckModelsRoot".into(),
+        secondary: None,
+    };
+    ctx.events.publish(&event, &node).await;
+    watch.until_writable().await;
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "ModelsRootWritable".into(),
+        note: Some(format!(
+            "{} takes new files now; downloads start",
+            why.folder.display()
+        )),
+        action: "CheckModelsRoot".into(),
+        secondary: None,
+    };
+    ctx.events.publish(&event, &node).await;
 }
 
 /// [`reconcile`], counted in controller-runtime's metrics.
@@ -384,6 +426,14 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         )
     };
 
+    // A root that refuses new files: what is verified there is reported, the rest is an
+    // error until it is fixed (see crate::root_watch), and nothing is collected.
+    let writable = ctx.root_watch.is_writable();
+    if !writable {
+        for start in std::mem::take(&mut plan.start) {
+            mark_failed(&mut plan, &start.storage_key, &entries[..]);
+        }
+    }
     for start in std::mem::take(&mut plan.start) {
         let key = &start.storage_key;
         let shown = modelpull::redact_str(&start.entry.source_model_uri);
@@ -420,7 +470,7 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         ctx.downloads.cancel(key);
     }
     // Removing folders of hundreds of GB takes a while: not on the runtime's threads.
-    let gc = {
+    let gc = writable.then(|| {
         let ctx = ctx.clone();
         let (wanted, verified) = (plan.wanted.clone(), plan.verified.clone());
         tokio::task::spawn_blocking(move || {
@@ -432,8 +482,11 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
                 .set(i64::try_from(root.undeletable_bytes()).unwrap_or(i64::MAX));
             collected
         })
+    });
+    let collected = match gc {
+        Some(gc) => gc.await.unwrap_or_default(),
+        None => Default::default(),
     };
-    let collected = gc.await.unwrap_or_default();
 
     report(&lmn, &ctx, &plan).await;
     for (path, bytes) in collected.undeletable {

@@ -101,19 +101,31 @@ pub struct Collected {
     pub undeletable: Vec<(PathBuf, u64)>,
 }
 
+/// Creates `models` if it is missing and proves, by creating and removing a file there, that
+/// this process can add entries to it.
+pub fn check_writable(models: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(models)?;
+    let probe = models.join(format!(".modelpull-write-check-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 impl Root {
-    /// Opens the root, creating `ROOT/models`, and proves now, not at the first download, that
-    /// the agent can create entries there.
-    pub fn open(root: &Path) -> std::io::Result<Self> {
-        let models = root.join("models");
-        std::fs::create_dir_all(&models)?;
-        let probe = models.join(format!(".modelpull-write-check-{}", std::process::id()));
-        std::fs::File::create(&probe)?;
-        std::fs::remove_file(&probe)?;
-        Ok(Self {
-            models,
+    /// The models root at `root` (models in `root/models`), not touched yet: it may not be
+    /// writable (see [`crate::root_watch`]); reading what is verified there needs no more.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            models: root.join("models"),
             collector: Collector::default(),
-        })
+        }
+    }
+
+    /// [`Root::new`], having proved with [`check_writable`] that the agent can create
+    /// entries there.
+    pub fn open(root: &Path) -> std::io::Result<Self> {
+        let root = Self::new(root);
+        check_writable(&root.models)?;
+        Ok(root)
     }
 
     pub fn models_dir(&self) -> &Path {

@@ -12,10 +12,12 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use localmodelnode_agent::cli::Args;
 use localmodelnode_agent::controller::{self, Ctx};
 use localmodelnode_agent::disk::Root;
+use localmodelnode_agent::fit;
 use localmodelnode_agent::jobs::{Downloads, Engine, Settings};
 use localmodelnode_agent::logging::{self, SETUP};
 use localmodelnode_agent::metrics::{self, AgentMetrics};
 use localmodelnode_agent::retry::RetryPolicy;
+use localmodelnode_agent::root_watch::RootWatch;
 use localmodelnode_agent::server::{self, Health};
 use modelpull::store::Env;
 
@@ -63,6 +65,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let engine_metrics = modelpull::metrics::Metrics::new(&registry)?;
     let agent_metrics = AgentMetrics::new(&registry)?;
     metrics::register_process(&registry)?;
+    localmodelnode_agent::throttling::CpuThrottling::register(&registry)?;
     let health = Health::default();
     if args.node().is_none() {
         health.block(NO_NODE_NAME);
@@ -88,34 +91,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     };
 
-    let root = Root::open(&args.models_root).with_context(|| {
-        format!(
-            "cannot write to the models root {} as uid {}: mount a volume there that this user can write \
-             (for the DaemonSet's hostPath, on each node: install -d -o 65532 -g 65532 /models)",
-            args.models_root.display(),
-            rustix::process::getuid().as_raw(),
-        )
-    })?;
+    let root = Root::new(&args.models_root);
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel();
-    // Engine threads are pinned within the CPUs the pod may use (its affinity mask).
-    let engine = modelpull::Options {
-        connections: args.connections,
-        connections_per_host: args.connections,
-        limit_rate: args.limit_rate,
-        memory_limit: args.memory_limit,
-        ..modelpull::Options::default()
+    // A root that refuses new files does not stop the agent: it runs not ready until fixed.
+    let root_watch = {
+        let changed = changed_tx.clone();
+        RootWatch::start(root.models_dir(), health.clone(), move || {
+            let _ = changed.send(());
+        })
     };
+    // Buffers, connections and engine threads sized under the container's limits.
+    let (fitted, engine) = fit::for_this_process(
+        fit::Requested {
+            memory_limit: args.memory_limit.map(|m| m as u64),
+            concurrent: args.max_concurrent_downloads,
+            connections: args.connections,
+        },
+        args.limit_rate,
+    );
     let engine = Engine::new(
         Settings {
             models: root.models_dir().to_owned(),
-            concurrent: args.max_concurrent_downloads,
+            concurrent: fitted.concurrent,
             engine,
         },
         engine_metrics,
     );
     let downloads = Downloads::start(
         Arc::new(engine),
-        args.max_concurrent_downloads.max(1),
+        fitted.concurrent,
         RetryPolicy::default(),
         changed_tx,
     );
@@ -170,6 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .grace(args.gc_grace)
         .health(health)
         .node_env(node_env)
+        .root_watch(root_watch)
         .build();
     controller::run(Arc::new(ctx), changed_rx, stopped(stop.clone())).await;
     let dl = downloads.clone();

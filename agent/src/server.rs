@@ -23,10 +23,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
 
-/// What the probe endpoints report.
+/// What the probe endpoints report: ready when both hold.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
+    /// Connected to the API server and watching (the controller sets it).
     pub ready: Arc<AtomicBool>,
+    /// The models root takes new files (see [`crate::root_watch`]).
+    pub models_root_writable: Arc<AtomicBool>,
     /// Why the agent can never become ready (e.g. it does not know its node), for `/readyz`.
     blocked: Arc<OnceLock<String>>,
 }
@@ -42,6 +45,11 @@ impl Health {
     fn readiness(&self) -> (StatusCode, String) {
         if let Some(why) = self.blocked.get() {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
+        } else if !self.models_root_writable.load(Relaxed) {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the models root is not writable: see the agent's log\n".into(),
+            )
         } else if self.ready.load(Relaxed) {
             (StatusCode::OK, "ok\n".into())
         } else {
@@ -304,6 +312,12 @@ mod tests {
                 .unwrap()
         };
         assert!(readyz().await.contains("503 Service Unavailable"));
+        assert!(
+            readyz()
+                .await
+                .ends_with("the models root is not writable: see the agent's log\n")
+        );
+        health.models_root_writable.store(true, Relaxed);
         assert!(
             readyz()
                 .await

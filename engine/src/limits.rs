@@ -13,8 +13,13 @@
 //! cgroup at the mount's root, or at its full path), and every level from it up to the mount's
 //! root counts: the tightest limit wins. A file that is missing or unreadable means no limit
 //! at that level, so outside a container nothing changes.
+//!
+//! [`CpuStat`] reads how long the quota held the process back (`cpu.stat` of its own cgroup:
+//! v2's `nr_throttled` and `throttled_usec`, v1's `nr_throttled` and `throttled_time`): a
+//! download under a tight quota is slow without any error, and this is the number that says why.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Memory the process needs besides chunk buffers: the program, its threads, TLS sessions,
 /// listings, and what the kernel charges to the cgroup for it (socket buffers, page cache of
@@ -118,6 +123,85 @@ impl Limits {
             }
         }
     }
+}
+
+/// How often and how long the CPU quota held the cgroup back, since it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Throttling {
+    /// Quota periods that had runnable threads (`nr_periods`).
+    pub periods: u64,
+    /// Periods in which the quota ran out (`nr_throttled`).
+    pub throttled_periods: u64,
+    /// Time runnable threads waited for the next period (v2 `throttled_usec`, v1
+    /// `throttled_time` in nanoseconds).
+    pub throttled: Duration,
+}
+
+/// The `cpu.stat` file of the process's own cgroup, found once and read on demand (a metrics
+/// scrape reads one small file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuStat {
+    path: PathBuf,
+    v2: bool,
+}
+
+impl CpuStat {
+    /// The process's `cpu.stat`; `None` without a cgroup CPU controller.
+    pub fn locate() -> Option<Self> {
+        Self::locate_at(Path::new("/"))
+    }
+
+    /// As [`CpuStat::locate`], with every path taken under `root` (see [`Limits::detect_at`]).
+    pub fn locate_at(root: &Path) -> Option<Self> {
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_default();
+        let (cgroups, mounts) = (read("proc/self/cgroup"), read("proc/self/mountinfo"));
+        cgroup_dirs(root, &cgroups, &mounts)
+            .into_iter()
+            .filter(|d| matches!(d.version, Version::V2 | Version::V1Cpu))
+            .map(|d| Self {
+                path: d.own.join("cpu.stat"),
+                v2: d.version == Version::V2,
+            })
+            .find(|s| s.path.is_file())
+    }
+
+    /// The counters now; `None` when the file cannot be read or lacks them.
+    pub fn read(&self) -> Option<Throttling> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        if self.v2 {
+            parse_cpu_stat_v2(&text)
+        } else {
+            parse_cpu_stat_v1(&text)
+        }
+    }
+}
+
+/// The value of `key` in a flat-keyed file (`key value` lines).
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// v2 `cpu.stat`: `nr_periods`, `nr_throttled`, `throttled_usec` (and usage fields, ignored).
+/// Without a quota the kernel leaves the three out: then nothing was throttled.
+fn parse_cpu_stat_v2(text: &str) -> Option<Throttling> {
+    stat_field(text, "usage_usec")?;
+    Some(Throttling {
+        periods: stat_field(text, "nr_periods").unwrap_or(0),
+        throttled_periods: stat_field(text, "nr_throttled").unwrap_or(0),
+        throttled: Duration::from_micros(stat_field(text, "throttled_usec").unwrap_or(0)),
+    })
+}
+
+/// v1 `cpu.stat`: `nr_periods`, `nr_throttled`, `throttled_time` (nanoseconds).
+fn parse_cpu_stat_v1(text: &str) -> Option<Throttling> {
+    Some(Throttling {
+        periods: stat_field(text, "nr_periods")?,
+        throttled_periods: stat_field(text, "nr_throttled")?,
+        throttled: Duration::from_nanos(stat_field(text, "throttled_time")?),
+    })
 }
 
 /// Which files a cgroup directory holds.
@@ -421,5 +505,79 @@ mod tests {
         assert_eq!(with(GIB).buffer_budget(), Some(832 << 20));
         assert_eq!(with(256 << 20).buffer_budget(), Some(160 << 20));
         assert_eq!(with(32 << 20).buffer_budget(), Some(0));
+    }
+
+    #[test]
+    fn cpu_stat_v2_in_its_own_namespace() {
+        let root = tree(&[
+            ("proc/self/cgroup", "0::/\n"),
+            ("proc/self/mountinfo", V2_MOUNT),
+            (
+                "sys/fs/cgroup/cpu.stat",
+                "usage_usec 8017390\nuser_usec 6911843\nsystem_usec 1105547\n\
+                 nr_periods 1200\nnr_throttled 314\nthrottled_usec 27182818\n\
+                 nr_bursts 0\nburst_usec 0\n",
+            ),
+        ]);
+        let stat = CpuStat::locate_at(root.path()).unwrap();
+        assert_eq!(
+            stat.read(),
+            Some(Throttling {
+                periods: 1200,
+                throttled_periods: 314,
+                throttled: Duration::from_micros(27_182_818),
+            })
+        );
+    }
+
+    #[test]
+    fn cpu_stat_v2_without_a_quota_has_no_throttling() {
+        // The kernel writes the throttling fields only where `cpu.max` sets a quota.
+        let text = "usage_usec 120\nuser_usec 100\nsystem_usec 20\n";
+        assert_eq!(parse_cpu_stat_v2(text), Some(Throttling::default()));
+        assert_eq!(
+            parse_cpu_stat_v2("nr_throttled 1\n"),
+            None,
+            "not a cpu.stat"
+        );
+    }
+
+    #[test]
+    fn cpu_stat_v1_as_docker_mounts_it() {
+        let id = "/docker/0123abcd";
+        let root = tree(&[
+            (
+                "proc/self/cgroup",
+                &format!("12:memory:{id}\n4:cpu,cpuacct:{id}\n"),
+            ),
+            (
+                "proc/self/mountinfo",
+                &format!(
+                    "700 699 0:40 {id} /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n\
+                     701 699 0:41 {id} /sys/fs/cgroup/cpu,cpuacct ro - cgroup cgroup rw,cpu,cpuacct\n"
+                ),
+            ),
+            (
+                "sys/fs/cgroup/cpu,cpuacct/cpu.stat",
+                "nr_periods 50\nnr_throttled 7\nthrottled_time 1500000000\nnr_bursts 0\nburst_time 0\n",
+            ),
+        ]);
+        let stat = CpuStat::locate_at(root.path()).unwrap();
+        let t = stat.read().unwrap();
+        assert_eq!((t.periods, t.throttled_periods), (50, 7));
+        assert_eq!(t.throttled, Duration::from_millis(1500));
+        assert_eq!(parse_cpu_stat_v1("nr_periods 1\n"), None, "a field missing");
+    }
+
+    #[test]
+    fn no_cpu_controller_no_cpu_stat() {
+        let root = tree(&[
+            ("proc/self/cgroup", "12:memory:/\n"),
+            (
+                "proc/self/mountinfo",
+                "700 699 0:40 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+            ),
+        ]);
+        assert_eq!(CpuStat::locate_at(root.path()), None);
     }
 }

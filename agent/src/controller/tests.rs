@@ -33,6 +33,8 @@ enum Reply {
     /// The request's own body (what the API server returns for a created Event).
     Echo,
     NotFound,
+    /// 403, as KServe's role answers an Event.
+    Forbidden,
 }
 
 /// A request the agent must make next, and its answer.
@@ -153,6 +155,14 @@ impl ApiServer {
                                     .body(Body::from(serde_json::to_vec(&status).unwrap()))
                                     .unwrap()
                             }
+                            Reply::Forbidden => {
+                                let message = "events.events.k8s.io is forbidden: User \"system:serviceaccount:kserve:kserve-localmodelnode-agent\" cannot create resource \"events\" in API group \"events.k8s.io\" in the namespace \"default\"";
+                                let status = Status::failure(message, "Forbidden").with_code(403);
+                                Response::builder()
+                                    .status(StatusCode::FORBIDDEN)
+                                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                                    .unwrap()
+                            }
                         };
                         send.send_response(response);
                         seen.push(Seen { body });
@@ -183,6 +193,15 @@ impl World {
     /// An agent of `NODE` whose downloads go through the fetch `make` returns (given the
     /// models folder); nothing downloads until the test calls [`Downloads::run_next`].
     fn new(grace: Duration, make: impl FnOnce(PathBuf) -> Arc<dyn Fetch>) -> Self {
+        Self::with_root_watch(grace, make, RootWatch::writable())
+    }
+
+    /// As [`World::new`], the models root's state told by `root_watch`.
+    fn with_root_watch(
+        grace: Duration,
+        make: impl FnOnce(PathBuf) -> Arc<dyn Fetch>,
+        root_watch: RootWatch,
+    ) -> Self {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let dir = tempfile::tempdir().unwrap();
@@ -194,6 +213,7 @@ impl World {
         let metrics = AgentMetrics::new(&registry).unwrap();
         let ctx = Ctx::builder(client, NODE, root, downloads.clone(), metrics)
             .grace(grace)
+            .root_watch(root_watch)
             .build();
         Self {
             ctx: Arc::new(ctx),
@@ -538,6 +558,98 @@ async fn a_transient_failure_is_tried_again_when_its_backoff_ends() {
     );
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     assert_eq!(w.downloads_total(), counts(&[("transient", 1)]));
+}
+
+#[tokio::test]
+async fn forbidden_events_are_not_sent_again_and_status_goes_on() {
+    let mut w = World::new(Duration::from_secs(600), |models| {
+        fake::fetch(move |order| {
+            fake::publish(&models, order.key, &order.entry.source_model_uri);
+            Ok(Pulled {
+                bytes: 100,
+                adopted_bytes: 0,
+            })
+        })
+    });
+    let lmn = node(1, vec![entry("llama", LLAMA)], &[]);
+    w.reconcile(&lmn, vec![config(), status_patch()]).await;
+    assert!(w.run_next().await);
+
+    // Two Events are due (started, downloaded): the first is refused, the second not tried,
+    // and the status is still written.
+    let lmn = node(
+        1,
+        vec![entry("llama", LLAMA)],
+        &[("llama", ModelStatus::Pending)],
+    );
+    let refused = Expect {
+        method: Method::POST,
+        path: EVENTS_PATH.into(),
+        reply: Reply::Forbidden,
+    };
+    let (action, seen) = w
+        .reconcile(&lmn, vec![config(), refused, status_patch()])
+        .await;
+    seen[1].event("Normal", "DownloadStarted");
+    assert_eq!(seen[2].model_status(), &json!({"llama": "ModelDownloaded"}));
+    assert_eq!(action, Action::requeue(EVERY));
+    assert!(w.ctx.events.forbidden());
+    assert_eq!(w.downloads_total(), counts(&[("ok", 1)]));
+
+    // An invalid entry, which would get an Event of its own: its status only.
+    let entries = vec![entry("llama", LLAMA), entry("a/../b", LLAMA)];
+    let lmn = node(2, entries, &[("llama", ModelStatus::Downloaded)]);
+    let (_, seen) = w.reconcile(&lmn, vec![config(), status_patch()]).await;
+    assert_eq!(
+        seen[1].model_status(),
+        &json!({"a/../b": "ModelDownloadError"})
+    );
+}
+
+#[tokio::test]
+async fn an_unwritable_root_reports_what_is_there_and_starts_nothing() {
+    const OLD: &str = "hf://acme/old";
+    const BERT: &str = "hf://acme/bert";
+    // A root that refuses new files: a file stands where its folder would be.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("in-the-way"), b"").unwrap();
+    let watch = RootWatch::start(
+        &elsewhere.path().join("in-the-way/models"),
+        Health::default(),
+        || {},
+    );
+    assert!(!watch.is_writable());
+    let grace = Duration::from_millis(1);
+    let mut w = World::with_root_watch(
+        grace,
+        |models| {
+            for uri in [LLAMA, OLD] {
+                fake::publish(&models, &keys::storage_key(uri), uri);
+            }
+            fake::fetch(|order| panic!("{} was downloaded", order.key))
+        },
+        watch,
+    );
+    let entries = vec![entry("llama", LLAMA), entry("bert", BERT)];
+    let lmn = node(1, entries.clone(), &[]);
+    let (action, seen) = w.reconcile(&lmn, vec![config(), status_patch()]).await;
+    assert_eq!(
+        seen[1].model_status(),
+        &json!({"llama": "ModelDownloaded", "bert": "ModelDownloadError"})
+    );
+    assert_eq!(action, Action::requeue(EVERY));
+    assert!(!w.run_next().await, "nothing queued");
+    tokio::time::sleep(grace * 10).await;
+    let lmn = node(
+        1,
+        entries,
+        &[
+            ("llama", ModelStatus::Downloaded),
+            ("bert", ModelStatus::Error),
+        ],
+    );
+    w.reconcile(&lmn, vec![config()]).await;
+    assert!(w.folder(OLD).exists(), "nothing is collected");
 }
 
 /// Scrapes `/metrics`, served from `registry` on 127.0.0.1: each series (`name{labels}`) and

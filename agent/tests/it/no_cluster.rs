@@ -117,12 +117,13 @@ fn keeps_running_unready_and_stops_cleanly() {
 }
 
 #[test]
-fn refuses_a_models_root_it_cannot_write_and_says_what_to_do() {
+fn a_models_root_it_cannot_write_is_not_ready_and_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     // A file where the root should be: unwritable for every user, root included.
     let root = dir.path().join("not-a-folder");
     std::fs::write(&root, b"").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent"))
+    let probes = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent"))
         .env_clear()
         .env("NODE_NAME", "gpu-node-1")
         .env("KUBECONFIG", dir.path().join("missing-kubeconfig"))
@@ -130,22 +131,33 @@ fn refuses_a_models_root_it_cannot_write_and_says_what_to_do() {
         .arg("--models-root")
         .arg(&root)
         .arg(format!("--metrics-bind-address=127.0.0.1:{}", free_port()))
-        .arg(format!(
-            "--health-probe-bind-address=127.0.0.1:{}",
-            free_port()
-        ))
-        .output()
+        .arg(format!("--health-probe-bind-address=127.0.0.1:{probes}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(probes, "/healthz") != Some(200) {
+        assert!(Instant::now() < deadline, "/healthz never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(probes, "/readyz"), Some(503));
+    // Past start-up (the SIGTERM handler), and still running.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.status.success(), "{err}");
     assert!(
-        err.contains(&format!("models root {}", root.display())),
+        err.contains(&format!("cannot create files in {}", dir.path().display())),
         "{err}"
     );
-    assert!(
-        err.contains("install -d -o 65532 -g 65532 /models"),
-        "{err}"
-    );
+    assert!(err.contains("chown -R"), "{err}");
 }
 
 /// `docker run -d -p 8080:8080 -p 8081:8081 IMAGE`: no `NODE_NAME`, no cluster, no models

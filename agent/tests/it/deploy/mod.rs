@@ -5,9 +5,11 @@
 //! name, selector and node selector, the io_uring seccomp profile); the seccomp profile allows
 //! io_uring and refuses what it does not list; the Helm chart renders the same objects as the
 //! kustomize base, with every value it declares used. The storage-initializer's component and
-//! Helm value are checked in `storage_initializer`.
+//! Helm value are checked in `storage_initializer`, the patch of KServe's own DaemonSet in
+//! `kserve_daemonset`.
 
 mod helm;
+mod kserve_daemonset;
 mod storage_initializer;
 
 use std::path::{Path, PathBuf};
@@ -308,7 +310,6 @@ fn the_helm_chart_renders_what_the_kustomize_base_holds() {
             "--zap-log-level=info",
             "--max-concurrent-downloads=2",
             "--connections=16",
-            "--memory-limit=192M",
             "--gc-grace=10m"
         ])
     );
@@ -329,7 +330,7 @@ fn the_helm_values_land_where_they_say() {
             "jobNamespace": "model-jobs",
             "createJobNamespace": true,
             "seccompLocalhostProfile": "",
-            "downloads": {"limitRate": "500M"},
+            "downloads": {"limitRate": "500M", "memoryLimit": "256M"},
             "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
             "nodeSelector": {"gpu": "h100", "kserve/localmodel": null},
             "tolerations": [],
@@ -352,6 +353,12 @@ fn the_helm_values_land_where_they_say() {
             .as_array()
             .unwrap()
             .contains(&json!("--limit-rate=500M"))
+    );
+    assert!(
+        c["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--memory-limit=256M"))
     );
     assert_eq!(
         c["env"][2],

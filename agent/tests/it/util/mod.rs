@@ -148,11 +148,17 @@ impl Drop for ApiServer {
     }
 }
 
+/// The agent binary under test.
+pub fn agent_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_localmodelnode-agent")
+}
+
 /// The agent binary, stopped (SIGTERM) when dropped.
 pub struct Agent {
     child: Child,
     pub log: PathBuf,
     metrics: u16,
+    health: u16,
 }
 
 impl Agent {
@@ -167,10 +173,39 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn(
+            Command::new(agent_binary()),
+            kubeconfig,
+            root,
+            node,
+            extra,
+            env,
+        )
+    }
+
+    /// The agent running as `uid` (gid the same), as KServe's DaemonSet runs it (65532); the
+    /// test must run as root, and the binary, `kubeconfig` and `root` be reachable by `uid`.
+    pub fn start_as(uid: u32, kubeconfig: &Path, root: &Path, node: &str) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(agent_binary());
+        command.uid(uid).gid(uid);
+        Self::spawn(command, kubeconfig, root, node, &[], &[])
+    }
+
+    /// The agent started by `command`, which runs the agent binary ([`agent_binary`]) with
+    /// the arguments this adds (e.g. a shell that first moves itself into a cgroup).
+    pub fn spawn(
+        mut command: Command,
+        kubeconfig: &Path,
+        root: &Path,
+        node: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = root.join("agent.log");
         let file = std::fs::File::create(&log).unwrap();
-        let metrics = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent"))
+        let (metrics, health) = (free_port(), free_port());
+        let child = command
             .env("NODE_NAME", node)
             .env("POD_NAMESPACE", "kserve")
             .env("RUST_LOG", "localmodelnode_agent=debug,modelpull=info")
@@ -189,7 +224,7 @@ impl Agent {
                 "--metrics-bind-address",
                 &format!("127.0.0.1:{metrics}"),
                 "--health-probe-bind-address",
-                &format!("127.0.0.1:{}", free_port()),
+                &format!("127.0.0.1:{health}"),
             ])
             .args(extra)
             .stdout(Stdio::null())
@@ -200,7 +235,24 @@ impl Agent {
             child,
             log,
             metrics,
+            health,
         }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The status code `/readyz` answers now; `None` while nothing listens.
+    pub fn readyz(&self) -> Option<u16> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.health)).ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        text.split_whitespace().nth(1)?.parse().ok()
     }
 
     pub fn log(&self) -> String {
