@@ -6,7 +6,9 @@
 # The agent's image: it runs as 65532:65532 and holds no shell or package manager, only the two
 # binaries, CA certificates and licences; without a cluster the agent keeps running, says why,
 # answers /healthz, reports not ready, serves Prometheus text on /metrics and exits 0 on
-# SIGTERM within 5 s; it refuses a models root it cannot write; `modelpull demo` succeeds on
+# SIGTERM within 5 s; so does the image's documented `docker run` without NODE_NAME, saying
+# once how to set it; a models root it cannot write keeps it running not ready, naming the
+# folder and the fix; `modelpull demo` succeeds on
 # the epoll fallback under a profile without io_uring (what Docker >= 25 and containerd >= 1.7
 # ship as their default) and on io_uring under deploy/seccomp/modelpull.json.
 #
@@ -125,11 +127,43 @@ elapsed_ms=$((($(date +%s%N) - start) / 1000000))
 code=$(docker inspect -f '{{.State.ExitCode}}' "$agent")
 check "SIGTERM: exit 0 (was $code) in ${elapsed_ms} ms (< 5000)" test "$code" = 0 -a "$elapsed_ms" -lt 5000
 
-echo "models root:"
-code=0
-timeout 60 docker run --rm --read-only -e NODE_NAME=node-a "$image" >"$work/noroot" 2>&1 || code=$?
-check "refuses a models root it cannot write (exit $code), naming it" \
-  bash -c "[ $code -eq 1 ] && grep -q 'cannot write to the models root /mnt/models' '$work/noroot'"
+echo "the image's documented command (no NODE_NAME, no cluster):"
+bare="mp-bare-$$"
+containers+=("$bare")
+timeout 60 docker run -d --name "$bare" -p 127.0.0.1::8080 -p 127.0.0.1::8081 -p 127.0.0.1::9443 "$image" >/dev/null
+health=$(docker port "$bare" 8081/tcp | head -1)
+for _ in $(seq 50); do
+  curl -fsS "http://$health/healthz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+check "/healthz answers 200" curl -fsS -o /dev/null "http://$health/healthz"
+check "/readyz says not ready (503)" test "$(curl -s -o /dev/null -w '%{http_code}' "http://$health/readyz")" = 503
+check "logs once that NODE_NAME is missing and how to set it" \
+  bash -c "[ \$(docker logs $bare 2>&1 | grep -c 'NODE_NAME is not set.*spec.nodeName') -eq 1 ]"
+sleep 1
+check "still running" test "$(docker inspect -f '{{.State.Running}}' "$bare")" = true
+docker stop -t 5 "$bare" >/dev/null
+code=$(docker inspect -f '{{.State.ExitCode}}' "$bare")
+check "SIGTERM: exit 0 (was $code)" test "$code" = 0
+
+echo "models root it cannot write (the image's own, root-owned):"
+noroot="mp-noroot-$$"
+containers+=("$noroot")
+timeout 60 docker run -d --name "$noroot" --read-only -e NODE_NAME=node-a \
+  -p 127.0.0.1::8081 "$image" >/dev/null
+health=$(docker port "$noroot" 8081/tcp | head -1)
+for _ in $(seq 50); do
+  curl -fsS "http://$health/healthz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+check "keeps running, /healthz 200" curl -fsS -o /dev/null "http://$health/healthz"
+check "/readyz says not ready (503)" test "$(curl -s -o /dev/null -w '%{http_code}' "http://$health/readyz")" = 503
+check "logs the folder and the fix" \
+  bash -c "docker logs $noroot 2>&1 | grep -q 'cannot create files in /mnt/models/models as uid 65532.*chown -R 65532:65532'"
+check "still running" test "$(docker inspect -f '{{.State.Running}}' "$noroot")" = true
+docker stop -t 5 "$noroot" >/dev/null
+code=$(docker inspect -f '{{.State.ExitCode}}' "$noroot")
+check "SIGTERM: exit 0 (was $code)" test "$code" = 0
 
 echo "seccomp:"
 python3 - deploy/seccomp/modelpull.json "$work/no-io-uring.json" <<'EOF'
