@@ -32,14 +32,6 @@ fn data(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn entry(name: &str, uri: &str) -> LocalModelInfo {
-    LocalModelInfo {
-        source_model_uri: uri.into(),
-        model_name: name.into(),
-        ..Default::default()
-    }
-}
-
 struct World {
     dir: tempfile::TempDir,
     api: ApiServer,
@@ -59,13 +51,7 @@ impl World {
         let origin = Origin::serve(&served).unwrap();
         let api = ApiServer::start(&python);
         let client = api.client(dir.path()).await;
-        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kserve");
-        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
-            "data": {"localModel": r#"{"jobNamespace": "kserve-localmodel-jobs", "reconcilationFrequencyInSecs": 1}"#}
-        }))
-        .unwrap();
-        maps.create(&PostParams::default(), &cm).await.unwrap();
+        create_kserve_config(&client).await;
         Some(Self {
             dir,
             api,

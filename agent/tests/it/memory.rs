@@ -11,10 +11,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
-use localmodelnode_agent::crd::{LocalModelInfo, LocalModelNode, LocalModelNodeSpec, ModelStatus};
+use localmodelnode_agent::crd::{LocalModelNode, LocalModelNodeSpec, ModelStatus};
 use localmodelnode_agent::keys::storage_key;
 use modelpull_testkit::origin::Origin;
 
@@ -135,14 +134,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
-fn entry(name: &str, uri: &str) -> LocalModelInfo {
-    LocalModelInfo {
-        source_model_uri: uri.into(),
-        model_name: name.into(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn two_downloads_fit_under_kserves_300_mib() {
     if !rustix::process::geteuid().is_root() {
@@ -174,13 +165,7 @@ async fn two_downloads_fit_under_kserves_300_mib() {
     let ub = modelpull_testkit::with_sha256(&origin.url("b.bin"), &b);
     let api = ApiServer::start(&python);
     let client = api.client(dir.path()).await;
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kserve");
-    let cm = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
-        "data": {"localModel": r#"{"jobNamespace": "kserve-localmodel-jobs", "reconcilationFrequencyInSecs": 1}"#}
-    }))
-    .unwrap();
-    maps.create(&PostParams::default(), &cm).await.unwrap();
+    create_kserve_config(&client).await;
     let nodes: Api<LocalModelNode> = Api::all(client.clone());
     let mut lmn = LocalModelNode {
         spec: LocalModelNodeSpec {

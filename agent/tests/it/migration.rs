@@ -9,15 +9,14 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
-use localmodelnode_agent::crd::{LocalModelInfo, LocalModelNode, LocalModelNodeSpec, ModelStatus};
+use localmodelnode_agent::crd::{LocalModelNode, LocalModelNodeSpec, ModelStatus};
 use localmodelnode_agent::keys::storage_key;
 use modelpull_testkit::hub::{Hub, HubRepo, RouteKind};
 use modelpull_testkit::kserve::{self, KSERVE_UID};
@@ -42,87 +41,6 @@ fn weights(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-fn entry(name: &str, uri: &str) -> LocalModelInfo {
-    LocalModelInfo {
-        source_model_uri: uri.into(),
-        model_name: name.into(),
-        ..Default::default()
-    }
-}
-
-/// The agent as KServe's DaemonSet runs its image: uid 65532, its environment only.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-    metrics: u16,
-}
-
-impl Agent {
-    fn start(dir: &Path, kubeconfig: &Path, root: &Path, hub: &Hub) -> Self {
-        let log = dir.join("agent.log");
-        let metrics = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_localmodelnode-agent"))
-            .env_clear()
-            .env("NODE_NAME", NODE)
-            .env("POD_NAMESPACE", "kserve")
-            .env("KUBECONFIG", kubeconfig)
-            .env("HF_ENDPOINT", hub.endpoint())
-            .env("RUST_LOG", "localmodelnode_agent=debug,modelpull=info")
-            .arg("--models-root")
-            .arg(root)
-            .args([
-                "--gc-grace",
-                "3s",
-                "--metrics-bind-address",
-                &format!("127.0.0.1:{metrics}"),
-                "--health-probe-bind-address",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .uid(AGENT_UID)
-            .gid(AGENT_UID)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            metrics,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The value of the metric `name` (without labels) on `/metrics`.
-    fn metric(&self, name: &str) -> Option<f64> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Waits until `check` holds, or fails naming `what`, with the agent's log.
@@ -254,13 +172,7 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
     let client = api.client(dir.path()).await;
     let kubeconfig = api.kubeconfig(dir.path());
     std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kserve");
-    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
-        "data": {"localModel": r#"{"jobNamespace": "kserve-localmodel-jobs", "reconcilationFrequencyInSecs": 1}"#}
-    }))
-    .unwrap();
-    maps.create(&PostParams::default(), &cm).await.unwrap();
+    create_kserve_config(&client).await;
     let nodes: Api<LocalModelNode> = Api::all(client.clone());
     let mut lmn = LocalModelNode {
         spec: LocalModelNodeSpec {
@@ -278,7 +190,21 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
     // Only the image changes.
     let seen_before = hub.stats().requests.len();
     let started = Instant::now();
-    let agent = Agent::start(dir.path(), &kubeconfig, &root, &hub);
+    // The agent as KServe's DaemonSet runs its image: uid 65532, its environment only.
+    let mut command = Command::new(agent_binary());
+    command
+        .env_clear()
+        .env("HF_ENDPOINT", hub.endpoint())
+        .uid(AGENT_UID)
+        .gid(AGENT_UID);
+    let agent = Agent::spawn(
+        command,
+        &kubeconfig,
+        &root,
+        NODE,
+        &["--gc-grace", "3s"],
+        &[],
+    );
     until(
         &agent,
         "the big model adopted",

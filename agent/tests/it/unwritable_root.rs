@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use localmodelnode_agent::crd::{LocalModelInfo, LocalModelNode, LocalModelNodeSpec, ModelStatus};
+use localmodelnode_agent::crd::{LocalModelNode, LocalModelNodeSpec, ModelStatus};
 use localmodelnode_agent::keys::storage_key;
 use modelpull_testkit::origin::Origin;
 
@@ -20,14 +19,6 @@ use crate::util::*;
 const NODE: &str = "gpu-node-1";
 /// KServe's agent image runs as distroless's nonroot user.
 const NONROOT: u32 = 65532;
-
-fn entry(name: &str, uri: &str) -> LocalModelInfo {
-    LocalModelInfo {
-        source_model_uri: uri.into(),
-        model_name: name.into(),
-        ..Default::default()
-    }
-}
 
 /// The Events the agent posted about its Node, as `(reason, note)`.
 fn node_events(api: &ApiServer) -> Vec<(String, String)> {
@@ -65,13 +56,7 @@ async fn an_unwritable_root_waits_and_recovers_without_a_restart() {
     let api = ApiServer::start(&python);
     let client = api.client(dir.path()).await;
     let kubeconfig = api.kubeconfig(dir.path());
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kserve");
-    let cm = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
-        "data": {"localModel": r#"{"jobNamespace": "kserve-localmodel-jobs", "reconcilationFrequencyInSecs": 1}"#}
-    }))
-    .unwrap();
-    maps.create(&PostParams::default(), &cm).await.unwrap();
+    create_kserve_config(&client).await;
     let nodes: Api<LocalModelNode> = Api::all(client.clone());
     let mut lmn = LocalModelNode {
         spec: LocalModelNodeSpec {

@@ -7,7 +7,6 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
-
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use localmodelnode_agent::crd::{LocalModelNode, ModelStatus};
+use kube::api::PostParams;
+use localmodelnode_agent::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 
 pub use servers::free_port;
 
@@ -148,6 +150,26 @@ impl Drop for ApiServer {
     }
 }
 
+/// KServe's `inferenceservice-config` in `kserve`, every model checked again each second.
+pub async fn create_kserve_config(client: &kube::Client) {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kserve");
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
+        "data": {"localModel": r#"{"jobNamespace": "kserve-localmodel-jobs", "reconcilationFrequencyInSecs": 1}"#}
+    }))
+    .unwrap();
+    maps.create(&PostParams::default(), &cm).await.unwrap();
+}
+
+/// A LocalModelNode entry: model `name` from `uri`, no credentials.
+pub fn entry(name: &str, uri: &str) -> LocalModelInfo {
+    LocalModelInfo {
+        source_model_uri: uri.into(),
+        model_name: name.into(),
+        ..Default::default()
+    }
+}
+
 /// The agent binary under test.
 pub fn agent_binary() -> &'static str {
     env!("CARGO_BIN_EXE_localmodelnode-agent")
@@ -246,29 +268,42 @@ impl Agent {
 
     /// The status code `/readyz` answers now; `None` while nothing listens.
     pub fn readyz(&self) -> Option<u16> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.health)).ok()?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        text.split_whitespace().nth(1)?.parse().ok()
+        get(self.health, "/readyz")?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The value of the metric `name` (without labels) on `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        get(self.metrics, "/metrics")?
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// What `/metrics` serves now.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
+        get(self.metrics, "/metrics").expect("the agent serves /metrics")
     }
+}
+
+/// The whole HTTP answer to `GET path` on 127.0.0.1:`port`; `None` while nothing listens.
+fn get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 impl Drop for Agent {
