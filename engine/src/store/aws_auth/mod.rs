@@ -169,6 +169,8 @@ pub enum CredentialError {
     PlainHttpSts { endpoint: String },
     #[error("credential_process of profile `{profile}` failed: {message}")]
     Process { profile: String, message: String },
+    #[error("{last} (from a try {ago} s ago; credentials are fetched again in {next} s)")]
+    Failing { last: String, ago: u64, next: u64 },
     #[error("the credential request could not run: {0}")]
     Runtime(String),
 }
