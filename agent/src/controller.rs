@@ -39,7 +39,9 @@ use crate::{credentials, keys};
 /// Variables of the agent's own environment that every model's environment inherits: proxies
 /// and mirrors are the node's business, credentials are the model's. The pod's AWS identity
 /// (IRSA's token, EKS Pod Identity, the instance metadata settings) stands in for the identity
-/// a KServe download Job's pod would have; a model's own keys still come first.
+/// a KServe download Job's pod would have; a model's own keys still come first. The pod's web
+/// identity token goes to the agent's STS, never to a model's endpoint (see
+/// [`credentials::inherit`]).
 pub const NODE_ENV: [&str; 21] = [
     "HTTPS_PROXY",
     "https_proxy",
@@ -449,11 +451,7 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         .await;
         match env {
             Ok(mut credentials) => {
-                for (name, value) in ctx.node_env.iter() {
-                    if credentials.env.get(name).is_none() {
-                        credentials.env.set(name, value);
-                    }
-                }
+                credentials::inherit(&mut credentials.env, &ctx.node_env);
                 ctx.downloads
                     .start_download(key, start.entry.clone(), credentials);
             }

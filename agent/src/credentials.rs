@@ -259,6 +259,39 @@ fn has(secret: &Secret, key: &str) -> bool {
     data(secret, key).is_some()
 }
 
+/// Lays the node's own settings (see [`crate::controller::NODE_ENV`]) under a model's `env`:
+/// the model's own values win. When the pod's web identity token is handed over (the model
+/// has none of its own), STS is pinned to the agent's own `AWS_ENDPOINT_URL_STS`, else AWS's
+/// STS of the model's region: otherwise STS would follow the model's `AWS_ENDPOINT_URL`, and
+/// the node's token would go to every MinIO or Ceph endpoint a keyless model names.
+pub fn inherit(env: &mut Env, node_env: &Env) {
+    let node_token = env.get("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
+        && node_env.get("AWS_WEB_IDENTITY_TOKEN_FILE").is_some();
+    for (name, value) in node_env.iter() {
+        if env.get(name).is_none() {
+            env.set(name, value);
+        }
+    }
+    if node_token {
+        let sts = match node_env.get("AWS_ENDPOINT_URL_STS") {
+            Some(own) => own.to_owned(),
+            None => aws_sts(env.first(&["AWS_REGION", "AWS_DEFAULT_REGION"])),
+        };
+        env.set("AWS_ENDPOINT_URL_STS", sts);
+    }
+}
+
+/// AWS's STS endpoint of `region` (its partition's for China), else the global one.
+fn aws_sts(region: Option<&str>) -> String {
+    match region.map(str::trim).filter(|r| !r.is_empty()) {
+        Some(region) if region.starts_with("cn-") => {
+            format!("https://sts.{region}.amazonaws.com.cn")
+        }
+        Some(region) => format!("https://sts.{region}.amazonaws.com"),
+        None => "https://sts.amazonaws.com".into(),
+    }
+}
+
 /// The S3 variables from `annotations`, then `secret` data, then `cfg`, exactly as KServe's
 /// `BuildS3EnvVars`: an annotation or data key that is present wins even when empty, and a
 /// variable whose value ends up empty is not set. An endpoint with a scheme decides
@@ -598,6 +631,62 @@ mod tests {
         cfg.s3.access_key_id_name = "AWS_ACCESS_KEY_ID".into();
         cfg.s3.secret_access_key_name = "AWS_SECRET_ACCESS_KEY".into();
         cfg
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_nodes_token_never_follows_a_models_endpoint_to_sts() {
+        let irsa = [
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/agent"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks/token"),
+            ("HTTPS_PROXY", "http://proxy:3128"),
+        ];
+        // A keyless MinIO model: the pod's identity, STS at AWS in the model's region.
+        let mut env = env_of(&[
+            ("AWS_ENDPOINT_URL", "http://minio:9000"),
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("HTTPS_PROXY", "http://model-proxy:1"),
+        ]);
+        inherit(&mut env, &env_of(&irsa));
+        assert_eq!(env.get("AWS_ROLE_ARN"), Some("arn:aws:iam::1:role/agent"));
+        assert_eq!(
+            env.get("AWS_ENDPOINT_URL_STS"),
+            Some("https://sts.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(env.get("AWS_ENDPOINT_URL"), Some("http://minio:9000"));
+        assert_eq!(env.get("HTTPS_PROXY"), Some("http://model-proxy:1"));
+        // No region: the global endpoint.
+        let mut env = env_of(&[("AWS_ENDPOINT_URL", "http://minio:9000")]);
+        inherit(&mut env, &env_of(&irsa));
+        assert_eq!(
+            env.get("AWS_ENDPOINT_URL_STS"),
+            Some("https://sts.amazonaws.com")
+        );
+        // The agent's own STS endpoint wins over anything the model's settings name.
+        let mut own = env_of(&irsa);
+        own.set("AWS_ENDPOINT_URL_STS", "https://sts.internal.example");
+        let mut env = env_of(&[
+            ("AWS_ENDPOINT_URL", "http://minio:9000"),
+            ("AWS_ENDPOINT_URL_STS", "http://minio:9000"),
+            ("AWS_REGION", "cn-north-1"),
+        ]);
+        inherit(&mut env, &own);
+        assert_eq!(
+            env.get("AWS_ENDPOINT_URL_STS"),
+            Some("https://sts.internal.example")
+        );
+        assert_eq!(
+            aws_sts(Some("cn-north-1")),
+            "https://sts.cn-north-1.amazonaws.com.cn"
+        );
+        // No web identity on the node: nothing pinned.
+        let mut env = env_of(&[("AWS_ENDPOINT_URL", "http://minio:9000")]);
+        inherit(&mut env, &env_of(&[("HTTPS_PROXY", "http://proxy:3128")]));
+        assert_eq!(env.get("AWS_ENDPOINT_URL_STS"), None);
+        assert_eq!(env.get("HTTPS_PROXY"), Some("http://proxy:3128"));
     }
 
     #[test]

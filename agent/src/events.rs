@@ -3,13 +3,18 @@
 //! KServe's DaemonSet is refused every Event. The first refusal (HTTP 403) turns Events off for
 //! the life of the process, with one warning that names the RBAC rule that turns them on;
 //! everything else (status, downloads, readiness) goes on as before. Any other failure is
-//! logged and the next Event is tried, since an API server outage passes.
+//! logged and the next Event is tried, since an API server outage passes. Each Event is given
+//! [`API_TIMEOUT`]: an API server that accepts it but never answers delays a reconcile by
+//! that much, not by kube's own read timeout (295 s). A timeout is warned of once, until the
+//! API server answers an Event again.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, Recorder, Reporter};
+
+use crate::controller::API_TIMEOUT;
 
 /// The rule an agent's ClusterRole needs for Events: kube's recorder writes `events.k8s.io/v1`
 /// Events, and patches them to count a repeated one.
@@ -20,6 +25,8 @@ pub const RBAC_RULE: &str =
 pub struct Events {
     recorder: Recorder,
     forbidden: AtomicBool,
+    /// The last Event timed out (and its warning was given).
+    timed_out: AtomicBool,
 }
 
 impl std::fmt::Debug for Events {
@@ -40,6 +47,7 @@ impl Events {
         Self {
             recorder: Recorder::new(client, reporter),
             forbidden: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
         }
     }
 
@@ -48,7 +56,23 @@ impl Events {
         if self.forbidden.load(Relaxed) {
             return;
         }
-        match self.recorder.publish(event, regarding).await {
+        let Ok(published) =
+            tokio::time::timeout(API_TIMEOUT, self.recorder.publish(event, regarding)).await
+        else {
+            if self.timed_out.swap(true, Relaxed) {
+                tracing::debug!(reason = %event.reason, "publishing an Event timed out again");
+            } else {
+                tracing::warn!(
+                    reason = %event.reason,
+                    timeout_s = API_TIMEOUT.as_secs(),
+                    "publishing an Event timed out; going on without it (further timeouts are \
+                     logged at debug level until the API server answers an Event again)"
+                );
+            }
+            return;
+        };
+        self.timed_out.store(false, Relaxed);
+        match published {
             Ok(()) => {}
             Err(kube::Error::Api(status)) if status.is_forbidden() => {
                 if !self.forbidden.swap(true, Relaxed) {

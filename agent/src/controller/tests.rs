@@ -35,6 +35,8 @@ enum Reply {
     NotFound,
     /// 403, as KServe's role answers an Event.
     Forbidden,
+    /// No answer ever (the request is held open).
+    Never,
 }
 
 /// A request the agent must make next, and its answer.
@@ -119,6 +121,7 @@ impl ApiServer {
         let mut work = std::pin::pin!(work);
         let mut expected = expected.into_iter();
         let mut seen = Vec::new();
+        let mut unanswered = Vec::new();
         let served = async {
             loop {
                 tokio::select! {
@@ -145,6 +148,11 @@ impl ApiServer {
                             "request {} (body {body})",
                             seen.len() + 1
                         );
+                        if let Reply::Never = want.reply {
+                            unanswered.push(send);
+                            seen.push(Seen { body });
+                            continue;
+                        }
                         let response = match want.reply {
                             Reply::Json(v) => Response::new(Body::from(serde_json::to_vec(&v).unwrap())),
                             Reply::Echo => Response::new(Body::from(bytes.to_vec())),
@@ -163,6 +171,7 @@ impl ApiServer {
                                     .body(Body::from(serde_json::to_vec(&status).unwrap()))
                                     .unwrap()
                             }
+                            Reply::Never => unreachable!("held above"),
                         };
                         send.send_response(response);
                         seen.push(Seen { body });
@@ -170,7 +179,8 @@ impl ApiServer {
                 }
             }
         };
-        let out = tokio::time::timeout(Duration::from_secs(10), served)
+        // Longer than an API call's own bound, which a test may let run out.
+        let out = tokio::time::timeout(API_TIMEOUT + Duration::from_secs(10), served)
             .await
             .expect("the reconcile ends");
         let missing: Vec<String> = expected
@@ -455,6 +465,48 @@ async fn bad_input_is_an_error_with_its_event_and_waits_for_the_spec_to_change()
         &json!({"bad": "ModelDownloadPending"})
     );
     assert!(w.run_next().await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn event_posts_that_are_never_answered_do_not_hold_the_reconcile() {
+    let mut w = World::new(Duration::from_secs(600), |_| {
+        fake::fetch(|order| {
+            Err(DownloadError::Engine(modelpull::Error::InvalidSource {
+                input: order.entry.source_model_uri.clone(),
+                reason: "unsupported scheme `ftp`".into(),
+            }))
+        })
+    });
+    let entries = || vec![entry("bad", "ftp://example.com/model")];
+    let lmn = node(1, entries(), &[]);
+    w.reconcile(&lmn, vec![config(), status_patch()]).await;
+    assert!(w.run_next().await);
+
+    let never = || Expect {
+        method: Method::POST,
+        path: EVENTS_PATH.into(),
+        reply: Reply::Never,
+    };
+    let lmn = node(1, entries(), &[("bad", ModelStatus::Pending)]);
+    let started = tokio::time::Instant::now();
+    let (action, seen) = w
+        .reconcile(&lmn, vec![config(), never(), event(), status_patch()])
+        .await;
+    assert_eq!(
+        started.elapsed(),
+        API_TIMEOUT,
+        "the Event waited for its bound only"
+    );
+    seen[2].event("Warning", "DownloadFailed");
+    assert_eq!(
+        seen[3].model_status(),
+        &json!({"bad": "ModelDownloadError"})
+    );
+    assert_eq!(action, Action::requeue(EVERY));
+    assert!(
+        !w.ctx.events.forbidden(),
+        "a timeout does not turn Events off"
+    );
 }
 
 #[tokio::test]

@@ -6,7 +6,9 @@
 //! first caller starts a renewal on a thread of its own and every caller keeps signing with
 //! the old credentials, which are still valid; a renewal that fails is tried again 30 s later,
 //! the old credentials serving until they expire. Only when none are held, or they have
-//! expired, does a caller wait for a fetch, and then one fetch serves all waiting callers.
+//! expired, does a caller wait for a fetch, and then one fetch serves all waiting callers. A
+//! fetch that fails is not tried again for 10 s: meanwhile callers fail at once with its
+//! error, instead of each waiting (up to 30 s) for a fetch of its own.
 //!
 //! Fetches run on a thread of their own because callers are often engine cores: the control
 //! plane starts a runtime on its thread, which a core's thread already has.
@@ -23,6 +25,8 @@ const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// A failed background renewal is tried again after this long.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// A failed fetch that callers waited for is answered from memory for this long.
+const FAILURE_HELD: Duration = Duration::from_secs(10);
 
 /// A source of credentials.
 pub trait Fetch: Send + Sync + 'static {
@@ -86,6 +90,8 @@ struct State {
     refresh_at: Option<SystemTime>,
     /// A background renewal is under way.
     refreshing: bool,
+    /// The last fetch callers waited for failed: when, and its message.
+    failed: Option<(SystemTime, String)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -122,16 +128,45 @@ impl<F: Fetch> Cached<F> {
         if let Some(found) = self.cached() {
             return Ok(found);
         }
+        self.recent_failure()?;
         let _one = lock(&self.inner.fetching);
         if let Some(found) = self.cached() {
             return Ok(found);
         }
+        self.recent_failure()?;
         let inner = self.inner.clone();
         let fetched = std::thread::spawn(move || inner.fetcher.fetch())
             .join()
-            .map_err(|_| CredentialError::Runtime("the credential request panicked".into()))??;
-        self.inner.store(fetched.clone());
-        Ok(fetched)
+            .map_err(|_| CredentialError::Runtime("the credential request panicked".into()))
+            .and_then(|fetched| fetched);
+        match fetched {
+            Ok(found) => {
+                self.inner.store(found.clone());
+                Ok(found)
+            }
+            Err(e) => {
+                lock(&self.inner.state).failed = Some((self.inner.clock.now(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// The error of a fetch that failed less than [`FAILURE_HELD`] ago.
+    fn recent_failure(&self) -> Result<(), CredentialError> {
+        let now = self.inner.clock.now();
+        let state = lock(&self.inner.state);
+        let Some((at, last)) = &state.failed else {
+            return Ok(());
+        };
+        let ago = now.duration_since(*at).unwrap_or_default();
+        if ago >= FAILURE_HELD {
+            return Ok(());
+        }
+        Err(CredentialError::Failing {
+            last: last.clone(),
+            ago: ago.as_secs(),
+            next: (FAILURE_HELD - ago).as_secs_f32().ceil() as u64,
+        })
     }
 
     /// What is held, if it can still be used; starts a background renewal when one is due.
@@ -170,6 +205,7 @@ impl<F: Fetch> Inner<F> {
             .and_then(|c| c.expires)
             .map(|e| refresh_at(now, e));
         state.found = Some(found);
+        state.failed = None;
     }
 
     /// A background renewal: new credentials replace the old; a failure keeps the old ones
@@ -305,6 +341,38 @@ mod tests {
         let err = c.current().unwrap_err().to_string();
         assert!(err.contains("cannot reach sts"), "{err}");
         assert_eq!(calls.load(SeqCst), 4, "expired: the caller waits for a fetch");
+    }
+
+    #[test]
+    fn a_failed_fetch_is_answered_from_memory_for_a_while() {
+        let exp = T0 + 3600;
+        let (c, now, calls) = cached(vec![
+            Err(failure()),
+            Ok(Some(creds("first", exp))),
+            Err(failure()),
+            Ok(Some(creds("second", exp + 3600))),
+        ]);
+        let err = c.current().unwrap_err().to_string();
+        assert!(err.contains("cannot reach sts"), "{err}");
+        now.store(T0 + 3, SeqCst);
+        let err = c.current().unwrap_err();
+        assert!(matches!(err, CredentialError::Failing { ago: 3, next: 7, .. }), "{err}");
+        assert!(err.to_string().starts_with("test: cannot reach sts"), "{err}");
+        now.store(T0 + 9, SeqCst);
+        assert!(c.current().is_err());
+        assert_eq!(calls.load(SeqCst), 1, "failing fast, not fetching again");
+        now.store(T0 + 10, SeqCst);
+        assert_eq!(id(&c), "first");
+        assert_eq!(calls.load(SeqCst), 2);
+        // Expired after failed renewals: one caller waits, the next ones fail fast.
+        now.store(exp - 5, SeqCst);
+        assert!(c.current().is_err());
+        c.settle();
+        let calls_then = calls.load(SeqCst);
+        assert!(matches!(c.current(), Err(CredentialError::Failing { .. })));
+        assert_eq!(calls.load(SeqCst), calls_then);
+        now.store(exp + 5, SeqCst);
+        assert_eq!(id(&c), "second");
     }
 
     #[test]

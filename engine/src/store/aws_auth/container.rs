@@ -3,8 +3,10 @@
 //! (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, with `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
 //!
 //! As in the SDKs, a full URI over plain http must name a loopback address or one of the
-//! agents' link-local addresses: credentials never travel in clear text off the node. The
-//! authorization token file is read again at each fetch (EKS rotates it).
+//! agents' link-local addresses: credentials never travel in clear text off the node. A
+//! relative URI must be a path (a leading `/`) that keeps the ECS agent as the host. The
+//! authorization token file is read again at each fetch (EKS rotates it), and the token never
+//! shows in `Debug` output.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -38,12 +40,22 @@ enum Uri {
     Full(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Token {
     None,
     File(String),
     /// The token itself (never shown).
     Value(String),
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+        }
+    }
 }
 
 impl Container {
@@ -81,26 +93,24 @@ impl Container {
 
     /// The endpoint's URL, refused when plain http would leave the node.
     fn url(&self) -> Result<Url, CredentialError> {
-        let (text, full) = match &self.uri {
-            Uri::Relative(rel) => (format!("http://{ECS_HOST}{rel}"), false),
-            Uri::Full(full) => (full.clone(), true),
+        let full = match &self.uri {
+            Uri::Relative(rel) => return relative_url(rel),
+            Uri::Full(full) => full,
         };
         let refuse = |reason: String| CredentialError::ContainerUri {
-            uri: text.clone(),
+            uri: full.clone(),
             reason,
         };
-        let url = Url::parse(&text).map_err(|e| refuse(format!("not a URL: {e}")))?;
-        if full {
-            match url.scheme() {
-                "https" => {}
-                "http" if allowed_http_host(url.host()) => {}
-                "http" => {
-                    return Err(refuse(
-                        "plain http to a host that is not loopback nor the container agent".into(),
-                    ));
-                }
-                other => return Err(refuse(format!("scheme `{other}`"))),
+        let url = Url::parse(full).map_err(|e| refuse(format!("not a URL: {e}")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if allowed_http_host(url.host()) => {}
+            "http" => {
+                return Err(refuse(
+                    "plain http to a host that is not loopback nor the container agent".into(),
+                ));
             }
+            other => return Err(refuse(format!("scheme `{other}`"))),
         }
         Ok(url)
     }
@@ -156,6 +166,24 @@ impl Container {
         }
         JsonCreds::parse(&reply.body, PROVIDER, &origin)
     }
+}
+
+/// The ECS agent's URL of a relative URI: a path (it must start with `/`, or `@evil.example/x`
+/// would make the host evil.example), and the parsed URL's host is the agent's.
+fn relative_url(rel: &str) -> Result<Url, CredentialError> {
+    let refuse = |reason: &str| CredentialError::RelativeUri {
+        uri: rel.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !rel.starts_with('/') || rel.starts_with("//") {
+        return Err(refuse("it does not start with a single `/`"));
+    }
+    let url = Url::parse(&format!("http://{ECS_HOST}{rel}"))
+        .map_err(|e| refuse(&format!("not a URL path: {e}")))?;
+    if url.host_str() != Some(ECS_HOST) || url.port().is_some() {
+        return Err(refuse("it names another host"));
+    }
+    Ok(url)
 }
 
 /// Loopback, or the ECS (169.254.170.2) and EKS Pod Identity (169.254.170.23, fd00:ec2::23)
@@ -220,6 +248,42 @@ mod tests {
             c.url().unwrap().as_str(),
             "http://169.254.170.2/v2/credentials/abc"
         );
+    }
+
+    #[test]
+    fn a_relative_uri_cannot_name_another_host() {
+        for bad in [
+            "@evil.example/x",
+            ":8080@evil.example/x",
+            "evil.example/x",
+            "//evil.example/x",
+            ".evil.example/x",
+        ] {
+            let c = container(&[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", bad)]);
+            let err = c.url().unwrap_err();
+            assert!(
+                matches!(err, CredentialError::RelativeUri { .. }),
+                "{bad}: {err}"
+            );
+        }
+        let c = container(&[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/c?id=1")]);
+        assert_eq!(c.url().unwrap().host_str(), Some(ECS_HOST));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let c = container(&[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1/x"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "sekrit-auth-token"),
+        ]);
+        let shown = format!("{c:?} {:?}", super::super::Provider::Container(c.clone()));
+        assert!(!shown.contains("sekrit-auth-token"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let file = container(&[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1/x"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/token"),
+        ]);
+        assert!(format!("{file:?}").contains("/var/run/token"));
     }
 
     #[test]

@@ -159,8 +159,18 @@ pub enum CredentialError {
         "AWS_CONTAINER_CREDENTIALS_FULL_URI `{uri}` is not allowed: {reason} (use https, or http to a loopback address or the ECS/EKS agent's 169.254.170.2 / 169.254.170.23)"
     )]
     ContainerUri { uri: String, reason: String },
+    #[error(
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI `{uri}` is not allowed: {reason} (it is a path on the ECS agent, 169.254.170.2, starting with `/`)"
+    )]
+    RelativeUri { uri: String, reason: String },
+    #[error(
+        "web identity: the STS endpoint `{endpoint}` is plain http to a host that is not loopback, and the web identity token would cross the network in clear text; set AWS_ENDPOINT_URL_STS to an https endpoint"
+    )]
+    PlainHttpSts { endpoint: String },
     #[error("credential_process of profile `{profile}` failed: {message}")]
     Process { profile: String, message: String },
+    #[error("{last} (from a try {ago} s ago; credentials are fetched again in {next} s)")]
+    Failing { last: String, ago: u64, next: u64 },
     #[error("the credential request could not run: {0}")]
     Runtime(String),
 }

@@ -10,14 +10,19 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process_group};
 
 use super::{CredentialError, Creds, JsonCreds, Provider};
 use crate::store::env::Env;
 
-/// A `credential_process` that has not answered by then is killed.
+/// A `credential_process` that has not answered by then is killed, with every process it
+/// started: the AWS SDK for Go's bound (`processcreds.DefaultTimeout`, one minute).
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A profile's `credential_process`.
@@ -142,6 +147,13 @@ impl Process {
 
     /// Runs the command with `sh -c`, as the SDKs do on Unix, and reads the JSON it prints.
     pub fn fetch(&self) -> Result<Creds, CredentialError> {
+        self.run(PROCESS_TIMEOUT)
+    }
+
+    /// [`Self::fetch`] within `timeout`: the command and its output both. The command runs in
+    /// a process group of its own, killed whole on timeout, so that a process it left behind
+    /// holding its output open (`cmd &`) cannot hold the pull either.
+    fn run(&self, timeout: Duration) -> Result<Creds, CredentialError> {
         let fail = |message: String| CredentialError::Process {
             profile: self.profile.clone(),
             message,
@@ -152,21 +164,36 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| fail(format!("cannot start `sh`: {e}")))?;
-        // Read both pipes on threads of their own so a chatty command cannot block on a full one.
+        let group = Pid::from_child(&child);
+        let timed_out = |child: &mut Child, what: &str| {
+            // The group may be gone already (ESRCH): nothing left to stop.
+            let _ = kill_process_group(group, Signal::KILL);
+            let _ = child.wait();
+            fail(format!(
+                "{what} within {} s; its processes were killed",
+                timeout.as_secs_f32()
+            ))
+        };
+        // Read both pipes on threads of their own so a chatty command cannot block on a full
+        // one; they answer on a channel, so the wait for them is bounded too.
+        let (tx, rx) = mpsc::channel();
         let mut stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
-        let out = std::thread::spawn(move || {
+        let out_tx = tx.clone();
+        std::thread::spawn(move || {
             let mut buf = Vec::new();
-            stdout.read_to_end(&mut buf).map(|_| buf)
+            let read = stdout.read_to_end(&mut buf).map(|_| buf);
+            let _ = out_tx.send(Output::Stdout(read));
         });
-        let err = std::thread::spawn(move || {
-            let mut buf = String::new();
-            let _ = stderr.read_to_string(&mut buf);
-            buf
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf);
+            let _ = tx.send(Output::Stderr(String::from_utf8_lossy(&buf).into_owned()));
         });
-        let started = Instant::now();
+        let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = child
                 .try_wait()
@@ -174,21 +201,29 @@ impl Process {
             {
                 break status;
             }
-            if started.elapsed() > PROCESS_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "it did not finish within {} s",
-                    PROCESS_TIMEOUT.as_secs()
-                )));
+            if Instant::now() >= deadline {
+                return Err(timed_out(&mut child, "it did not finish"));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let stdout = out
-            .join()
-            .map_err(|_| fail("reading its output panicked".into()))?
+        let (mut stdout, mut stderr) = (None, None);
+        while stdout.is_none() || stderr.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Output::Stdout(read)) => stdout = Some(read),
+                Ok(Output::Stderr(text)) => stderr = Some(text),
+                Err(_) => {
+                    return Err(timed_out(
+                        &mut child,
+                        "it exited, but a process it started kept its output open",
+                    ));
+                }
+            }
+        }
+        let stdout = stdout
+            .unwrap_or_else(|| Ok(Vec::new()))
             .map_err(|e| fail(format!("reading its output failed: {e}")))?;
-        let stderr = err.join().unwrap_or_default();
+        let stderr = stderr.unwrap_or_default();
         if !status.success() {
             let said = stderr.trim();
             return Err(fail(format!(
@@ -202,6 +237,12 @@ impl Process {
         }
         JsonCreds::parse(&stdout, "credential_process", &self.describe())
     }
+}
+
+/// What a pipe reader thread hands back.
+enum Output {
+    Stdout(std::io::Result<Vec<u8>>),
+    Stderr(String),
 }
 
 #[cfg(test)]
@@ -291,6 +332,48 @@ aws_session_token = CRED-T
             "{err}"
         );
         assert!(err.contains("nope"), "{err}");
+    }
+
+    fn process(command: &str) -> Process {
+        Process {
+            profile: "slow".into(),
+            command: command.into(),
+        }
+    }
+
+    /// Whether `pid` still runs (a zombie waiting for its reaper does not).
+    fn running(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    }
+
+    #[test]
+    fn a_process_that_never_answers_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let timeout = Duration::from_millis(500);
+        // Never exits.
+        let started = Instant::now();
+        let err = process(&format!("sleep 30 & echo $! > {}; wait", pids.display()))
+            .run(timeout)
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+        assert!(err.contains("did not finish within 0.5 s"), "{err}");
+        let sleeper = std::fs::read_to_string(&pids).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!running(sleeper.trim()), "the command's child still runs");
+        // Exits, but leaves a process holding its stdout open.
+        let started = Instant::now();
+        let err = process(&format!("sleep 30 & echo $! > {}; exit 0", pids.display()))
+            .run(timeout)
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+        assert!(err.contains("kept its output open"), "{err}");
+        let sleeper = std::fs::read_to_string(&pids).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!running(sleeper.trim()), "the leftover process still runs");
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! STS for a role's temporary credentials with `AssumeRoleWithWebIdentity`, an unsigned call.
 //!
 //! The STS endpoint is, as in the SDKs: `AWS_ENDPOINT_URL_STS`, else `AWS_ENDPOINT_URL`, else
-//! the regional endpoint of `AWS_REGION` / `AWS_DEFAULT_REGION`, else the global one.
+//! the regional endpoint of `AWS_REGION` / `AWS_DEFAULT_REGION`, else the global one. Unlike
+//! the SDKs, an `http://` endpoint is refused unless it is loopback: the token is a bearer
+//! credential, and it never crosses the network in clear text. Error excerpts of STS's answer
+//! never show the token, even when the endpoint echoes the request.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use url::Url;
+use url::{Host, Url};
 
 use super::{Call, CredentialError, Creds, read_token, send};
 use crate::http::Timeouts;
@@ -66,6 +69,7 @@ impl WebIdentity {
             origin: "AWS_ENDPOINT_URL_STS".into(),
             what: format!("`{}` is not a URL: {e}", self.endpoint),
         })?;
+        check_transport(&url)?;
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("Action", "AssumeRoleWithWebIdentity")
             .append_pair("Version", "2011-06-15")
@@ -96,7 +100,10 @@ impl WebIdentity {
                 status: reply.status(),
                 detail: format!(
                     "{} (role {}, token from {})",
-                    sts_error(&reply.body).unwrap_or_else(|| reply.snippet()),
+                    hide_token(
+                        sts_error(&reply.body).unwrap_or_else(|| reply.snippet()),
+                        &token
+                    ),
                     self.role_arn,
                     self.token_file
                 ),
@@ -122,6 +129,32 @@ fn sts_endpoint(env: &Env) -> String {
         Some(region) => format!("https://sts.{region}.amazonaws.com"),
         None => "https://sts.amazonaws.com".into(),
     }
+}
+
+/// Refuses plain http to anything but loopback: the token must not travel in clear text.
+fn check_transport(url: &Url) -> Result<(), CredentialError> {
+    let loopback = match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if url.scheme() == "http" && !loopback {
+        return Err(CredentialError::PlainHttpSts {
+            endpoint: crate::redact(url).to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `text` with every copy of the token (as sent, form-encoded, and as is) masked: an endpoint
+/// that echoes the request must not put the token into an error message.
+fn hide_token(text: String, token: &str) -> String {
+    if token.is_empty() {
+        return text;
+    }
+    let encoded: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    text.replace(&encoded, "<token>").replace(token, "<token>")
 }
 
 /// `Code: Message` of an STS error body.
@@ -204,6 +237,53 @@ mod tests {
             ])),
             "https://sts.internal"
         );
+    }
+
+    #[test]
+    fn the_token_goes_over_plain_http_to_loopback_only() {
+        for ok in [
+            "https://sts.amazonaws.com",
+            "https://minio:9000",
+            "http://127.0.0.1:9000",
+            "http://localhost:4566",
+            "http://[::1]:4566",
+        ] {
+            assert!(check_transport(&Url::parse(ok).unwrap()).is_ok(), "{ok}");
+        }
+        for bad in ["http://minio:9000", "http://10.0.0.5/", "http://sts.example.com"] {
+            let err = check_transport(&Url::parse(bad).unwrap()).unwrap_err();
+            assert!(matches!(err, CredentialError::PlainHttpSts { .. }), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_plain_http_endpoint_is_refused_before_the_token_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "eyJ.secret-token").unwrap();
+        let w = WebIdentity::from_env(&env(&[
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", file.to_str().unwrap()),
+            ("AWS_ENDPOINT_URL", "http://minio.invalid:9000"),
+        ]))
+        .unwrap();
+        let control = Control::new(&crate::Options::default().client()).unwrap();
+        let err = w.fetch(&control).unwrap_err();
+        assert!(matches!(err, CredentialError::PlainHttpSts { .. }), "{err}");
+        assert!(!err.to_string().contains("secret-token"), "{err}");
+    }
+
+    #[test]
+    fn error_excerpts_never_echo_the_token() {
+        let token = "eyJhbGciOi.x+y/z=";
+        let echoed = format!(
+            "Action=AssumeRoleWithWebIdentity&WebIdentityToken={}",
+            url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>()
+        );
+        let shown = hide_token(echoed, token);
+        assert!(!shown.contains("eyJhbGciOi"), "{shown}");
+        assert!(shown.ends_with("WebIdentityToken=<token>"), "{shown}");
+        assert_eq!(hide_token(format!("bad {token}"), token), "bad <token>");
     }
 
     #[test]
