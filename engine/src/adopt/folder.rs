@@ -8,6 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Access, RenameFlags};
+use rustix::io::Errno;
 
 /// Whether this process may create, rename and remove entries in `dir`.
 pub(crate) fn writable(dir: &Path) -> bool {
@@ -48,19 +49,45 @@ pub(crate) fn swap_in(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)
 }
 
-/// Puts a copy of `src` at `dst` (replacing what is there) and flushes it: a reflink where the
-/// filesystem shares blocks (Btrfs, XFS), else the kernel's own copy (`copy_file_range`).
-pub(crate) fn clone_file(src: &Path, dst: &Path) -> io::Result<()> {
+/// Puts a copy of `src` (an open file) at `dst` in the staging directory, replacing what is
+/// there, and flushes it: a reflink where the filesystem shares blocks (Btrfs, XFS), else the
+/// kernel's own copy (`copy_file_range`), else a plain one. Only the descriptor is read, never
+/// a path another user could point elsewhere in the meantime.
+pub(crate) fn clone_file(src: &File, dst: &Path) -> io::Result<()> {
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let from = File::open(src)?;
-    let to = File::create(dst)?;
-    if rustix::fs::ioctl_ficlone(&to, &from).is_err() {
-        drop(to);
-        std::fs::copy(src, dst)?;
+    match std::fs::remove_file(dst) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    File::open(dst)?.sync_data()
+    let mut to = File::options().write(true).create_new(true).open(dst)?;
+    if rustix::fs::ioctl_ficlone(&to, src).is_err() {
+        copy_fd(src, &mut to)?;
+    }
+    to.sync_data()
+}
+
+/// Copies all of `src` into the empty `to`, in the kernel where it can.
+fn copy_fd(src: &File, to: &mut File) -> io::Result<()> {
+    let size = src.metadata()?.len();
+    let (mut from_at, mut to_at) = (0u64, 0u64);
+    while from_at < size {
+        let want = usize::try_from(size - from_at)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rustix::fs::copy_file_range(src, Some(&mut from_at), &*to, Some(&mut to_at), want) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if from_at == 0 => {
+                let mut reader = src;
+                io::copy(&mut reader, to)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Exchanges the folders (or files) at `a` and `b` in one atomic step; both must exist.
@@ -152,7 +179,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("src"), b"bytes").unwrap();
         let dst = dir.path().join("deep/er/dst");
-        clone_file(&dir.path().join("src"), &dst).unwrap();
+        let src = File::open(dir.path().join("src")).unwrap();
+        clone_file(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"bytes");
+        let mut by_copy = File::create(dir.path().join("copied")).unwrap();
+        copy_fd(&src, &mut by_copy).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("copied")).unwrap(), b"bytes");
         assert_eq!(std::fs::read(&dst).unwrap(), b"bytes");
         std::fs::write(dir.path().join("src"), b"other").unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), b"bytes", "a copy, not a link");

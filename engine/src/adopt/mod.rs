@@ -13,7 +13,9 @@
 //!   ([`Repair::InPlace`]);
 //! - otherwise (the folder belongs to another user, or the model is one archive to unpack), a
 //!   complete copy is built in staging, the matching files cloned into it (a reflink where
-//!   the filesystem can), and the two folders are exchanged in one atomic rename
+//!   the filesystem can) from descriptors opened without following any symlink, each copy
+//!   checked again against the digests the check computed (a file changed since is fetched
+//!   instead), and the two folders are exchanged in one atomic rename
 //!   ([`Repair::Exchanged`]). The previous folder is left at `.NAME.modelpull-old-SECONDS`
 //!   ([`Adoption::replaced`]) for the caller to remove once no reader needs it.
 //!
@@ -24,11 +26,13 @@
 //!
 //! [`PullRequest::adopt`]: crate::PullRequest::adopt
 
+mod beneath;
 mod check;
 mod folder;
 mod record;
 
 use std::collections::HashSet;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -166,6 +170,9 @@ pub(crate) fn pull(
         return Ok(outcome.report(req, opts, cx, None, Repair::None, at, None, started));
     }
     let in_place = !archive && folder::can_swap(dest, bad.iter().map(|t| t.path.as_str()));
+    if !in_place {
+        clone_kept(dest, &staging, &req.targets, &mut outcome, &mut bad, cx)?;
+    }
     let fetched = fetch(&staging, &bad, opts, cx)?;
     if in_place {
         let mut renamed_in = std::collections::BTreeSet::new();
@@ -238,6 +245,53 @@ fn fetch(staging: &Staging, targets: &[Target], opts: &Options, cx: &Context) ->
     })
 }
 
+/// Clones the files the check kept into the staging directory, for an exchange, and checks
+/// each copy again against what the check computed: the folder's owner may have changed a
+/// file since, and only the copy, in this process's own folder, is what gets published. A
+/// copy that no longer matches, or a file that can no longer be opened as it was, joins `bad`
+/// to be fetched from the store instead.
+fn clone_kept(
+    dest: &Path,
+    staging: &Staging,
+    targets: &[Target],
+    outcome: &mut Outcome,
+    bad: &mut Vec<Target>,
+    cx: &Context,
+) -> Result<()> {
+    let dir = beneath::open_dir(dest).map_err(|e| Error::local("open", dest, e))?;
+    let mut buf = vec![0u8; check::READ];
+    let mut still = Vec::with_capacity(outcome.kept.len());
+    for record in std::mem::take(&mut outcome.kept) {
+        let to = staging.dir.join(&record.path);
+        let why = match check::open_file(dir.as_fd(), Path::new(&record.path)) {
+            Ok(Some((from, _))) => {
+                folder::clone_file(&from, &to).map_err(|e| Error::local("copy", &to, e))?;
+                match check::copy_matches(&to, &record, &mut buf, cx) {
+                    Ok(Some(true)) => None,
+                    Ok(Some(false)) => Some("it changed after it was checked".to_owned()),
+                    Ok(None) => return Err(Error::Interrupted),
+                    Err(e) => return Err(Error::local("read", &to, e)),
+                }
+            }
+            Ok(None) => Some("it is no longer a regular file".to_owned()),
+            Err(e) => Some(format!("it can no longer be opened as it was checked: {e}")),
+        };
+        match why {
+            None => still.push(record),
+            Some(why) => {
+                tracing::warn!(file = %record.path, reason = %why, "fetching a file the folder held when it was checked");
+                let _ = std::fs::remove_file(&to);
+                outcome.adopted_bytes -= record.size;
+                cx.progress.files_total.fetch_sub(1, Relaxed);
+                cx.progress.files_done.fetch_sub(1, Relaxed);
+                bad.extend(targets.iter().find(|t| t.path == record.path).cloned());
+            }
+        }
+    }
+    outcome.kept = still;
+    Ok(())
+}
+
 /// The records of every target, in the targets' order, from those kept and those fetched.
 fn in_target_order(
     targets: &[Target],
@@ -271,10 +325,6 @@ fn exchange(
     let dest = &req.dest;
     let keep: HashSet<PathBuf> = built.files.iter().map(|f| PathBuf::from(&f.path)).collect();
     folder::prune(&staging.dir, &keep).map_err(|e| Error::local("clean", &staging.dir, e))?;
-    for f in &outcome.kept {
-        let to = staging.dir.join(&f.path);
-        folder::clone_file(&dest.join(&f.path), &to).map_err(|e| Error::local("copy", &to, e))?;
-    }
     if !built.files_present(&staging.dir) {
         return Err(Error::Runtime(format!(
             "the copy built in {} lacks files its marker lists",
@@ -397,6 +447,60 @@ mod tests {
         t.path = path.into();
         t.size = Some(size);
         t
+    }
+
+    fn record(path: &str, content: &[u8]) -> FileRecord {
+        use sha2::Digest as _;
+        FileRecord {
+            path: path.into(),
+            size: content.len() as u64,
+            digests: vec![crate::digest::Digest {
+                algorithm: crate::digest::Algorithm::Sha256,
+                value: sha2::Sha256::digest(content).to_vec(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_clone_publishes_only_what_was_checked() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("m");
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(dest.join("sub")).unwrap();
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        for f in ["same", "token", "changed", "sub/b"] {
+            std::fs::write(dest.join(f), b"weights").unwrap();
+        }
+        let staging = Staging::open(&dest).unwrap();
+        let kept = ["same", "token", "changed", "sub/b"].map(|f| record(f, b"weights"));
+        let targets: Vec<Target> = kept.iter().map(|r| target(&r.path, 7)).collect();
+        let mut outcome = Outcome {
+            adopted_bytes: 28,
+            kept: kept.to_vec(),
+            ..Outcome::default()
+        };
+        // Between the check and the clone, the folder's owner swaps a file for a symlink to a
+        // file outside the root, a folder for one to a folder outside, and rewrites a file.
+        std::fs::write(outside.join("token"), b"secrets").unwrap();
+        std::fs::write(outside.join("sub/b"), b"weights").unwrap();
+        std::fs::remove_file(dest.join("token")).unwrap();
+        std::os::unix::fs::symlink(outside.join("token"), dest.join("token")).unwrap();
+        std::fs::remove_dir_all(dest.join("sub")).unwrap();
+        std::os::unix::fs::symlink(outside.join("sub"), dest.join("sub")).unwrap();
+        std::fs::write(dest.join("changed"), b"WEIGHTS").unwrap();
+
+        let mut bad = Vec::new();
+        let cx = Context::default();
+        clone_kept(&dest, &staging, &targets, &mut outcome, &mut bad, &cx).unwrap();
+        let kept: Vec<&str> = outcome.kept.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(kept, ["same"]);
+        let refetch: Vec<&str> = bad.iter().map(|t| t.path.as_str()).collect();
+        assert_eq!(refetch, ["token", "changed", "sub/b"]);
+        assert_eq!(outcome.adopted_bytes, 7);
+        assert_eq!(std::fs::read(staging.dir.join("same")).unwrap(), b"weights");
+        for f in ["token", "changed", "sub/b"] {
+            assert!(!staging.dir.join(f).exists(), "{f} is not in the copy");
+        }
     }
 
     #[test]
