@@ -40,6 +40,39 @@ pub(crate) fn open(
     }
 }
 
+/// Opens the folder `rel` under `dir` as [`open`] does.
+pub(crate) fn open_subdir(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
+    if rel.as_os_str().is_empty() {
+        return Ok(rustix::io::dup(dir)?);
+    }
+    open(dir, rel, DIR, Mode::empty())
+}
+
+/// Opens the folder `rel` under `dir`, creating (mode 0755, each flushed into its parent) the
+/// folders of it that are missing, one at a time and refusing a symlink at each as [`open`] does.
+pub(crate) fn make_subdir(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
+    let mut at = rustix::io::dup(dir)?;
+    for c in rel.components() {
+        let Component::Normal(name) = c else {
+            return Err(Errno::XDEV.into());
+        };
+        let next = match open(at.as_fd(), Path::new(name), DIR, Mode::empty()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match rustix::fs::mkdirat(&at, name, Mode::from_raw_mode(0o755)) {
+                    // The new entry is durable once the folder holding it is flushed.
+                    Ok(()) => rustix::fs::fsync(&at)?,
+                    Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                open(at.as_fd(), Path::new(name), DIR, Mode::empty())?
+            }
+            opened => opened?,
+        };
+        at = next;
+    }
+    Ok(at)
+}
+
 /// [`open`] without `openat2`: each folder on the way opened from the one before it.
 fn walk(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
     let mut names = Vec::new();

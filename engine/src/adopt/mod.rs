@@ -175,22 +175,10 @@ pub(crate) fn pull(
     }
     let fetched = fetch(&staging, &bad, opts, cx)?;
     if in_place {
-        let mut renamed_in = std::collections::BTreeSet::new();
         for t in &bad {
             let from = staging.dir.join(&t.path);
-            let to = dest.join(&t.path);
-            folder::swap_in(&from, &to).map_err(|e| Error::local("rename", &to, e))?;
-            // The folder renamed into, and those on its way (one may have been created).
-            renamed_in.extend(
-                to.ancestors()
-                    .skip(1)
-                    .take_while(|d| d.starts_with(dest))
-                    .map(Path::to_owned),
-            );
-        }
-        // Only those: the rest of the folder is not this pull's to open.
-        for dir in &renamed_in {
-            sync_dir(dir).map_err(|e| Error::local("flush", dir, e))?;
+            folder::swap_in(dest, &from, Path::new(&t.path))
+                .map_err(|e| Error::local("rename", dest.join(&t.path), e))?;
         }
         marker.files = in_target_order(&req.targets, outcome.kept.clone(), fetched.records.clone());
         let at = record::write_marker(dest, &marker)?;

@@ -154,4 +154,18 @@ mod tests {
         assert_eq!(Marker::read(&dest), Some(marker()));
         assert!(!stale.exists());
     }
+
+    #[test]
+    fn a_planted_temporary_symlink_is_not_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("m");
+        std::fs::create_dir(&dest).unwrap();
+        let outside = root.path().join("outside");
+        std::fs::write(&outside, b"theirs").unwrap();
+        let tmp = dest.join(format!("{}.tmp", crate::MARKER));
+        std::os::unix::fs::symlink(&outside, &tmp).unwrap();
+        write_marker(&dest, &marker()).unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"theirs");
+        assert_eq!(Marker::read(&dest), Some(marker()));
+    }
 }
