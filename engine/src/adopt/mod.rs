@@ -44,7 +44,7 @@ use crate::report::{Adoption, FileReport, Repair, Report};
 use crate::target::Target;
 use check::Verdict;
 
-pub use record::{MARKERS, forget, read_marker, recorded_path};
+pub use record::{MARKERS, forget, read_marker, read_marker_matching, recorded_path};
 
 /// What a folder holds for a list of targets, by size alone (nothing is read): what a pull
 /// that adopts it will have to write.
@@ -106,8 +106,7 @@ pub(crate) fn pull(
     let mut marker = Marker::new(request, Vec::new());
     marker.sources.clone_from(&req.sources);
 
-    if let Some(found) = read_marker(dest)
-        && found.request == marker.request
+    if let Some(found) = read_marker_matching(dest, |m| m.request == marker.request)
         && found.files_present(dest)
     {
         tracing::info!(dest = %dest.display(), "already complete and verified; nothing to do");
