@@ -54,20 +54,22 @@ pub struct Survey {
     pub present_bytes: u64,
     /// Bytes of the files missing or of another size.
     pub missing_bytes: u64,
-    /// Whether every missing file can be renamed into the folder by this process; when not,
-    /// a repair builds a whole copy.
+    /// Whether every file can be renamed into the folder by this process (or there is no
+    /// folder yet); when not, a repair builds a whole copy.
     pub writable: bool,
 }
 
 impl Survey {
-    /// Bytes a pull that adopts the folder needs on the disk: the missing files, plus a copy
-    /// of the present ones when the folder must be exchanged for a repaired copy (a reflink
-    /// copies nothing, but whether the filesystem makes one is not known in advance).
+    /// Bytes a pull that adopts the folder may need on the disk: the missing files, plus,
+    /// when the folder is not writable, a copy of the present ones. Those are checked only
+    /// by the pull: one that holds other bytes at its listed size is fetched, and then the
+    /// folder is exchanged for a repaired copy (a reflink copies nothing, but whether the
+    /// filesystem makes one is not known in advance).
     pub fn bytes_needed(&self) -> u64 {
-        match (self.missing_bytes, self.writable) {
-            (0, _) => 0,
-            (missing, true) => missing,
-            (missing, false) => missing + self.present_bytes,
+        if self.writable {
+            self.missing_bytes
+        } else {
+            self.missing_bytes + self.present_bytes
         }
     }
 }
@@ -75,7 +77,6 @@ impl Survey {
 /// Surveys `dest` for `targets` (see [`Survey`]). A missing folder has every byte missing.
 pub fn survey(targets: &[Target], dest: &Path) -> Survey {
     let mut s = Survey::default();
-    let mut missing = Vec::new();
     for t in targets {
         let size = t.size.unwrap_or(0);
         let present = std::fs::symlink_metadata(dest.join(&t.path))
@@ -84,12 +85,10 @@ pub fn survey(targets: &[Target], dest: &Path) -> Survey {
             s.present_bytes += size;
         } else {
             s.missing_bytes += size;
-            missing.push(t.path.as_str());
         }
     }
-    s.writable = missing.is_empty()
-        || std::fs::symlink_metadata(dest).is_err()
-        || folder::can_swap(dest, missing);
+    s.writable = std::fs::symlink_metadata(dest).is_err()
+        || folder::can_swap(dest, targets.iter().map(|t| t.path.as_str()));
     s
 }
 
@@ -224,12 +223,17 @@ struct Outcome {
 
 /// Fetches `targets` into the staging directory, which a full disk empties.
 fn fetch(staging: &Staging, targets: &[Target], opts: &Options, cx: &Context) -> Result<Fetched> {
-    crate::pull::fetch_into(staging, targets, opts, cx).inspect_err(|err| {
-        if crate::pull::is_disk_full(err) {
-            tracing::info!(dir = %staging.dir.display(), "disk full: removing the staging directory to free its space");
-            let _ = std::fs::remove_dir_all(&staging.dir);
-        }
-    })
+    crate::pull::fetch_into(staging, targets, opts, cx)
+        .inspect_err(|err| free_if_full(staging, err))
+}
+
+/// Removes the staging directory when `err` is a full disk (or quota), to give its space back:
+/// what it holds is worth less than a disk other writers can use.
+fn free_if_full(staging: &Staging, err: &Error) {
+    if crate::pull::is_disk_full(err) {
+        tracing::info!(dir = %staging.dir.display(), "disk full: removing the staging directory to free its space");
+        let _ = std::fs::remove_dir_all(&staging.dir);
+    }
 }
 
 /// Clones the files the check kept into the staging directory, for an exchange, and checks
@@ -252,7 +256,9 @@ fn clone_kept(
         let to = staging.dir.join(&record.path);
         let why = match check::open_file(dir.as_fd(), Path::new(&record.path)) {
             Ok(Some((from, _))) => {
-                folder::clone_file(&from, &to).map_err(|e| Error::local("copy", &to, e))?;
+                folder::clone_file(&from, &to)
+                    .map_err(|e| Error::local("copy", &to, e))
+                    .inspect_err(|err| free_if_full(staging, err))?;
                 match check::copy_matches(&to, &record, &mut buf, cx) {
                     Ok(Some(true)) => None,
                     Ok(Some(false)) => Some("it changed after it was checked".to_owned()),
@@ -524,9 +530,56 @@ mod tests {
         );
         let complete = Survey {
             missing_bytes: 0,
-            writable: false,
             ..s
         };
         assert_eq!(complete.bytes_needed(), 0);
+        let unwritable = Survey {
+            writable: false,
+            ..complete
+        };
+        assert_eq!(
+            unwritable.bytes_needed(),
+            3,
+            "a damaged file of the listed size forces a whole copy"
+        );
+    }
+
+    #[test]
+    fn a_survey_of_a_complete_folder_it_cannot_swap_into_counts_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m");
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("a"), b"abc").unwrap();
+        std::fs::write(dir.path().join("elsewhere/b"), b"defg").unwrap();
+        // A folder on the way that no rename goes through (as one of another user's is not).
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dest.join("sub")).unwrap();
+        let s = survey(&[target("a", 3), target("sub/b", 4)], &dest);
+        assert_eq!(
+            (s.present_bytes, s.missing_bytes, s.writable),
+            (7, 0, false)
+        );
+        assert_eq!(
+            s.bytes_needed(),
+            7,
+            "nothing missing, yet a repair copies it all"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_while_cloning_empties_the_staging_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m");
+        let staging = Staging::open(&dest).unwrap();
+        std::fs::write(staging.dir.join("partial"), b"x").unwrap();
+        let other = Error::local("copy", &dest, std::io::Error::from_raw_os_error(libc::EIO));
+        free_if_full(&staging, &other);
+        assert!(staging.dir.join("partial").exists(), "kept for a retry");
+        for code in [libc::ENOSPC, libc::EDQUOT] {
+            std::fs::create_dir_all(&staging.dir).unwrap();
+            let full = Error::local("copy", &dest, std::io::Error::from_raw_os_error(code));
+            free_if_full(&staging, &full);
+            assert!(!staging.dir.exists());
+        }
     }
 }
