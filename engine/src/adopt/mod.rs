@@ -4,8 +4,9 @@
 //!
 //! A pull with [`PullRequest::adopt`] set checks each listed file at its path in the
 //! destination: its size, then the store's own digests (sha256 or git sha1 for the Hub,
-//! CRC, md5 or sha256 for S3 and GCS: whatever the listing vouches for), read at disk speed on
-//! every core. Files that match are kept untouched: never rewritten, never moved. The others
+//! CRC, md5 or sha256 for S3 and GCS: whatever the listing vouches for; the size alone when
+//! the listing gives no digest, as a fresh pull of such a file is verified by size only), read
+//! at disk speed on every core, each file opened without following a symlink (`beneath`). Files that match are kept untouched: never rewritten, never moved. The others
 //! are fetched into the staging directory as any pull's files are (journaled, resumable,
 //! verified), then put in place so that the folder a pod may mount is never emptied:
 //!
@@ -16,8 +17,10 @@
 //!   the filesystem can) from descriptors opened without following any symlink, each copy
 //!   checked again against the digests the check computed (a file changed since is fetched
 //!   instead), and the two folders are exchanged in one atomic rename
-//!   ([`Repair::Exchanged`]). The previous folder is left at `.NAME.modelpull-old-SECONDS`
-//!   ([`Adoption::replaced`]) for the caller to remove once no reader needs it.
+//!   ([`Repair::Exchanged`]). Files the listing does not name stay in a folder repaired in
+//!   place, and are not carried into an exchanged copy. The previous folder is left at
+//!   `.NAME.modelpull-old-SECONDS` ([`Adoption::replaced`]) for the caller to remove once no
+//!   reader needs it.
 //!
 //! The completion marker goes into the folder when it is writable, else it is recorded beside
 //! it ([`read_marker`], `record`), so the next pull, and whoever asks whether the model is
