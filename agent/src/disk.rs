@@ -6,7 +6,7 @@
 //! its completion marker names the same URI and every file it lists is there at its size. The
 //! marker is in the folder, or, for a folder the agent adopted but cannot write to (KServe's
 //! Jobs wrote it as uid 1000), in `models/.modelpull/markers/<key>.json`
-//! ([`modelpull::adopt::read_marker`]).
+//! ([`modelpull::adopt::read_marker_matching`]).
 //!
 //! Garbage collection touches only folders (and staging leftovers) whose names are storage
 //! keys, and only after they have been unwanted for the grace period; anything else in
@@ -142,8 +142,9 @@ impl Root {
         if std::fs::symlink_metadata(&folder).is_err() {
             return Disk::Absent;
         }
-        let verified = modelpull::adopt::read_marker(&folder)
-            .is_some_and(|m| m.sources == [modelpull::redact_str(uri)] && m.files_present(&folder));
+        let source = [modelpull::redact_str(uri)];
+        let verified = modelpull::adopt::read_marker_matching(&folder, |m| m.sources == source)
+            .is_some_and(|m| m.files_present(&folder));
         if verified {
             Disk::Verified
         } else {
@@ -474,10 +475,20 @@ mod tests {
         let mut marker = Marker::new(Vec::new(), Vec::new());
         marker.sources = vec![uri.into()];
         std::fs::create_dir_all(recorded.parent().unwrap()).unwrap();
+        // What the engine records for a folder it cannot write: its identity, birth and
+        // change time included.
+        use rustix::fs::{AtFlags, CWD, StatxFlags};
+        let wanted = StatxFlags::BASIC_STATS | StatxFlags::BTIME;
+        let st =
+            rustix::fs::statx(CWD, root.folder(&key), AtFlags::SYMLINK_NOFOLLOW, wanted).unwrap();
+        let birth = StatxFlags::from_bits_retain(st.stx_mask)
+            .contains(StatxFlags::BTIME)
+            .then_some((st.stx_btime.tv_sec, st.stx_btime.tv_nsec));
         std::fs::write(
             &recorded,
             serde_json::to_vec(&serde_json::json!({
-                "device": meta.dev(), "inode": meta.ino(), "marker": marker
+                "device": meta.dev(), "inode": meta.ino(), "birth": birth,
+                "changed": (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec), "marker": marker
             }))
             .unwrap(),
         )

@@ -552,10 +552,13 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
 
 /// Fails with how much is needed when the folder's missing bytes do not fit on the disk. A
 /// folder the agent cannot write to is repaired by a whole copy (see
-/// [`modelpull::adopt::Survey::bytes_needed`]); the message says how to avoid that.
+/// [`modelpull::adopt::Survey::bytes_needed`]); the message says how to avoid that. A folder
+/// with nothing missing is let through whatever the copy would take: checking it needs no
+/// room, most such folders are intact, and should a damaged file force the copy, a full disk
+/// ends that pull (its staging directory emptied) with the disk as the cause, retried as such.
 fn check_space(survey: &modelpull::adopt::Survey, models: &Path, dest: &Path) -> Result<(), Error> {
     let need = survey.bytes_needed();
-    if need == 0 {
+    if need == 0 || survey.missing_bytes == 0 {
         return Ok(());
     }
     let free = crate::disk::free_bytes(models).map_err(Error::ModelsRoot)?;
@@ -743,7 +746,11 @@ mod tests {
             missing_bytes: 0,
             writable: false,
         };
-        assert!(check_space(&complete, dir.path(), &dest).is_ok());
+        assert_eq!(complete.bytes_needed(), u64::MAX / 2);
+        assert!(
+            check_space(&complete, dir.path(), &dest).is_ok(),
+            "nothing missing: checked first, copied only if damaged"
+        );
         let copied = Survey {
             writable: false,
             ..fits

@@ -3,10 +3,13 @@
 //! largest first so that the last file to finish is a small one.
 
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::digest::ordered::OrderedHashers;
 use crate::digest::{Algorithm, Digest, crc};
@@ -16,7 +19,7 @@ use crate::pull::Context;
 use crate::target::Target;
 
 /// Bytes read per system call: large enough that the disk, not the calls, sets the pace.
-const READ: usize = 8 << 20;
+pub(crate) const READ: usize = 8 << 20;
 
 /// What checking one file found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +31,9 @@ pub(crate) enum Verdict {
 }
 
 /// Checks every target against the file at its path under `dest`, on up to `cores` threads.
-/// The verdicts come in the order of `targets`. A stop request (`cx.cancel`) ends the check
+/// Each file is opened without following a symlink at any component (see `super::beneath`):
+/// the folder's owner could otherwise point a checked path anywhere. The verdicts come in the
+/// order of `targets`. A stop request (`cx.cancel`) ends the check
 /// with [`Error::Interrupted`].
 pub(crate) fn check_all(
     dest: &Path,
@@ -36,6 +41,13 @@ pub(crate) fn check_all(
     cores: usize,
     cx: &Context,
 ) -> Result<Vec<Verdict>> {
+    let dir = match super::beneath::open_dir(dest) {
+        Ok(dir) => dir,
+        Err(e) => {
+            let why = format!("the folder cannot be opened as a folder: {e}");
+            return Ok(vec![Verdict::Fetch(why); targets.len()]);
+        }
+    };
     let mut order: Vec<usize> = (0..targets.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(targets[i].size.unwrap_or(0)));
     let next = AtomicUsize::new(0);
@@ -49,7 +61,7 @@ pub(crate) fn check_all(
                     if cx.cancel.load(Relaxed) {
                         return;
                     }
-                    let verdict = check(&dest.join(&targets[i].path), &targets[i], &mut buf, cx);
+                    let verdict = check(dir.as_fd(), &targets[i], &mut buf, cx);
                     verdicts.lock().expect("verdicts lock")[i] = verdict;
                 }
             });
@@ -63,22 +75,24 @@ pub(crate) fn check_all(
 }
 
 /// Checks one file; `None` when stopped half way.
-fn check(path: &Path, target: &Target, buf: &mut [u8], cx: &Context) -> Option<Verdict> {
+fn check(dir: BorrowedFd<'_>, target: &Target, buf: &mut [u8], cx: &Context) -> Option<Verdict> {
     let fetch = |why: String| Some(Verdict::Fetch(why));
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_file() => m,
-        Ok(_) => return fetch("it is not a regular file".into()),
+    let (file, size) = match open_file(dir, Path::new(&target.path)) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return fetch("it is not a regular file".into()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return fetch("it is missing".into()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return fetch("it or a folder on its way is a symlink".into());
+        }
         Err(e) => return fetch(format!("it cannot be read: {e}")),
     };
-    let size = meta.len();
     if let Some(listed) = target.size.filter(|&s| s != size) {
         return fetch(format!("it has {size} bytes, the store lists {listed}"));
     }
     if target.size.is_none() && target.expected.is_empty() {
         return fetch("the store gives neither a size nor a digest to check it against".into());
     }
-    let digests = match hash(path, size, &target.expected, buf, cx) {
+    let digests = match hash(&file, size, &target.expected, buf, cx) {
         Ok(Some(d)) => d,
         Ok(None) => return None,
         Err(e) => return fetch(format!("it cannot be read: {e}")),
@@ -95,10 +109,35 @@ fn check(path: &Path, target: &Target, buf: &mut [u8], cx: &Context) -> Option<V
     }))
 }
 
-/// The digests `expected` names (sha256 when it names none, so the record vouches for the
-/// bytes as a fetched file's does) of the `size` bytes at `path`; `None` when stopped.
-fn hash(
+/// Opens the regular file `rel` under `dir` (see `super::beneath`) and tells its size; `None`
+/// when something else is there. Non-blocking, so that a FIFO put there does not hang the open.
+pub(crate) fn open_file(dir: BorrowedFd<'_>, rel: &Path) -> std::io::Result<Option<(File, u64)>> {
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK;
+    let file = File::from(super::beneath::open(dir, rel, flags, Mode::empty())?);
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some((file, meta.len())))
+}
+
+/// Whether the copy at `path` (in the staging directory, which is this process's) holds what
+/// `record` says was checked: its size and every digest computed then. `None` when stopped.
+pub(crate) fn copy_matches(
     path: &Path,
+    record: &FileRecord,
+    buf: &mut [u8],
+    cx: &Context,
+) -> std::io::Result<Option<bool>> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() != record.size {
+        return Ok(Some(false));
+    }
+    let found = hash(&file, record.size, &record.digests, buf, cx)?;
+    Ok(found.map(|d| crate::pull::first_mismatch(&record.digests, &d).is_none()))
+}
+
+/// The digests `expected` names (sha256 when it names none, so the record vouches for the
+/// bytes as a fetched file's does) of the first `size` bytes of `file`; `None` when stopped.
+fn hash(
+    file: &File,
     size: u64,
     expected: &[Digest],
     buf: &mut [u8],
@@ -121,8 +160,7 @@ fn hash(
     crcs.dedup();
     let mut hashers = OrderedHashers::new(ordered, size);
     let mut running = crc::Running::new(&crcs);
-    let file = File::open(path)?;
-    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
     let mut at = 0u64;
     while at < size {
         if cx.cancel.load(Relaxed) {

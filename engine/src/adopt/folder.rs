@@ -7,7 +7,13 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Access, RenameFlags};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Component;
+
+use rustix::fs::{Access, AtFlags, CWD, FileType, RenameFlags};
+use rustix::io::Errno;
+
+use super::beneath;
 
 /// Whether this process may create, rename and remove entries in `dir`.
 pub(crate) fn writable(dir: &Path) -> bool {
@@ -15,52 +21,111 @@ pub(crate) fn writable(dir: &Path) -> bool {
 }
 
 /// Whether each of `paths` (relative to `dest`) can be replaced in place by a rename: the
-/// deepest folder that already exists on its way is writable, and nothing but a file is where
-/// the file goes.
+/// deepest folder that already exists on its way is writable, no symlink is on the way (a
+/// rename through one would write outside the folder) and nothing but a file is where the
+/// file goes.
 pub(crate) fn can_swap<'a>(dest: &Path, paths: impl IntoIterator<Item = &'a str>) -> bool {
-    if !std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+    let Ok(root) = beneath::open_dir(dest) else {
         return false;
-    }
-    paths.into_iter().all(|rel| {
-        let at = dest.join(rel);
-        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+    };
+    paths
+        .into_iter()
+        .all(|rel| swappable(root.as_fd(), Path::new(rel)))
+}
+
+/// [`can_swap`] for one path under the folder open as `root`.
+fn swappable(root: BorrowedFd<'_>, rel: &Path) -> bool {
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return false;
+    };
+    let mut at = match rustix::io::dup(root) {
+        Ok(fd) => fd,
+        Err(_) => return false,
+    };
+    for c in parent.components() {
+        let Component::Normal(dir) = c else {
             return false;
+        };
+        match beneath::open_subdir(at.as_fd(), Path::new(dir)) {
+            Ok(next) => at = next,
+            // The folders from here on are created by the repair, in this one.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return writable_fd(at.as_fd()),
+            Err(_) => return false,
         }
-        let mut dir = at.parent();
-        while let Some(d) = dir {
-            match std::fs::symlink_metadata(d) {
-                Ok(m) if m.is_dir() => return writable(d),
-                Ok(_) => return false,
-                Err(_) if d == dest => return false,
-                Err(_) => dir = d.parent(),
-            }
-        }
-        false
-    })
-}
-
-/// Renames `from` over `to`, creating the folders on its way: a reader of `to` sees the old
-/// file or the new one, never neither.
-pub(crate) fn swap_in(from: &Path, to: &Path) -> io::Result<()> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
     }
-    std::fs::rename(from, to)
+    match rustix::fs::statat(&at, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => false,
+        Ok(_) | Err(Errno::NOENT) => writable_fd(at.as_fd()),
+        Err(_) => false,
+    }
 }
 
-/// Puts a copy of `src` at `dst` (replacing what is there) and flushes it: a reflink where the
-/// filesystem shares blocks (Btrfs, XFS), else the kernel's own copy (`copy_file_range`).
-pub(crate) fn clone_file(src: &Path, dst: &Path) -> io::Result<()> {
+/// Whether this process may create, rename and remove entries in the open folder `dir`.
+fn writable_fd(dir: BorrowedFd<'_>) -> bool {
+    rustix::fs::accessat(
+        dir,
+        ".",
+        Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::empty(),
+    )
+    .is_ok()
+}
+
+/// Renames `from` (in the staging directory) to `rel` under the folder `dest`, creating the
+/// folders on its way, and flushes the folder renamed into: a reader of the file sees the old
+/// file or the new one, never neither. The folder is resolved without following a symlink at
+/// any component, so a symlinked folder the folder's owner planted is refused, not written
+/// through.
+pub(crate) fn swap_in(dest: &Path, from: &Path, rel: &Path) -> io::Result<()> {
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(Errno::INVAL.into());
+    };
+    let root = beneath::open_dir(dest)?;
+    let dir = beneath::make_subdir(root.as_fd(), parent)?;
+    rustix::fs::renameat(CWD, from, &dir, name)?;
+    rustix::fs::fsync(&dir)?;
+    Ok(())
+}
+
+/// Puts a copy of `src` (an open file) at `dst` in the staging directory, replacing what is
+/// there, and flushes it: a reflink where the filesystem shares blocks (Btrfs, XFS), else the
+/// kernel's own copy (`copy_file_range`), else a plain one. Only the descriptor is read, never
+/// a path another user could point elsewhere in the meantime.
+pub(crate) fn clone_file(src: &File, dst: &Path) -> io::Result<()> {
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let from = File::open(src)?;
-    let to = File::create(dst)?;
-    if rustix::fs::ioctl_ficlone(&to, &from).is_err() {
-        drop(to);
-        std::fs::copy(src, dst)?;
+    match std::fs::remove_file(dst) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    File::open(dst)?.sync_data()
+    let mut to = File::options().write(true).create_new(true).open(dst)?;
+    if rustix::fs::ioctl_ficlone(&to, src).is_err() {
+        copy_fd(src, &mut to)?;
+    }
+    to.sync_data()
+}
+
+/// Copies all of `src` into the empty `to`, in the kernel where it can.
+fn copy_fd(src: &File, to: &mut File) -> io::Result<()> {
+    let size = src.metadata()?.len();
+    let (mut from_at, mut to_at) = (0u64, 0u64);
+    while from_at < size {
+        let want = usize::try_from(size - from_at)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rustix::fs::copy_file_range(src, Some(&mut from_at), &*to, Some(&mut to_at), want) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if from_at == 0 => {
+                let mut reader = src;
+                io::copy(&mut reader, to)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Exchanges the folders (or files) at `a` and `b` in one atomic step; both must exist.
@@ -152,7 +217,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("src"), b"bytes").unwrap();
         let dst = dir.path().join("deep/er/dst");
-        clone_file(&dir.path().join("src"), &dst).unwrap();
+        let src = File::open(dir.path().join("src")).unwrap();
+        clone_file(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"bytes");
+        let mut by_copy = File::create(dir.path().join("copied")).unwrap();
+        copy_fd(&src, &mut by_copy).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("copied")).unwrap(), b"bytes");
         assert_eq!(std::fs::read(&dst).unwrap(), b"bytes");
         std::fs::write(dir.path().join("src"), b"other").unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), b"bytes", "a copy, not a link");
@@ -171,8 +241,31 @@ mod tests {
         );
         assert!(!can_swap(&dest, ["f.bin/x"]), "a file on the way");
         assert!(!can_swap(&dir.path().join("absent"), ["f.bin"]));
-        swap_in(&dest.join("f.bin"), &dest.join("new/deep.bin")).unwrap();
+        swap_in(&dest, &dest.join("f.bin"), Path::new("new/deep.bin")).unwrap();
         assert!(dest.join("new/deep.bin").exists() && !dest.join("f.bin").exists());
+    }
+
+    #[test]
+    fn no_swap_goes_through_a_symlinked_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dest, target) = (dir.path().join("m"), dir.path().join("T"));
+        std::fs::create_dir_all(dest.join("real")).unwrap();
+        std::fs::create_dir_all(target.join("b")).unwrap();
+        std::fs::write(target.join("b/f"), b"theirs").unwrap();
+        std::os::unix::fs::symlink(&target, dest.join("a")).unwrap();
+        assert!(can_swap(&dest, ["real/f"]));
+        assert!(!can_swap(&dest, ["a/b/f"]), "a symlinked folder on the way");
+        assert!(
+            !can_swap(&dest, ["a/new/f"]),
+            "a symlinked folder before a missing one"
+        );
+        let from = dir.path().join("fetched");
+        std::fs::write(&from, b"ours").unwrap();
+        assert!(swap_in(&dest, &from, Path::new("a/b/f")).is_err());
+        assert_eq!(std::fs::read(target.join("b/f")).unwrap(), b"theirs");
+        assert!(from.exists(), "nothing was renamed");
+        swap_in(&dest, &from, Path::new("real/f")).unwrap();
+        assert_eq!(std::fs::read(dest.join("real/f")).unwrap(), b"ours");
     }
 
     #[test]

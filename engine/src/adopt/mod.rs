@@ -4,8 +4,9 @@
 //!
 //! A pull with [`PullRequest::adopt`] set checks each listed file at its path in the
 //! destination: its size, then the store's own digests (sha256 or git sha1 for the Hub,
-//! CRC, md5 or sha256 for S3 and GCS: whatever the listing vouches for), read at disk speed on
-//! every core. Files that match are kept untouched: never rewritten, never moved. The others
+//! CRC, md5 or sha256 for S3 and GCS: whatever the listing vouches for; the size alone when
+//! the listing gives no digest, as a fresh pull of such a file is verified by size only), read
+//! at disk speed on every core, each file opened without following a symlink (`beneath`). Files that match are kept untouched: never rewritten, never moved. The others
 //! are fetched into the staging directory as any pull's files are (journaled, resumable,
 //! verified), then put in place so that the folder a pod may mount is never emptied:
 //!
@@ -13,9 +14,13 @@
 //!   ([`Repair::InPlace`]);
 //! - otherwise (the folder belongs to another user, or the model is one archive to unpack), a
 //!   complete copy is built in staging, the matching files cloned into it (a reflink where
-//!   the filesystem can), and the two folders are exchanged in one atomic rename
-//!   ([`Repair::Exchanged`]). The previous folder is left at `.NAME.modelpull-old-SECONDS`
-//!   ([`Adoption::replaced`]) for the caller to remove once no reader needs it.
+//!   the filesystem can) from descriptors opened without following any symlink, each copy
+//!   checked again against the digests the check computed (a file changed since is fetched
+//!   instead), and the two folders are exchanged in one atomic rename
+//!   ([`Repair::Exchanged`]). Files the listing does not name stay in a folder repaired in
+//!   place, and are not carried into an exchanged copy. The previous folder is left at
+//!   `.NAME.modelpull-old-SECONDS` ([`Adoption::replaced`]) for the caller to remove once no
+//!   reader needs it.
 //!
 //! The completion marker goes into the folder when it is writable, else it is recorded beside
 //! it ([`read_marker`], `record`), so the next pull, and whoever asks whether the model is
@@ -24,11 +29,13 @@
 //!
 //! [`PullRequest::adopt`]: crate::PullRequest::adopt
 
+mod beneath;
 mod check;
 mod folder;
 mod record;
 
 use std::collections::HashSet;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -40,7 +47,7 @@ use crate::report::{Adoption, FileReport, Repair, Report};
 use crate::target::Target;
 use check::Verdict;
 
-pub use record::{MARKERS, forget, read_marker, recorded_path};
+pub use record::{MARKERS, forget, read_marker, read_marker_matching, recorded_path};
 
 /// What a folder holds for a list of targets, by size alone (nothing is read): what a pull
 /// that adopts it will have to write.
@@ -50,20 +57,22 @@ pub struct Survey {
     pub present_bytes: u64,
     /// Bytes of the files missing or of another size.
     pub missing_bytes: u64,
-    /// Whether every missing file can be renamed into the folder by this process; when not,
-    /// a repair builds a whole copy.
+    /// Whether every file can be renamed into the folder by this process (or there is no
+    /// folder yet); when not, a repair builds a whole copy.
     pub writable: bool,
 }
 
 impl Survey {
-    /// Bytes a pull that adopts the folder needs on the disk: the missing files, plus a copy
-    /// of the present ones when the folder must be exchanged for a repaired copy (a reflink
-    /// copies nothing, but whether the filesystem makes one is not known in advance).
+    /// Bytes a pull that adopts the folder may need on the disk: the missing files, plus,
+    /// when the folder is not writable, a copy of the present ones. Those are checked only
+    /// by the pull: one that holds other bytes at its listed size is fetched, and then the
+    /// folder is exchanged for a repaired copy (a reflink copies nothing, but whether the
+    /// filesystem makes one is not known in advance).
     pub fn bytes_needed(&self) -> u64 {
-        match (self.missing_bytes, self.writable) {
-            (0, _) => 0,
-            (missing, true) => missing,
-            (missing, false) => missing + self.present_bytes,
+        if self.writable {
+            self.missing_bytes
+        } else {
+            self.missing_bytes + self.present_bytes
         }
     }
 }
@@ -71,7 +80,6 @@ impl Survey {
 /// Surveys `dest` for `targets` (see [`Survey`]). A missing folder has every byte missing.
 pub fn survey(targets: &[Target], dest: &Path) -> Survey {
     let mut s = Survey::default();
-    let mut missing = Vec::new();
     for t in targets {
         let size = t.size.unwrap_or(0);
         let present = std::fs::symlink_metadata(dest.join(&t.path))
@@ -80,12 +88,10 @@ pub fn survey(targets: &[Target], dest: &Path) -> Survey {
             s.present_bytes += size;
         } else {
             s.missing_bytes += size;
-            missing.push(t.path.as_str());
         }
     }
-    s.writable = missing.is_empty()
-        || std::fs::symlink_metadata(dest).is_err()
-        || folder::can_swap(dest, missing);
+    s.writable = std::fs::symlink_metadata(dest).is_err()
+        || folder::can_swap(dest, targets.iter().map(|t| t.path.as_str()));
     s
 }
 
@@ -102,8 +108,7 @@ pub(crate) fn pull(
     let mut marker = Marker::new(request, Vec::new());
     marker.sources.clone_from(&req.sources);
 
-    if let Some(found) = read_marker(dest)
-        && found.request == marker.request
+    if let Some(found) = read_marker_matching(dest, |m| m.request == marker.request)
         && found.files_present(dest)
     {
         tracing::info!(dest = %dest.display(), "already complete and verified; nothing to do");
@@ -166,24 +171,15 @@ pub(crate) fn pull(
         return Ok(outcome.report(req, opts, cx, None, Repair::None, at, None, started));
     }
     let in_place = !archive && folder::can_swap(dest, bad.iter().map(|t| t.path.as_str()));
+    if !in_place {
+        clone_kept(dest, &staging, &req.targets, &mut outcome, &mut bad, cx)?;
+    }
     let fetched = fetch(&staging, &bad, opts, cx)?;
     if in_place {
-        let mut renamed_in = std::collections::BTreeSet::new();
         for t in &bad {
             let from = staging.dir.join(&t.path);
-            let to = dest.join(&t.path);
-            folder::swap_in(&from, &to).map_err(|e| Error::local("rename", &to, e))?;
-            // The folder renamed into, and those on its way (one may have been created).
-            renamed_in.extend(
-                to.ancestors()
-                    .skip(1)
-                    .take_while(|d| d.starts_with(dest))
-                    .map(Path::to_owned),
-            );
-        }
-        // Only those: the rest of the folder is not this pull's to open.
-        for dir in &renamed_in {
-            sync_dir(dir).map_err(|e| Error::local("flush", dir, e))?;
+            folder::swap_in(dest, &from, Path::new(&t.path))
+                .map_err(|e| Error::local("rename", dest.join(&t.path), e))?;
         }
         marker.files = in_target_order(&req.targets, outcome.kept.clone(), fetched.records.clone());
         let at = record::write_marker(dest, &marker)?;
@@ -230,12 +226,66 @@ struct Outcome {
 
 /// Fetches `targets` into the staging directory, which a full disk empties.
 fn fetch(staging: &Staging, targets: &[Target], opts: &Options, cx: &Context) -> Result<Fetched> {
-    crate::pull::fetch_into(staging, targets, opts, cx).inspect_err(|err| {
-        if crate::pull::is_disk_full(err) {
-            tracing::info!(dir = %staging.dir.display(), "disk full: removing the staging directory to free its space");
-            let _ = std::fs::remove_dir_all(&staging.dir);
+    crate::pull::fetch_into(staging, targets, opts, cx)
+        .inspect_err(|err| free_if_full(staging, err))
+}
+
+/// Removes the staging directory when `err` is a full disk (or quota), to give its space back:
+/// what it holds is worth less than a disk other writers can use.
+fn free_if_full(staging: &Staging, err: &Error) {
+    if crate::pull::is_disk_full(err) {
+        tracing::info!(dir = %staging.dir.display(), "disk full: removing the staging directory to free its space");
+        let _ = std::fs::remove_dir_all(&staging.dir);
+    }
+}
+
+/// Clones the files the check kept into the staging directory, for an exchange, and checks
+/// each copy again against what the check computed: the folder's owner may have changed a
+/// file since, and only the copy, in this process's own folder, is what gets published. A
+/// copy that no longer matches, or a file that can no longer be opened as it was, joins `bad`
+/// to be fetched from the store instead.
+fn clone_kept(
+    dest: &Path,
+    staging: &Staging,
+    targets: &[Target],
+    outcome: &mut Outcome,
+    bad: &mut Vec<Target>,
+    cx: &Context,
+) -> Result<()> {
+    let dir = beneath::open_dir(dest).map_err(|e| Error::local("open", dest, e))?;
+    let mut buf = vec![0u8; check::READ];
+    let mut still = Vec::with_capacity(outcome.kept.len());
+    for record in std::mem::take(&mut outcome.kept) {
+        let to = staging.dir.join(&record.path);
+        let why = match check::open_file(dir.as_fd(), Path::new(&record.path)) {
+            Ok(Some((from, _))) => {
+                folder::clone_file(&from, &to)
+                    .map_err(|e| Error::local("copy", &to, e))
+                    .inspect_err(|err| free_if_full(staging, err))?;
+                match check::copy_matches(&to, &record, &mut buf, cx) {
+                    Ok(Some(true)) => None,
+                    Ok(Some(false)) => Some("it changed after it was checked".to_owned()),
+                    Ok(None) => return Err(Error::Interrupted),
+                    Err(e) => return Err(Error::local("read", &to, e)),
+                }
+            }
+            Ok(None) => Some("it is no longer a regular file".to_owned()),
+            Err(e) => Some(format!("it can no longer be opened as it was checked: {e}")),
+        };
+        match why {
+            None => still.push(record),
+            Some(why) => {
+                tracing::warn!(file = %record.path, reason = %why, "fetching a file the folder held when it was checked");
+                let _ = std::fs::remove_file(&to);
+                outcome.adopted_bytes -= record.size;
+                cx.progress.files_total.fetch_sub(1, Relaxed);
+                cx.progress.files_done.fetch_sub(1, Relaxed);
+                bad.extend(targets.iter().find(|t| t.path == record.path).cloned());
+            }
         }
-    })
+    }
+    outcome.kept = still;
+    Ok(())
 }
 
 /// The records of every target, in the targets' order, from those kept and those fetched.
@@ -271,10 +321,6 @@ fn exchange(
     let dest = &req.dest;
     let keep: HashSet<PathBuf> = built.files.iter().map(|f| PathBuf::from(&f.path)).collect();
     folder::prune(&staging.dir, &keep).map_err(|e| Error::local("clean", &staging.dir, e))?;
-    for f in &outcome.kept {
-        let to = staging.dir.join(&f.path);
-        folder::clone_file(&dest.join(&f.path), &to).map_err(|e| Error::local("copy", &to, e))?;
-    }
     if !built.files_present(&staging.dir) {
         return Err(Error::Runtime(format!(
             "the copy built in {} lacks files its marker lists",
@@ -399,6 +445,60 @@ mod tests {
         t
     }
 
+    fn record(path: &str, content: &[u8]) -> FileRecord {
+        use sha2::Digest as _;
+        FileRecord {
+            path: path.into(),
+            size: content.len() as u64,
+            digests: vec![crate::digest::Digest {
+                algorithm: crate::digest::Algorithm::Sha256,
+                value: sha2::Sha256::digest(content).to_vec(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_clone_publishes_only_what_was_checked() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("m");
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(dest.join("sub")).unwrap();
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        for f in ["same", "token", "changed", "sub/b"] {
+            std::fs::write(dest.join(f), b"weights").unwrap();
+        }
+        let staging = Staging::open(&dest).unwrap();
+        let kept = ["same", "token", "changed", "sub/b"].map(|f| record(f, b"weights"));
+        let targets: Vec<Target> = kept.iter().map(|r| target(&r.path, 7)).collect();
+        let mut outcome = Outcome {
+            adopted_bytes: 28,
+            kept: kept.to_vec(),
+            ..Outcome::default()
+        };
+        // Between the check and the clone, the folder's owner swaps a file for a symlink to a
+        // file outside the root, a folder for one to a folder outside, and rewrites a file.
+        std::fs::write(outside.join("token"), b"secrets").unwrap();
+        std::fs::write(outside.join("sub/b"), b"weights").unwrap();
+        std::fs::remove_file(dest.join("token")).unwrap();
+        std::os::unix::fs::symlink(outside.join("token"), dest.join("token")).unwrap();
+        std::fs::remove_dir_all(dest.join("sub")).unwrap();
+        std::os::unix::fs::symlink(outside.join("sub"), dest.join("sub")).unwrap();
+        std::fs::write(dest.join("changed"), b"WEIGHTS").unwrap();
+
+        let mut bad = Vec::new();
+        let cx = Context::default();
+        clone_kept(&dest, &staging, &targets, &mut outcome, &mut bad, &cx).unwrap();
+        let kept: Vec<&str> = outcome.kept.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(kept, ["same"]);
+        let refetch: Vec<&str> = bad.iter().map(|t| t.path.as_str()).collect();
+        assert_eq!(refetch, ["token", "changed", "sub/b"]);
+        assert_eq!(outcome.adopted_bytes, 7);
+        assert_eq!(std::fs::read(staging.dir.join("same")).unwrap(), b"weights");
+        for f in ["token", "changed", "sub/b"] {
+            assert!(!staging.dir.join(f).exists(), "{f} is not in the copy");
+        }
+    }
+
     #[test]
     fn a_survey_counts_what_is_there_at_its_size() {
         let dir = tempfile::tempdir().unwrap();
@@ -433,9 +533,56 @@ mod tests {
         );
         let complete = Survey {
             missing_bytes: 0,
-            writable: false,
             ..s
         };
         assert_eq!(complete.bytes_needed(), 0);
+        let unwritable = Survey {
+            writable: false,
+            ..complete
+        };
+        assert_eq!(
+            unwritable.bytes_needed(),
+            3,
+            "a damaged file of the listed size forces a whole copy"
+        );
+    }
+
+    #[test]
+    fn a_survey_of_a_complete_folder_it_cannot_swap_into_counts_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m");
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("a"), b"abc").unwrap();
+        std::fs::write(dir.path().join("elsewhere/b"), b"defg").unwrap();
+        // A folder on the way that no rename goes through (as one of another user's is not).
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dest.join("sub")).unwrap();
+        let s = survey(&[target("a", 3), target("sub/b", 4)], &dest);
+        assert_eq!(
+            (s.present_bytes, s.missing_bytes, s.writable),
+            (7, 0, false)
+        );
+        assert_eq!(
+            s.bytes_needed(),
+            7,
+            "nothing missing, yet a repair copies it all"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_while_cloning_empties_the_staging_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m");
+        let staging = Staging::open(&dest).unwrap();
+        std::fs::write(staging.dir.join("partial"), b"x").unwrap();
+        let other = Error::local("copy", &dest, std::io::Error::from_raw_os_error(libc::EIO));
+        free_if_full(&staging, &other);
+        assert!(staging.dir.join("partial").exists(), "kept for a retry");
+        for code in [libc::ENOSPC, libc::EDQUOT] {
+            std::fs::create_dir_all(&staging.dir).unwrap();
+            let full = Error::local("copy", &dest, std::io::Error::from_raw_os_error(code));
+            free_if_full(&staging, &full);
+            assert!(!staging.dir.exists());
+        }
     }
 }

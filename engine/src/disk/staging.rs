@@ -280,9 +280,21 @@ pub fn lock(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Writes `data` to a new file at `path` and flushes it to the disk.
+/// Writes `data` to a new file at `path` and flushes it to the disk. Whatever was at `path`
+/// is removed first (`unlink` removes a symlink, never what it points to) and the file is
+/// created with `O_EXCL | O_NOFOLLOW`: a symlink planted at a temporary file's name in a
+/// folder another user can write to is never written through.
 pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = File::create(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
     f.write_all(data)?;
     f.sync_all()
 }
@@ -386,6 +398,21 @@ mod tests {
             Staging::prepare(&dest, &request()),
             Err(Error::DestinationOccupied { .. })
         ));
+    }
+
+    #[test]
+    fn a_durable_write_replaces_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"theirs").unwrap();
+        let tmp = dir.path().join("m.tmp");
+        std::os::unix::fs::symlink(&outside, &tmp).unwrap();
+        write_durably(&tmp, b"ours").unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"theirs");
+        assert!(!tmp.is_symlink());
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"ours");
+        write_durably(&tmp, b"again").unwrap();
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"again", "a stale file is replaced");
     }
 
     #[test]
