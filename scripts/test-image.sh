@@ -159,7 +159,7 @@ done
 check "keeps running, /healthz 200" curl -fsS -o /dev/null "http://$health/healthz"
 check "/readyz says not ready (503)" test "$(curl -s -o /dev/null -w '%{http_code}' "http://$health/readyz")" = 503
 check "logs the folder and the fix" \
-  bash -c "docker logs $noroot 2>&1 | grep -q 'cannot create files in /mnt/models/models as uid 65532.*chown -R 65532:65532'"
+  bash -c "docker logs $noroot 2>&1 | grep -q 'cannot create files in /mnt/models/models as uid 65532.*chown -R 65532:65532 /mnt/models/models.; a pod'"
 check "still running" test "$(docker inspect -f '{{.State.Running}}' "$noroot")" = true
 docker stop -t 5 "$noroot" >/dev/null
 code=$(docker inspect -f '{{.State.ExitCode}}' "$noroot")

@@ -33,8 +33,10 @@ pub enum RootState {
 /// Why the models root refuses new files; its `Display` says what fixes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unwritable {
-    /// The folder that refused: `models/`, or the nearest existing folder above it when
-    /// `models/` could not be created.
+    /// The folder the agent needs to write to: `<root>/models`.
+    pub models: PathBuf,
+    /// The folder that refused: `models` itself, or the nearest existing folder above it when
+    /// `models` could not be created.
     pub folder: PathBuf,
     /// Who the agent runs as.
     pub uid: u32,
@@ -56,6 +58,7 @@ impl Unwritable {
             .ok()
             .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777));
         Self {
+            models: models.to_owned(),
             folder,
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
@@ -68,29 +71,41 @@ impl Unwritable {
 impl std::fmt::Display for Unwritable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Self {
+            models,
             folder,
             uid,
             gid,
             owner,
             error,
         } = self;
-        let folder = folder.display();
+        let shown = models.display();
         write!(
             f,
-            "cannot create files in {folder} as uid {uid} gid {gid}: {error}"
+            "cannot create files in {shown} as uid {uid} gid {gid}: {error}"
         )?;
-        if let Some((owner_uid, owner_gid, mode)) = owner {
-            write!(
+        let owned = owner.map(|(owner_uid, owner_gid, mode)| {
+            format!("owned by uid {owner_uid} gid {owner_gid}, mode {mode:o}")
+        });
+        match (folder == models, owned) {
+            (true, Some(owned)) => write!(f, " ({owned})")?,
+            (true, None) => {}
+            (false, Some(owned)) => write!(
                 f,
-                " (owned by uid {owner_uid} gid {owner_gid}, mode {mode:o})"
-            )?;
+                " (there is no folder {shown}, and {}, {owned}, takes no new one)",
+                folder.display()
+            )?,
+            (false, None) => write!(
+                f,
+                " (there is no folder {shown}, and {} takes no new one)",
+                folder.display()
+            )?,
         }
         write!(
             f,
             ". Fix: make it writable by uid {uid}: on the node, `chown -R {uid}:{gid}` the \
              hostPath folder mounted here (KServe's DaemonSet mounts /models, which Kubernetes \
              creates owned by root), or run an init container as root with `chown -R \
-             {uid}:{gid} {folder}`; a pod fsGroup does not change a hostPath's owner"
+             {uid}:{gid} {shown}`; a pod fsGroup does not change a hostPath's owner"
         )
     }
 }
@@ -201,6 +216,7 @@ mod tests {
     #[test]
     fn the_message_names_the_folder_its_owner_and_the_fix() {
         let why = Unwritable {
+            models: "/mnt/models/models".into(),
             folder: "/mnt/models/models".into(),
             uid: 65532,
             gid: 65532,
@@ -238,6 +254,24 @@ mod tests {
             panic!("a file in the way is not a folder");
         };
         assert_eq!(why.folder, dir.path());
+        assert_eq!(why.models, models);
+        let text = why.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot create files in {} as uid ",
+                models.display()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "chown -R {}:{} {}`",
+                why.uid,
+                why.gid,
+                models.display()
+            )),
+            "{text}"
+        );
         assert!(!health.models_root_writable.load(Relaxed));
 
         // Still in the way at the first check again (5 s): nothing changes.
