@@ -2,7 +2,9 @@
 //! KServe's real storage initializer (PyPI `kserve-storage`, `Storage.download(uri,
 //! out_dir)`, run as uid 1000 as KServe's Jobs run), then the agent starts as KServe's
 //! DaemonSet runs it (uid 65532, `NODE_NAME` and `POD_NAMESPACE`, nothing else but the
-//! test's models root, ports and a short grace period). Every cached model is adopted without
+//! test's models root, ports and a short grace period). `models/` is first root's, 0755, as
+//! Kubernetes creates a hostPath: the agent waits not ready, naming the fix, and carries on
+//! once it is made writable, without a restart. Every cached model is adopted without
 //! a byte from the store, a damaged file is fetched alone, a new model is downloaded, and
 //! folders no longer needed are reported (KServe's files are not the agent's to delete) until
 //! their owner changes, then collected.
@@ -187,9 +189,10 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
     lmn.metadata.name = Some(NODE.into());
     nodes.create(&PostParams::default(), &lmn).await.unwrap();
 
-    // Only the image changes.
+    // Only the image changes. The node's `models/` is root's, 0755, as Kubernetes creates a
+    // missing hostPath folder: the agent waits, not ready, naming the fix.
+    std::fs::set_permissions(&models, std::fs::Permissions::from_mode(0o755)).unwrap();
     let seen_before = hub.stats().requests.len();
-    let started = Instant::now();
     // The agent as KServe's DaemonSet runs its image: uid 65532, its environment only.
     let mut command = Command::new(agent_binary());
     command
@@ -205,6 +208,31 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
         &["--gc-grace", "3s"],
         &[],
     );
+    until(
+        &agent,
+        "not ready, naming the fix",
+        Duration::from_secs(30),
+        async || agent.readyz() == Some(503) && agent.log().contains("chown -R 65532:65532"),
+    )
+    .await;
+    assert!(
+        !is_downloaded(&nodes, "big").await,
+        "nothing is adopted before the root is fixed"
+    );
+    // Fixed on the node: the agent carries on without a restart (it checks again within 5 s).
+    std::fs::set_permissions(&models, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Timed from the agent's last answer of not ready: it cannot have begun before.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut started = Instant::now();
+    while agent.readyz() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready once fixed:\n{}",
+            agent.log()
+        );
+        started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     until(
         &agent,
         "the big model adopted",
@@ -336,7 +364,7 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
 
     eprintln!(
         "MEASURED migration: 3 cached models ({:.0} MiB), 2 adopted as they were, 1 repaired; \
-         big model ({:.0} MiB, read from disk) adopted in {big_seconds:.2} s from agent start \
+         big model ({:.0} MiB, read from disk) adopted in {big_seconds:.2} s from the agent's last not-ready answer \
          ({:.2} GB/s), all Downloaded in {all_seconds:.2} s; store bytes for cached models: \
          {repaired_bytes} (the damaged file, {} bytes), for the new model: {}; KServe's \
          initializer took {initializer_seconds:.1} s to fill the cache",
