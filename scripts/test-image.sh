@@ -38,6 +38,13 @@ check() {
   shift
   if "$@"; then ok "$what"; else fail "$what"; fi
 }
+# Waits up to 10 s for an agent's /healthz at HOST:PORT to answer.
+wait_healthz() {
+  for _ in $(seq 50); do
+    curl -fsS "http://$1/healthz" >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+}
 work=$(mktemp -d)
 containers=()
 stores_pid=
@@ -108,10 +115,7 @@ timeout 60 docker run -d --name "$agent" --read-only --cap-drop ALL --security-o
   -p 127.0.0.1::8080 -p 127.0.0.1::8081 "$image" >/dev/null
 metrics=$(docker port "$agent" 8080/tcp | head -1)
 health=$(docker port "$agent" 8081/tcp | head -1)
-for _ in $(seq 50); do
-  curl -fsS "http://$health/healthz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_healthz "$health"
 pid=$(docker inspect -f '{{.State.Pid}}' "$agent")
 check "process runs as uid 65532" bash -c "grep -q -E '^Uid:\s+65532\s+65532\s+65532\s+65532' /proc/$pid/status"
 check "/healthz answers 200" curl -fsS -o /dev/null "http://$health/healthz"
@@ -132,10 +136,7 @@ bare="mp-bare-$$"
 containers+=("$bare")
 timeout 60 docker run -d --name "$bare" -p 127.0.0.1::8080 -p 127.0.0.1::8081 -p 127.0.0.1::9443 "$image" >/dev/null
 health=$(docker port "$bare" 8081/tcp | head -1)
-for _ in $(seq 50); do
-  curl -fsS "http://$health/healthz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_healthz "$health"
 check "/healthz answers 200" curl -fsS -o /dev/null "http://$health/healthz"
 check "/readyz says not ready (503)" test "$(curl -s -o /dev/null -w '%{http_code}' "http://$health/readyz")" = 503
 check "logs once that NODE_NAME is missing and how to set it" \
@@ -152,10 +153,7 @@ containers+=("$noroot")
 timeout 60 docker run -d --name "$noroot" --read-only -e NODE_NAME=node-a \
   -p 127.0.0.1::8081 "$image" >/dev/null
 health=$(docker port "$noroot" 8081/tcp | head -1)
-for _ in $(seq 50); do
-  curl -fsS "http://$health/healthz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_healthz "$health"
 check "keeps running, /healthz 200" curl -fsS -o /dev/null "http://$health/healthz"
 check "/readyz says not ready (503)" test "$(curl -s -o /dev/null -w '%{http_code}' "http://$health/readyz")" = 503
 check "logs the folder and the fix" \

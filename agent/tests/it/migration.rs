@@ -26,7 +26,6 @@ use modelpull_testkit::sha256_hex as sha256;
 
 const NODE: &str = "gpu-node-1";
 /// The agent image's user.
-const AGENT_UID: u32 = 65532;
 const MIB: usize = 1 << 20;
 
 /// `len` bytes that differ in every MiB, made fast: a random MiB with the MiB's index and
@@ -43,20 +42,6 @@ fn weights(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-/// Waits until `check` holds, or fails naming `what`, with the agent's log.
-async fn until(agent: &Agent, what: &str, timeout: Duration, check: impl AsyncFnMut() -> bool) {
-    let mut check = check;
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; agent log:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Content bytes the Hub sent after its request number `from`, per file: the CDN's by LFS

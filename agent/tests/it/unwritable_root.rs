@@ -17,8 +17,6 @@ use modelpull_testkit::origin::Origin;
 use crate::util::*;
 
 const NODE: &str = "gpu-node-1";
-/// KServe's agent image runs as distroless's nonroot user.
-const NONROOT: u32 = 65532;
 
 /// The Events the agent posted about its Node, as `(reason, note)`.
 fn node_events(api: &ApiServer) -> Vec<(String, String)> {
@@ -36,7 +34,7 @@ fn node_events(api: &ApiServer) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_root_waits_and_recovers_without_a_restart() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: running the agent as uid {NONROOT} needs root");
+        eprintln!("SKIPPED: running the agent as uid {AGENT_UID} needs root");
         return;
     }
     let Some(python) = python() else {
@@ -98,7 +96,7 @@ async fn an_unwritable_root_waits_and_recovers_without_a_restart() {
         .await
         .unwrap();
     api.reset_log();
-    let agent = Agent::start_as(NONROOT, &kubeconfig, &root, NODE);
+    let agent = Agent::start_as(AGENT_UID, &kubeconfig, &root, NODE);
     wait_for(
         &nodes,
         NODE,
@@ -111,7 +109,7 @@ async fn an_unwritable_root_waits_and_recovers_without_a_restart() {
     assert_eq!(agent.readyz(), Some(503), "{}", agent.log());
     let log = agent.log();
     let fix = format!(
-        "cannot create files in {} as uid {NONROOT}",
+        "cannot create files in {} as uid {AGENT_UID}",
         models.display()
     );
     assert_eq!(
@@ -120,7 +118,7 @@ async fn an_unwritable_root_waits_and_recovers_without_a_restart() {
         "one line names the fix:\n{log}"
     );
     assert!(
-        log.contains(&format!("chown -R {NONROOT}:{NONROOT}")),
+        log.contains(&format!("chown -R {AGENT_UID}:{AGENT_UID}")),
         "{log}"
     );
     let events = node_events(&api);
@@ -131,7 +129,7 @@ async fn an_unwritable_root_waits_and_recovers_without_a_restart() {
 
     // Fixed as the log says: within the next check (5 s after the start), ready and b
     // downloaded.
-    std::os::unix::fs::chown(&models, Some(NONROOT), Some(NONROOT)).unwrap();
+    std::os::unix::fs::chown(&models, Some(AGENT_UID), Some(AGENT_UID)).unwrap();
     wait_for(
         &nodes,
         NODE,
@@ -141,15 +139,10 @@ async fn an_unwritable_root_waits_and_recovers_without_a_restart() {
         downloaded("b"),
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while agent.readyz() != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not ready: {}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until(&agent, "ready", Duration::from_secs(10), async || {
+        agent.readyz() == Some(200)
+    })
+    .await;
     assert_eq!(
         std::fs::read(models.join(storage_key(&ub)).join("w.bin")).unwrap(),
         b

@@ -83,16 +83,8 @@ fn prefix_with_every_checksum_kind_signed() {
 
 #[test]
 fn exact_key_keeps_its_basename_and_archives_unpack() {
-    let mut tar = tar::Builder::new(Vec::new());
     let weights = data(11, 300_000);
-    let mut h = tar::Header::new_gnu();
-    h.set_size(weights.len() as u64);
-    h.set_mode(0o644);
-    tar.append_data(&mut h, "model/weights.bin", &weights[..])
-        .unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
-    let archive = gz.finish().unwrap();
+    let archive = tar_gz(&[("model/weights.bin", &weights)]);
     let objects = vec![
         ("m/nested/config.json", b"{}".to_vec(), none()),
         ("m/nested/config.json.bak", b"old".to_vec(), none()),

@@ -170,6 +170,23 @@ pub fn entry(name: &str, uri: &str) -> LocalModelInfo {
     }
 }
 
+/// The user the agent's image runs as (distroless `nonroot`), as KServe's DaemonSet runs it.
+pub const AGENT_UID: u32 = 65532;
+
+/// Waits until `check` holds, or fails naming `what`, with the agent's log.
+pub async fn until(agent: &Agent, what: &str, timeout: Duration, check: impl AsyncFnMut() -> bool) {
+    let mut check = check;
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; agent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The agent binary under test.
 pub fn agent_binary() -> &'static str {
     env!("CARGO_BIN_EXE_localmodelnode-agent")

@@ -60,10 +60,6 @@ fn last_line(out: &Output) -> String {
     stderr(out).lines().last().unwrap_or_default().to_owned()
 }
 
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "{}", stderr(out));
-}
-
 fn assert_failed(out: &Output) {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
 }
@@ -133,7 +129,7 @@ fn pairs_are_pulled_in_order_readable_by_every_user() {
             ("S3_USE_HTTPS", "1"),
         ],
     );
-    assert_ok(&out);
+    assert_success(&out);
     // A lone archive is unpacked in place and removed, as KServe does.
     assert_file(&packed, "model/weights.bin", &weights);
     assert_file(&packed, "model/config.json", config);
@@ -271,7 +267,7 @@ fn a_source_under_mnt_models_is_already_in_place() {
     let ep = Entrypoint::new();
     let dest = ep.models("models");
     let out = ep.run(&["/mnt/models", dest.to_str().unwrap()], &[]);
-    assert_ok(&out);
+    assert_success(&out);
     assert!(dest.is_dir());
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
 }
@@ -319,7 +315,7 @@ fn s3_credentials_come_from_the_storage_spec() {
     assert!(!stderr(&denied).contains("not-the-secret"));
 
     let ok = run(&json!({"secret_access_key": s3.key.1}).to_string());
-    assert_ok(&ok);
+    assert_success(&ok);
     assert_file(&dest, "config.json", b"{}");
     assert_file(&dest, "w.bin", &weights);
     assert_readable_by_all(&dest);
@@ -343,7 +339,7 @@ fn gcs_anonymous_with_patterns() {
             ("STORAGE_IGNORE_PATTERNS", r#"["*.md"]"#),
         ],
     );
-    assert_ok(&out);
+    assert_success(&out);
     assert_file(&dest, "model.bin", &weights);
     assert!(!dest.join("notes.md").exists());
 }
@@ -374,7 +370,7 @@ fn the_ca_bundle_kserve_mounts_is_trusted() {
         ("CA_BUNDLE_CONFIGMAP_NAME", "global-ca-bundle"),
         ("CA_BUNDLE_VOLUME_MOUNT_POINT", certs.to_str().unwrap()),
     ];
-    assert_ok(&run(&mounted));
+    assert_success(&run(&mounted));
     assert_file(&dest, "model.bin", &content);
 
     let missing = run(&[mounted[0]]);
@@ -398,7 +394,7 @@ fn the_subcommand_is_the_same_program() {
         .arg(&dest)
         .output()
         .unwrap();
-    assert_ok(&out);
+    assert_success(&out);
     assert_file(&dest, "m.bin", &content);
     let usage = Command::new(env!("CARGO_BIN_EXE_modelpull"))
         .arg("storage-initializer")
