@@ -75,10 +75,8 @@ impl Limits {
     /// `root/proc/self/mountinfo` and the cgroup files under the mount points it names, taken
     /// relative to `root` (for tests, or a container's filesystem seen from outside).
     pub fn detect_at(root: &Path) -> Self {
-        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_default();
-        let (cgroups, mounts) = (read("proc/self/cgroup"), read("proc/self/mountinfo"));
         let mut limits = Limits::default();
-        for dirs in cgroup_dirs(root, &cgroups, &mounts) {
+        for dirs in own_cgroup_dirs(root) {
             for dir in dirs.chain() {
                 limits.tighten(&dir, dirs.version);
             }
@@ -153,9 +151,7 @@ impl CpuStat {
 
     /// As [`CpuStat::locate`], with every path taken under `root` (see [`Limits::detect_at`]).
     pub fn locate_at(root: &Path) -> Option<Self> {
-        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_default();
-        let (cgroups, mounts) = (read("proc/self/cgroup"), read("proc/self/mountinfo"));
-        cgroup_dirs(root, &cgroups, &mounts)
+        own_cgroup_dirs(root)
             .into_iter()
             .filter(|d| matches!(d.version, Version::V2 | Version::V1Cpu))
             .map(|d| Self {
@@ -230,6 +226,16 @@ impl Dirs {
                 .flatten()
         })
     }
+}
+
+/// The process's cgroup folders, from `root/proc/self/cgroup` and `root/proc/self/mountinfo`.
+fn own_cgroup_dirs(root: &Path) -> Vec<Dirs> {
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_default();
+    cgroup_dirs(
+        root,
+        &read("proc/self/cgroup"),
+        &read("proc/self/mountinfo"),
+    )
 }
 
 /// The directories of the hierarchies that hold limits: the v2 one, or v1's memory and cpu.

@@ -27,8 +27,6 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use modelpull::limits::Limits;
@@ -147,7 +145,7 @@ fn run(pairs: &[Pair]) -> anyhow::Result<()> {
         describe(&limits)
     );
     let cx = Context {
-        cancel: cancel_on_signals(),
+        cancel: crate::cancel_on_signals(1),
         ..Context::default()
     };
     for pair in pairs {
@@ -323,17 +321,6 @@ fn describe(limits: &Limits) -> String {
         format!("{} memory", human_bytes(m))
     });
     format!("cgroup: {cpu}, {memory}")
-}
-
-/// SIGINT and SIGTERM stop the pull at a chunk boundary (it resumes when run again); a
-/// second signal ends the process at once.
-fn cancel_on_signals() -> Arc<AtomicBool> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 1, cancel.clone());
-        let _ = signal_hook::flag::register(signal, cancel.clone());
-    }
-    cancel
 }
 
 /// The engine's warnings (a retried file, an unverified host) on stderr, without colours

@@ -29,12 +29,7 @@ fn main() -> ExitCode {
         Command::Ls(_) | Command::Completions(_) => false,
     };
     init_logging(cli.log_format, cli.verbose, quiet);
-    let cancel = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal ends the process at once, as users expect from Ctrl-C twice.
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, cancel.clone());
-        let _ = signal_hook::flag::register(signal, cancel.clone());
-    }
+    let cancel = cancel_on_signals(130);
     let cx = Context {
         cancel,
         ..Context::default()
@@ -55,6 +50,17 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
     }
+}
+
+/// SIGINT and SIGTERM stop a pull at a chunk boundary (it resumes when run again); a second
+/// signal ends the process at once with `exit`, as users expect from Ctrl-C twice.
+fn cancel_on_signals(exit: i32) -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, exit, cancel.clone());
+        let _ = signal_hook::flag::register(signal, cancel.clone());
+    }
+    cancel
 }
 
 /// Options from the flags plus what the environment adds (proxies).

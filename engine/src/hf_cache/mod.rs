@@ -187,11 +187,14 @@ impl<'m> Model<'m> {
         opts: &Options,
         started: Instant,
     ) -> Report {
+        let fetched_by_blob: std::collections::HashMap<&str, &FileReport> = fetched
+            .map(|r| r.files.iter().map(|f| (f.path.as_str(), f)).collect())
+            .unwrap_or_default();
         let files: Vec<FileReport> = self
             .files
             .iter()
             .map(|f| {
-                let new = fetched.and_then(|r| r.files.iter().find(|r| r.path == f.blob));
+                let new = fetched_by_blob.get(f.blob.as_str()).copied();
                 match new {
                     Some(r) => FileReport {
                         path: f.target.path.clone(),
