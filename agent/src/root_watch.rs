@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::disk;
+use crate::retry::Backoff;
 use crate::server::Health;
 
 /// The first wait before checking again; it doubles up to [`LONGEST_RETRY`].
@@ -120,7 +121,11 @@ pub fn check(models: &Path) -> RootState {
 
 /// The waits between checks: [`FIRST_RETRY`], doubling, at most [`LONGEST_RETRY`].
 pub fn retry_delays() -> impl Iterator<Item = Duration> {
-    std::iter::successors(Some(FIRST_RETRY), |d| Some((*d * 2).min(LONGEST_RETRY)))
+    let backoff = Backoff {
+        base: FIRST_RETRY,
+        cap: LONGEST_RETRY,
+    };
+    (1..).map(move |attempt| backoff.after(attempt))
 }
 
 /// The state of the models root, as the controller reads it.
