@@ -13,6 +13,11 @@ use super::{ActiveRange, Claim, ClaimKind, Job, JobState, Phase, Work};
 /// A range in flight this long while its file's window is full counts as slow.
 pub(super) const SLOW_RANGE: Duration = Duration::from_secs(2);
 
+/// A range younger than this is not split at the end of a file: it most likely ends before a
+/// new request would bring its first byte, and the bytes the server sends the first worker
+/// past the cut are wasted (with 2 MiB chunks, a file of a few MiB is already splittable).
+const YOUNG_RANGE: Duration = Duration::from_millis(200);
+
 impl Job {
     /// Reserves chunk `c` for the worker holding range `id`. `false`: the range was cut short
     /// (split, or the file was reset) and the worker must stop.
@@ -79,19 +84,25 @@ impl Job {
     }
 
     /// The range in flight to split, as its file and its place in the file's `active`: the
-    /// one with the most chunks left (two at least) on a host with a connection to spare.
+    /// one with the most chunks left (two at least) on a host with a connection to spare,
+    /// in flight for [`YOUNG_RANGE`] at least.
     fn split_victim(&self, st: &JobState, blocked: bool, now: Instant) -> Option<(usize, usize)> {
         let slow = self.opts.stall_timeout.min(SLOW_RANGE);
         st.files
             .iter()
             .enumerate()
-            .filter(|&(i, fs)| fs.phase == Phase::Active && fs.ranged && !self.host_busy(st, i))
+            .filter(|&(i, fs)| fs.phase == Phase::Active && fs.ranged && !self.host_full(st, i))
             .flat_map(|(i, fs)| {
                 fs.active
                     .iter()
                     .enumerate()
                     .filter(move |(_, a)| {
-                        !blocked || (a.next <= fs.cursor + 1 && now - a.since >= slow)
+                        let age = now - a.since;
+                        if blocked {
+                            a.next <= fs.cursor + 1 && age >= slow
+                        } else {
+                            age >= YOUNG_RANGE
+                        }
                     })
                     .map(move |(j, a)| (i, j, a.end - a.next))
             })
