@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real servers and clients the tests run against, once: tinyproxy (a forward
-# proxy, from Debian), strace (the durability test reads a pull's system calls), tmux (the
-# progress test reads a pull's screen in a pseudo-terminal), and a virtualenv .venv-test with moto (S3), gcp-storage-emulator (GCS),
+# proxy, from Debian), nginx (an origin that caps each connection's rate or their number),
+# strace (the durability test reads a pull's system calls), tmux (the progress test reads a
+# pull's screen in a pseudo-terminal), and a virtualenv .venv-test with moto (S3), gcp-storage-emulator (GCS),
 # huggingface_hub (the client that proves the in-tree Hub fixture faithful), aiohttp and
 # the kubernetes client (the agent's test API server and the client that proves it faithful),
 # and kserve-storage (KServe's storage initializer, which fills the models root the agent's
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in tinyproxy:tinyproxy openssl:openssl strace:strace tmux:tmux; do
+for pair in tinyproxy:tinyproxy openssl:openssl strace:strace tmux:tmux nginx:nginx-light; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -20,8 +21,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# The packaged tinyproxy starts a system instance; the tests run their own.
-systemctl disable --now tinyproxy >/dev/null 2>&1 || service tinyproxy stop >/dev/null 2>&1 || true
+# The packaged tinyproxy and nginx start system instances; the tests run their own.
+for svc in tinyproxy nginx; do
+  systemctl disable --now "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
+done
 venv=.venv-test
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"

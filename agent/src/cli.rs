@@ -65,12 +65,18 @@ pub struct Args {
     #[arg(long, env = "MAX_CONCURRENT_DOWNLOADS", default_value_t = 2)]
     pub max_concurrent_downloads: usize,
 
-    /// HTTP connections for downloads on this node, in total.
-    #[arg(long, env = "DOWNLOAD_CONNECTIONS", default_value_t = 16)]
-    pub connections: usize,
+    /// The most HTTP connections of one download. Each download finds its own count per host
+    /// (8 at first, more while they raise the rate, fewer when the server says it is
+    /// overloaded); the buffers, shared by all downloads, bound them all together.
+    #[arg(long, env = "DOWNLOAD_MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
 
-    /// Buffer memory for downloads on this node, in total (e.g. 192M; at least 16M per
-    /// concurrent download). Default: 192M, or what fits under the container's memory limit;
+    /// Exactly N connections to each host for each download, not adapted.
+    #[arg(long, env = "DOWNLOAD_CONNECTIONS", value_name = "N")]
+    pub connections: Option<usize>,
+
+    /// Buffer memory for downloads on this node, one budget shared by all of them (e.g. 192M;
+    /// at least 16M per concurrent download). Default: 192M, or what fits under the container's memory limit;
     /// a value above what fits is lowered to it.
     #[arg(long, env = "DOWNLOAD_MEMORY_LIMIT", value_parser = parse_bytes)]
     pub memory_limit: Option<usize>,

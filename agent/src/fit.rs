@@ -14,9 +14,9 @@
 //! every one, fewer run at once. CPU: the engine runs as many cores as the quota keeps busy,
 //! unpinned (see [`modelpull::Options::fit`]).
 
-use modelpull::Options;
 use modelpull::limits::Limits;
 use modelpull::units::human_bytes;
+use modelpull::{Options, SharedBuffers};
 
 const MIB: u64 = 1 << 20;
 
@@ -28,8 +28,8 @@ pub const DEFAULT_BUFFERS: u64 = 192 * MIB;
 /// each download's engine threads and io_uring rings, TLS sessions, listings.
 pub const RUNTIME_RESERVE: u64 = 48 * MIB;
 
-/// Buffers one download needs at least: two connections' chunks and two more (see
-/// [`Options::validate`]), 16 MiB with the default 4 MiB chunks.
+/// Buffers one download needs at least to run at a useful speed beside the others sharing
+/// the pool: 8 chunks of the default 2 MiB (the engine itself needs three).
 pub const MIN_PER_DOWNLOAD: u64 = 16 * MIB;
 
 /// CPU time the engine spends per GB pulled: receiving, hashing and writing it.
@@ -42,8 +42,10 @@ pub struct Requested {
     pub memory_limit: Option<u64>,
     /// `--max-concurrent-downloads`.
     pub concurrent: usize,
-    /// `--connections`.
-    pub connections: usize,
+    /// `--connections`: exactly this many per host for each download.
+    pub connections: Option<usize>,
+    /// `--max-connections`.
+    pub max_connections: usize,
 }
 
 /// The downloads as they will run.
@@ -53,7 +55,7 @@ pub struct Fitted {
     pub memory_limit: u64,
     /// Downloads at once.
     pub concurrent: usize,
-    /// Connections for all downloads.
+    /// Connections the shared buffers allow, over all downloads together.
     pub connections: usize,
     /// What to log at start: one line about memory, one about CPU, warnings apart.
     pub notes: Vec<Note>,
@@ -81,7 +83,7 @@ pub fn fit(requested: Requested, limits: &Limits, baseline: u64, chunk: u64) -> 
         return Fitted {
             memory_limit,
             concurrent,
-            connections: requested.connections.max(1),
+            connections: connection_cap(requested, memory_limit, chunk),
             notes,
         };
     };
@@ -127,16 +129,10 @@ pub fn fit(requested: Requested, limits: &Limits, baseline: u64, chunk: u64) -> 
             human_bytes(MIN_PER_DOWNLOAD)
         )));
     }
-    // Each download's buffers hold its connections' chunks and two more.
-    let per_download = memory_limit / concurrent_fit as u64;
-    let chunks = usize::try_from(per_download / chunk.max(1)).unwrap_or(usize::MAX);
-    let per_download_connections = (requested.connections.max(1) / concurrent_fit)
-        .min(chunks.saturating_sub(2))
-        .max(1);
-    let connections = per_download_connections * concurrent_fit;
+    let connections = connection_cap(requested, memory_limit, chunk);
     notes.push(Note::Info(format!(
-        "memory limit {}: {} of download buffers, {concurrent_fit} download(s) at once, \
-         {connections} connections ({} for the process, {} kept free)",
+        "memory limit {}: {} of download buffers shared by {concurrent_fit} download(s) at \
+         once, up to {connections} connections ({} for the process, {} kept free)",
         human_bytes(limit),
         human_bytes(memory_limit),
         human_bytes(baseline + RUNTIME_RESERVE),
@@ -149,6 +145,17 @@ pub fn fit(requested: Requested, limits: &Limits, baseline: u64, chunk: u64) -> 
         connections,
         notes,
     }
+}
+
+/// Connections the buffers allow: one chunk each, two kept for the hashers, within the
+/// maximum (or the fixed count) asked for.
+fn connection_cap(requested: Requested, memory_limit: u64, chunk: u64) -> usize {
+    let chunks = usize::try_from(memory_limit / chunk.max(1)).unwrap_or(usize::MAX);
+    requested
+        .connections
+        .unwrap_or(requested.max_connections)
+        .min(chunks.saturating_sub(2))
+        .max(1)
 }
 
 /// What the CPU quota allows, as a speed.
@@ -176,12 +183,20 @@ fn cpu_note(limits: &Limits) -> Note {
 
 /// The engine's options for the node under `limits`: the fitted downloads, and the CPU half
 /// of [`Options::fit`] (cores within the quota, unpinned); memory is fitted here instead.
-pub fn engine_options(fitted: &Fitted, limits: &Limits, limit_rate: Option<u64>) -> Options {
+pub fn engine_options(
+    requested: Requested,
+    fitted: &Fitted,
+    limits: &Limits,
+    limit_rate: Option<u64>,
+) -> Options {
+    let memory_limit = usize::try_from(fitted.memory_limit).unwrap_or(usize::MAX);
+    let chunk_size = Options::default().chunk_size;
     let mut opts = Options {
-        connections: fitted.connections,
-        connections_per_host: fitted.connections,
+        connections: requested.connections.map(|n| n.min(fitted.connections)),
+        max_connections: fitted.connections,
         limit_rate,
-        memory_limit: usize::try_from(fitted.memory_limit).unwrap_or(usize::MAX),
+        memory_limit,
+        shared_buffers: Some(SharedBuffers::new(chunk_size, memory_limit)),
         ..Options::default()
     };
     opts.fit(&Limits {
@@ -202,7 +217,7 @@ pub fn for_this_process(requested: Requested, limit_rate: Option<u64>) -> (Fitte
             Note::Warn(text) => tracing::warn!("{text}"),
         }
     }
-    let opts = engine_options(&fitted, &limits, limit_rate);
+    let opts = engine_options(requested, &fitted, &limits, limit_rate);
     (fitted, opts)
 }
 
@@ -229,14 +244,15 @@ mod tests {
 
     use super::*;
 
-    const CHUNK: u64 = 4 * MIB;
+    const CHUNK: u64 = 2 * MIB;
     const BASELINE: u64 = 12 * MIB;
 
     fn defaults() -> Requested {
         Requested {
             memory_limit: None,
             concurrent: 2,
-            connections: 16,
+            connections: None,
+            max_connections: 256,
         }
     }
 
@@ -262,7 +278,7 @@ mod tests {
         let f = fit(defaults(), &Limits::default(), BASELINE, CHUNK);
         assert_eq!(
             (f.memory_limit, f.concurrent, f.connections),
-            (DEFAULT_BUFFERS, 2, 16)
+            (DEFAULT_BUFFERS, 2, 94)
         );
         let asked = Requested {
             memory_limit: Some(1 << 30),
@@ -280,14 +296,14 @@ mod tests {
         let f = fit(defaults(), &memory(300 * MIB), BASELINE, CHUNK);
         assert_eq!(
             (f.memory_limit, f.concurrent, f.connections),
-            (DEFAULT_BUFFERS, 2, 16)
+            (DEFAULT_BUFFERS, 2, 94)
         );
         assert!(warnings(&f).is_empty(), "{:?}", f.notes);
         assert_eq!(
             f.notes[0],
             Note::Info(
-                "memory limit 300.0 MiB: 192.0 MiB of download buffers, 2 download(s) at once, \
-                 16 connections (60.0 MiB for the process, 37.5 MiB kept free)"
+                "memory limit 300.0 MiB: 192.0 MiB of download buffers shared by 2 download(s) \
+                 at once, up to 94 connections (60.0 MiB for the process, 37.5 MiB kept free)"
                     .into()
             )
         );
@@ -295,14 +311,23 @@ mod tests {
 
     #[test]
     fn a_smaller_limit_gets_smaller_buffers_and_fewer_connections() {
-        // 200 − 60 − 25 = 115 MiB: 57.5 MiB per download, 14 chunks, 12 connections each.
+        // 200 − 60 − 25 = 115 MiB: 57 chunks, 55 connections over both downloads.
         let f = fit(defaults(), &memory(200 * MIB), BASELINE, CHUNK);
         assert_eq!(f.memory_limit, 115 * MIB);
-        assert_eq!((f.concurrent, f.connections), (2, 16));
-        // 128 − 60 − 16 = 52 MiB: 26 MiB per download, 6 chunks, 4 connections each.
+        assert_eq!((f.concurrent, f.connections), (2, 55));
+        // 128 − 60 − 16 = 52 MiB: 26 chunks, 24 connections.
         let f = fit(defaults(), &memory(128 * MIB), BASELINE, CHUNK);
         assert_eq!(f.memory_limit, 52 * MIB);
-        assert_eq!((f.concurrent, f.connections), (2, 8));
+        assert_eq!((f.concurrent, f.connections), (2, 24));
+        // A fixed count is kept when it fits.
+        let fixed = Requested {
+            connections: Some(16),
+            ..defaults()
+        };
+        assert_eq!(
+            fit(fixed, &memory(128 * MIB), BASELINE, CHUNK).connections,
+            16
+        );
         assert!(warnings(&f).is_empty());
     }
 
@@ -311,7 +336,7 @@ mod tests {
         // 100 − 60 − 12.5 = 27.5 MiB: one download of 16 MiB fits, not two.
         let f = fit(defaults(), &memory(100 * MIB), BASELINE, CHUNK);
         assert_eq!(f.concurrent, 1);
-        assert_eq!(f.connections, 4, "27.5 MiB hold 6 chunks: 4 connections");
+        assert_eq!(f.connections, 11, "27.5 MiB hold 13 chunks: 11 connections");
         let w = warnings(&f);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
@@ -369,7 +394,7 @@ mod tests {
         assert!(w[0].contains("deploy/components/kserve-daemonset"), "{w:?}");
         let f = fit(defaults(), &cpu(200_000), BASELINE, CHUNK);
         assert!(warnings(&f).is_empty(), "two cores are not a warning");
-        let opts = engine_options(&f, &cpu(10_000), None);
+        let opts = engine_options(defaults(), &f, &cpu(10_000), None);
         assert_eq!((opts.cores, opts.pin), (1, false));
         assert_eq!(opts.memory_limit as u64, DEFAULT_BUFFERS);
         opts.validate().unwrap();
@@ -379,11 +404,10 @@ mod tests {
     fn fitted_options_are_valid_for_each_download() {
         for limit in [64, 100, 128, 200, 300, 512, 4096] {
             let f = fit(defaults(), &memory(limit * MIB), BASELINE, CHUNK);
-            let mut opts = engine_options(&f, &memory(limit * MIB), None);
-            // As crate::jobs splits the node's options between concurrent downloads.
-            opts.connections /= f.concurrent;
-            opts.connections_per_host = opts.connections;
-            opts.memory_limit /= f.concurrent;
+            // Every download takes the node's options as they are: the buffers are shared.
+            let opts = engine_options(defaults(), &f, &memory(limit * MIB), None);
+            assert!(opts.shared_buffers.is_some());
+            assert!(opts.connection_cap() <= f.connections);
             opts.validate()
                 .unwrap_or_else(|e| panic!("{limit} MiB: {e} ({f:?})"));
         }

@@ -36,7 +36,7 @@ pub struct Settings {
     pub models: PathBuf,
     /// Models downloading at once: each pull gets this share of the node's limits.
     pub concurrent: usize,
-    /// Engine options for the node; connections, memory and rate are split between pulls.
+    /// Engine options for the node: the buffers are shared by its pulls, the rate is split.
     pub engine: Options,
 }
 
@@ -500,11 +500,10 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
         cancel,
         progress,
     } = order;
+    // The buffers are one pool for every download (`Options::shared_buffers`); only the
+    // bandwidth cap is split.
     let mut opts = settings.engine.clone();
     let share = settings.concurrent.max(1);
-    opts.connections = (opts.connections / share).max(1);
-    opts.memory_limit = (opts.memory_limit / share).max((opts.connections + 2) * opts.chunk_size);
-    opts.connections_per_host = opts.connections_per_host.min(opts.connections);
     opts.limit_rate = opts.limit_rate.map(|r| (r / share as u64).max(1));
     opts.proxy = env.proxy().map_err(Error::Proxy)?;
     let uri = &entry.source_model_uri;

@@ -106,6 +106,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             memory_limit: args.memory_limit.map(|m| m as u64),
             concurrent: args.max_concurrent_downloads,
             connections: args.connections,
+            max_connections: args.max_connections,
         },
         args.limit_rate,
     );

@@ -95,6 +95,7 @@ pub use http::head::HeadError;
 pub use http::proxy::ProxyConfig;
 pub use http::tls::CaBundle;
 pub use http::{ClientConfig, HttpError};
+pub use pool::SharedBuffers;
 pub use pull::{Context, Options, PullRequest, pull};
 pub use report::Report;
 pub use store::{Control, Env, Manifest, Patterns, resolve, resolve_filtered};

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub files: IntCounter,
     /// Connections open now.
     pub connections_active: IntGauge,
+    /// Times a server said it was overloaded (429, 503, `SlowDown`, a refused connection)
+    /// and got fewer connections.
+    pub overloads: IntCounter,
     /// 1 for the I/O driver in use, by driver name.
     pub driver: IntGaugeVec,
     /// Pulls that ended, by result.
@@ -34,6 +37,7 @@ impl Metrics {
         registry.register(Box::new(m.verify_failures.clone()))?;
         registry.register(Box::new(m.files.clone()))?;
         registry.register(Box::new(m.connections_active.clone()))?;
+        registry.register(Box::new(m.overloads.clone()))?;
         registry.register(Box::new(m.driver.clone()))?;
         registry.register(Box::new(m.pulls.clone()))?;
         Ok(m)
@@ -65,6 +69,10 @@ impl Metrics {
                 "HTTP requests in flight on the engine cores.",
             )
             .expect("valid metric"),
+            overloads: counter(
+                "modelpull_overloads_total",
+                "Times a server answered that it was overloaded and got fewer connections.",
+            ),
             driver: IntGaugeVec::new(
                 Opts::new(
                     "modelpull_io_driver",

@@ -1,11 +1,14 @@
 //! The bounded set of chunk buffers: the engine's memory bound.
 //!
-//! Every worker owns one buffer. A chunk that arrives ahead of its file's hash cursor may be
-//! parked in memory only if a replacement buffer can be had within the bound; otherwise it
-//! stays on disk and the hasher reads it back when the cursor gets there. So memory never
-//! exceeds the bound and no worker ever waits for a buffer.
+//! A worker holds one buffer while it has a connection's work, taken within the bound (a
+//! worker that finds none waits, and so does the connection it would open). A chunk that
+//! arrives ahead of its file's hash cursor may be parked in memory only if a replacement
+//! buffer can be had within the bound; otherwise it stays on disk and the hasher reads it back
+//! when the cursor gets there. Parked chunks are given up to connections that need a buffer.
+//! So memory never exceeds the bound, however many connections the tuners allow. Several
+//! pulls of one process may share one pool ([`SharedBuffers`]): one bound over all of them.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::buf::AlignedBuf;
 
@@ -60,6 +63,24 @@ impl BufPool {
         Some(AlignedBuf::new(self.size))
     }
 
+    /// A buffer to park a chunk in: [`BufPool::try_get`], but only while a quarter of the
+    /// bound (two buffers at least) stays free for connections, so chunks waiting for a hash
+    /// cursor never starve the connections of this pull or of another sharing the pool.
+    pub fn try_get_spare(&self) -> Option<AlignedBuf> {
+        let mut inner = self.inner.lock().expect("pool lock");
+        let held = inner.allocated - inner.free.len();
+        if held + (self.max / 4).max(2) >= self.max {
+            return None;
+        }
+        if let Some(mut b) = inner.free.pop() {
+            b.set_len(0);
+            return Some(b);
+        }
+        inner.allocated += 1;
+        drop(inner);
+        Some(AlignedBuf::new(self.size))
+    }
+
     pub fn put(&self, buf: AlignedBuf) {
         if buf.capacity() != crate::buf::align_up(self.size) {
             return;
@@ -70,6 +91,27 @@ impl BufPool {
     /// Buffers allocated so far (the high-water mark: buffers are reused, not freed).
     pub fn allocated(&self) -> usize {
         self.inner.lock().expect("pool lock").allocated
+    }
+}
+
+/// Chunk buffers shared by the pulls of one process (the agent's downloads): one memory bound
+/// over all of them, where each pull would otherwise get a fixed slice. Set it as
+/// [`Options::shared_buffers`](crate::Options::shared_buffers) of every pull.
+#[derive(Debug, Clone)]
+pub struct SharedBuffers(pub(crate) Arc<BufPool>);
+
+impl SharedBuffers {
+    /// Buffers of `chunk_size` bytes, `memory_limit` bytes of them in all.
+    pub fn new(chunk_size: usize, memory_limit: usize) -> Self {
+        Self(Arc::new(BufPool::new(
+            chunk_size,
+            (memory_limit / chunk_size.max(1)).max(3),
+        )))
+    }
+
+    /// Bytes held in buffers at the high-water mark, over every pull.
+    pub fn peak_bytes(&self) -> u64 {
+        (self.0.allocated() * self.0.size) as u64
     }
 }
 
@@ -87,5 +129,15 @@ mod tests {
         assert!(pool.try_get().is_some());
         pool.put(b);
         assert_eq!(pool.allocated(), 2);
+    }
+
+    #[test]
+    fn parking_leaves_a_quarter_for_connections() {
+        let pool = BufPool::new(4096, 12);
+        let held: Vec<_> = std::iter::from_fn(|| pool.try_get_spare()).collect();
+        assert_eq!(held.len(), 9);
+        // Connections still get the rest.
+        assert!((0..3).all(|_| pool.try_get().is_some()));
+        assert!(pool.try_get().is_none());
     }
 }

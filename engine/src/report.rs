@@ -72,6 +72,17 @@ pub struct Adoption {
     pub verify_seconds: f64,
 }
 
+/// The connections one host got during a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostConnections {
+    /// The source's host name.
+    pub host: String,
+    /// Connections it had when the pull ended: where the tuner settled, or the fixed count.
+    pub settled: usize,
+    /// The most it had at once.
+    pub peak: usize,
+}
+
 /// The outcome of a successful pull.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -85,8 +96,9 @@ pub struct Report {
     pub driver_note: Option<String>,
     /// Engine cores used.
     pub cores: usize,
-    /// Connections allowed over all cores.
-    pub connections: usize,
+    /// Connections each host got: where its tuner settled and the most it had (none when
+    /// nothing was fetched).
+    pub connections: Vec<HostConnections>,
     /// Every published file.
     pub files: Vec<FileReport>,
     /// The archive unpacked in place, when the pull was one.

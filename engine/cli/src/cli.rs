@@ -280,16 +280,22 @@ pub struct EngineArgs {
     #[arg(long)]
     pub no_pin: bool,
 
-    /// Concurrent connections in total.
-    #[arg(long, default_value_t = 16, env = "MODELPULL_CONNECTIONS")]
-    pub connections: usize,
+    /// Exactly N connections to each host. Without it, each host starts with 8 and gets more
+    /// while they raise its rate, fewer when it answers 429/503 or refuses connections.
+    #[arg(long, value_name = "N", env = "MODELPULL_CONNECTIONS")]
+    pub connections: Option<usize>,
 
-    /// Concurrent connections per host.
-    #[arg(long, default_value_t = 16)]
-    pub connections_per_host: usize,
+    /// The most connections over all hosts; --memory-limit bounds them too (one chunk each).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        env = "MODELPULL_MAX_CONNECTIONS"
+    )]
+    pub max_connections: usize,
 
     /// Unit of buffering, writing and checksumming (multiple of 4K).
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    #[arg(long, default_value = "2M", value_parser = parse_size)]
     pub chunk_size: u64,
 
     /// Bytes per ranged request (multiple of --chunk-size).
@@ -337,7 +343,7 @@ impl EngineArgs {
             driver: self.driver.into(),
             pin: !self.no_pin,
             connections: self.connections,
-            connections_per_host: self.connections_per_host,
+            max_connections: self.max_connections,
             chunk_size: usize::try_from(self.chunk_size).unwrap_or(usize::MAX),
             range_size: self.range_size,
             memory_limit: usize::try_from(self.memory_limit).unwrap_or(usize::MAX),

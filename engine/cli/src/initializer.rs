@@ -137,11 +137,11 @@ fn run(pairs: &[Pair]) -> anyhow::Result<()> {
     opts.proxy = env.proxy().map_err(modelpull::Error::InvalidOption)?;
     opts.validate()?;
     eprintln!(
-        "modelpull storage-initializer: {} pair(s); {} core(s), {} of buffers, {} connections ({})",
+        "modelpull storage-initializer: {} pair(s); {} core(s), {} of buffers, up to {} connections ({})",
         pairs.len(),
         opts.cores,
         human_bytes(opts.memory_limit as u64),
-        opts.connections,
+        opts.connection_cap(),
         describe(&limits)
     );
     let cx = Context {

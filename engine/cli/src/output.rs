@@ -68,10 +68,22 @@ fn summary(report: &modelpull::Report) -> String {
     } else {
         String::new()
     };
+    let connections = report
+        .connections
+        .iter()
+        .map(|h| {
+            if h.peak > h.settled {
+                format!("{} connections to {} (up to {})", h.settled, h.host, h.peak)
+            } else {
+                format!("{} connections to {}", h.settled, h.host)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = writeln!(
         out,
-        "  driver {driver}, {} cores, {} connections, {} retries{resumed}",
-        report.cores, report.connections, report.retries
+        "  driver {driver}, {} cores, {connections}, {} retries{resumed}",
+        report.cores, report.retries
     );
     if let Some(a) = &report.adoption {
         let how = match a.repair {

@@ -113,7 +113,7 @@ pub(crate) fn pull(
     {
         tracing::info!(dest = %dest.display(), "already complete and verified; nothing to do");
         leave_aside(staging)?;
-        return Ok(crate::pull::up_to_date_report(req, opts, &found, started));
+        return Ok(crate::pull::up_to_date_report(req, &found, started));
     }
     if let Some(built) = Marker::read(&staging.dir)
         && built.request == marker.request
@@ -121,7 +121,7 @@ pub(crate) fn pull(
     {
         tracing::info!(dest = %dest.display(), "finishing the exchange a stop interrupted");
         let adopted = Outcome::default();
-        return exchange(req, staging, built, None, adopted, opts, cx, started);
+        return exchange(req, staging, built, None, adopted, cx, started);
     }
     let archive = req.unpack
         && matches!(&req.targets[..], [t] if crate::archive::Kind::of(&t.path).is_some());
@@ -168,7 +168,7 @@ pub(crate) fn pull(
         let at = record::write_marker(dest, &marker)?;
         staging.discard();
         cx.metrics.pulls.with_label_values(&["ok"]).inc();
-        return Ok(outcome.report(req, opts, cx, None, Repair::None, at, None, started));
+        return Ok(outcome.report(req, cx, None, Repair::None, at, None, started));
     }
     let in_place = !archive && folder::can_swap(dest, bad.iter().map(|t| t.path.as_str()));
     if !in_place {
@@ -185,16 +185,7 @@ pub(crate) fn pull(
         let at = record::write_marker(dest, &marker)?;
         staging.discard();
         cx.metrics.pulls.with_label_values(&["ok"]).inc();
-        let report = outcome.report(
-            req,
-            opts,
-            cx,
-            Some(&fetched),
-            Repair::InPlace,
-            at,
-            None,
-            started,
-        );
+        let report = outcome.report(req, cx, Some(&fetched), Repair::InPlace, at, None, started);
         return Ok(report);
     }
     let mut built = marker;
@@ -203,16 +194,7 @@ pub(crate) fn pull(
         built.files = fetched.records.clone();
         outcome.unpacked = crate::pull::unpack_single(&staging, &fetched.job.metas, &mut built)?;
     }
-    exchange(
-        req,
-        staging,
-        built,
-        Some(fetched),
-        outcome,
-        opts,
-        cx,
-        started,
-    )
+    exchange(req, staging, built, Some(fetched), outcome, cx, started)
 }
 
 /// What checking the folder kept, and how long it took.
@@ -307,14 +289,12 @@ fn in_target_order(
 
 /// Completes the copy in staging with clones of the kept files, writes its marker, exchanges
 /// it with the destination and moves the previous folder aside.
-#[allow(clippy::too_many_arguments)]
 fn exchange(
     req: &PullRequest,
     staging: Staging,
     built: Marker,
     fetched: Option<Fetched>,
     outcome: Outcome,
-    opts: &Options,
     cx: &Context,
     started: Instant,
 ) -> Result<Report> {
@@ -346,7 +326,6 @@ fn exchange(
     let at = dest.join(crate::MARKER);
     Ok(outcome.report(
         req,
-        opts,
         cx,
         fetched.as_ref(),
         Repair::Exchanged,
@@ -376,7 +355,6 @@ impl Outcome {
     fn report(
         self,
         req: &PullRequest,
-        opts: &Options,
         cx: &Context,
         fetched: Option<&Fetched>,
         repair: Repair,
@@ -410,7 +388,9 @@ impl Outcome {
             driver: fetched.map(|f| f.driver),
             driver_note: fetched.and_then(|f| f.note.clone()),
             cores: fetched.map_or(0, |f| f.cores),
-            connections: opts.connections,
+            connections: fetched
+                .map(|f| f.job.host_connections())
+                .unwrap_or_default(),
             total_bytes: files.iter().map(|f| f.size).sum(),
             downloaded_bytes: snap.downloaded_bytes,
             resumed_bytes: files.iter().map(|f| f.resumed_bytes).sum(),

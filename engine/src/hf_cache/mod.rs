@@ -96,7 +96,7 @@ impl HfCache {
         let snap = dirs.snapshot(&model.commit);
         if snapshot::is_complete(&snap, &model.files) && snapshot::ref_is_current(&dirs, &model)? {
             tracing::info!(snapshot = %snap.display(), "already in the cache; nothing to do");
-            return Ok(model.report(&snap, None, true, opts, started));
+            return Ok(model.report(&snap, None, true, started));
         }
         let work = dirs.work();
         std::fs::create_dir_all(&work).map_err(|e| Error::local("create directory", &work, e))?;
@@ -112,7 +112,7 @@ impl HfCache {
             fetched
         };
         snapshot::write_ref(&dirs, &model)?;
-        Ok(model.report(&snap, fetched.as_ref(), complete, opts, started))
+        Ok(model.report(&snap, fetched.as_ref(), complete, started))
     }
 }
 
@@ -184,7 +184,6 @@ impl<'m> Model<'m> {
         snap: &Path,
         fetched: Option<&Report>,
         up_to_date: bool,
-        opts: &Options,
         started: Instant,
     ) -> Report {
         let fetched_by_blob: std::collections::HashMap<&str, &FileReport> = fetched
@@ -219,7 +218,7 @@ impl<'m> Model<'m> {
             driver: fetched.and_then(|r| r.driver),
             driver_note: fetched.and_then(|r| r.driver_note.clone()),
             cores: fetched.map_or(0, |r| r.cores),
-            connections: opts.connections,
+            connections: fetched.map(|r| r.connections.clone()).unwrap_or_default(),
             total_bytes: files.iter().map(|f| f.size).sum(),
             downloaded_bytes,
             resumed_bytes: files.iter().map(|f| f.resumed_bytes).sum(),

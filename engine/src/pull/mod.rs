@@ -7,6 +7,7 @@
 mod limits;
 pub mod plan;
 mod state;
+mod tune;
 mod worker;
 
 use std::path::PathBuf;
@@ -41,16 +42,22 @@ pub struct Options {
     pub driver: DriverChoice,
     /// Pin each core's thread to a CPU.
     pub pin: bool,
-    /// Concurrent connections over all cores.
-    pub connections: usize,
-    /// Concurrent connections to one host.
-    pub connections_per_host: usize,
+    /// Exactly this many connections to each host, never adapted (`--connections`). `None`:
+    /// each host's count is found while the pull runs (see `tune`), up to `max_connections`.
+    pub connections: Option<usize>,
+    /// The most connections over all hosts (`--max-connections`). The buffers bound them too:
+    /// each connection holds one chunk, and the pull never holds more than `memory_limit`.
+    pub max_connections: usize,
     /// Unit of buffering, writing and checksumming; a multiple of 4096.
     pub chunk_size: usize,
     /// Bytes per ranged request; a multiple of the chunk size.
     pub range_size: u64,
     /// Bound on chunk buffers in memory.
     pub memory_limit: usize,
+    /// Buffers shared with other pulls of the process (the agent's one budget over all its
+    /// downloads); `None`: the pull has its own, `memory_limit` of them. When shared,
+    /// `memory_limit` should be the pool's size and `chunk_size` its buffers' size.
+    pub shared_buffers: Option<crate::SharedBuffers>,
     /// Total bandwidth cap, bytes per second.
     pub limit_rate: Option<u64>,
     /// How long opening a connection (TCP, proxy, TLS) may take.
@@ -92,8 +99,9 @@ impl Options {
     /// Fits these options under a container's limits, lowering them only: no more cores than
     /// the CPU quota keeps busy, unpinned (a quota is a share of time on any CPU, not CPUs of
     /// the container's own, so pinning would crowd whichever CPUs come first), and chunk
-    /// buffers within [`Limits::buffer_budget`], with no more connections than those buffers
-    /// serve. Buffers never go below what one connection needs (three chunks).
+    /// buffers within [`Limits::buffer_budget`]. Buffers never go below what one connection
+    /// needs (three chunks); fewer buffers allow fewer connections (see
+    /// [`Options::connection_cap`]).
     ///
     /// ```
     /// use modelpull::Options;
@@ -116,10 +124,24 @@ impl Options {
             let chunks = (budget / self.chunk_size).max(3);
             if chunks * self.chunk_size < self.memory_limit {
                 self.memory_limit = chunks * self.chunk_size;
-                self.connections = self.connections.min(chunks - 2);
-                self.connections_per_host = self.connections_per_host.min(self.connections);
+                self.connections = self.connections.map(|n| n.min(chunks - 2));
             }
         }
+    }
+
+    /// Chunk buffers within the memory limit.
+    pub fn buffers(&self) -> usize {
+        (self.memory_limit / self.chunk_size.max(1)).max(3)
+    }
+
+    /// The most connections the pull opens over all hosts: the fixed count, or the maximum,
+    /// within what the buffers allow (each connection holds one, and two more are kept for
+    /// the hashers).
+    pub fn connection_cap(&self) -> usize {
+        self.connections
+            .unwrap_or(self.max_connections)
+            .min(self.buffers() - 2)
+            .max(1)
     }
 
     /// The settings every request of this pull shares, for the control plane.
@@ -143,11 +165,12 @@ impl Default for Options {
             cores: runtime::default_cores(),
             driver: DriverChoice::Auto,
             pin: true,
-            connections: 16,
-            connections_per_host: 16,
-            chunk_size: 4 * MIB,
+            connections: None,
+            max_connections: 256,
+            chunk_size: 2 * MIB,
             range_size: 8 * MIB as u64,
             memory_limit: 192 * MIB,
+            shared_buffers: None,
             limit_rate: None,
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
@@ -171,8 +194,8 @@ impl Options {
         if self.cores == 0 {
             return bad("--cores must be at least 1".into());
         }
-        if self.connections == 0 || self.connections_per_host == 0 {
-            return bad("--connections and --connections-per-host must be at least 1".into());
+        if self.connections == Some(0) || self.max_connections == 0 {
+            return bad("--connections and --max-connections must be at least 1".into());
         }
         if self.chunk_size == 0 || !self.chunk_size.is_multiple_of(ALIGN) {
             return bad(format!(
@@ -184,13 +207,15 @@ impl Options {
         {
             return bad("--range-size must be a multiple of --chunk-size".into());
         }
-        let needed = (self.connections + 2) * self.chunk_size;
+        // A fixed count must fit whole; an adaptive one stops where the buffers do.
+        let connections = self.connections.unwrap_or(1);
+        let needed = (connections + 2) * self.chunk_size;
         if self.memory_limit < needed {
             return bad(format!(
-                "--memory-limit {} MiB is too small for {} connections with {} MiB chunks (needs at least {} MiB)",
+                "--memory-limit {} MiB is too small for {} connections with {} KiB chunks (needs at least {} MiB)",
                 self.memory_limit / MIB,
-                self.connections,
-                self.chunk_size / MIB,
+                connections,
+                self.chunk_size / 1024,
                 needed.div_ceil(MIB)
             ));
         }
@@ -285,7 +310,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
     let staging = match Staging::prepare(&req.dest, &request)? {
         Prepared::UpToDate(marker) => {
             tracing::info!(dest = %req.dest.display(), "already complete and verified; nothing to do");
-            return Ok(up_to_date_report(req, opts, &marker, started));
+            return Ok(up_to_date_report(req, &marker, started));
         }
         Prepared::Ready(s) => s,
     };
@@ -327,7 +352,7 @@ pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
         driver: Some(driver),
         driver_note: note,
         cores,
-        connections: opts.connections,
+        connections: job.host_connections(),
         total_bytes,
         downloaded_bytes: snap.downloaded_bytes,
         resumed_bytes: reports.iter().map(|f| f.resumed_bytes).sum(),
@@ -403,7 +428,7 @@ pub(crate) fn fetch_into(
         files.push(fs);
     }
 
-    let cores = opts.cores.min(opts.connections).max(1);
+    let cores = opts.cores.min(opts.connection_cap()).max(1);
     let job = Arc::new(Job::new(
         opts.clone(),
         metas,
@@ -413,8 +438,7 @@ pub(crate) fn fetch_into(
         cx.cancel.clone(),
     ));
     runtime::run_cores(cores, driver, opts.pin, |core| {
-        let workers = opts.connections / cores + usize::from(core < opts.connections % cores);
-        worker::run_core(job.clone(), tls.clone(), workers)
+        worker::run_core(job.clone(), tls.clone(), worker::Share { core, cores })
     })?;
 
     if let Some(err) = job.take_failure() {
@@ -509,7 +533,6 @@ pub(crate) fn is_disk_full(err: &Error) -> bool {
 
 pub(crate) fn up_to_date_report(
     req: &PullRequest,
-    opts: &Options,
     marker: &Marker,
     started: Instant,
 ) -> Report {
@@ -532,7 +555,7 @@ pub(crate) fn up_to_date_report(
         driver: None,
         driver_note: None,
         cores: 0,
-        connections: opts.connections,
+        connections: Vec::new(),
         total_bytes: total,
         downloaded_bytes: 0,
         resumed_bytes: total,
@@ -565,8 +588,8 @@ mod tests {
         };
         let none = fitted(Limits::default());
         assert_eq!(
-            (none.cores, none.pin, none.memory_limit, none.connections),
-            (8, true, 192 * MIB, 16)
+            (none.cores, none.pin, none.memory_limit, none.connection_cap()),
+            (8, true, 192 * MIB, 94)
         );
 
         // KServe's storage-initializer: 1 CPU, 1 GiB; the default buffers fit.
@@ -578,22 +601,35 @@ mod tests {
             }),
         });
         assert_eq!((kserve.cores, kserve.pin), (1, false));
-        assert_eq!((kserve.memory_limit, kserve.connections), (192 * MIB, 16));
+        assert_eq!(
+            (kserve.memory_limit, kserve.connection_cap()),
+            (192 * MIB, 94)
+        );
 
-        // 128 MiB: 48 MiB of buffers, 12 chunks, 10 connections.
+        // 128 MiB: 48 MiB of buffers, 24 chunks, 22 connections; a fixed count is lowered.
         let small = fitted(Limits {
             memory: Some(128 << 20),
             cpu: None,
         });
         assert_eq!((small.cores, small.pin), (8, true));
         assert_eq!(small.memory_limit, 48 * MIB);
-        assert_eq!((small.connections, small.connections_per_host), (10, 10));
+        assert_eq!(small.connection_cap(), 22);
+        let mut fixed = Options {
+            connections: Some(64),
+            ..defaults.clone()
+        };
+        fixed.fit(&Limits {
+            memory: Some(128 << 20),
+            cpu: None,
+        });
+        assert_eq!((fixed.connections, fixed.connection_cap()), (Some(22), 22));
+        fixed.validate().unwrap();
 
         // Below what the process itself needs: one connection's three chunks, no fewer.
         let tiny = fitted(Limits {
             memory: Some(32 << 20),
             cpu: None,
         });
-        assert_eq!((tiny.memory_limit, tiny.connections), (12 * MIB, 1));
+        assert_eq!((tiny.memory_limit, tiny.connection_cap()), (6 * MIB, 1));
     }
 }

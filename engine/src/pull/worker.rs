@@ -1,5 +1,5 @@
-//! What runs on an engine core: a handful of workers, each holding one connection and one
-//! chunk buffer, looping over claims from the shared scheduler.
+//! What runs on an engine core: its share of the pull's workers, each one connection looping
+//! over claims from the shared scheduler, holding a chunk buffer while it has work.
 //!
 //! The per-byte path is here: read from the socket straight into the aligned buffer, CRC each
 //! slice as it lands, hash the chunk at once when it is at a free hash cursor, write it to the
@@ -9,7 +9,7 @@
 //! It stays one file, longer than most, because it is the per-byte path: whoever checks what
 //! happens to a chunk's bytes, from the socket to the journal, finds every step here.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -89,8 +89,27 @@ impl From<Error> for Failure {
     }
 }
 
-/// Runs `workers` workers on the current core until the pull is finished or failed.
-pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, workers: usize) {
+/// Which of the pull's cores this is, and how many there are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Share {
+    pub core: usize,
+    pub cores: usize,
+}
+
+impl Share {
+    /// This core's part of `total` workers.
+    fn of(self, total: usize) -> usize {
+        total / self.cores + usize::from(self.core < total % self.cores)
+    }
+}
+
+/// How often a core matches its workers to the pull's connection target.
+const SUPERVISE: Duration = Duration::from_millis(20);
+
+/// Runs this core's share of the pull's workers until the pull is finished or failed: as
+/// many as its share of the connections the hosts' tuners allow, started as the tuners raise
+/// them; workers beyond the share stop after their claim.
+pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, share: Share) {
     let ctx = Rc::new(CoreCtx {
         client: Client::new(
             tls,
@@ -103,11 +122,20 @@ pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, work
         files: RefCell::new(HashMap::new()),
     });
     let _guard = FailOnPanic(job.clone());
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| monoio::spawn(worker(job.clone(), ctx.clone())))
-        .collect();
-    for t in tasks {
-        t.await;
+    let running = Rc::new(Cell::new(0usize));
+    loop {
+        let want = share.of(job.connection_target());
+        while running.get() < want {
+            running.set(running.get() + 1);
+            monoio::spawn(worker(job.clone(), ctx.clone(), running.clone(), share));
+        }
+        if job.over() {
+            break;
+        }
+        monoio::time::sleep(SUPERVISE).await;
+    }
+    while running.get() > 0 {
+        monoio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -125,32 +153,61 @@ impl Drop for FailOnPanic {
     }
 }
 
-async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>) {
-    let mut buf = job.pool.get();
+/// One connection's loop: a buffer, a claim, the fetch, and again. The buffer is taken only
+/// for work and given back while waiting, so idle workers hold no memory; a worker that finds
+/// none (every buffer is held by a connection) waits, as the connections it would add would.
+async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>, running: Rc<Cell<usize>>, share: Share) {
+    let mut held: Option<AlignedBuf> = None;
     loop {
         if job.cancelled() {
             job.fail(Error::Interrupted);
             break;
         }
+        if running.get() > share.of(job.connection_target()) {
+            break;
+        }
+        let Some(buf) = held.take().or_else(|| job.take_buffer()) else {
+            if job.over() {
+                break;
+            }
+            monoio::time::sleep(POLL).await;
+            continue;
+        };
         match job.claim() {
-            Work::Finished => break,
-            Work::Wait(d) => monoio::time::sleep(d.max(Duration::from_millis(1))).await,
+            Work::Finished => {
+                job.pool.put(buf);
+                break;
+            }
+            Work::Wait(d) => {
+                job.pool.put(buf);
+                monoio::time::sleep(d.max(Duration::from_millis(1))).await;
+            }
             Work::Fetch(claim) => {
                 job.metrics.connections_active.inc();
-                let (outcome, b) = fetch(&job, &ctx, &claim, buf).await;
-                buf = b;
+                let mut streamed = false;
+                let (outcome, b) = fetch(&job, &ctx, &claim, buf, &mut streamed).await;
+                held = Some(b);
                 job.metrics.connections_active.dec();
-                job.release_host(claim.file);
+                job.release_host(claim.file, streamed);
                 match outcome {
                     Ok(()) => {}
-                    Err(Failure::Retry { from, err }) => job.retry(&claim, from, err),
+                    Err(Failure::Retry { from, err }) => {
+                        let overload = job.overloaded(claim.file, &err);
+                        job.retry(&claim, from, err, overload);
+                    }
                     Err(Failure::Fatal(e)) => job.fail(e),
                 }
             }
         }
     }
-    job.pool.put(buf);
+    if let Some(buf) = held {
+        job.pool.put(buf);
+    }
+    running.set(running.get() - 1);
 }
+
+/// How long a worker without a buffer waits before it looks again.
+const POLL: Duration = Duration::from_millis(5);
 
 fn validator(resp: &Response) -> String {
     match (&resp.head.etag, &resp.head.last_modified) {
@@ -390,6 +447,7 @@ async fn fetch(
     ctx: &CoreCtx,
     claim: &Claim,
     buf: AlignedBuf,
+    streamed: &mut bool,
 ) -> (Result<(), Failure>, AlignedBuf) {
     let chunk = job.chunk_size();
     let (url, size) = {
@@ -442,6 +500,9 @@ async fn fetch(
     let Some((size, _, direct)) = job.layout(claim.file, claim.generation) else {
         return (Ok(()), buf);
     };
+    job.streaming(claim.file);
+    *streamed = true;
+    let host_bytes = &job.host_bytes[job.host_of(claim.file)];
     let mut buf = buf;
     for c in span.0..span.1 {
         if job.cancelled() || job.is_failed() || !job.begin_chunk(claim, c) {
@@ -467,6 +528,7 @@ async fn fetch(
                 Ok(n) => {
                     crcs.update(&buf.as_slice()[before..before + n]);
                     job.progress.downloaded_bytes.fetch_add(n as u64, Relaxed);
+                    host_bytes.fetch_add(n as u64, Relaxed);
                     job.metrics.downloaded_bytes.inc_by(n as u64);
                     if let Some(limiter) = &job.limiter {
                         let wait = limiter.book(n);

@@ -190,6 +190,37 @@ pub fn tinyproxy(credentials: Option<(&str, &str)>) -> Option<Server> {
     Some(spawn(cmd, port, dir, Some("/")))
 }
 
+/// nginx serving `root` on 127.0.0.1 with `directives` added to its `server` block (e.g.
+/// `limit_rate 2m;` to cap each connection as object stores do, or `limit_conn` to refuse
+/// connections past a count with 503). Its access log is `server.log`'s sibling `access.log`.
+pub fn nginx(root: &Path, directives: &str) -> Option<Server> {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    let Some(bin) = bin else {
+        missing("nginx")?;
+        return None;
+    };
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().display();
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log {p}/access.log;\n  client_body_temp_path {p};\n\
+         proxy_temp_path {p};\n  fastcgi_temp_path {p};\n  uwsgi_temp_path {p};\n\
+         scgi_temp_path {p};\n  limit_conn_zone $binary_remote_addr zone=per_client:1m;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    {directives}\n  }}\n}}\n",
+        root = root.display()
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.arg("-p").arg(dir.path()).arg("-c").arg(&conf_path);
+    Some(spawn(cmd, port, dir, Some("/")))
+}
+
 /// Runs a helper script of `support/` with the venv's Python, `input` on stdin; returns
 /// stdout.
 pub fn python(venv: &Venv, script: &str, args: &[&str], input: &str) -> String {

@@ -44,8 +44,7 @@ fn small_ranges() -> Options {
         chunk_size: 256 * 1024,
         range_size: 256 * 1024,
         memory_limit: 8 * 1024 * 1024,
-        connections: 4,
-        connections_per_host: 4,
+        connections: Some(4),
         ..store_options()
     }
 }

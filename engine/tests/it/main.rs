@@ -16,3 +16,4 @@ mod proxy;
 mod pull;
 mod s3;
 mod tls;
+mod tune;

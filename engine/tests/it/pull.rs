@@ -34,7 +34,7 @@ fn tight_memory_spills_to_disk_and_stays_correct() {
     let fx = Fixture::new(&[("a.bin", &a), ("b.bin", &b)]);
     each_driver(|driver| {
         let mut opts = options(driver);
-        opts.memory_limit = (opts.connections + 2) * opts.chunk_size;
+        opts.memory_limit = (opts.max_connections + 2) * opts.chunk_size;
         let dest = fx.dest(&format!("m-{}", driver.name()));
         let report = pull(
             vec![fx.target("a.bin", true), fx.target("b.bin", true)],

@@ -153,17 +153,18 @@ fn the_patched_resources_fit_the_default_buffers_without_a_cpu_limit() {
         Requested {
             memory_limit: None,
             concurrent: 2,
-            connections: 16,
+            connections: None,
+            max_connections: 256,
         },
         &Limits {
             memory: Some(limit),
             cpu: None,
         },
         32 << 20,
-        4 << 20,
+        2 << 20,
     );
     assert_eq!(fitted.memory_limit, fit::DEFAULT_BUFFERS);
-    assert_eq!((fitted.concurrent, fitted.connections), (2, 16));
+    assert_eq!((fitted.concurrent, fitted.connections), (2, 94));
     assert!(
         fitted.notes.iter().all(|n| matches!(n, fit::Note::Info(_))),
         "{:?}",

@@ -309,7 +309,7 @@ fn the_helm_chart_renders_what_the_kustomize_base_holds() {
         json!([
             "--zap-log-level=info",
             "--max-concurrent-downloads=2",
-            "--connections=16",
+            "--max-connections=256",
             "--gc-grace=10m"
         ])
     );

@@ -76,7 +76,7 @@ impl Job {
         }
         // Ahead of the cursor (or the hasher is busy): keep it in memory if the bound allows,
         // otherwise it is on disk already and will be read back.
-        match self.pool.try_get() {
+        match self.pool.try_get_spare() {
             Some(replacement) => {
                 fs.parked.insert(c, buf);
                 Ok(AfterChunk::Nothing(replacement))
@@ -196,7 +196,7 @@ mod tests {
         let opts = Options {
             chunk_size: CHUNK,
             range_size: 2 * CHUNK as u64,
-            connections: 2,
+            connections: Some(2),
             memory_limit: 8 * CHUNK,
             checkpoint_interval: Duration::from_secs(3600),
             ..Options::default()

@@ -9,7 +9,8 @@
 //! into child modules, each adding `impl Job` (or `impl FileState`) blocks whose methods take
 //! the lock themselves; being children, they see the fields that stay private to `state`:
 //!
-//! - `schedule`: which claim a worker gets next, within the per-host caps;
+//! - `schedule`: which claim a worker gets next, within each host's connection limit;
+//! - `hosts`: the connections each host has, and the tuners that set how many it may have;
 //! - `window`: how far ahead of their hash cursors the files may fetch;
 //! - `steal`: ranges in flight, and splitting one when nothing else can be claimed;
 //! - `probe`: what a file's first answer sets up, and where its requests go;
@@ -19,9 +20,9 @@
 //! - `retry`: requests tried again, files started over, and when the pull gives up;
 //! - `resume`: the state each file starts a pull in, from what an earlier run left.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use url::Url;
 
 use super::Options;
 use super::limits::RateLimiter;
+use super::tune::Tuner;
 use crate::buf::AlignedBuf;
 use crate::digest::ordered::OrderedHashers;
 use crate::digest::{Algorithm, Digest};
@@ -42,6 +44,7 @@ use crate::target::Target;
 
 mod checkpoint;
 mod hash;
+mod hosts;
 mod probe;
 mod resume;
 mod retry;
@@ -305,7 +308,7 @@ pub(crate) struct JobState {
     pub files: Vec<FileState>,
     failed: Option<Error>,
     next_id: u64,
-    host_active: HashMap<String, usize>,
+    hosts: Vec<hosts::HostState>,
 }
 
 /// One pull's shared state and services.
@@ -314,14 +317,19 @@ pub(crate) struct Job {
     pub opts: Options,
     pub metas: Vec<FileMeta>,
     pub state: Mutex<JobState>,
-    pub pool: BufPool,
+    pub pool: Arc<BufPool>,
     pub progress: Arc<Progress>,
     pub metrics: Metrics,
     pub limiter: Option<RateLimiter>,
     pub cancel: Arc<AtomicBool>,
-    /// Chunks a file, and all files together, may have in flight or parked ahead of their
-    /// hash cursors (see `window`).
-    window_chunks: u64,
+    /// Buffers the pull may use (its share of the pool when the pool is shared).
+    buffers: usize,
+    /// Connections over all hosts at most: the fixed or maximum count, within the buffers.
+    connection_cap: usize,
+    /// Per file, the index of its source's host in `JobState::hosts` and `host_bytes`.
+    host_of: Vec<usize>,
+    /// Bytes received from each host, counted by the workers as they read.
+    pub host_bytes: Vec<AtomicU64>,
 }
 
 impl Job {
@@ -333,16 +341,28 @@ impl Job {
         metrics: Metrics,
         cancel: Arc<AtomicBool>,
     ) -> Self {
-        let buffers = (opts.memory_limit / opts.chunk_size).max(opts.connections + 2);
+        let buffers = opts.buffers();
+        let connection_cap = opts.connection_cap();
+        let pool = match &opts.shared_buffers {
+            Some(shared) => shared.0.clone(),
+            None => Arc::new(BufPool::new(opts.chunk_size, buffers)),
+        };
+        let (host_of, hosts) = hosts::index(&metas, |_| match opts.connections {
+            Some(n) => Tuner::fixed(n.min(connection_cap)),
+            None => Tuner::adaptive(connection_cap),
+        });
         Self {
-            window_chunks: window::window_chunks(&opts, buffers),
-            pool: BufPool::new(opts.chunk_size, buffers),
+            buffers,
+            connection_cap,
+            host_bytes: hosts.iter().map(|_| AtomicU64::new(0)).collect(),
+            host_of,
+            pool,
             limiter: opts.limit_rate.map(RateLimiter::new),
             state: Mutex::new(JobState {
                 files,
                 failed: None,
                 next_id: 0,
-                host_active: HashMap::new(),
+                hosts,
             }),
             opts,
             metas,

@@ -19,8 +19,9 @@ const MAX_RESTARTS: u32 = 3;
 
 impl Job {
     /// A request failed at chunk `from`: queue the rest again after a pause, or end the pull
-    /// when the attempts are spent.
-    pub fn retry(&self, claim: &Claim, from: u64, err: HttpError) {
+    /// when the attempts are spent. `overload`: the host said it has too many connections and
+    /// was given fewer (see `hosts`); that is logged once there, so each retry only at debug.
+    pub fn retry(&self, claim: &Claim, from: u64, err: HttpError, overload: bool) {
         let meta = &self.metas[claim.file];
         let mut st = self.lock();
         if st.failed.is_some() {
@@ -47,7 +48,12 @@ impl Job {
             self.opts.backoff_cap,
             err.retry_after(),
         );
-        tracing::warn!(file = %meta.target.path, error = %err, attempt = attempts, delay_ms = delay.as_millis() as u64, "retrying");
+        let delay_ms = delay.as_millis() as u64;
+        if overload {
+            tracing::debug!(file = %meta.target.path, error = %err, attempt = attempts, delay_ms, "retrying");
+        } else {
+            tracing::warn!(file = %meta.target.path, error = %err, attempt = attempts, delay_ms, "retrying");
+        }
         self.progress.retries.fetch_add(1, Relaxed);
         self.metrics.retries.inc();
         let not_before = Some(Instant::now() + delay);

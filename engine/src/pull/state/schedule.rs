@@ -3,8 +3,8 @@
 //! A file's first request (a probe, or the check that a resumed file's object is unchanged)
 //! comes first, then the lowest pending range of the earliest file, so hash cursors keep
 //! moving, within the memory window (see `window`). When nothing can be claimed, a range in
-//! flight may be split instead (see `steal`). Connections per host are capped here: a claim
-//! counts against its file's host until the worker releases it.
+//! flight may be split instead (see `steal`). Each host's connection limit (see `hosts`) is
+//! applied here: a claim counts against its file's host until the worker releases it.
 
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,11 @@ impl Job {
         if st.failed.is_some() || st.files.iter().all(|f| f.phase == Phase::Done) {
             return Work::Finished;
         }
+        self.tune(st, now);
         let mut wait = POLL;
         let mut blocked = false;
         let committed = self.window_committed(&st.files);
+        let window = self.window(st);
         for file in 0..st.files.len() {
             let host_busy = self.host_busy(st, file);
             let fs = &st.files[file];
@@ -43,7 +45,7 @@ impl Job {
                 Phase::Active if !host_busy => {
                     match fs.ready_range(now) {
                         Some((s, e))
-                            if self.fits_window(&self.metas[file], fs, committed, s, e) =>
+                            if self.fits_window(&self.metas[file], fs, window, committed, s, e) =>
                         {
                             return self.claim_range(st, file, s, now);
                         }
@@ -59,6 +61,12 @@ impl Job {
         }
         self.split_range(st, blocked, now)
             .unwrap_or(Work::Wait(wait))
+    }
+
+    /// Whether the pull is over: failed, or every file done.
+    pub fn over(&self) -> bool {
+        let st = self.lock();
+        st.failed.is_some() || st.files.iter().all(|f| f.phase == Phase::Done)
     }
 
     /// Claims a file's first request: the probe of a new file, or the check that a resumed
@@ -116,36 +124,6 @@ impl Job {
             attempts: p.attempts,
         })
     }
-
-    /// Whether the host of `file` has all the connections it may have.
-    pub(super) fn host_busy(&self, st: &JobState, file: usize) -> bool {
-        st.host_active
-            .get(&self.metas[file].host)
-            .copied()
-            .unwrap_or(0)
-            >= self.opts.connections_per_host
-    }
-
-    /// Numbers a new claim on `file` and counts it against the file's host, and the file as
-    /// in flight for the progress display, until [`Job::release_host`].
-    pub(super) fn open_claim(&self, st: &mut JobState, file: usize) -> u64 {
-        st.next_id += 1;
-        *st.host_active
-            .entry(self.metas[file].host.clone())
-            .or_default() += 1;
-        self.progress
-            .request_started(&self.metas[file].target.path);
-        st.next_id
-    }
-
-    /// Called when a worker is done with a claim, whatever the outcome.
-    pub fn release_host(&self, file: usize) {
-        let mut st = self.lock();
-        if let Some(n) = st.host_active.get_mut(&self.metas[file].host) {
-            *n = n.saturating_sub(1);
-        }
-        self.progress.request_ended(&self.metas[file].target.path);
-    }
 }
 
 impl FileState {
@@ -190,9 +168,9 @@ mod tests {
             }
         }
         assert_eq!(job.progress.in_flight(), ["a.bin", "b.bin"]);
-        job.release_host(claimed[0]);
+        job.release_host(claimed[0], false);
         assert_eq!(job.progress.in_flight(), ["b.bin"]);
-        job.release_host(claimed[1]);
+        job.release_host(claimed[1], false);
         assert!(job.progress.in_flight().is_empty());
     }
 }

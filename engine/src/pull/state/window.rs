@@ -3,18 +3,13 @@
 //! Ordered digests (sha256, sha1, md5) take a file's chunks in order, so a chunk that arrives
 //! ahead of its file's hash cursor waits in a buffer until the cursor reaches it, or, when no
 //! buffer is free, is read back from disk to be hashed. The window bounds the chunks held or
-//! promised ahead of the cursors to what the buffer pool can spare, and the scheduler claims
-//! no range beyond it, so nothing has to be read back.
+//! promised ahead of the cursors to what the buffer pool can spare beside the connections'
+//! own buffers, and the scheduler claims no range beyond it, so nothing has to be read back.
+//! The window narrows as connections are added and widens as they close, but never below
+//! one range per connection the hosts may have (see [`Job::window`]).
 
-use super::{FileMeta, FileState, Job, Phase};
-use crate::pull::Options;
-
-/// Chunks the pull may have in flight or parked ahead of its hash cursors: the buffers the
-/// connections do not hold, and never less than one range.
-pub(super) fn window_chunks(opts: &Options, buffers: usize) -> u64 {
-    let range_chunks = (opts.range_size / opts.chunk_size as u64).max(1);
-    ((buffers - opts.connections) as u64).max(range_chunks)
-}
+use super::{FileMeta, FileState, Job, JobState, Phase};
+use crate::buf::AlignedBuf;
 
 impl FileState {
     /// Chunks ahead of the hash cursor that hold a buffer or will: parked ones, and those
@@ -31,6 +26,47 @@ impl FileState {
 }
 
 impl Job {
+    /// Chunks the pull may have in flight or parked ahead of its hash cursors: the buffers
+    /// that its open connections and the one being claimed do not hold, and never less than
+    /// one range per connection the hosts may have.
+    ///
+    /// The floor matters where connections are slow (an origin that caps each one): there the
+    /// tuners add connections until the link is full, each needs a range of its own, and
+    /// their ranges are all ahead of the cursor at once. Holding them back would cap the pull
+    /// at the memory bound's worth of ranges in flight; letting them run costs only that the
+    /// chunks memory cannot park are read back from disk, which a network-bound pull can
+    /// afford. Where connections are fast, the tuners keep few and the buffers set the window.
+    pub(super) fn window(&self, st: &JobState) -> u64 {
+        let held = self.connections_open(st) + 1;
+        let free = self.buffers.saturating_sub(held) as u64;
+        let allowed = self.connections_allowed(st) as u64;
+        free.max(allowed * self.range_chunks())
+    }
+
+    /// A buffer for a connection: a free one within the bound, or else the one of the chunk
+    /// parked farthest ahead of its cursor. Parked chunks are on disk already, so the hasher
+    /// reads that one back instead: a connection bringing new bytes comes first. `None` when
+    /// every buffer is held by a connection (or by another pull sharing the pool).
+    pub fn take_buffer(&self) -> Option<AlignedBuf> {
+        if let Some(b) = self.pool.try_get() {
+            return Some(b);
+        }
+        let mut st = self.lock();
+        let (file, chunk) = st
+            .files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, fs)| {
+                let (&c, _) = fs.parked.last_key_value()?;
+                Some((c - fs.cursor, i, c))
+            })
+            .max()
+            .map(|(_, i, c)| (i, c))?;
+        let mut buf = st.files[file].parked.remove(&chunk)?;
+        buf.set_len(0);
+        Some(buf)
+    }
+
     /// Chunks of the window taken, over all files.
     ///
     /// The window is one budget for the whole pull, not one per file: with several files in
@@ -46,11 +82,12 @@ impl Job {
     }
 
     /// Whether a file may claim its pending range `[start, end)` while `committed` chunks of
-    /// the window are taken. A range at the cursor always may: the hashers wait for it.
+    /// a `window` are taken. A range at the cursor always may: the hashers wait for it.
     pub(super) fn fits_window(
         &self,
         meta: &FileMeta,
         fs: &FileState,
+        window: u64,
         committed: u64,
         start: u64,
         end: u64,
@@ -59,8 +96,7 @@ impl Job {
         // than memory can hold, so nothing has to be read back.
         start <= fs.cursor
             || meta.ordered.is_empty()
-            || (end <= fs.cursor + self.window_chunks
-                && committed + (end - start) <= self.window_chunks)
+            || (end <= fs.cursor + window && committed + (end - start) <= window)
     }
 }
 
@@ -71,6 +107,7 @@ mod tests {
 
     use super::super::steal::SLOW_RANGE;
     use super::super::{Claim, ClaimKind, FileMeta, FileState, Job, Work, test_meta};
+    use crate::buf::AlignedBuf;
     use crate::metrics::Metrics;
     use crate::pull::Options;
 
@@ -81,19 +118,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn files_share_one_window_ahead_of_their_hash_cursors() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Two files of 40 chunks of 4 KiB from one host, 2-chunk ranges, `buffers` buffers and
+    /// `connections` connections, both probed and started.
+    fn two_files(dir: &std::path::Path, buffers: usize, connections: usize) -> (Job, Vec<Claim>) {
         let metas: Vec<FileMeta> = ["a.bin", "b.bin"]
             .iter()
-            .map(|name| test_meta(dir.path(), name, ""))
+            .map(|name| test_meta(dir, name, ""))
             .collect();
-        // 8 buffers of 4 KiB, 2 connections: 6 chunks may wait for the hashers, in all.
         let opts = Options {
             chunk_size: 4096,
             range_size: 8192,
-            connections: 2,
-            memory_limit: 8 * 4096,
+            memory_limit: buffers * 4096,
+            connections: Some(connections),
             ..Options::default()
         };
         let files = metas.iter().map(FileState::fresh).collect();
@@ -116,19 +152,71 @@ mod tests {
             job.start_file(probe, 40 * 4096, "\"v\"".into(), url, true)
                 .unwrap();
         }
-        // The probes hold each file's cursor range; ranges ahead take from the shared window.
-        assert_eq!(claimed(&job), Some((0, 2, 4)));
-        assert_eq!(claimed(&job), Some((0, 4, 6)));
-        // File a's own limit (cursor + 6) stops it; b gets what is left of the window, 2 chunks.
-        assert_eq!(claimed(&job), Some((1, 2, 4)));
+        (job, probes)
+    }
+
+    #[test]
+    fn the_window_is_the_free_buffers_or_a_range_per_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        // 40 buffers, two probes open: 37 are free beside them and the next claim's.
+        let (job, _) = two_files(dir.path(), 40, 4);
+        assert_eq!(job.window(&job.lock()), 37);
+        // 30 connections of 2-chunk ranges need 60 chunks: slow connections are not held
+        // back by memory (what it cannot park is read back).
+        let (job, _) = two_files(dir.path(), 40, 30);
+        assert_eq!(job.window(&job.lock()), 60);
+    }
+
+    #[test]
+    fn files_share_one_window_ahead_of_their_hash_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        // 12 buffers; the two probes and the next claim hold 3: the window is 9 chunks.
+        let (job, probes) = two_files(dir.path(), 12, 4);
+        // File a has 8 chunks parked far ahead of its cursor: neither file may claim a range
+        // ahead of its cursor, b included, since the window is one for the pull.
+        for c in 20..28 {
+            job.lock().files[0]
+                .parked
+                .insert(c, AlignedBuf::new(4096));
+        }
         assert_eq!(claimed(&job), None, "the window is spent");
+        // As the cursor takes them, ranges ahead are claimed again.
+        for c in 20..24 {
+            job.lock().files[0].parked.remove(&c);
+        }
+        assert_eq!(claimed(&job), Some((0, 2, 4)));
         // A slow range at any file's cursor holds the shared window back and is split, here
-        // b's, though a was the file found blocked (a's has one chunk left to give).
+        // b's, though a was the file found blocked (a's probe has one chunk left to give).
+        for c in 20..24 {
+            job.lock().files[0]
+                .parked
+                .insert(c, AlignedBuf::new(4096));
+        }
         assert!(job.begin_chunk(&probes[0], 0));
         let long_ago = Instant::now() - 2 * SLOW_RANGE;
         for fs in &mut job.lock().files {
             fs.active.iter_mut().for_each(|a| a.since = long_ago);
         }
         assert_eq!(claimed(&job), Some((1, 1, 2)));
+    }
+
+    #[test]
+    fn a_connection_without_a_free_buffer_takes_the_farthest_parked_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, _) = two_files(dir.path(), 12, 4);
+        let held: Vec<AlignedBuf> = std::iter::from_fn(|| job.pool.try_get()).collect();
+        assert_eq!(held.len(), 12);
+        {
+            let mut st = job.lock();
+            st.files[0].parked.insert(5, AlignedBuf::new(4096));
+            st.files[1].parked.insert(30, AlignedBuf::new(4096));
+        }
+        assert!(job.take_buffer().is_some());
+        let st = job.lock();
+        assert!(st.files[0].parked.contains_key(&5));
+        assert!(st.files[1].parked.is_empty(), "chunk 30 of b is read back instead");
+        drop(st);
+        assert!(job.take_buffer().is_some());
+        assert!(job.take_buffer().is_none(), "every buffer is held by a connection");
     }
 }

@@ -1,0 +1,172 @@
+//! Connections per host: how many each host has, how many it may have, and what it said.
+//!
+//! Every claim counts against its file's source host until the worker releases it. How many
+//! a host may have is its tuner's to say (see `pull::tune`): the scheduler feeds the tuners
+//! the bytes each host sent and tells them when a claim waited for a connection; the workers
+//! tell them when a host answered that it is overloaded.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use super::{FileMeta, Job, JobState};
+use crate::http::HttpError;
+use crate::pull::tune::Tuner;
+use crate::report::HostConnections;
+
+/// One host's connections.
+#[derive(Debug)]
+pub(crate) struct HostState {
+    name: String,
+    /// Claims open on the host.
+    active: usize,
+    /// Of those, requests receiving a body.
+    streaming: usize,
+    tuner: Tuner,
+}
+
+/// The hosts of `metas`, in order of first appearance, and each file's host index.
+pub(super) fn index(
+    metas: &[FileMeta],
+    tuner: impl Fn(&str) -> Tuner,
+) -> (Vec<usize>, Vec<HostState>) {
+    let mut hosts: Vec<HostState> = Vec::new();
+    let host_of = metas
+        .iter()
+        .map(|m| match hosts.iter().position(|h| h.name == m.host) {
+            Some(i) => i,
+            None => {
+                hosts.push(HostState {
+                    name: m.host.clone(),
+                    active: 0,
+                    streaming: 0,
+                    tuner: tuner(&m.host),
+                });
+                hosts.len() - 1
+            }
+        })
+        .collect();
+    (host_of, hosts)
+}
+
+/// Whether a failed request says its host has more connections than it will serve: 429, 503
+/// (S3's `SlowDown` is a 503) or a refused connection.
+fn overload(err: &HttpError) -> bool {
+    match err {
+        HttpError::Status { status, .. } => matches!(status, 429 | 503),
+        HttpError::Connect { source, .. } => {
+            source.kind() == std::io::ErrorKind::ConnectionRefused
+        }
+        _ => false,
+    }
+}
+
+impl Job {
+    /// The index of `file`'s host.
+    pub fn host_of(&self, file: usize) -> usize {
+        self.host_of[file]
+    }
+
+    /// Lets each host's tuner close its epoch (called by the scheduler with the lock held).
+    pub(super) fn tune(&self, st: &mut JobState, now: Instant) {
+        for (h, bytes) in st.hosts.iter_mut().zip(&self.host_bytes) {
+            h.tuner.tick(now, bytes.load(Relaxed));
+        }
+    }
+
+    /// Whether the host of `file` has all the connections it may have, or the pull all it
+    /// may have over every host.
+    pub(super) fn host_full(&self, st: &JobState, file: usize) -> bool {
+        let h = &st.hosts[self.host_of[file]];
+        h.active >= h.tuner.limit() || self.connections_open(st) >= self.connection_cap
+    }
+
+    /// [`Job::host_full`] for a claim: a host whose own limit stops it is told its limit held
+    /// work back, which is what lets its tuner judge a larger one.
+    pub(super) fn host_busy(&self, st: &mut JobState, file: usize) -> bool {
+        let full = self.host_full(st, file);
+        let h = &mut st.hosts[self.host_of[file]];
+        if h.active >= h.tuner.limit() {
+            h.tuner.held_back();
+        }
+        full
+    }
+
+    /// Claims open over every host.
+    pub(super) fn connections_open(&self, st: &JobState) -> usize {
+        st.hosts.iter().map(|h| h.active).sum()
+    }
+
+    /// Connections every host may have, within the cap.
+    pub(super) fn connections_allowed(&self, st: &JobState) -> usize {
+        let limits: usize = st.hosts.iter().map(|h| h.tuner.limit()).sum();
+        limits.min(self.connection_cap)
+    }
+
+    /// Workers the cores should run: one per connection every host may have, within the cap,
+    /// and one more, which finds a host full when work waits for it: that is how a tuner learns
+    /// its limit holds work back.
+    pub fn connection_target(&self) -> usize {
+        self.connections_allowed(&self.lock()) + 1
+    }
+
+    /// Numbers a new claim on `file` and counts it against the file's host, and the file as
+    /// in flight for the progress display, until [`Job::release_host`].
+    pub(super) fn open_claim(&self, st: &mut JobState, file: usize) -> u64 {
+        st.next_id += 1;
+        st.hosts[self.host_of[file]].active += 1;
+        self.progress
+            .request_started(&self.metas[file].target.path);
+        st.next_id
+    }
+
+    /// A claim's response has come and its body is being received.
+    pub fn streaming(&self, file: usize) {
+        self.lock().hosts[self.host_of[file]].streaming += 1;
+    }
+
+    /// Called when a worker is done with a claim, whatever the outcome; `streamed` says
+    /// whether [`Job::streaming`] was called for it.
+    pub fn release_host(&self, file: usize, streamed: bool) {
+        let mut st = self.lock();
+        let h = &mut st.hosts[self.host_of[file]];
+        h.active = h.active.saturating_sub(1);
+        if streamed {
+            h.streaming = h.streaming.saturating_sub(1);
+        }
+        drop(st);
+        self.progress.request_ended(&self.metas[file].target.path);
+    }
+
+    /// A request for `file` failed with `err`: when it says the host is overloaded, the host
+    /// gets fewer connections. Returns whether it did.
+    pub fn overloaded(&self, file: usize, err: &HttpError) -> bool {
+        if !overload(err) {
+            return false;
+        }
+        let mut st = self.lock();
+        let h = &mut st.hosts[self.host_of[file]];
+        if let Some(limit) = h.tuner.overloaded(Instant::now(), h.streaming) {
+            tracing::info!(
+                host = %h.name,
+                connections = limit,
+                error = %err,
+                "the server is overloaded: fewer connections to it"
+            );
+            self.metrics.overloads.inc();
+        }
+        true
+    }
+
+    /// Each host's connections, for the report.
+    pub fn host_connections(&self) -> Vec<HostConnections> {
+        self.lock()
+            .hosts
+            .iter()
+            .map(|h| HostConnections {
+                host: h.name.clone(),
+                settled: h.tuner.limit(),
+                peak: h.tuner.peak(),
+            })
+            .collect()
+    }
+}
