@@ -1,9 +1,10 @@
 //! CRCs computed per chunk, in whatever order chunks arrive, and combined at the end.
 //!
 //! A file's CRC is the ordered combination of its chunks' CRCs (`crc(A‖B)` from `crc(A)`,
-//! `crc(B)` and `len(B)`), so parallel ranges never wait for each other. Every chunk also gets a
-//! crc32c, whatever the store offers: the resume journal records it, and on restart a chunk
-//! written after the last checkpoint is read back and compared before it is trusted.
+//! `crc(B)` and `len(B)`), so parallel ranges never wait for each other. Every chunk gets at least one
+//! CRC, whatever the store offers (crc32c when the store lists none): the resume journal records
+//! them, and on restart a chunk written after the last checkpoint is read back and compared
+//! with the first before it is trusted.
 
 use crc_fast::CrcAlgorithm;
 
@@ -49,11 +50,6 @@ impl Running {
     pub fn finish(&self) -> Vec<u64> {
         self.0.iter().map(crc_fast::Digest::finalize).collect()
     }
-}
-
-/// The crc32c every chunk carries in the journal.
-pub fn chunk_crc32c(data: &[u8]) -> u32 {
-    checksum(Algorithm::Crc32c, data) as u32
 }
 
 /// Combines per-chunk CRCs, given in file order with their lengths, into the file's CRC.
