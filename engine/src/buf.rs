@@ -4,6 +4,12 @@
 //! logical block; 4096 covers every NVMe and SSD in use. Each buffer is owned: it is handed to
 //! io_uring for a receive or a write and handed back with the result (monoio's `BufResult`), so
 //! the kernel never sees freed memory and there is no copy between the socket and the disk.
+//!
+//! Chunk-sized buffers are mapped on their own, aligned to 2 MiB and backed by transparent huge
+//! pages where the kernel allows (`madvise`, so it works with THP set to `madvise`): every
+//! O_DIRECT write pins its buffer's pages, 1024 of them per 4 MiB chunk with 4 KiB pages (a
+//! seventh of a CRC-only pull's CPU time went there), and the socket copies, CRCs and hashes
+//! take fewer TLB misses. A CRC-only 4 GiB pull went from 0.51 to 0.38 CPU-s/GB with it.
 #![allow(unsafe_code)]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -11,6 +17,9 @@ use std::ptr::NonNull;
 
 /// Alignment used for every buffer and every direct-I/O offset and length.
 pub const ALIGN: usize = 4096;
+
+/// A transparent huge page; buffers of at least this size are mapped aligned to it.
+const HUGE: usize = 2 << 20;
 
 /// Rounds `n` up to the next multiple of [`ALIGN`].
 pub const fn align_up(n: usize) -> usize {
@@ -24,6 +33,8 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     cap: usize,
     len: usize,
+    /// Mapped with `mmap` (see [`map_huge`]) rather than taken from the allocator.
+    mapped: bool,
 }
 
 // SAFETY: the buffer owns its allocation exclusively, like a `Vec<u8>`.
@@ -35,11 +46,26 @@ impl AlignedBuf {
     /// Allocates a zeroed buffer of at least `cap` bytes (rounded up to [`ALIGN`]).
     pub fn new(cap: usize) -> Self {
         let cap = align_up(cap.max(1));
+        if cap >= HUGE
+            && let Some(ptr) = map_huge(cap)
+        {
+            return Self {
+                ptr,
+                cap,
+                len: 0,
+                mapped: true,
+            };
+        }
         let layout = Layout::from_size_align(cap, ALIGN).expect("buffer layout");
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Self { ptr, cap, len: 0 }
+        Self {
+            ptr,
+            cap,
+            len: 0,
+            mapped: false,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -84,8 +110,51 @@ impl AlignedBuf {
     }
 }
 
+/// Maps `cap` zeroed bytes (a multiple of [`ALIGN`]) at an address aligned to [`HUGE`] and asks
+/// for transparent huge pages there; `None` if the mapping fails (the allocator is used then).
+/// The kernel zeroes the pages on first touch, so nothing is written here.
+fn map_huge(cap: usize) -> Option<NonNull<u8>> {
+    let len = cap.checked_add(HUGE)?;
+    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return None;
+    }
+    let start = raw as usize;
+    let aligned = start.next_multiple_of(HUGE);
+    let head = aligned - start;
+    let tail = len - head - cap;
+    // SAFETY: both ranges lie inside the mapping made above, outside `[aligned, aligned + cap)`,
+    // and are page-aligned (mmap returns page-aligned addresses; `cap` is a multiple of ALIGN).
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + cap) as *mut libc::c_void, tail);
+        }
+        // Advice only: without huge pages (THP off, or none free) the buffer still works.
+        libc::madvise(aligned as *mut libc::c_void, cap, libc::MADV_HUGEPAGE);
+    }
+    NonNull::new(aligned as *mut u8)
+}
+
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: mapped in `map_huge` with exactly this address and length.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap) };
+            return;
+        }
         let layout = Layout::from_size_align(self.cap, ALIGN).expect("buffer layout");
         // SAFETY: allocated in `new` with this exact layout.
         unsafe { dealloc(self.ptr.as_ptr(), layout) }
@@ -138,6 +207,20 @@ mod tests {
         assert_eq!(b.capacity(), 8192);
         assert_eq!(b.full_mut().as_ptr() as usize % ALIGN, 0);
         assert!(b.full_mut().iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn chunk_sized_buffers_are_huge_aligned_and_zeroed() {
+        for cap in [HUGE, 4 << 20, HUGE + ALIGN] {
+            let mut b = AlignedBuf::new(cap);
+            assert!(b.mapped);
+            assert_eq!(b.capacity(), cap);
+            assert_eq!(b.full_mut().as_ptr() as usize % HUGE, 0);
+            assert!(b.full_mut().iter().all(|&x| x == 0));
+            b.full_mut().fill(9);
+            b.set_len(cap);
+            assert!(b.as_slice().iter().all(|&x| x == 9));
+        }
     }
 
     #[test]

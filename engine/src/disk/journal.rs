@@ -3,8 +3,8 @@
 //! - line 1, the header: which remote object this is (source without query string, size,
 //!   validator), the chunk size and the digests being computed. A restart with any of these
 //!   different starts the file over.
-//! - `{"chunk":{"index":i,"crcs":[…]}}` after chunk `i` was written, with its CRCs (crc32c
-//!   first); appended without fsync, so a killed process loses nothing that reached the kernel.
+//! - `{"chunk":{"index":i,"crcs":[…]}}` after chunk `i` was written, with its CRCs (the one
+//!   resume checks first: crc32c, or the store's own CRC when it lists one but not crc32c); appended without fsync, so a killed process loses nothing that reached the kernel.
 //! - `{"sync":{"records":n,"hash":…}}` after the part was `fdatasync`ed: the first `n` chunk
 //!   records are on stable storage, and `hash` is the saved state of the ordered digests at
 //!   their cursor (all of whose bytes were among those flushed).
@@ -12,7 +12,7 @@
 //!   the file finished and its digests recorded.
 //!
 //! On restart, chunks recorded after the last sync line are read back and checked against
-//! their crc32c before they are trusted (a power cut can keep the record and lose the data).
+//! their first CRC before they are trusted (a power cut can keep the record and lose the data).
 //! A torn last line is ignored. A resumed pull rewrites the journal from what it verified, so
 //! a journal is only ever appended to by the process that created it.
 

@@ -221,7 +221,7 @@ mod tests {
             let bytes = &data[c * CHUNK..(c + 1) * CHUNK];
             buf.full_mut()[..CHUNK].copy_from_slice(bytes);
             buf.set_len(CHUNK);
-            (buf, vec![u64::from(crc::chunk_crc32c(bytes))])
+            (buf, vec![crc::checksum(crate::Algorithm::Crc32c, bytes)])
         };
         let complete = |c: usize| {
             let (buf, crcs) = chunk(c);

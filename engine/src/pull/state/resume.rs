@@ -234,7 +234,7 @@ fn trusted_chunks(
         let buf = &mut data[..chunk_len(size, chunk, i)];
         let intact = crcs.len() == meta.crcs.len()
             && part_file.read_exact_at(buf, i * chunk).is_ok()
-            && u64::from(crc::chunk_crc32c(buf)) == crcs[0];
+            && crc::checksum(meta.crcs[0], buf) == crcs[0];
         if intact {
             trusted.push((i, crcs));
         } else {
@@ -358,5 +358,57 @@ mod tests {
         let fs = FileState::prepare(&meta, 4096, 4).unwrap();
         assert_eq!(fs.phase, Phase::New);
         assert!(!meta.final_path.exists());
+    }
+
+    #[test]
+    fn the_journal_crc_is_crc32c_or_the_stores_own() {
+        let crcs = |fragment: &str| {
+            let target = Target::parse(&format!("http://127.0.0.1:9/m.bin{fragment}")).unwrap();
+            let meta = FileMeta::new(target, "p".into(), "j".into(), "m.bin".into());
+            meta.crcs
+        };
+        let h = "0".repeat(64);
+        assert_eq!(crcs(""), [Algorithm::Crc32c]);
+        assert_eq!(crcs(&format!("#sha256={h}")), [Algorithm::Crc32c]);
+        assert_eq!(crcs("#crc32c=00000000"), [Algorithm::Crc32c]);
+        assert_eq!(crcs("#crc64nvme=0000000000000000"), [Algorithm::Crc64nvme]);
+        assert_eq!(
+            crcs("#crc64nvme=0000000000000000&crc32c=00000000"),
+            [Algorithm::Crc32c, Algorithm::Crc64nvme]
+        );
+        assert_eq!(
+            crcs(&format!("#sha256={h}&crc32=00000000")),
+            [Algorithm::Crc32]
+        );
+    }
+
+    #[test]
+    fn unsynced_chunks_are_checked_with_the_first_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::parse("http://127.0.0.1:9/m.bin#crc64nvme=0000000000000000").unwrap();
+        let meta = FileMeta::new(
+            target,
+            dir.path().join("m.bin.part"),
+            dir.path().join("m.bin.modelpull-journal"),
+            dir.path().join("m.bin"),
+        );
+        let chunk = 4096u64;
+        let data: Vec<u8> = (0..chunk as usize * 3 - 100).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&meta.part, &data).unwrap();
+        let crc = |c: u64| {
+            let end = ((c + 1) * chunk).min(data.len() as u64) as usize;
+            crate::digest::crc::checksum(Algorithm::Crc64nvme, &data[(c * chunk) as usize..end])
+        };
+        let part = std::fs::File::open(&meta.part).unwrap();
+        let unsynced = vec![
+            (0, vec![crc(0)]),
+            // Recorded, but the bytes on disk are not those (lost in a power cut).
+            (1, vec![crc(1) ^ 1]),
+            (2, vec![crc(2)]),
+            // A record from a journal with other CRCs.
+            (1, vec![crc(1), 0]),
+        ];
+        let trusted = super::trusted_chunks(&meta, &part, data.len() as u64, chunk, vec![], unsynced);
+        assert_eq!(trusted, [(0, vec![crc(0)]), (2, vec![crc(2)])]);
     }
 }
