@@ -66,7 +66,7 @@ pub struct Args {
     pub max_concurrent_downloads: usize,
 
     /// The most HTTP connections of one download. Each download finds its own count per host
-    /// (8 at first, more while they raise the rate, fewer when the server says it is
+    /// (16 at first, more while they raise the rate, fewer when the server says it is
     /// overloaded); the buffers, shared by all downloads, bound them all together.
     #[arg(long, env = "DOWNLOAD_MAX_CONNECTIONS", default_value_t = 256)]
     pub max_connections: usize,

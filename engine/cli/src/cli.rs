@@ -280,7 +280,7 @@ pub struct EngineArgs {
     #[arg(long)]
     pub no_pin: bool,
 
-    /// Exactly N connections to each host. Without it, each host starts with 8 and gets more
+    /// Exactly N connections to each host. Without it, each host starts with 16 and gets more
     /// while they raise its rate, fewer when it answers 429/503 or refuses connections.
     #[arg(long, value_name = "N", env = "MODELPULL_CONNECTIONS")]
     pub connections: Option<usize>,

@@ -3,13 +3,14 @@
 //! Origins cap each connection (S3 and GCS near 80–100 MB/s, a CDN by its round trip), so a
 //! fixed count either wastes a fast link or floods a narrow server. Each host's tuner starts at
 //! [`START`] connections and doubles them, one measured epoch per step, while the host's rate
-//! still rises by [`GROW_GAIN`]; where it no longer does, it settles on the smaller count that
-//! gave (nearly) the same rate. Settled, it tries a quarter more now and then
+//! still rises by half ([`GROW_GAIN`]); where it no longer does, twice in a row (one dip of a busy
+//! machine is not a knee), it settles on the smaller count that gave (nearly) the same rate. Settled, it tries a quarter more now and then
 //! ([`PROBE_EVERY`]) and keeps them only if they pay.
 //!
 //! A server that says it is overloaded (503, 429, S3's `SlowDown`, a refused connection) gets
-//! fewer at once: as many as were receiving bodies when it answered, and no more than that for
-//! [`COOL_DOWN`]. Cuts come at most once per epoch, so one burst of refusals is one cut.
+//! fewer at once: half as many, or as many as were receiving bodies when it answered if that
+//! is more, and no more than that for [`COOL_DOWN`]. Cuts come at most once per epoch, so one
+//! burst of refusals is one cut; a server still refusing an epoch later is cut again.
 //!
 //! A step is judged only when the limit held work back during the epoch: a pull near its end,
 //! or one with fewer ranges than connections, says nothing about what more connections give.
@@ -19,15 +20,19 @@
 use std::time::{Duration, Instant};
 
 /// Connections a host starts with.
-pub const START: usize = 8;
-/// How long one measurement runs.
-const EPOCH: Duration = Duration::from_millis(500);
+pub const START: usize = 16;
+/// How long one measurement runs; also the least an overloaded host's refused request waits.
+pub const EPOCH: Duration = Duration::from_millis(500);
 /// Time for connections just opened to reach their speed before their bytes are measured.
 const SETTLE: Duration = Duration::from_millis(250);
-/// Doubling goes on while the rate rises by at least this much per step.
-const GROW_GAIN: f64 = 0.2;
+/// Doubling goes on while the rate rises by at least this much per step: twice the
+/// connections give twice the rate where each is capped, next to nothing where the host (or
+/// this machine's CPU) is the limit, and a busy machine's rate wanders by a fifth.
+const GROW_GAIN: f64 = 0.5;
 /// The larger count of the last step is kept only if it gained at least this much.
-const KEEP_GAIN: f64 = 0.1;
+const KEEP_GAIN: f64 = 0.25;
+/// A probe's quarter more connections are kept only if they gained at least this much.
+const PROBE_GAIN: f64 = 0.15;
 /// A settled tuner tries more connections this often (when work waits for them).
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// After an overload, the limit stays at or under the cut for this long.
@@ -35,8 +40,12 @@ const COOL_DOWN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
-    /// Doubling; `prev` is the last step's `(limit, rate)`.
-    Growing { prev: Option<(usize, f64)> },
+    /// Doubling; `prev` is the last step's `(limit, rate)`; `doubted`: the current limit's
+    /// first epoch did not gain enough, and one more decides (a busy machine's rate dips).
+    Growing {
+        prev: Option<(usize, f64)>,
+        doubted: bool,
+    },
     /// Settled; a probe of a larger limit is judged against `(limit, rate)` of before.
     Settled { probing: Option<(usize, f64)> },
     /// A fixed count (`--connections`): never changes.
@@ -66,7 +75,14 @@ impl Tuner {
     /// A tuner that finds the count by itself, up to `max`.
     pub fn adaptive(max: usize) -> Self {
         let max = max.max(1);
-        Self::new(START.min(max), max, Phase::Growing { prev: None })
+        Self::new(
+            START.min(max),
+            max,
+            Phase::Growing {
+                prev: None,
+                doubted: false,
+            },
+        )
     }
 
     /// Exactly `n` connections, always.
@@ -159,9 +175,15 @@ impl Tuner {
     fn step(&mut self, now: Instant, rate: f64) {
         match self.phase {
             Phase::Fixed => {}
-            Phase::Growing { prev } => match prev {
-                Some((_, r)) if rate < r * (1.0 + GROW_GAIN) => {
-                    let (l, r) = prev.expect("matched");
+            Phase::Growing { prev, doubted } => match prev {
+                Some((l, r)) if rate < r * (1.0 + GROW_GAIN) => {
+                    if !doubted {
+                        self.phase = Phase::Growing {
+                            prev,
+                            doubted: true,
+                        };
+                        return;
+                    }
                     if rate < r * (1.0 + KEEP_GAIN) {
                         self.limit = l;
                     }
@@ -171,12 +193,13 @@ impl Tuner {
                 _ => {
                     self.phase = Phase::Growing {
                         prev: Some((self.limit, rate)),
+                        doubted: false,
                     };
                     self.raise(now, self.limit * 2);
                 }
             },
             Phase::Settled { probing: Some((l, r)) } => {
-                if rate < r * (1.0 + KEEP_GAIN) {
+                if rate < r * (1.0 + PROBE_GAIN) {
                     self.limit = l;
                 }
                 self.settle(now);
@@ -217,7 +240,12 @@ impl Tuner {
         if self.phase == Phase::Fixed || self.last_cut.is_some_and(|t| now - t < EPOCH) {
             return None;
         }
-        let limit = streaming.min(self.limit.saturating_sub(1)).max(1);
+        // Refusals of a burst may be read before the answers that were served, so what is
+        // streaming can be fewer than the server serves: never cut by more than half at once.
+        let limit = streaming
+            .max(self.limit / 2)
+            .min(self.limit.saturating_sub(1))
+            .max(1);
         self.last_cut = Some(now);
         self.ceiling = Some((limit, now + COOL_DOWN));
         self.limit = limit;
@@ -261,7 +289,7 @@ mod tests {
 
     #[test]
     fn growth_is_quick_enough_for_a_few_gigabytes() {
-        // 8 → 128 takes four doublings of under a second each.
+        // 16 → 128 takes three doublings of under a second each.
         let mut t = Tuner::adaptive(256);
         run(&mut t, Instant::now(), 3.5, capped(10e6, 10e9));
         assert!(t.limit() >= 128, "only {} after 3.5 s", t.limit());
@@ -269,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_host_that_is_already_full_keeps_few_connections() {
-        // Loopback bound by CPU: as fast with 8 as with 256.
+        // Loopback bound by CPU: as fast with 16 as with 256.
         let mut t = Tuner::adaptive(256);
         run(&mut t, Instant::now(), 10.0, |_| 1.2e9);
         assert_eq!(t.limit(), START);
@@ -278,10 +306,18 @@ mod tests {
 
     #[test]
     fn a_knee_between_steps_keeps_the_larger_count_when_it_paid() {
-        // 24 connections fill the host: 16 gives 2/3 of it, 32 the rest (+50%), 64 nothing.
+        // 30 connections fill the host: 16 gives half of it, 32 the rest (+87%), 64 nothing.
+        let mut t = Tuner::adaptive(256);
+        run(&mut t, Instant::now(), 6.0, capped(40e6, 1.2e9));
+        assert_eq!(t.limit(), 32);
+        // 24 fill it: 32 gains a third over 16, not enough to double again, enough to keep.
         let mut t = Tuner::adaptive(256);
         run(&mut t, Instant::now(), 6.0, capped(50e6, 1.2e9));
         assert_eq!(t.limit(), 32);
+        // 18 fill it: 32 gains an eighth over 16, not worth its connections.
+        let mut t = Tuner::adaptive(256);
+        run(&mut t, Instant::now(), 6.0, capped(66e6, 1.2e9));
+        assert_eq!(t.limit(), 16);
     }
 
     #[test]
@@ -293,6 +329,25 @@ mod tests {
         assert_eq!(t.limit(), 3);
         run(&mut t, Instant::now(), 5.0, capped(10e6, 10e9));
         assert_eq!(t.peak(), 3);
+    }
+
+    #[test]
+    fn one_slow_epoch_does_not_stop_the_growth() {
+        // The host would give 10 MB/s per connection, but the epoch judging 64 dips to half.
+        let mut t = Tuner::adaptive(256);
+        let start = Instant::now();
+        let dip = start + Duration::from_millis(2400)..start + Duration::from_millis(2900);
+        let mut now = start;
+        let mut bytes = 0.0;
+        while now < start + Duration::from_secs(6) {
+            t.held_back();
+            t.tick(now, bytes as u64);
+            let rate = (t.limit() as f64 * 10e6).min(1.2e9);
+            let factor = if dip.contains(&now) { 0.5 } else { 1.0 };
+            bytes += rate * factor * 0.01;
+            now += Duration::from_millis(10);
+        }
+        assert!(t.limit() >= 64, "stopped at {}", t.limit());
     }
 
     #[test]
@@ -308,10 +363,15 @@ mod tests {
         let mut t = Tuner::adaptive(256);
         let start = Instant::now();
         let now = run(&mut t, start, 2.0, capped(10e6, 10e9));
-        assert!(t.limit() > 8);
-        // The server serves 8 at once and refuses the rest: one burst of refusals, one cut.
-        assert_eq!(t.overloaded(now, 8), Some(8));
+        assert_eq!(t.limit(), 64);
+        // The server serves 8 at once and refuses the rest: one burst of refusals, one cut,
+        // by half; the refusals go on, and an epoch later the next cut reaches the 8.
+        assert_eq!(t.overloaded(now, 8), Some(32));
         assert_eq!(t.overloaded(now + Duration::from_millis(10), 3), None);
+        let now = now + Duration::from_millis(600);
+        assert_eq!(t.overloaded(now, 8), Some(16));
+        let now = now + Duration::from_millis(600);
+        assert_eq!(t.overloaded(now, 8), Some(8));
         // Within the cool-down the limit stays at 8 however well the 8 do.
         let later = run(&mut t, now, 20.0, capped(10e6, 10e9));
         assert_eq!(t.limit(), 8);
@@ -322,7 +382,7 @@ mod tests {
 
     #[test]
     fn an_overload_with_nothing_streaming_leaves_one_connection() {
-        let mut t = Tuner::adaptive(256);
+        let mut t = Tuner::adaptive(2);
         assert_eq!(t.overloaded(Instant::now(), 0), Some(1));
     }
 

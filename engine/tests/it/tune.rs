@@ -74,9 +74,9 @@ fn slow_connections_get_company_until_the_rate_stops_rising() {
             panic!("one host: {:?}", report.connections)
         };
         assert_eq!(host.host, "127.0.0.1");
-        // Each host starts with 8.
+        // Each host starts with 16.
         assert!(
-            host.peak > 8,
+            host.peak > 16,
             "{driver:?}: still {} connections at most",
             host.peak
         );
@@ -106,10 +106,15 @@ fn a_server_that_refuses_past_a_count_gets_that_count_without_a_storm() {
         let refused = answered(&server, 503) - before;
         let host = &report.connections[0];
         assert!(host.settled <= 4, "{driver:?}: settled on {}", host.settled);
-        assert!(refused >= 1, "{driver:?}: 8 connections at first, 4 served");
         assert!(
-            refused <= 16,
-            "{driver:?}: {refused} refusals: the cut should stop them"
+            refused >= 12,
+            "{driver:?}: 16 connections at first, 4 served"
+        );
+        // Halved per epoch, 16 → 8 → 4, each refused range retried after its backoff: a few
+        // dozen refusals at most (a fixed 16 got over a thousand from 8 shards).
+        assert!(
+            refused <= 48,
+            "{driver:?}: {refused} refusals: the cuts should stop them"
         );
         assert_eq!(report.retries as usize, refused);
     });

@@ -48,6 +48,19 @@ pub(super) fn index(
     (host_of, hosts)
 }
 
+/// What a failed request said about its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overload {
+    /// Nothing: an ordinary failure.
+    No,
+    /// The host is overloaded and the request was one too many: retried without spending an
+    /// attempt, after a longer pause.
+    Spared,
+    /// The host is overloaded: retried as any failure, logged only at debug (the cut is
+    /// logged once).
+    Counted,
+}
+
 /// Whether a failed request says its host has more connections than it will serve: 429, 503
 /// (S3's `SlowDown` is a 503) or a refused connection.
 fn overload(err: &HttpError) -> bool {
@@ -137,11 +150,12 @@ impl Job {
         self.progress.request_ended(&self.metas[file].target.path);
     }
 
-    /// A request for `file` failed with `err`: when it says the host is overloaded, the host
-    /// gets fewer connections. Returns whether it did.
-    pub fn overloaded(&self, file: usize, err: &HttpError) -> bool {
+    /// A released request for `file` failed with `err`: when it says the host is overloaded,
+    /// the host gets fewer connections, and the request is spared the attempt if it was one
+    /// the host may no longer have.
+    pub fn overloaded(&self, file: usize, err: &HttpError) -> Overload {
         if !overload(err) {
-            return false;
+            return Overload::No;
         }
         let mut st = self.lock();
         let h = &mut st.hosts[self.host_of[file]];
@@ -154,7 +168,14 @@ impl Job {
             );
             self.metrics.overloads.inc();
         }
-        true
+        // Counting the released request, the host had more than it may have now: the server
+        // refused one the cut has since taken back. While others stream, that is the server
+        // pacing us, not the range failing. Bounded: a request sent within the limit counts.
+        if h.streaming > 0 && h.active >= h.tuner.limit() {
+            Overload::Spared
+        } else {
+            Overload::Counted
+        }
     }
 
     /// Each host's connections, for the report.

@@ -53,6 +53,7 @@ mod steal;
 mod verify;
 mod window;
 
+pub(crate) use hosts::Overload;
 pub(crate) use verify::first_mismatch;
 
 /// What never changes about a file during a pull.

@@ -9,19 +9,20 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use super::{Claim, ClaimKind, FileState, Job, Pending, Phase};
+use super::{Claim, ClaimKind, FileState, Job, Overload, Pending, Phase};
 use crate::error::Error;
 use crate::http::HttpError;
 use crate::pull::limits::backoff;
+use crate::pull::tune;
 
 /// Times a file may change on the server mid-download before the pull gives up.
 const MAX_RESTARTS: u32 = 3;
 
 impl Job {
     /// A request failed at chunk `from`: queue the rest again after a pause, or end the pull
-    /// when the attempts are spent. `overload`: the host said it has too many connections and
-    /// was given fewer (see `hosts`); that is logged once there, so each retry only at debug.
-    pub fn retry(&self, claim: &Claim, from: u64, err: HttpError, overload: bool) {
+    /// when the attempts are spent. `overload`: what the failure said about the host (see
+    /// `hosts`); a cut is logged once there, so its retries only at debug.
+    pub fn retry(&self, claim: &Claim, from: u64, err: HttpError, overload: Overload) {
         let meta = &self.metas[claim.file];
         let mut st = self.lock();
         if st.failed.is_some() {
@@ -32,7 +33,11 @@ impl Job {
             return;
         }
         let progressed = claim.kind == ClaimKind::Range && from > claim.start;
-        let attempts = if progressed { 1 } else { claim.attempts + 1 };
+        let attempts = match overload {
+            _ if progressed => 1,
+            Overload::Spared => claim.attempts,
+            Overload::No | Overload::Counted => claim.attempts + 1,
+        };
         if attempts > self.opts.retries {
             drop(st);
             self.fail(Error::Source {
@@ -42,14 +47,21 @@ impl Job {
             });
             return;
         }
-        let delay = backoff(
-            attempts,
+        // An overloaded host's refusals wait one step longer than their attempt says, and at
+        // least until its tuner has judged the cut (an epoch, plus jitter so they do not come
+        // back together): sooner, they would only meet the same refusal.
+        let step = attempts + u32::from(overload != Overload::No);
+        let mut delay = backoff(
+            step,
             self.opts.backoff_base,
             self.opts.backoff_cap,
             err.retry_after(),
         );
+        if overload != Overload::No {
+            delay = delay.max(tune::EPOCH.mul_f64(1.0 + rand::random::<f64>()));
+        }
         let delay_ms = delay.as_millis() as u64;
-        if overload {
+        if overload != Overload::No {
             tracing::debug!(file = %meta.target.path, error = %err, attempt = attempts, delay_ms, "retrying");
         } else {
             tracing::warn!(file = %meta.target.path, error = %err, attempt = attempts, delay_ms, "retrying");
