@@ -99,7 +99,12 @@ impl Garage {
             .arg("--version")
             .output()
             .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            // `garage cargo:2.5.0 [features: …]`: the name and the version are enough.
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let head = text.split(" [").next().unwrap_or_default().trim();
+                head.replace("cargo:", "v")
+            })
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| "garage".into());
         let log = std::fs::File::create(dir.join("garage.log"))?;

@@ -757,9 +757,11 @@ fn measure(
             .iter()
             .all(|(path, size, sha)| file_sha256(path, *size).is_ok_and(|s| s == *sha));
     let _ = std::fs::remove_dir_all(dest);
-    let report = std::fs::read(&stdout_path)
-        .ok()
-        .and_then(|out| report::PullReport::parse(&out));
+    let out = std::fs::read(&stdout_path).unwrap_or_default();
+    let report = report::PullReport::parse(&out);
+    let error = (!status.success())
+        .then(|| report::PullReport::error(&out))
+        .flatten();
     Ok(Sample {
         seconds,
         cpu_seconds: user + sys,
@@ -768,6 +770,7 @@ fn measure(
         failed: !status.success(),
         report,
         rejected: None,
+        error,
     })
 }
 

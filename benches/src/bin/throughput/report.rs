@@ -18,6 +18,8 @@ pub struct Sample {
     pub report: Option<PullReport>,
     /// Responses the origin refused with 503 during this run, where it counts them.
     pub rejected: Option<u64>,
+    /// Why the tool failed, when it says so on standard output (modelpull's `--json` error).
+    pub error: Option<String>,
 }
 
 /// The parts of modelpull's JSON report (`pull --json`) the tables show.
@@ -42,6 +44,12 @@ pub struct HostConnections {
 }
 
 impl PullReport {
+    /// The `error` of a failed pull's JSON output, if that is what `stdout` holds.
+    pub fn error(stdout: &[u8]) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(stdout).ok()?;
+        Some(v.get("error")?.as_str()?.to_owned())
+    }
+
     /// Reads a report from a tool's standard output; `None` when it is not one.
     pub fn parse(stdout: &[u8]) -> Option<Self> {
         let v: serde_json::Value = serde_json::from_slice(stdout).ok()?;
@@ -93,6 +101,13 @@ pub fn run_notes(rows: &[(Tool, Vec<Sample>)]) -> Vec<String> {
                 per_run.iter().sum::<u64>(),
                 list.join(", ")
             ));
+        }
+        for (run, error) in samples
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i + 1, s.error.as_ref()?)))
+        {
+            notes.push(format!("{} run {run} failed: {error}.", tool.title()));
         }
         // host → settled counts of each run that reported one.
         let mut hosts: Vec<(String, Vec<u64>, u64)> = Vec::new();
@@ -277,7 +292,13 @@ impl Cell {
                     .map_or("—".into(), |(r, t)| format!("{:.2}×", r / t)),
                 _ => "—".into(),
             };
-            let bytes = if ok { "identical" } else { "WRONG" };
+            let bytes = if ok {
+                "identical"
+            } else if samples.iter().any(|s| s.failed) {
+                "FAILED"
+            } else {
+                "WRONG"
+            };
             let rss = self.max_rss_mib(*tool).unwrap_or_default();
             let cpu = median(samples.iter().map(|s| s.cpu_seconds).collect());
             if self.startup {

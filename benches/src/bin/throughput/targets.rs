@@ -381,7 +381,18 @@ fn issue19(cells: &[Cell], limits: Option<&Limits>, baseline: Option<&Baseline>)
             .iter()
             .filter_map(|(c, _)| c.failed_runs(Tool::Modelpull))
             .sum();
-        let wrong = narrow.iter().any(|(_, g)| g.is_none());
+        // Wrong bytes from a pull that said it succeeded, as opposed to a failed pull.
+        let wrong = narrow
+            .iter()
+            .filter_map(|(c, _)| c.runs(Tool::Modelpull))
+            .flatten()
+            .any(|s| !s.failed && !s.correct);
+        let errors: Vec<&str> = narrow
+            .iter()
+            .filter_map(|(c, _)| c.runs(Tool::Modelpull))
+            .flatten()
+            .filter_map(|s| s.error.as_deref())
+            .collect();
         let rejected: u64 = narrow
             .iter()
             .filter_map(|(c, _)| c.runs(Tool::Modelpull))
@@ -415,7 +426,11 @@ fn issue19(cells: &[Cell], limits: Option<&Limits>, baseline: Option<&Baseline>)
                 format!("no failed pull; GB/s against 8 × 10 MiB/s = {ceiling:.3} GB/s"),
                 failed == 0 && !wrong,
             )
-            .because(wrong.then(|| "a pull wrote wrong bytes".to_owned())),
+            .because(if wrong {
+                Some("a pull wrote wrong bytes".to_owned())
+            } else {
+                errors.first().map(|e| format!("modelpull: {e}"))
+            }),
         );
     }
 
@@ -799,6 +814,7 @@ mod tests {
             "1 of 2 pulls failed, 7 × 503; no correct pull"
         );
         assert!(!narrow.met);
+        assert_eq!(narrow.why, None, "failed, not wrong bytes, and no message");
         let cpu = by("CPU per GB, verified");
         assert_eq!(cpu.measured, "0.90 s");
         assert!(!cpu.met);
