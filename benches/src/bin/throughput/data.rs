@@ -34,8 +34,8 @@ const MIB: u64 = 1 << 20;
 fn layout(name: &str, big: u64) -> Vec<(String, u64)> {
     match name {
         "file" => vec![("model.bin".into(), big)],
-        // Pulled through each model store (Hub fixture, moto, GCS emulator), which keep it
-        // in memory: smaller, with the small files every model has.
+        // Pulled through each model store (Hub fixture, Garage, GCS emulator); the fixture
+        // and the emulator keep it in memory: smaller, with the small files every model has.
         "store" => {
             let mut v: Vec<(String, u64)> = (0..20)
                 .map(|i| {

@@ -10,6 +10,7 @@
 mod agent;
 mod cgroup;
 mod data;
+mod garage;
 mod origin;
 mod report;
 mod stores;
@@ -32,20 +33,26 @@ use tools::Tool;
 /// Measure modelpull against aria2c, curl, hf_transfer and KServe's storage initializer.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Scenarios to run.
-    /// `stores` pulls a 1 GiB model through each model store (hf, s3, gs) with modelpull and
-    /// KServe's storage initializer; `agent` times localmodelnode-agent end to end against
-    /// modelpull alone; `initializer` times KServe's storage initializer against modelpull's,
-    /// each in a cgroup with the init container's limits (1 CPU, 1 GiB; needs root), and
+    /// Scenarios to run, each alone or together.
+    /// `loopback`, `capped` (85 MB/s per connection) and `latency` (20 ms RTT) pull from nginx
+    /// with every tool; `thin` caps each connection at 10 MiB/s and `narrow` also allows at
+    /// most 8 connections (503 beyond, counted from nginx's log), both with modelpull and
+    /// aria2c on `file` and `shards`; `s3` pulls `file` and `shards` from Garage, a real S3
+    /// server, with modelpull, s5cmd, boto3 and KServe's initializer; `stores` pulls a 1 GiB
+    /// model through each model store (hf, s3 on Garage, gs) with modelpull and KServe's
+    /// storage initializer; `agent` times localmodelnode-agent end to end against modelpull
+    /// alone; `initializer` times KServe's storage initializer against modelpull's, each in a
+    /// cgroup with the init container's limits (1 CPU, 1 GiB; needs root), and
     /// `initializer-capped` does the same from an origin capped at 85 MB/s per connection.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "loopback,capped,latency,stores,agent,initializer,initializer-capped"
+        default_value = "loopback,capped,latency,thin,narrow,s3,stores,agent,initializer,initializer-capped"
     )]
     scenarios: Vec<String>,
     /// Data sets: file (one large file), shards (8 × 512 MiB), mixed (200 small + 4 × 512 MiB).
-    /// Default: all three, and only `file` for the initializer scenarios.
+    /// Default: all three for loopback, capped and latency; `file` and `shards` for thin,
+    /// narrow and s3; only `file` for the initializer scenarios.
     #[arg(long, value_delimiter = ',')]
     datasets: Option<Vec<String>>,
     /// Size of the single-file data set.
@@ -54,12 +61,14 @@ struct Args {
     /// Runs per tool (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Tools to compare. The initializer scenario runs `kserve` and `modelpull-initializer`
-    /// (modelpull's storage-initializer mode, also chosen by `modelpull`).
+    /// Tools to compare; each scenario runs those of them it can. The initializer scenario
+    /// runs `kserve` and `modelpull-initializer` (modelpull's storage-initializer mode, also
+    /// chosen by `modelpull`); thin and narrow run `modelpull` and `aria2c` (one connection
+    /// at 10 MiB/s would take minutes); `s5cmd` and `boto3` run in the s3 scenario only.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "modelpull,aria2c,curl,hf_transfer,kserve"
+        default_value = "modelpull,aria2c,curl,hf_transfer,kserve,s5cmd,boto3"
     )]
     tools: Vec<String>,
     /// Destination directory (on the disk being measured).
@@ -77,6 +86,16 @@ struct Args {
     /// Python of the virtualenv with hf_transfer and kserve-storage.
     #[arg(long, default_value = "benches/.venv/bin/python")]
     python: PathBuf,
+    /// The Garage binary (the S3 server of the s3 and stores scenarios).
+    #[arg(long, default_value = "benches/.tools/bin/garage")]
+    garage: PathBuf,
+    /// The s5cmd binary.
+    #[arg(long, default_value = "benches/.venv/bin/s5cmd")]
+    s5cmd: PathBuf,
+    /// Results of an earlier run (its latest.csv) that the unlimited and 85 MB/s rows must
+    /// not be slower than; read before this run writes its own. Missing: no comparison.
+    #[arg(long, default_value = "benches/results/latest.csv")]
+    baseline: PathBuf,
     /// Where to write results (Markdown, CSV, PNG).
     #[arg(long, default_value = "benches/results")]
     out: PathBuf,
@@ -118,27 +137,17 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.origin)?;
     let peers = std::fs::canonicalize("benches/peers").context("run from the repository root")?;
 
-    // The nginx scenarios share these data sets; the store rows have their own.
-    let throughput_sets = args.scenarios.iter().any(|s| is_throughput(s));
-    let initializer_sets = args
-        .scenarios
-        .iter()
-        .any(|s| s == "initializer" || s == "initializer-capped");
+    // The nginx and s3 scenarios share these data sets; the store rows have their own.
     let mut names: Vec<&str> = Vec::new();
-    for (wanted, default) in [
-        (throughput_sets, &["file", "shards", "mixed"][..]),
-        (initializer_sets, &["file"][..]),
-    ] {
-        let chosen: Vec<&str> = match &args.datasets {
-            Some(list) => list.iter().map(String::as_str).collect(),
-            None => default.to_vec(),
-        };
-        for name in chosen.into_iter().filter(|_| wanted) {
+    for scenario in &args.scenarios {
+        for name in datasets_for(scenario, args.datasets.as_deref()) {
             if !names.contains(&name) {
                 names.push(name);
             }
         }
     }
+    // Read before this run replaces it.
+    let baseline = targets::Baseline::read(&args.baseline)?;
     let mut sets = Vec::new();
     for name in names {
         let name: &'static str = match name {
@@ -161,6 +170,13 @@ fn main() -> Result<()> {
             cells.extend(run_stores(&args, &tools, &peers)?);
             continue;
         }
+        if scenario == "s3" {
+            let wanted = datasets_for("s3", args.datasets.as_deref());
+            let here: Vec<&data::DataSet> =
+                sets.iter().filter(|s| wanted.contains(&s.name)).collect();
+            cells.extend(run_s3(&args, &tools, &peers, &here)?);
+            continue;
+        }
         if scenario == "agent" {
             eprintln!("preparing data set store…");
             let set = data::prepare(&args.origin, "store", args.size)?;
@@ -180,9 +196,11 @@ fn main() -> Result<()> {
             "latency" => Scenario::Latency,
             "initializer" => Scenario::Initializer,
             "initializer-capped" => Scenario::InitializerCapped,
+            "thin" => Scenario::Thin,
+            "narrow" => Scenario::Narrow,
             other => bail!(
-                "unknown scenario {other} (loopback, capped, latency, stores, agent, \
-                 initializer, initializer-capped)"
+                "unknown scenario {other} (loopback, capped, latency, thin, narrow, s3, stores, \
+                 agent, initializer, initializer-capped)"
             ),
         };
         // The initializer scenario runs its tools in the init container's cgroup, on its own
@@ -217,15 +235,17 @@ fn main() -> Result<()> {
                 .collect();
             (here, sets, Some(group))
         } else {
-            let wanted = args
-                .datasets
-                .clone()
-                .unwrap_or_else(|| ["file", "shards", "mixed"].map(String::from).to_vec());
-            let sets: Vec<&data::DataSet> = sets
+            let wanted = datasets_for(scenario.name(), args.datasets.as_deref());
+            let sets: Vec<&data::DataSet> =
+                sets.iter().filter(|s| wanted.contains(&s.name)).collect();
+            let thin = matches!(scenario, Scenario::Thin | Scenario::Narrow);
+            let here: Vec<Tool> = tools
                 .iter()
-                .filter(|s| wanted.iter().any(|w| w == s.name))
+                .copied()
+                .filter(|t| !t.s3_only())
+                .filter(|t| !thin || matches!(t, Tool::Modelpull | Tool::Aria2c))
                 .collect();
-            (tools.clone(), sets, None)
+            (here, sets, None)
         };
         let netns = if scenario == Scenario::Latency {
             match origin::Netns::create() {
@@ -240,7 +260,7 @@ fn main() -> Result<()> {
         } else {
             None
         };
-        let _nginx = origin::start(
+        let nginx = origin::start(
             &args.work,
             &args.origin,
             args.port,
@@ -255,6 +275,7 @@ fn main() -> Result<()> {
         let cx = tools::Ctx {
             modelpull: &args.modelpull,
             python: &args.python,
+            s5cmd: &args.s5cmd,
             peers: &peers,
             base_url: &base_url,
             work: &args.work,
@@ -274,9 +295,11 @@ fn main() -> Result<()> {
                     // Rotate the order so no tool always runs first.
                     let i = (k + run) % rows.len();
                     let tool = rows[i].0;
-                    let sample = run_tool(tool, set, &cx, &prefix, &args.work)?;
+                    let mark = nginx.log_mark();
+                    let mut sample = run_tool(tool, set, &cx, &prefix, &args.work)?;
+                    sample.rejected = nginx.count_status(mark, "503")?;
                     eprintln!(
-                        "{} / {} / run {}: {:<12} {:.2} s, {:.3} GB/s, {:.2} CPU s/GB, {} MiB{}",
+                        "{} / {} / run {}: {:<12} {:.2} s, {:.3} GB/s, {:.2} CPU s/GB, {} MiB{}{}",
                         scenario.name(),
                         set.name,
                         run + 1,
@@ -285,11 +308,25 @@ fn main() -> Result<()> {
                         set.bytes() as f64 / sample.seconds / 1e9,
                         sample.cpu_seconds / (set.bytes() as f64 / 1e9),
                         sample.max_rss_kib / 1024,
-                        if sample.correct { "" } else { "  WRONG BYTES" }
+                        sample
+                            .rejected
+                            .map(|n| format!(", {n} × 503"))
+                            .unwrap_or_default(),
+                        match (sample.failed, sample.correct) {
+                            (true, _) => "  FAILED",
+                            (false, false) => "  WRONG BYTES",
+                            _ => "",
+                        }
                     );
                     rows[i].1.push(sample);
                 }
             }
+            let mut note: Vec<String> = group
+                .as_ref()
+                .map(|g| initializer_note(g, set))
+                .into_iter()
+                .collect();
+            note.extend(report::run_notes(&rows));
             cells.push(Cell {
                 scenario: scenario.name().into(),
                 scenario_title: scenario.title().into(),
@@ -297,7 +334,7 @@ fn main() -> Result<()> {
                 dataset_title: set.title.clone(),
                 bytes: set.bytes(),
                 rows,
-                note: group.as_ref().map(|g| initializer_note(g, set)),
+                note: (!note.is_empty()).then(|| note.join(" ")),
                 startup: group.is_some(),
             });
         }
@@ -318,11 +355,15 @@ fn main() -> Result<()> {
         md.push_str(section);
         md.push('\n');
     }
-    md.push_str(&targets::markdown(&cells, limits.as_ref()));
+    md.push_str(&targets::markdown(
+        &cells,
+        limits.as_ref(),
+        baseline.as_ref(),
+    ));
     for n in &notes {
         md.push_str(&format!("\n{n}\n"));
     }
-    let mut csv = String::from("scenario,dataset,tool,gbps,correct,seconds\n");
+    let mut csv = String::from("scenario,dataset,tool,gbps,correct,seconds,bytes\n");
     for c in &cells {
         c.csv(&mut csv);
     }
@@ -376,6 +417,28 @@ fn check_prerequisites(args: &Args, tools: &[Tool]) -> Result<()> {
             args.python.display()
         );
     }
+    let s3 = args.scenarios.iter().any(|s| s == "s3" || s == "stores");
+    if s3 && !args.garage.exists() {
+        bail!(
+            "{} not found: run scripts/setup-bench.sh (it builds Garage, the S3 server of the \
+             s3 and stores scenarios), or pass --garage",
+            args.garage.display()
+        );
+    }
+    if s3 && tools.contains(&Tool::S5cmd) && !args.s5cmd.exists() {
+        bail!(
+            "{} not found: run scripts/setup-bench.sh (it installs s5cmd into benches/.venv), \
+             or pass --s5cmd",
+            args.s5cmd.display()
+        );
+    }
+    if s3 && !args.python.exists() {
+        bail!(
+            "{} is missing (the S3 data sets are uploaded with boto3): run \
+             scripts/setup-bench.sh first",
+            args.python.display()
+        );
+    }
     if args.scenarios.iter().any(|s| s == "agent") && !args.agent.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p localmodelnode-agent`",
@@ -403,43 +466,35 @@ fn run_stores(args: &Args, tools: &[Tool], peers: &Path) -> Result<Vec<Cell>> {
         .collect();
     eprintln!("preparing data set store…");
     let set = data::prepare(&args.origin, "store", args.size)?;
-    let servers = stores::start(&args.python, peers, &args.origin, &set, &args.work)?;
-    let cx = tools::Ctx {
-        modelpull: &args.modelpull,
-        python: &args.python,
+    let servers = stores::start(
+        &args.python,
         peers,
-        base_url: "",
-        work: &args.work,
-    };
+        &args.garage,
+        &args.origin,
+        &set,
+        &args.work,
+    )?;
     let mut cells = Vec::new();
     for store in stores::Store::ALL {
-        let mut rows: Vec<(Tool, Vec<Sample>)> = tools.iter().map(|t| (*t, Vec::new())).collect();
-        for run in 0..args.runs {
-            for k in 0..rows.len() {
-                let i = (k + run) % rows.len();
-                let tool = rows[i].0;
-                let dest = fresh_dest(tool, &args.work, false)?;
-                let argv = stores::command(tool, store, &dest, &cx);
-                let outputs = set
-                    .files
-                    .iter()
-                    .map(|f| (stores::output(&dest, &f.path), f.size, f.sha256.clone()))
-                    .collect();
-                let sample = measure(argv, &servers.env, &dest, outputs, &[], &args.work)?;
-                eprintln!(
-                    "stores / {} / run {}: {:<12} {:.3} GB/s{}",
-                    store.name(),
-                    run + 1,
-                    tool.name(),
-                    set.bytes() as f64 / sample.seconds / 1e9,
-                    if sample.correct {
-                        ""
-                    } else {
-                        "  FAILED OR WRONG BYTES"
-                    }
-                );
-                rows[i].1.push(sample);
-            }
+        let rows = pull_rows(
+            args,
+            peers,
+            &tools,
+            &set,
+            &store.uri(),
+            &servers.env,
+            &servers.garage.endpoint,
+            &format!("stores / {}", store.name()),
+        )?;
+        let mut note = format!(
+            "modelpull verifies every file against {}; KServe checks nothing.",
+            verified_words(&rows)
+        );
+        if store == stores::Store::S3 {
+            note.push_str(&format!(
+                " Server: {}, one node. {}",
+                servers.garage.version, servers.garage_probe
+            ));
         }
         cells.push(Cell {
             scenario: "stores".into(),
@@ -448,10 +503,132 @@ fn run_stores(args: &Args, tools: &[Tool], peers: &Path) -> Result<Vec<Cell>> {
             dataset_title: format!("{}, {}", store.title(), set.title),
             bytes: set.bytes(),
             rows,
-            note: Some(format!(
-                "modelpull verifies every file against {}; KServe checks nothing.",
-                store.checks()
-            )),
+            note: Some(note),
+            startup: false,
+        });
+    }
+    Ok(cells)
+}
+
+/// What modelpull's reports say the files were verified against, in words.
+fn verified_words(rows: &[(Tool, Vec<Sample>)]) -> String {
+    let labels = rows
+        .iter()
+        .find(|(t, _)| *t == Tool::Modelpull)
+        .map(|(_, s)| report::verified_against(s))
+        .unwrap_or_default();
+    if labels.is_empty() {
+        "what its store gives (its report was not read)".into()
+    } else {
+        labels
+            .iter()
+            .map(|l| format!("`{l}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+            + " (from its report)"
+    }
+}
+
+/// Every tool pulls `uri` (which holds `set`) `args.runs` times, in rotating order.
+#[allow(clippy::too_many_arguments)]
+fn pull_rows(
+    args: &Args,
+    peers: &Path,
+    tools: &[Tool],
+    set: &data::DataSet,
+    uri: &str,
+    env: &[(String, String)],
+    s3_endpoint: &str,
+    label: &str,
+) -> Result<Vec<(Tool, Vec<Sample>)>> {
+    let cx = tools::Ctx {
+        modelpull: &args.modelpull,
+        python: &args.python,
+        s5cmd: &args.s5cmd,
+        peers,
+        base_url: "",
+        work: &args.work,
+    };
+    let mut rows: Vec<(Tool, Vec<Sample>)> = tools.iter().map(|t| (*t, Vec::new())).collect();
+    for run in 0..args.runs {
+        for k in 0..rows.len() {
+            let i = (k + run) % rows.len();
+            let tool = rows[i].0;
+            let dest = fresh_dest(tool, &args.work, false)?;
+            let argv = stores::command(tool, uri, &dest, &cx, s3_endpoint)?;
+            let outputs = set
+                .files
+                .iter()
+                .map(|f| (stores::output(&dest, &f.path), f.size, f.sha256.clone()))
+                .collect();
+            let sample = measure(argv, env, &dest, outputs, &[], &args.work)?;
+            eprintln!(
+                "{label} / run {}: {:<12} {:.2} s, {:.3} GB/s, {:.2} CPU s/GB, {} MiB{}",
+                run + 1,
+                tool.name(),
+                sample.seconds,
+                set.bytes() as f64 / sample.seconds / 1e9,
+                sample.cpu_seconds / (set.bytes() as f64 / 1e9),
+                sample.max_rss_kib / 1024,
+                match (sample.failed, sample.correct) {
+                    (true, _) => "  FAILED",
+                    (false, false) => "  WRONG BYTES",
+                    _ => "",
+                }
+            );
+            rows[i].1.push(sample);
+        }
+    }
+    Ok(rows)
+}
+
+/// The S3 rows: Garage on 127.0.0.1 holds each data set under its name; modelpull, s5cmd,
+/// boto3's TransferManager and KServe's initializer pull it from the same server.
+fn run_s3(args: &Args, tools: &[Tool], peers: &Path, sets: &[&data::DataSet]) -> Result<Vec<Cell>> {
+    let tools: Vec<Tool> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            matches!(
+                t,
+                Tool::Modelpull | Tool::S5cmd | Tool::Boto3 | Tool::Kserve
+            )
+        })
+        .collect();
+    let garage = garage::Garage::start(&args.garage, &args.work)?;
+    let env = garage.env();
+    let mut cells = Vec::new();
+    for set in sets {
+        eprintln!("uploading data set {} to Garage…", set.name);
+        let probe = garage.seed(&args.python, peers, &args.origin.join(set.name), set.name)?;
+        let uri = format!("s3://{}/{}", garage::BUCKET, set.name);
+        let rows = pull_rows(
+            args,
+            peers,
+            &tools,
+            set,
+            &uri,
+            &env,
+            &garage.endpoint,
+            &format!("s3 / {}", set.name),
+        )?;
+        let note = format!(
+            "{}, one node on 127.0.0.1 (replication 1, compression off, data on the work \
+             disk), path-style, region `{}`; objects uploaded in one PUT each. {probe} \
+             modelpull verifies every file against {}; s5cmd, boto3 and KServe are not asked \
+             to verify; the harness checks every output's sha256.",
+            garage.version,
+            garage::REGION,
+            verified_words(&rows)
+        );
+        cells.push(Cell {
+            scenario: "s3".into(),
+            scenario_title: "S3 from Garage on 127.0.0.1".into(),
+            dataset: set.name.into(),
+            dataset_title: set.title.clone(),
+            bytes: set.bytes(),
+            rows,
+            note: Some(note),
             startup: false,
         });
     }
@@ -469,9 +646,19 @@ fn fresh_dest(tool: Tool, work: &Path, create: bool) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// Whether `scenario` is one of the nginx throughput scenarios.
-fn is_throughput(scenario: &str) -> bool {
-    matches!(scenario, "loopback" | "capped" | "latency")
+/// The data sets `scenario` pulls: those asked for, else its own default (none for the
+/// scenarios with their own data set: stores, agent).
+fn datasets_for<'a>(scenario: &str, asked: Option<&'a [String]>) -> Vec<&'a str> {
+    let default: &[&'static str] = match scenario {
+        "loopback" | "capped" | "latency" => &["file", "shards", "mixed"],
+        "thin" | "narrow" | "s3" => &["file", "shards"],
+        "initializer" | "initializer-capped" => &["file"],
+        _ => &[],
+    };
+    match asked {
+        Some(list) if !default.is_empty() => list.iter().map(String::as_str).collect(),
+        _ => default.to_vec(),
+    }
 }
 
 /// The line under an initializer table: the limits, and what is timed.
@@ -536,12 +723,16 @@ fn measure(
         timefile.display().to_string(),
     ]);
     argv.extend(command);
+    // The tool's standard output goes to a file: modelpull's is its JSON report.
+    let stdout_path = work.join("stdout.out");
+    let stdout = std::fs::File::create(&stdout_path)?;
     let started = Instant::now();
     let status = Command::new(&argv[0])
         .args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::null())
-        .status()?;
+        .stdout(stdout)
+        .status()
+        .with_context(|| format!("running {}", argv[0]))?;
     if status.success() {
         // Durability is part of the job: flush what the tool left in the page cache.
         for (path, _, _) in &outputs {
@@ -566,11 +757,20 @@ fn measure(
             .iter()
             .all(|(path, size, sha)| file_sha256(path, *size).is_ok_and(|s| s == *sha));
     let _ = std::fs::remove_dir_all(dest);
+    let out = std::fs::read(&stdout_path).unwrap_or_default();
+    let report = report::PullReport::parse(&out);
+    let error = (!status.success())
+        .then(|| report::PullReport::error(&out))
+        .flatten();
     Ok(Sample {
         seconds,
         cpu_seconds: user + sys,
         max_rss_kib: rss as u64,
         correct,
+        failed: !status.success(),
+        report,
+        rejected: None,
+        error,
     })
 }
 

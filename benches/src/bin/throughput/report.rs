@@ -5,12 +5,154 @@ use std::fmt::Write as _;
 use crate::tools::Tool;
 
 /// One timed run of one tool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Sample {
     pub seconds: f64,
     pub cpu_seconds: f64,
     pub max_rss_kib: u64,
+    /// The tool succeeded and every output matched its sha256.
     pub correct: bool,
+    /// The tool exited with an error (a failed pull, as opposed to wrong bytes).
+    pub failed: bool,
+    /// What modelpull's `--json` report said, when the tool printed one.
+    pub report: Option<PullReport>,
+    /// Responses the origin refused with 503 during this run, where it counts them.
+    pub rejected: Option<u64>,
+    /// Why the tool failed, when it says so on standard output (modelpull's `--json` error).
+    pub error: Option<String>,
+}
+
+/// The parts of modelpull's JSON report (`pull --json`) the tables show.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PullReport {
+    /// What the files were verified against, in the report's words, each once.
+    pub checksums: Vec<String>,
+    /// Connections per host the pull settled on, when the report says (`connections` as a
+    /// list of `{host, settled, peak}`; older reports carry a plain number, which says
+    /// nothing about settling).
+    pub connections: Vec<HostConnections>,
+    /// The connections the pull allowed itself over all cores, when `connections` is that
+    /// number (the report before per-host settling).
+    pub allowed: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostConnections {
+    pub host: String,
+    pub settled: u64,
+    pub peak: u64,
+}
+
+impl PullReport {
+    /// The `error` of a failed pull's JSON output, if that is what `stdout` holds.
+    pub fn error(stdout: &[u8]) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(stdout).ok()?;
+        Some(v.get("error")?.as_str()?.to_owned())
+    }
+
+    /// Reads a report from a tool's standard output; `None` when it is not one.
+    pub fn parse(stdout: &[u8]) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_slice(stdout).ok()?;
+        let files = v.get("files")?.as_array()?;
+        let mut checksums: Vec<String> = Vec::new();
+        for label in files.iter().filter_map(|f| f.get("checksum")?.as_str()) {
+            if !checksums.iter().any(|c| c == label) {
+                checksums.push(label.to_owned());
+            }
+        }
+        let connections = v
+            .get("connections")
+            .and_then(|c| c.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| {
+                        Some(HostConnections {
+                            host: c.get("host")?.as_str()?.to_owned(),
+                            settled: c.get("settled")?.as_u64()?,
+                            peak: c.get("peak")?.as_u64()?,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(PullReport {
+            checksums,
+            connections,
+            allowed: v.get("connections").and_then(|c| c.as_u64()),
+        })
+    }
+}
+
+/// Lines under a table about how each tool's runs went: the pulls that failed and the 503s
+/// the origin sent, where it counted them, and the connections modelpull settled on, where
+/// its report says.
+pub fn run_notes(rows: &[(Tool, Vec<Sample>)]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (tool, samples) in rows {
+        let per_run: Vec<u64> = samples.iter().filter_map(|s| s.rejected).collect();
+        if !per_run.is_empty() {
+            let failed = samples.iter().filter(|s| s.failed).count();
+            let list: Vec<String> = per_run.iter().map(u64::to_string).collect();
+            notes.push(format!(
+                "{}: {failed} of {} pulls failed; nginx answered {} requests with 503 ({} per \
+                 run).",
+                tool.title(),
+                samples.len(),
+                per_run.iter().sum::<u64>(),
+                list.join(", ")
+            ));
+        }
+        for (run, error) in samples
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i + 1, s.error.as_ref()?)))
+        {
+            notes.push(format!("{} run {run} failed: {error}.", tool.title()));
+        }
+        // host → settled counts of each run that reported one.
+        let mut hosts: Vec<(String, Vec<u64>, u64)> = Vec::new();
+        for c in samples
+            .iter()
+            .filter_map(|s| s.report.as_ref())
+            .flat_map(|r| &r.connections)
+        {
+            match hosts.iter_mut().find(|(h, _, _)| *h == c.host) {
+                Some((_, settled, peak)) => {
+                    settled.push(c.settled);
+                    *peak = (*peak).max(c.peak);
+                }
+                None => hosts.push((c.host.clone(), vec![c.settled], c.peak)),
+            }
+        }
+        for (host, settled, peak) in hosts {
+            let n = if settled.iter().all(|s| *s == settled[0]) {
+                settled[0].to_string()
+            } else {
+                let each: Vec<String> = settled.iter().map(u64::to_string).collect();
+                format!("{} (per run)", each.join(", "))
+            };
+            notes.push(format!(
+                "{} settled on {n} connections to {host} (peak {peak}).",
+                tool.title()
+            ));
+        }
+    }
+    notes
+}
+
+/// What modelpull's reports say its files were verified against, over all its runs.
+pub fn verified_against(samples: &[Sample]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for label in samples
+        .iter()
+        .filter_map(|s| s.report.as_ref())
+        .flat_map(|r| &r.checksums)
+    {
+        if !out.contains(label) {
+            out.push(label.clone());
+        }
+    }
+    out
 }
 
 /// All runs of every tool on one scenario and data set.
@@ -85,6 +227,22 @@ impl Cell {
         Some(median(samples.iter().map(|s| s.cpu_seconds / gb).collect()))
     }
 
+    /// The lowest and highest GB/s of `tool`'s runs, if it ran here.
+    pub fn gbps_range(&self, tool: Tool) -> Option<(f64, f64)> {
+        let rates: Vec<f64> = self.samples(tool)?.iter().map(|s| self.gbps(s)).collect();
+        Some(spread(&rates))
+    }
+
+    /// Runs of `tool` that exited with an error, if it ran here.
+    pub fn failed_runs(&self, tool: Tool) -> Option<usize> {
+        Some(self.samples(tool)?.iter().filter(|s| s.failed).count())
+    }
+
+    /// The runs of `tool`, if it ran here.
+    pub fn runs(&self, tool: Tool) -> Option<&[Sample]> {
+        self.samples(tool)
+    }
+
     /// Highest peak RSS of `tool` over its runs, in MiB, if it ran here.
     pub fn max_rss_mib(&self, tool: Tool) -> Option<u64> {
         let samples = self.samples(tool)?;
@@ -134,7 +292,13 @@ impl Cell {
                     .map_or("—".into(), |(r, t)| format!("{:.2}×", r / t)),
                 _ => "—".into(),
             };
-            let bytes = if ok { "identical" } else { "WRONG" };
+            let bytes = if ok {
+                "identical"
+            } else if samples.iter().any(|s| s.failed) {
+                "FAILED"
+            } else {
+                "WRONG"
+            };
             let rss = self.max_rss_mib(*tool).unwrap_or_default();
             let cpu = median(samples.iter().map(|s| s.cpu_seconds).collect());
             if self.startup {
@@ -169,10 +333,11 @@ impl Cell {
             let ok = samples.iter().all(|s| s.correct);
             let _ = writeln!(
                 out,
-                "{},{},{},{med:.4},{ok},{secs:.3}",
+                "{},{},{},{med:.4},{ok},{secs:.3},{}",
                 self.scenario,
                 self.dataset,
-                tool.name()
+                tool.name(),
+                self.bytes
             );
         }
     }
@@ -188,7 +353,68 @@ mod tests {
             cpu_seconds,
             max_rss_kib: 100 << 10,
             correct: true,
+            ..Sample::default()
         }
+    }
+
+    #[test]
+    fn a_report_gives_its_checksums_and_the_connections_it_settled_on() {
+        let new = br#"{"files": [{"checksum": "x-amz-checksum-crc64nvme"},
+            {"checksum": "etag (md5)"}, {"checksum": "x-amz-checksum-crc64nvme"}],
+            "connections": [{"host": "127.0.0.1", "settled": 8, "peak": 12}]}"#;
+        let r = PullReport::parse(new).unwrap();
+        assert_eq!(r.checksums, ["x-amz-checksum-crc64nvme", "etag (md5)"]);
+        assert_eq!(
+            r.connections,
+            [HostConnections {
+                host: "127.0.0.1".into(),
+                settled: 8,
+                peak: 12
+            }]
+        );
+        // Today's report: `connections` is the number allowed, which says nothing of settling.
+        let old = br#"{"files": [], "connections": 16}"#;
+        assert!(PullReport::parse(old).unwrap().connections.is_empty());
+        assert_eq!(PullReport::parse(old).unwrap().allowed, Some(16));
+        assert_eq!(PullReport::parse(b"not json\n"), None);
+
+        let run = |settled: Option<u64>, rejected: u64, failed: bool| Sample {
+            failed,
+            rejected: Some(rejected),
+            report: Some(PullReport {
+                checksums: vec![],
+                allowed: None,
+                connections: settled
+                    .map(|n| HostConnections {
+                        host: "127.0.0.1".into(),
+                        settled: n,
+                        peak: n + 2,
+                    })
+                    .into_iter()
+                    .collect(),
+            }),
+            ..Sample::default()
+        };
+        let rows = vec![(
+            Tool::Modelpull,
+            vec![run(Some(8), 3, false), run(Some(8), 0, false)],
+        )];
+        assert_eq!(
+            run_notes(&rows),
+            [
+                "modelpull (verified): 0 of 2 pulls failed; nginx answered 3 requests with 503 \
+                 (3, 0 per run).",
+                "modelpull (verified) settled on 8 connections to 127.0.0.1 (peak 10).",
+            ]
+        );
+        let rows = vec![(Tool::Aria2c, vec![run(None, 9, true), run(None, 1, false)])];
+        assert_eq!(
+            run_notes(&rows),
+            [
+                "aria2c -x16 -s16: 1 of 2 pulls failed; nginx answered 10 requests with 503 (9, 1 \
+              per run)."
+            ]
+        );
     }
 
     #[test]
@@ -234,8 +460,8 @@ mod tests {
         cell.csv(&mut csv);
         assert_eq!(
             csv,
-            "initializer,file,modelpull-initializer,0.8000,true,5.000\n\
-             initializer,file,kserve,0.3636,true,11.000\n"
+            "initializer,file,modelpull-initializer,0.8000,true,5.000,4000000000\n\
+             initializer,file,kserve,0.3636,true,11.000,4000000000\n"
         );
     }
 }

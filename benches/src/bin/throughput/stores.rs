@@ -1,12 +1,11 @@
 //! The store rows: one model pulled through each store's own protocol, by `modelpull` and by
 //! KServe's storage initializer, from servers on 127.0.0.1: the in-tree Hub fixture (with its
-//! CDN), moto for S3 and gcp-storage-emulator for GCS.
+//! CDN), Garage for S3 (see `garage.rs`) and gcp-storage-emulator for GCS.
 //!
-//! These servers are Python (moto, the emulator) or test fixtures; moto closes every
-//! connection and the emulator serves one request at a time, so the rows show each store's
-//! path working end to end and the cost of its control plane, not a network's speed. S3's
-//! data path is plain ranged GETs of the same size as the nginx rows, which are the ones to
-//! judge speed by.
+//! The Hub fixture and the emulator are test servers; the emulator serves one request at a
+//! time, so its row shows the store's path working end to end and the cost of its control
+//! plane, not a network's speed. Garage is a real S3 server; the `s3` scenario measures it
+//! with the large data sets and more clients.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,8 +16,9 @@ use anyhow::{Context, Result, bail};
 use modelpull_testkit::hub::{Hub, HubRepo};
 
 use crate::data::DataSet;
+use crate::garage::{BUCKET, Garage};
+use crate::tools::Tool;
 
-const BUCKET: &str = "bench";
 const PREFIX: &str = "model";
 /// The Hub repository the data set is served as.
 pub const REPO: &str = "bench/model";
@@ -45,17 +45,8 @@ impl Store {
     pub fn title(self) -> &'static str {
         match self {
             Store::Hf => "hf:// from the in-tree Hub fixture (LFS files through its CDN)",
-            Store::S3 => "s3:// from moto (CRC64NVME checksums, SigV4)",
+            Store::S3 => "s3:// from Garage (SigV4, path-style)",
             Store::Gs => "gs:// from gcp-storage-emulator (crc32c)",
-        }
-    }
-
-    /// What modelpull verifies files from this store against.
-    pub fn checks(self) -> &'static str {
-        match self {
-            Store::Hf => "its sha256 (LFS) or git blob sha1",
-            Store::S3 => "its x-amz-checksum-crc64nvme",
-            Store::Gs => "its crc32c",
         }
     }
 
@@ -81,9 +72,11 @@ impl Drop for Proc {
 /// The three stores, holding the data set.
 pub struct Servers {
     _hub: Hub,
-    _moto: Proc,
     _gcs: Proc,
-    /// The environment both tools get (endpoints and dummy credentials).
+    pub garage: Garage,
+    /// What the probe of Garage found (see `Garage::seed`).
+    pub garage_probe: String,
+    /// The environment both tools get (endpoints and credentials).
     pub env: Vec<(String, String)>,
 }
 
@@ -136,6 +129,7 @@ pub fn hub(root: &Path, set: &DataSet) -> Result<Hub> {
 pub fn start(
     python: &Path,
     peers: &Path,
+    garage: &Path,
     root: &Path,
     set: &DataSet,
     work: &Path,
@@ -145,17 +139,9 @@ pub fn start(
 
     let hub = hub(root, set)?;
 
-    let (moto, moto_port) = spawn(
-        bin,
-        "moto_server",
-        &[
-            "-H".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            "{port}".into(),
-        ],
-        &work.join("moto.log"),
-    )?;
+    let garage = Garage::start(garage, work)?;
+    eprintln!("uploading the data set to s3 (Garage)…");
+    let garage_probe = garage.seed(python, peers, &dir, PREFIX)?;
     let (gcs, gcs_port) = spawn(
         bin,
         "gcp-storage-emulator",
@@ -169,66 +155,80 @@ pub fn start(
         ],
         &work.join("gcs.log"),
     )?;
-    let s3_url = format!("http://127.0.0.1:{moto_port}");
     let gs_url = format!("http://127.0.0.1:{gcs_port}");
-    for (kind, url) in [("s3", &s3_url), ("gs", &gs_url)] {
-        eprintln!("uploading the data set to {kind}…");
-        let ok = Command::new(python)
-            .arg(peers.join("store_seed.py"))
-            .args([kind, url, BUCKET, PREFIX])
-            .arg(&dir)
-            .status()?
-            .success();
-        if !ok {
-            bail!("uploading to the {kind} server failed");
-        }
+    eprintln!("uploading the data set to gs…");
+    let ok = Command::new(python)
+        .arg(peers.join("store_seed.py"))
+        .args(["gs", &gs_url, BUCKET, PREFIX])
+        .arg(&dir)
+        .status()?
+        .success();
+    if !ok {
+        bail!(
+            "uploading to gcp-storage-emulator failed (see its log, {})",
+            work.join("gcs.log").display()
+        );
     }
-    let env = [
+    let mut env: Vec<(String, String)> = [
         ("HF_ENDPOINT", hub.endpoint()),
         ("HF_HUB_DISABLE_TELEMETRY", "1".into()),
         ("HF_HUB_DISABLE_XET", "1".into()),
         ("HF_HUB_DISABLE_PROGRESS_BARS", "1".into()),
         ("HF_HOME", work.join("hf-home").display().to_string()),
-        ("AWS_ENDPOINT_URL", s3_url),
-        ("AWS_ACCESS_KEY_ID", "bench".into()),
-        ("AWS_SECRET_ACCESS_KEY", "bench".into()),
-        ("AWS_DEFAULT_REGION", "us-east-1".into()),
         ("STORAGE_EMULATOR_HOST", gs_url),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    env.extend(garage.env());
     Ok(Servers {
         _hub: hub,
-        _moto: moto,
         _gcs: gcs,
+        garage,
+        garage_probe,
         env,
     })
 }
 
-/// The command that pulls `store`'s copy into `dest`.
+/// The command that pulls `uri` (a store's URI) into `dest` with `tool`; `s3_endpoint` is
+/// the S3 server's, for s5cmd, which takes it as a flag.
 pub fn command(
-    tool: crate::tools::Tool,
-    store: Store,
+    tool: Tool,
+    uri: &str,
     dest: &Path,
     cx: &crate::tools::Ctx<'_>,
-) -> Vec<String> {
+    s3_endpoint: &str,
+) -> Result<Vec<String>> {
     let d = dest.display().to_string();
-    match tool {
-        crate::tools::Tool::Modelpull => vec![
+    let python = |script: &str| {
+        vec![
+            cx.python.display().to_string(),
+            cx.peers.join(script).display().to_string(),
+            uri.to_owned(),
+            d.clone(),
+        ]
+    };
+    Ok(match tool {
+        // --json: the report says what each file was verified against.
+        Tool::Modelpull => vec![
             cx.modelpull.display().to_string(),
             "pull".into(),
-            "--no-progress".into(),
-            store.uri(),
-            d,
+            "--json".into(),
+            uri.to_owned(),
+            d.clone(),
         ],
-        _ => vec![
-            cx.python.display().to_string(),
-            cx.peers.join("kserve_uri.py").display().to_string(),
-            store.uri(),
-            d,
+        Tool::Kserve => python("kserve_uri.py"),
+        Tool::Boto3 => python("boto3_pull.py"),
+        Tool::S5cmd => vec![
+            cx.s5cmd.display().to_string(),
+            "--endpoint-url".into(),
+            s3_endpoint.to_owned(),
+            "cp".into(),
+            format!("{}/*", uri.trim_end_matches('/')),
+            format!("{d}/"),
         ],
-    }
+        other => bail!("{} does not pull from model stores", other.name()),
+    })
 }
 
 /// Where a store pull puts a data set's file: at its path relative to the prefix.

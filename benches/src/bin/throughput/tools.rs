@@ -15,6 +15,10 @@ pub enum Tool {
     Curl,
     HfTransfer,
     Kserve,
+    /// `s5cmd cp 's3://bucket/prefix/*' DEST/`: S3 only.
+    S5cmd,
+    /// boto3's TransferManager (`peers/boto3_pull.py`): S3 only.
+    Boto3,
 }
 
 impl Tool {
@@ -26,9 +30,11 @@ impl Tool {
             "curl" => Tool::Curl,
             "hf_transfer" => Tool::HfTransfer,
             "kserve" => Tool::Kserve,
+            "s5cmd" => Tool::S5cmd,
+            "boto3" => Tool::Boto3,
             other => bail!(
                 "unknown tool {other} (modelpull, modelpull-initializer, aria2c, curl, \
-                 hf_transfer, kserve)"
+                 hf_transfer, kserve, s5cmd, boto3)"
             ),
         })
     }
@@ -41,6 +47,8 @@ impl Tool {
             Tool::Curl => "curl",
             Tool::HfTransfer => "hf_transfer",
             Tool::Kserve => "kserve",
+            Tool::S5cmd => "s5cmd",
+            Tool::Boto3 => "boto3",
         }
     }
 
@@ -53,7 +61,14 @@ impl Tool {
             Tool::Curl => "curl",
             Tool::HfTransfer => "hf_transfer (16 connections)",
             Tool::Kserve => "KServe storage initializer",
+            Tool::S5cmd => "s5cmd cp (256 workers, 5 × 50 MiB parts per file)",
+            Tool::Boto3 => "boto3 TransferManager (10 threads, 8 MiB parts)",
         }
+    }
+
+    /// Whether the tool pulls from S3 only (not from a plain HTTP origin).
+    pub fn s3_only(self) -> bool {
+        matches!(self, Tool::S5cmd | Tool::Boto3)
     }
 }
 
@@ -61,6 +76,7 @@ impl Tool {
 pub struct Ctx<'a> {
     pub modelpull: &'a Path,
     pub python: &'a Path,
+    pub s5cmd: &'a Path,
     pub peers: &'a Path,
     pub base_url: &'a str,
     pub work: &'a Path,
@@ -132,10 +148,11 @@ pub fn command(tool: Tool, set: &DataSet, dest: &Path, cx: &Ctx<'_>) -> Result<V
             ]
         }
         Tool::Modelpull => {
+            // --json: the report says how many connections the pull settled on.
             let mut v = vec![
                 cx.modelpull.display().to_string(),
                 "pull".into(),
-                "--no-progress".into(),
+                "--json".into(),
             ];
             for f in &set.files {
                 v.push(format!("{base}/{}#sha256={}", f.path, f.sha256));
@@ -160,6 +177,7 @@ pub fn command(tool: Tool, set: &DataSet, dest: &Path, cx: &Ctx<'_>) -> Result<V
             }
             v
         }
+        Tool::S5cmd | Tool::Boto3 => bail!("{} pulls from S3 only", tool.name()),
     })
 }
 
@@ -194,6 +212,7 @@ mod tests {
         let cx = Ctx {
             modelpull: Path::new("/bin/modelpull"),
             python: Path::new("python"),
+            s5cmd: Path::new("s5cmd"),
             peers: Path::new("peers"),
             base_url: "http://127.0.0.1:1",
             work: work.path(),
