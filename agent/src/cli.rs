@@ -72,7 +72,7 @@ pub struct Args {
     pub max_connections: usize,
 
     /// Exactly N connections to each host for each download, not adapted.
-    #[arg(long, env = "DOWNLOAD_CONNECTIONS", value_name = "N")]
+    #[arg(long, env = "DOWNLOAD_CONNECTIONS", value_name = "N", value_parser = at_least_one)]
     pub connections: Option<usize>,
 
     /// Buffer memory for downloads on this node, one budget shared by all of them (e.g. 192M;
@@ -187,6 +187,15 @@ impl Args {
             self.tls_min_version.as_deref().unwrap_or(""),
             self.tls_cipher_suites.as_deref().unwrap_or(""),
         )
+    }
+}
+
+/// A count of at least one.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -34,7 +34,8 @@ use crate::retry::RetryPolicy;
 pub struct Settings {
     /// `<root>/models`.
     pub models: PathBuf,
-    /// Models downloading at once: each pull gets this share of the node's limits.
+    /// Models downloading at once: each gets this share of the bandwidth cap; the buffers are
+    /// shared, evenly while several pulls draw from them.
     pub concurrent: usize,
     /// Engine options for the node: the buffers are shared by its pulls, the rate is split.
     pub engine: Options,

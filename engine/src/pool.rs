@@ -8,6 +8,7 @@
 //! So memory never exceeds the bound, however many connections the tuners allow. Several
 //! pulls of one process may share one pool ([`SharedBuffers`]): one bound over all of them.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::buf::AlignedBuf;
@@ -17,6 +18,8 @@ pub struct BufPool {
     size: usize,
     max: usize,
     inner: Mutex<Inner>,
+    /// Pulls drawing from the pool now (see [`BufPool::share`]).
+    pulls: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -32,11 +35,48 @@ impl BufPool {
             size,
             max,
             inner: Mutex::new(Inner::default()),
+            pulls: AtomicUsize::new(0),
         }
     }
 
-    /// A buffer for a worker. Workers are counted in the bound when the pool is sized, so
-    /// this always succeeds.
+    /// The size of each buffer.
+    pub fn buffer_size(&self) -> usize {
+        self.size
+    }
+
+    /// A pull starts drawing from the pool; [`BufPool::leave`] when it ends.
+    pub fn join(&self) {
+        self.pulls.fetch_add(1, Relaxed);
+    }
+
+    /// A pull that [joined](BufPool::join) has ended.
+    pub fn leave(&self) {
+        self.pulls.fetch_sub(1, Relaxed);
+    }
+
+    /// What one pull may hold: the whole pool, or an even share of it while several pulls
+    /// draw from it, so one pull's many slow connections or parked chunks never starve
+    /// another's; three buffers (what one connection needs) at least.
+    pub fn share(&self) -> usize {
+        (self.max / self.pulls.load(Relaxed).max(1)).max(3)
+    }
+
+    /// A buffer whose slot was freed by the loss of another: a step that failed consumed the
+    /// buffer it was given (an error path of a worker). Within the bound, as it replaces one.
+    pub fn replace_lost(&self) -> AlignedBuf {
+        let mut inner = self.inner.lock().expect("pool lock");
+        inner.allocated = inner.allocated.saturating_sub(1);
+        if let Some(mut b) = inner.free.pop() {
+            b.set_len(0);
+            return b;
+        }
+        inner.allocated += 1;
+        drop(inner);
+        AlignedBuf::new(self.size)
+    }
+
+    /// A buffer whatever the bound (tests only: the engine takes buffers within it).
+    #[cfg(test)]
     pub fn get(&self) -> AlignedBuf {
         let mut inner = self.inner.lock().expect("pool lock");
         if let Some(mut b) = inner.free.pop() {
@@ -129,6 +169,32 @@ mod tests {
         assert!(pool.try_get().is_some());
         pool.put(b);
         assert_eq!(pool.allocated(), 2);
+    }
+
+    #[test]
+    fn a_lost_buffer_gives_its_slot_to_its_replacement() {
+        let pool = BufPool::new(4096, 2);
+        let a = pool.try_get().unwrap();
+        let _b = pool.try_get().unwrap();
+        drop(a);
+        let _c = pool.replace_lost();
+        assert_eq!(pool.allocated(), 2);
+        assert!(pool.try_get().is_none());
+    }
+
+    #[test]
+    fn pulls_sharing_the_pool_get_even_shares() {
+        let pool = BufPool::new(4096, 12);
+        assert_eq!(pool.share(), 12);
+        pool.join();
+        pool.join();
+        assert_eq!(pool.share(), 6);
+        pool.join();
+        pool.join();
+        pool.join();
+        assert_eq!(pool.share(), 3, "never below one connection's three");
+        (0..4).for_each(|_| pool.leave());
+        assert_eq!(pool.share(), 12);
     }
 
     #[test]

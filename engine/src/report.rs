@@ -115,7 +115,8 @@ pub struct Report {
     pub gigabytes_per_second: f64,
     /// Requests retried.
     pub retries: u64,
-    /// Memory held in chunk buffers at the high-water mark.
+    /// Memory held in chunk buffers at the high-water mark: the pull's, or, when it shared
+    /// its buffers with other pulls (`Options::shared_buffers`), the pool's since it was made.
     pub peak_buffer_bytes: u64,
     /// What adopting the destination found and did, when the pull adopted one.
     pub adoption: Option<Adoption>,

@@ -222,6 +222,15 @@ impl Options {
         if self.retries == 0 || self.verify_attempts == 0 {
             return bad("--retries and --verify-attempts must be at least 1".into());
         }
+        if let Some(shared) = &self.shared_buffers
+            && shared.0.buffer_size() != self.chunk_size
+        {
+            return bad(format!(
+                "--chunk-size {} KiB differs from the shared buffers' {} KiB",
+                self.chunk_size / 1024,
+                shared.0.buffer_size() / 1024
+            ));
+        }
         if self.limit_rate == Some(0) {
             return bad("--limit-rate must be positive".into());
         }

@@ -236,7 +236,8 @@ impl Tuner {
 
     /// The host said it is overloaded while `streaming` of its connections were receiving
     /// bodies. Returns the new limit when this cut it (at most once per epoch).
-    pub fn overloaded(&mut self, now: Instant, streaming: usize) -> Option<usize> {
+    /// `bytes`: everything the host sent so far, where the next epoch starts counting.
+    pub fn overloaded(&mut self, now: Instant, streaming: usize, bytes: u64) -> Option<usize> {
         if self.phase == Phase::Fixed || self.last_cut.is_some_and(|t| now - t < EPOCH) {
             return None;
         }
@@ -250,7 +251,7 @@ impl Tuner {
         self.ceiling = Some((limit, now + COOL_DOWN));
         self.limit = limit;
         self.settle(now);
-        self.restart(now + SETTLE, self.since_bytes);
+        self.restart(now + SETTLE, bytes);
         Some(limit)
     }
 }
@@ -354,7 +355,7 @@ mod tests {
     fn a_fixed_count_never_moves() {
         let mut t = Tuner::fixed(16);
         let now = run(&mut t, Instant::now(), 5.0, capped(10e6, 10e9));
-        assert_eq!(t.overloaded(now, 4), None);
+        assert_eq!(t.overloaded(now, 4, 0), None);
         assert_eq!(t.limit(), 16);
     }
 
@@ -366,12 +367,12 @@ mod tests {
         assert_eq!(t.limit(), 64);
         // The server serves 8 at once and refuses the rest: one burst of refusals, one cut,
         // by half; the refusals go on, and an epoch later the next cut reaches the 8.
-        assert_eq!(t.overloaded(now, 8), Some(32));
-        assert_eq!(t.overloaded(now + Duration::from_millis(10), 3), None);
+        assert_eq!(t.overloaded(now, 8, 0), Some(32));
+        assert_eq!(t.overloaded(now + Duration::from_millis(10), 3, 0), None);
         let now = now + Duration::from_millis(600);
-        assert_eq!(t.overloaded(now, 8), Some(16));
+        assert_eq!(t.overloaded(now, 8, 0), Some(16));
         let now = now + Duration::from_millis(600);
-        assert_eq!(t.overloaded(now, 8), Some(8));
+        assert_eq!(t.overloaded(now, 8, 0), Some(8));
         // Within the cool-down the limit stays at 8 however well the 8 do.
         let later = run(&mut t, now, 20.0, capped(10e6, 10e9));
         assert_eq!(t.limit(), 8);
@@ -383,7 +384,7 @@ mod tests {
     #[test]
     fn an_overload_with_nothing_streaming_leaves_one_connection() {
         let mut t = Tuner::adaptive(2);
-        assert_eq!(t.overloaded(Instant::now(), 0), Some(1));
+        assert_eq!(t.overloaded(Instant::now(), 0, 0), Some(1));
     }
 
     #[test]

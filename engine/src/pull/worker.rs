@@ -106,9 +106,27 @@ impl Share {
 /// How often a core matches its workers to the pull's connection target.
 const SUPERVISE: Duration = Duration::from_millis(20);
 
-/// Runs this core's share of the pull's workers until the pull is finished or failed: as
-/// many as its share of the connections the hosts' tuners allow, started as the tuners raise
-/// them; workers beyond the share stop after their claim.
+/// A core's workers: how many run, and how many of them have a claim in hand.
+#[derive(Debug, Default)]
+struct Workers {
+    running: Cell<usize>,
+    busy: Cell<usize>,
+}
+
+impl Workers {
+    /// Whether one more worker should start: the core is under its share of the target and
+    /// every worker it runs is busy. One idle worker per core keeps asking for work, and finds
+    /// a host full when work waits for a connection (which is how a tuner learns to add one);
+    /// more idle ones would only poll the scheduler.
+    fn wants_one(&self, job: &Job, share: Share) -> bool {
+        let running = self.running.get();
+        running < share.of(job.connection_target()) && running <= self.busy.get()
+    }
+}
+
+/// Runs this core's share of the pull's workers until the pull is finished or failed: up to
+/// its share of the connections the hosts' tuners allow, started as they are needed (a worker
+/// that takes work starts the next) and stopped when idle or over the share.
 pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, share: Share) {
     let ctx = Rc::new(CoreCtx {
         client: Client::new(
@@ -122,21 +140,24 @@ pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, shar
         files: RefCell::new(HashMap::new()),
     });
     let _guard = FailOnPanic(job.clone());
-    let running = Rc::new(Cell::new(0usize));
+    let workers = Rc::new(Workers::default());
     loop {
-        let want = share.of(job.connection_target());
-        while running.get() < want {
-            running.set(running.get() + 1);
-            monoio::spawn(worker(job.clone(), ctx.clone(), running.clone(), share));
+        if workers.wants_one(&job, share) {
+            start(&job, &ctx, &workers, share);
         }
         if job.over() {
             break;
         }
         monoio::time::sleep(SUPERVISE).await;
     }
-    while running.get() > 0 {
+    while workers.running.get() > 0 {
         monoio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+fn start(job: &Arc<Job>, ctx: &Rc<CoreCtx>, workers: &Rc<Workers>, share: Share) {
+    workers.running.set(workers.running.get() + 1);
+    monoio::spawn(worker(job.clone(), ctx.clone(), workers.clone(), share));
 }
 
 /// Ends the pull when a core dies of a bug, so that the other cores stop instead of waiting
@@ -155,15 +176,15 @@ impl Drop for FailOnPanic {
 
 /// One connection's loop: a buffer, a claim, the fetch, and again. The buffer is taken only
 /// for work and given back while waiting, so idle workers hold no memory; a worker that finds
-/// none (every buffer is held by a connection) waits, as the connections it would add would.
-async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>, running: Rc<Cell<usize>>, share: Share) {
+/// none (every buffer the pull may have is held) waits, as the connection it would open does.
+async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>, workers: Rc<Workers>, share: Share) {
     let mut held: Option<AlignedBuf> = None;
     loop {
         if job.cancelled() {
             job.fail(Error::Interrupted);
             break;
         }
-        if running.get() > share.of(job.connection_target()) {
+        if workers.running.get() > share.of(job.connection_target()) {
             break;
         }
         let Some(buf) = held.take().or_else(|| job.take_buffer()) else {
@@ -180,19 +201,28 @@ async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>, running: Rc<Cell<usize>>, share
             }
             Work::Wait(d) => {
                 job.pool.put(buf);
+                // A second idle worker on this core only polls: it stops.
+                if workers.running.get() > workers.busy.get() + 1 {
+                    break;
+                }
                 monoio::time::sleep(d.max(Duration::from_millis(1))).await;
             }
             Work::Fetch(claim) => {
+                workers.busy.set(workers.busy.get() + 1);
+                if workers.wants_one(&job, share) {
+                    start(&job, &ctx, &workers, share);
+                }
                 job.metrics.connections_active.inc();
                 let mut streamed = false;
                 let (outcome, b) = fetch(&job, &ctx, &claim, buf, &mut streamed).await;
                 held = Some(b);
                 job.metrics.connections_active.dec();
                 job.release_host(claim.file, streamed);
+                workers.busy.set(workers.busy.get() - 1);
                 match outcome {
                     Ok(()) => {}
                     Err(Failure::Retry { from, err }) => {
-                        let overload = job.overloaded(claim.file, &err);
+                        let overload = job.overloaded(claim.file, claim.id, &err);
                         job.retry(&claim, from, err, overload);
                     }
                     Err(Failure::Fatal(e)) => job.fail(e),
@@ -203,7 +233,7 @@ async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>, running: Rc<Cell<usize>>, share
     if let Some(buf) = held {
         job.pool.put(buf);
     }
-    running.set(running.get() - 1);
+    workers.running.set(workers.running.get() - 1);
 }
 
 /// How long a worker without a buffer waits before it looks again.
@@ -591,7 +621,7 @@ async fn kick(
     };
     match res {
         Ok(buf) => (Ok(()), buf),
-        Err(e) => (Err(e.into()), job.pool.get()),
+        Err(e) => (Err(e.into()), job.pool.replace_lost()),
     }
 }
 
@@ -606,7 +636,7 @@ async fn after_chunk(
 ) -> (Result<(), Error>, AlignedBuf) {
     let next = match job.complete_chunk(claim, c, buf, crcs) {
         Ok(n) => n,
-        Err(e) => return (Err(e), job.pool.get()),
+        Err(e) => return (Err(e), job.pool.replace_lost()),
     };
     let res = match next {
         AfterChunk::Nothing(buf) => Ok(buf),
@@ -630,7 +660,7 @@ async fn after_chunk(
     };
     match res {
         Ok(buf) => (Ok(()), buf),
-        Err(e) => (Err(e), job.pool.get()),
+        Err(e) => (Err(e), job.pool.replace_lost()),
     }
 }
 

@@ -314,7 +314,11 @@ fn connections_said(cells: &[&Cell]) -> Option<String> {
 
 /// Issue 19's targets: thin connections, the narrow server, CPU per GB, one verified file
 /// against the machine's limits, and no slower than the previous results.
-fn issue19(cells: &[Cell], limits: Option<&Limits>, baseline: Option<&Baseline>) -> Vec<Verdict> {
+fn scaling_targets(
+    cells: &[Cell],
+    limits: Option<&Limits>,
+    baseline: Option<&Baseline>,
+) -> Vec<Verdict> {
     let mut out = Vec::new();
     let per_conn = THIN_RATE / 1e9;
 
@@ -604,7 +608,7 @@ pub fn markdown(cells: &[Cell], limits: Option<&Limits>, baseline: Option<&Basel
         md.push('\n');
     }
     let mut v = verdicts(cells, limits);
-    v.extend(issue19(cells, limits, baseline));
+    v.extend(scaling_targets(cells, limits, baseline));
     if v.is_empty() {
         return md;
     }
@@ -756,7 +760,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_19_targets_from_their_cells() {
+    fn scaling_targets_from_their_cells() {
         use crate::report::PullReport;
         use Tool::{Aria2c, Modelpull};
         // Each cell's median is the faster run: 1.1 × the rate given.
@@ -793,7 +797,7 @@ mod tests {
              loopback,shards,modelpull,1.2,true,3\n\
              loopback,shards,curl,0.5,true,3\n",
         );
-        let v = issue19(&cells, Some(&LIMITS), Some(&baseline));
+        let v = scaling_targets(&cells, Some(&LIMITS), Some(&baseline));
         let by = |what: &str| v.iter().find(|t| t.what.contains(what)).unwrap();
         let thin = by("thin connections (10 MiB/s each)");
         assert_eq!(thin.measured, "file 0.550, shards 0.770 GB/s");
@@ -849,7 +853,7 @@ mod tests {
             cell("capped", "file", &[(Tool::Modelpull, 1.0)]),
             cell("capped", "shards", &[(Tool::Modelpull, 1.0)]),
         ];
-        let v = issue19(&cells, None, Some(&b));
+        let v = scaling_targets(&cells, None, Some(&b));
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].measured, "file 1.100 vs 0.900 (1.22×) GB/s");
         assert!(v[0].met);

@@ -26,6 +26,7 @@ impl Job {
     ) -> Result<AfterChunk, Error> {
         let meta = &self.metas[claim.file];
         let mut st = self.lock();
+        let may_park = self.held(&st) < self.buffers();
         let fs = &mut st.files[claim.file];
         if fs.generation != claim.generation {
             return Ok(AfterChunk::Nothing(buf));
@@ -74,9 +75,14 @@ impl Job {
         {
             return Ok(AfterChunk::Hash(h, buf));
         }
-        // Ahead of the cursor (or the hasher is busy): keep it in memory if the bound allows,
-        // otherwise it is on disk already and will be read back.
-        match self.pool.try_get_spare() {
+        // Ahead of the cursor (or the hasher is busy): keep it in memory if the bound and the
+        // pull's share of it allow, otherwise it is on disk already and will be read back.
+        let replacement = if may_park {
+            self.pool.try_get_spare()
+        } else {
+            None
+        };
+        match replacement {
             Some(replacement) => {
                 fs.parked.insert(c, buf);
                 Ok(AfterChunk::Nothing(replacement))

@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use super::{FileMeta, Job, JobState};
+use super::{FileMeta, Job, JobState, Phase};
 use crate::http::HttpError;
 use crate::pull::tune::Tuner;
 use crate::report::HostConnections;
@@ -21,6 +21,8 @@ pub(crate) struct HostState {
     active: usize,
     /// Of those, requests receiving a body.
     streaming: usize,
+    /// Claims numbered up to this one were opened before the host's last cut.
+    cut_at: u64,
     tuner: Tuner,
 }
 
@@ -32,16 +34,24 @@ pub(super) fn index(
     let mut hosts: Vec<HostState> = Vec::new();
     let host_of = metas
         .iter()
-        .map(|m| match hosts.iter().position(|h| h.name == m.host) {
-            Some(i) => i,
-            None => {
-                hosts.push(HostState {
-                    name: m.host.clone(),
-                    active: 0,
-                    streaming: 0,
-                    tuner: tuner(&m.host),
-                });
-                hosts.len() - 1
+        .map(|m| {
+            // Two origins on one machine are two hosts to tune.
+            let name = match m.target.url.port() {
+                Some(port) => format!("{}:{port}", m.host),
+                None => m.host.clone(),
+            };
+            match hosts.iter().position(|h| h.name == name) {
+                Some(i) => i,
+                None => {
+                    hosts.push(HostState {
+                        tuner: tuner(&name),
+                        name,
+                        active: 0,
+                        streaming: 0,
+                        cut_at: 0,
+                    });
+                    hosts.len() - 1
+                }
             }
         })
         .collect();
@@ -93,15 +103,13 @@ impl Job {
         h.active >= h.tuner.limit() || self.connections_open(st) >= self.connection_cap
     }
 
-    /// [`Job::host_full`] for a claim: a host whose own limit stops it is told its limit held
-    /// work back, which is what lets its tuner judge a larger one.
-    pub(super) fn host_busy(&self, st: &mut JobState, file: usize) -> bool {
-        let full = self.host_full(st, file);
+    /// A claim for `file` was ready but its host was full: when the host's own limit (not
+    /// the pull's cap) stopped it, its tuner is told, which is what lets it judge a larger one.
+    pub(super) fn held_back(&self, st: &mut JobState, file: usize) {
         let h = &mut st.hosts[self.host_of[file]];
         if h.active >= h.tuner.limit() {
             h.tuner.held_back();
         }
-        full
     }
 
     /// Claims open over every host.
@@ -109,9 +117,19 @@ impl Job {
         st.hosts.iter().map(|h| h.active).sum()
     }
 
-    /// Connections every host may have, within the cap.
+    /// Connections every host with files still to fetch may have, within the cap.
     pub(super) fn connections_allowed(&self, st: &JobState) -> usize {
-        let limits: usize = st.hosts.iter().map(|h| h.tuner.limit()).sum();
+        let mut left = vec![false; st.hosts.len()];
+        for (fs, &h) in st.files.iter().zip(&self.host_of) {
+            left[h] |= fs.phase != Phase::Done;
+        }
+        let limits: usize = st
+            .hosts
+            .iter()
+            .zip(left)
+            .filter(|(_, left)| *left)
+            .map(|(h, _)| h.tuner.limit())
+            .sum();
         limits.min(self.connection_cap)
     }
 
@@ -150,16 +168,20 @@ impl Job {
         self.progress.request_ended(&self.metas[file].target.path);
     }
 
-    /// A released request for `file` failed with `err`: when it says the host is overloaded,
-    /// the host gets fewer connections, and the request is spared the attempt if it was one
-    /// the host may no longer have.
-    pub fn overloaded(&self, file: usize, err: &HttpError) -> Overload {
+    /// A released request (claim `id` on `file`) failed with `err`: when it says the host is
+    /// overloaded, the host gets fewer connections, and the request is spared the attempt if
+    /// it was opened before the cut.
+    pub fn overloaded(&self, file: usize, id: u64, err: &HttpError) -> Overload {
         if !overload(err) {
             return Overload::No;
         }
         let mut st = self.lock();
-        let h = &mut st.hosts[self.host_of[file]];
-        if let Some(limit) = h.tuner.overloaded(Instant::now(), h.streaming) {
+        let next_id = st.next_id;
+        let host = self.host_of[file];
+        let bytes = self.host_bytes[host].load(Relaxed);
+        let h = &mut st.hosts[host];
+        if let Some(limit) = h.tuner.overloaded(Instant::now(), h.streaming, bytes) {
+            h.cut_at = next_id;
             tracing::info!(
                 host = %h.name,
                 connections = limit,
@@ -168,10 +190,11 @@ impl Job {
             );
             self.metrics.overloads.inc();
         }
-        // Counting the released request, the host had more than it may have now: the server
-        // refused one the cut has since taken back. While others stream, that is the server
-        // pacing us, not the range failing. Bounded: a request sent within the limit counts.
-        if h.streaming > 0 && h.active >= h.tuner.limit() {
+        // Opened before the last cut (this one's, or an epoch's before): the server refused a
+        // request the cut has since taken back. While others stream, that is the server pacing
+        // the pull, not the range failing. A request opened after the cut counts, so one
+        // object refused for good still runs out of attempts.
+        if h.streaming > 0 && id <= h.cut_at {
             Overload::Spared
         } else {
             Overload::Counted

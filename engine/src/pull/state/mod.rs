@@ -337,8 +337,6 @@ pub(crate) struct Job {
     pub metrics: Metrics,
     pub limiter: Option<RateLimiter>,
     pub cancel: Arc<AtomicBool>,
-    /// Buffers the pull may use (its share of the pool when the pool is shared).
-    buffers: usize,
     /// Connections over all hosts at most: the fixed or maximum count, within the buffers.
     connection_cap: usize,
     /// Per file, the index of its source's host in `JobState::hosts` and `host_bytes`.
@@ -362,12 +360,12 @@ impl Job {
             Some(shared) => shared.0.clone(),
             None => Arc::new(BufPool::new(opts.chunk_size, buffers)),
         };
+        pool.join();
         let (host_of, hosts) = hosts::index(&metas, |_| match opts.connections {
             Some(n) => Tuner::fixed(n.min(connection_cap)),
             None => Tuner::adaptive(connection_cap),
         });
         Self {
-            buffers,
             connection_cap,
             host_bytes: hosts.iter().map(|_| AtomicU64::new(0)).collect(),
             host_of,
@@ -385,6 +383,11 @@ impl Job {
             metrics,
             cancel,
         }
+    }
+
+    /// Buffers the pull may hold: the pool, or its share of a pool other pulls draw from.
+    fn buffers(&self) -> usize {
+        self.pool.share()
     }
 
     /// Takes the one lock over the pull's state (the module doc says why there is one).
@@ -437,6 +440,20 @@ impl Job {
         let st = self.lock();
         let fs = &st.files[file];
         (fs.generation == generation).then_some((fs.size, fs.chunks, fs.direct))
+    }
+}
+
+/// Gives the parked chunks' buffers back: a pool shared by the pulls of a process outlives
+/// each of them, and a pull that fails or is cancelled may end with chunks parked.
+impl Drop for Job {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        for fs in &mut st.files {
+            for (_, buf) in std::mem::take(&mut fs.parked) {
+                self.pool.put(buf);
+            }
+        }
+        self.pool.leave();
     }
 }
 

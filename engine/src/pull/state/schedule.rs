@@ -17,8 +17,8 @@ impl Job {
     /// Hands out the next piece of work: probes first, then the lowest pending range of the
     /// earliest file (so hash cursors keep moving), then half of the largest range in flight.
     pub fn claim(&self) -> Work {
-        let now = Instant::now();
         let mut guard = self.lock();
+        let now = Instant::now();
         let st = &mut *guard;
         if st.failed.is_some() || st.files.iter().all(|f| f.phase == Phase::Done) {
             return Work::Finished;
@@ -29,7 +29,7 @@ impl Job {
         let committed = self.window_committed(&st.files);
         let window = self.window(st);
         for file in 0..st.files.len() {
-            let host_busy = self.host_busy(st, file);
+            let host_full = self.host_full(st, file);
             let fs = &st.files[file];
             match fs.phase {
                 Phase::New | Phase::Validate => {
@@ -37,18 +37,24 @@ impl Job {
                         wait = wait.min(nb - now);
                         continue;
                     }
-                    if host_busy {
+                    if host_full {
+                        self.held_back(st, file);
                         continue;
                     }
                     return self.claim_first_request(st, file);
                 }
-                Phase::Active if !host_busy => {
+                Phase::Active => {
                     match fs.ready_range(now) {
                         Some((s, e))
                             if self.fits_window(&self.metas[file], fs, window, committed, s, e) =>
                         {
+                            if host_full {
+                                self.held_back(st, file);
+                                continue;
+                            }
                             return self.claim_range(st, file, s, now);
                         }
+                        Some(_) if host_full => {}
                         Some(_) => blocked = true,
                         None => {}
                     }
@@ -128,7 +134,7 @@ impl Job {
 
 impl FileState {
     /// The lowest pending range whose pause (after a failure) is over, as `(start, end)`.
-    fn ready_range(&self, now: Instant) -> Option<(u64, u64)> {
+    pub(super) fn ready_range(&self, now: Instant) -> Option<(u64, u64)> {
         self.pending
             .iter()
             .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))

@@ -97,7 +97,7 @@ impl Job {
                     .iter()
                     .enumerate()
                     .filter(move |(_, a)| {
-                        let age = now - a.since;
+                        let age = now.saturating_duration_since(a.since);
                         if blocked {
                             a.next <= fs.cursor + 1 && age >= slow
                         } else {

@@ -8,6 +8,8 @@
 //! The window narrows as connections are added and widens as they close, but never below
 //! one range per connection the hosts may have (see [`Job::window`]).
 
+use std::time::Instant;
+
 use super::{FileMeta, FileState, Job, JobState, Phase};
 use crate::buf::AlignedBuf;
 
@@ -38,33 +40,55 @@ impl Job {
     /// afford. Where connections are fast, the tuners keep few and the buffers set the window.
     pub(super) fn window(&self, st: &JobState) -> u64 {
         let held = self.connections_open(st) + 1;
-        let free = self.buffers.saturating_sub(held) as u64;
+        let free = self.buffers().saturating_sub(held) as u64;
         let allowed = self.connections_allowed(st) as u64;
         free.max(allowed * self.range_chunks())
     }
 
-    /// A buffer for a connection: a free one within the bound, or else the one of the chunk
-    /// parked farthest ahead of its cursor. Parked chunks are on disk already, so the hasher
-    /// reads that one back instead: a connection bringing new bytes comes first. `None` when
-    /// every buffer is held by a connection (or by another pull sharing the pool).
+    /// A buffer for a connection: a free one within the bound and the pull's share of it,
+    /// or else, when work waits for a connection, the one of the chunk parked farthest ahead
+    /// of its cursor. Parked chunks are on disk already, so the hasher reads that one back
+    /// instead: a connection bringing new bytes comes first. `None` when every buffer the
+    /// pull may have is held by a connection, or nothing waits.
     pub fn take_buffer(&self) -> Option<AlignedBuf> {
-        if let Some(b) = self.pool.try_get() {
+        let mut st = self.lock();
+        if self.held(&st) < self.buffers()
+            && let Some(b) = self.pool.try_get()
+        {
             return Some(b);
         }
-        let mut st = self.lock();
+        if !self.work_waits(&st, Instant::now()) {
+            return None;
+        }
         let (file, chunk) = st
             .files
             .iter()
             .enumerate()
             .filter_map(|(i, fs)| {
                 let (&c, _) = fs.parked.last_key_value()?;
-                Some((c - fs.cursor, i, c))
+                Some((c.saturating_sub(fs.cursor), i, c))
             })
             .max()
             .map(|(_, i, c)| (i, c))?;
         let mut buf = st.files[file].parked.remove(&chunk)?;
         buf.set_len(0);
         Some(buf)
+    }
+
+    /// Buffers the pull holds: one per open connection, and the parked chunks.
+    pub(super) fn held(&self, st: &JobState) -> usize {
+        let parked: usize = st.files.iter().map(|f| f.parked.len()).sum();
+        self.connections_open(st) + parked
+    }
+
+    /// Whether a claim could be made now but for a connection: a file's first request, or a
+    /// pending range, whose pause is over.
+    fn work_waits(&self, st: &JobState, now: Instant) -> bool {
+        st.files.iter().any(|fs| match fs.phase {
+            Phase::New | Phase::Validate => fs.not_before.is_none_or(|nb| nb <= now),
+            Phase::Active => fs.ready_range(now).is_some(),
+            _ => false,
+        })
     }
 
     /// Chunks of the window taken, over all files.
@@ -218,5 +242,19 @@ mod tests {
         drop(st);
         assert!(job.take_buffer().is_some());
         assert!(job.take_buffer().is_none(), "every buffer is held by a connection");
+    }
+
+    #[test]
+    fn a_pull_that_ends_gives_its_parked_buffers_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, _) = two_files(dir.path(), 12, 4);
+        let pool = job.pool.clone();
+        for c in [10, 20] {
+            let buf = pool.try_get().unwrap();
+            job.lock().files[0].parked.insert(c, buf);
+        }
+        drop(job);
+        assert_eq!(pool.share(), 12, "the pull left the pool");
+        assert_eq!(std::iter::from_fn(|| pool.try_get()).count(), 12);
     }
 }
