@@ -71,8 +71,24 @@ impl Server {
     }
 }
 
+/// Asks the server to stop (SIGTERM), as its own service manager would, so it stops what it
+/// started too (nginx's workers outlive a killed master, still holding the port); kills it if
+/// it is still there after 5 s.
 impl Drop for Server {
     fn drop(&mut self) {
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
