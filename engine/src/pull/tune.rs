@@ -29,8 +29,9 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// connections give twice the rate where each is capped, next to nothing where the host (or
 /// this machine's CPU) is the limit, and a busy machine's rate wanders by a fifth.
 const GROW_GAIN: f64 = 0.5;
-/// The larger count of the last step is kept only if it gained at least this much.
-const KEEP_GAIN: f64 = 0.25;
+/// The larger count of the last step is kept only if it gained this much too, twice: extra
+/// connections that the memory window cannot serve cost more than they bring.
+const KEEP_GAIN: f64 = GROW_GAIN;
 /// A probe's quarter more connections are kept only if they gained at least this much.
 const PROBE_GAIN: f64 = 0.15;
 /// A settled tuner tries more connections this often (when work waits for them).
@@ -42,9 +43,12 @@ const COOL_DOWN: Duration = Duration::from_secs(30);
 enum Phase {
     /// Doubling; `prev` is the last step's `(limit, rate)`; `doubted`: the current limit's
     /// first epoch did not gain enough, and one more decides (a busy machine's rate dips).
+    /// `warm`: the first epoch is over; it only warms up (probes, first connections, the
+    /// first hashes), and judged against it anything looks like a gain.
     Growing {
         prev: Option<(usize, f64)>,
         doubted: bool,
+        warm: bool,
     },
     /// Settled; a probe of a larger limit is judged against `(limit, rate)` of before.
     Settled { probing: Option<(usize, f64)> },
@@ -81,6 +85,7 @@ impl Tuner {
             Phase::Growing {
                 prev: None,
                 doubted: false,
+                warm: false,
             },
         )
     }
@@ -175,12 +180,20 @@ impl Tuner {
     fn step(&mut self, now: Instant, rate: f64) {
         match self.phase {
             Phase::Fixed => {}
-            Phase::Growing { prev, doubted } => match prev {
+            Phase::Growing { warm: false, .. } => {
+                self.phase = Phase::Growing {
+                    prev: None,
+                    doubted: false,
+                    warm: true,
+                };
+            }
+            Phase::Growing { prev, doubted, .. } => match prev {
                 Some((l, r)) if rate < r * (1.0 + GROW_GAIN) => {
                     if !doubted {
                         self.phase = Phase::Growing {
                             prev,
                             doubted: true,
+                            warm: true,
                         };
                         return;
                     }
@@ -194,6 +207,7 @@ impl Tuner {
                     self.phase = Phase::Growing {
                         prev: Some((self.limit, rate)),
                         doubted: false,
+                        warm: true,
                     };
                     self.raise(now, self.limit * 2);
                 }
@@ -311,10 +325,14 @@ mod tests {
         let mut t = Tuner::adaptive(256);
         run(&mut t, Instant::now(), 6.0, capped(40e6, 1.2e9));
         assert_eq!(t.limit(), 32);
-        // 24 fill it: 32 gains a third over 16, not enough to double again, enough to keep.
+        // 24 fill it: 32 gains half over 16, 64 nothing.
         let mut t = Tuner::adaptive(256);
         run(&mut t, Instant::now(), 6.0, capped(50e6, 1.2e9));
         assert_eq!(t.limit(), 32);
+        // 20 fill it: 32 gains a quarter over 16, not worth its connections.
+        let mut t = Tuner::adaptive(256);
+        run(&mut t, Instant::now(), 6.0, capped(60e6, 1.2e9));
+        assert_eq!(t.limit(), 16);
         // 18 fill it: 32 gains an eighth over 16, not worth its connections.
         let mut t = Tuner::adaptive(256);
         run(&mut t, Instant::now(), 6.0, capped(66e6, 1.2e9));
@@ -337,7 +355,7 @@ mod tests {
         // The host would give 10 MB/s per connection, but the epoch judging 64 dips to half.
         let mut t = Tuner::adaptive(256);
         let start = Instant::now();
-        let dip = start + Duration::from_millis(2400)..start + Duration::from_millis(2900);
+        let dip = start + Duration::from_millis(2300)..start + Duration::from_millis(2750);
         let mut now = start;
         let mut bytes = 0.0;
         while now < start + Duration::from_secs(6) {
@@ -363,7 +381,7 @@ mod tests {
     fn an_overloaded_host_gets_what_it_was_serving_and_no_more_for_a_while() {
         let mut t = Tuner::adaptive(256);
         let start = Instant::now();
-        let now = run(&mut t, start, 2.0, capped(10e6, 10e9));
+        let now = run(&mut t, start, 2.5, capped(10e6, 10e9));
         assert_eq!(t.limit(), 64);
         // The server serves 8 at once and refuses the rest: one burst of refusals, one cut,
         // by half; the refusals go on, and an epoch later the next cut reaches the 8.
