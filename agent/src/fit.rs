@@ -147,15 +147,17 @@ pub fn fit(requested: Requested, limits: &Limits, baseline: u64, chunk: u64) -> 
     }
 }
 
-/// Connections the buffers allow: one chunk each, two kept for the hashers, within the
-/// maximum (or the fixed count) asked for.
+/// Connections the buffers allow, as the engine counts them ([`Options::connection_cap`]):
+/// one chunk each, two kept for the hashers, within the maximum (or the fixed count) asked for.
 fn connection_cap(requested: Requested, memory_limit: u64, chunk: u64) -> usize {
-    let chunks = usize::try_from(memory_limit / chunk.max(1)).unwrap_or(usize::MAX);
-    requested
-        .connections
-        .unwrap_or(requested.max_connections)
-        .min(chunks.saturating_sub(2))
-        .max(1)
+    Options {
+        connections: requested.connections,
+        max_connections: requested.max_connections,
+        memory_limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
+        chunk_size: usize::try_from(chunk).unwrap_or(usize::MAX),
+        ..Options::default()
+    }
+    .connection_cap()
 }
 
 /// What the CPU quota allows, as a speed.
@@ -189,20 +191,18 @@ pub fn engine_options(
     limits: &Limits,
     limit_rate: Option<u64>,
 ) -> Options {
-    let memory_limit = usize::try_from(fitted.memory_limit).unwrap_or(usize::MAX);
-    let chunk_size = Options::default().chunk_size;
     let mut opts = Options {
         connections: requested.connections.map(|n| n.min(fitted.connections)),
         max_connections: fitted.connections,
         limit_rate,
-        memory_limit,
-        shared_buffers: Some(SharedBuffers::new(chunk_size, memory_limit)),
+        memory_limit: usize::try_from(fitted.memory_limit).unwrap_or(usize::MAX),
         ..Options::default()
     };
     opts.fit(&Limits {
         memory: None,
         cpu: limits.cpu,
     });
+    opts.shared_buffers = Some(SharedBuffers::new(&opts));
     opts
 }
 

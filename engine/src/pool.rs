@@ -9,7 +9,7 @@
 //! pulls of one process may share one pool ([`SharedBuffers`]): one bound over all of them.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::buf::AlignedBuf;
 
@@ -66,59 +66,46 @@ impl BufPool {
     pub fn replace_lost(&self) -> AlignedBuf {
         let mut inner = self.inner.lock().expect("pool lock");
         inner.allocated = inner.allocated.saturating_sub(1);
-        if let Some(mut b) = inner.free.pop() {
-            b.set_len(0);
-            return b;
-        }
-        inner.allocated += 1;
-        drop(inner);
-        AlignedBuf::new(self.size)
+        self.take(inner)
     }
 
     /// A buffer whatever the bound (tests only: the engine takes buffers within it).
     #[cfg(test)]
     pub fn get(&self) -> AlignedBuf {
-        let mut inner = self.inner.lock().expect("pool lock");
-        if let Some(mut b) = inner.free.pop() {
-            b.set_len(0);
-            return b;
-        }
-        inner.allocated += 1;
-        drop(inner);
-        AlignedBuf::new(self.size)
+        self.take(self.inner.lock().expect("pool lock"))
     }
 
     /// A replacement buffer if one fits within the bound.
     pub fn try_get(&self) -> Option<AlignedBuf> {
-        let mut inner = self.inner.lock().expect("pool lock");
-        if let Some(mut b) = inner.free.pop() {
-            b.set_len(0);
-            return Some(b);
-        }
-        if inner.allocated >= self.max {
+        let inner = self.inner.lock().expect("pool lock");
+        if inner.free.is_empty() && inner.allocated >= self.max {
             return None;
         }
-        inner.allocated += 1;
-        drop(inner);
-        Some(AlignedBuf::new(self.size))
+        Some(self.take(inner))
     }
 
     /// A buffer to park a chunk in: [`BufPool::try_get`], but only while a quarter of the
     /// bound (two buffers at least) stays free for connections, so chunks waiting for a hash
     /// cursor never starve the connections of this pull or of another sharing the pool.
     pub fn try_get_spare(&self) -> Option<AlignedBuf> {
-        let mut inner = self.inner.lock().expect("pool lock");
+        let inner = self.inner.lock().expect("pool lock");
         let held = inner.allocated - inner.free.len();
         if held + (self.max / 4).max(2) >= self.max {
             return None;
         }
+        Some(self.take(inner))
+    }
+
+    /// A free buffer, or a new one counted in `allocated`; the lock is released before a new
+    /// buffer is allocated.
+    fn take(&self, mut inner: MutexGuard<'_, Inner>) -> AlignedBuf {
         if let Some(mut b) = inner.free.pop() {
             b.set_len(0);
-            return Some(b);
+            return b;
         }
         inner.allocated += 1;
         drop(inner);
-        Some(AlignedBuf::new(self.size))
+        AlignedBuf::new(self.size)
     }
 
     pub fn put(&self, buf: AlignedBuf) {
@@ -141,17 +128,10 @@ impl BufPool {
 pub struct SharedBuffers(pub(crate) Arc<BufPool>);
 
 impl SharedBuffers {
-    /// Buffers of `chunk_size` bytes, `memory_limit` bytes of them in all.
-    pub fn new(chunk_size: usize, memory_limit: usize) -> Self {
-        Self(Arc::new(BufPool::new(
-            chunk_size,
-            (memory_limit / chunk_size.max(1)).max(3),
-        )))
-    }
-
-    /// Bytes held in buffers at the high-water mark, over every pull.
-    pub fn peak_bytes(&self) -> u64 {
-        (self.0.allocated() * self.0.size) as u64
+    /// The buffers `opts` ask for (`chunk_size` each, `memory_limit` in all), for every
+    /// pull to share.
+    pub fn new(opts: &crate::Options) -> Self {
+        Self(Arc::new(BufPool::new(opts.chunk_size, opts.buffers())))
     }
 }
 

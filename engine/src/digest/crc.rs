@@ -1,10 +1,10 @@
 //! CRCs computed per chunk, in whatever order chunks arrive, and combined at the end.
 //!
 //! A file's CRC is the ordered combination of its chunks' CRCs (`crc(A‖B)` from `crc(A)`,
-//! `crc(B)` and `len(B)`), so parallel ranges never wait for each other. Every chunk gets at least one
-//! CRC, whatever the store offers (crc32c when the store lists none): the resume journal records
-//! them, and on restart a chunk written after the last checkpoint is read back and compared
-//! with the first before it is trusted.
+//! `crc(B)` and `len(B)`), so parallel ranges never wait for each other. Every chunk gets at
+//! least one CRC, whatever the store offers (crc32c when the store lists none): the resume
+//! journal records them, and on restart a chunk written after the last checkpoint is read back
+//! and compared with the first before it is trusted.
 
 use crc_fast::CrcAlgorithm;
 

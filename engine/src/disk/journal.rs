@@ -4,7 +4,8 @@
 //!   validator), the chunk size and the digests being computed. A restart with any of these
 //!   different starts the file over.
 //! - `{"chunk":{"index":i,"crcs":[…]}}` after chunk `i` was written, with its CRCs (the one
-//!   resume checks first: crc32c, or the store's own CRC when it lists one but not crc32c); appended without fsync, so a killed process loses nothing that reached the kernel.
+//!   resume checks first: crc32c, or the store's own CRC when it lists one but not crc32c);
+//!   appended without fsync, so a killed process loses nothing that reached the kernel.
 //! - `{"sync":{"records":n,"hash":…}}` after the part was `fdatasync`ed: the first `n` chunk
 //!   records are on stable storage, and `hash` is the saved state of the ordered digests at
 //!   their cursor (all of whose bytes were among those flushed).

@@ -118,9 +118,10 @@ impl Workers {
     /// every worker it runs is busy. One idle worker per core keeps asking for work, and finds
     /// a host full when work waits for a connection (which is how a tuner learns to add one);
     /// more idle ones would only poll the scheduler.
-    fn wants_one(&self, job: &Job, share: Share) -> bool {
+    /// `target`: this core's share of the pull's connection target.
+    fn wants_one(&self, target: usize) -> bool {
         let running = self.running.get();
-        running < share.of(job.connection_target()) && running <= self.busy.get()
+        running < target && running <= self.busy.get()
     }
 }
 
@@ -142,7 +143,7 @@ pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, shar
     let _guard = FailOnPanic(job.clone());
     let workers = Rc::new(Workers::default());
     loop {
-        if workers.wants_one(&job, share) {
+        if workers.wants_one(share.of(job.connection_target())) {
             start(&job, &ctx, &workers, share);
         }
         if job.over() {
@@ -184,7 +185,8 @@ async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>, workers: Rc<Workers>, share: Sh
             job.fail(Error::Interrupted);
             break;
         }
-        if workers.running.get() > share.of(job.connection_target()) {
+        let target = share.of(job.connection_target());
+        if workers.running.get() > target {
             break;
         }
         let Some(buf) = held.take().or_else(|| job.take_buffer()) else {
@@ -209,7 +211,7 @@ async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>, workers: Rc<Workers>, share: Sh
             }
             Work::Fetch(claim) => {
                 workers.busy.set(workers.busy.get() + 1);
-                if workers.wants_one(&job, share) {
+                if workers.wants_one(target) {
                     start(&job, &ctx, &workers, share);
                 }
                 job.metrics.connections_active.inc();

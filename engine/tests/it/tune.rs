@@ -56,7 +56,7 @@ type Report = modelpull::Report;
 
 #[test]
 fn slow_connections_get_company_until_the_rate_stops_rising() {
-    // 1 MB/s per connection: eight connections fill nothing, the tuner must add more.
+    // 1 MB/s per connection: sixteen connections fill nothing, the tuner must add more.
     let content = data(71, 24 * MIB);
     let Some((server, _root)) = nginx_with(&[("m.bin", &content)], "limit_rate 1m;") else {
         return;

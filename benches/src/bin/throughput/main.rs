@@ -298,26 +298,8 @@ fn main() -> Result<()> {
                     let mark = nginx.log_mark();
                     let mut sample = run_tool(tool, set, &cx, &prefix, &args.work)?;
                     sample.rejected = nginx.count_status(mark, "503")?;
-                    eprintln!(
-                        "{} / {} / run {}: {:<12} {:.2} s, {:.3} GB/s, {:.2} CPU s/GB, {} MiB{}{}",
-                        scenario.name(),
-                        set.name,
-                        run + 1,
-                        tool.name(),
-                        sample.seconds,
-                        set.bytes() as f64 / sample.seconds / 1e9,
-                        sample.cpu_seconds / (set.bytes() as f64 / 1e9),
-                        sample.max_rss_kib / 1024,
-                        sample
-                            .rejected
-                            .map(|n| format!(", {n} × 503"))
-                            .unwrap_or_default(),
-                        match (sample.failed, sample.correct) {
-                            (true, _) => "  FAILED",
-                            (false, false) => "  WRONG BYTES",
-                            _ => "",
-                        }
-                    );
+                    let label = format!("{} / {}", scenario.name(), set.name);
+                    log_sample(&label, run, tool, &sample, set.bytes());
                     rows[i].1.push(sample);
                 }
             }
@@ -562,24 +544,33 @@ fn pull_rows(
                 .map(|f| (stores::output(&dest, &f.path), f.size, f.sha256.clone()))
                 .collect();
             let sample = measure(argv, env, &dest, outputs, &[], &args.work)?;
-            eprintln!(
-                "{label} / run {}: {:<12} {:.2} s, {:.3} GB/s, {:.2} CPU s/GB, {} MiB{}",
-                run + 1,
-                tool.name(),
-                sample.seconds,
-                set.bytes() as f64 / sample.seconds / 1e9,
-                sample.cpu_seconds / (set.bytes() as f64 / 1e9),
-                sample.max_rss_kib / 1024,
-                match (sample.failed, sample.correct) {
-                    (true, _) => "  FAILED",
-                    (false, false) => "  WRONG BYTES",
-                    _ => "",
-                }
-            );
+            log_sample(label, run, tool, &sample, set.bytes());
             rows[i].1.push(sample);
         }
     }
     Ok(rows)
+}
+
+/// Prints one run's figures as it ends.
+fn log_sample(label: &str, run: usize, tool: Tool, sample: &Sample, bytes: u64) {
+    eprintln!(
+        "{label} / run {}: {:<12} {:.2} s, {:.3} GB/s, {:.2} CPU s/GB, {} MiB{}{}",
+        run + 1,
+        tool.name(),
+        sample.seconds,
+        bytes as f64 / sample.seconds / 1e9,
+        sample.cpu_seconds / (bytes as f64 / 1e9),
+        sample.max_rss_kib / 1024,
+        sample
+            .rejected
+            .map(|n| format!(", {n} × 503"))
+            .unwrap_or_default(),
+        match (sample.failed, sample.correct) {
+            (true, _) => "  FAILED",
+            (false, false) => "  WRONG BYTES",
+            _ => "",
+        }
+    );
 }
 
 /// The S3 rows: Garage on 127.0.0.1 holds each data set under its name; modelpull, s5cmd,

@@ -26,11 +26,9 @@ pub(crate) struct HostState {
     tuner: Tuner,
 }
 
-/// The hosts of `metas`, in order of first appearance, and each file's host index.
-pub(super) fn index(
-    metas: &[FileMeta],
-    tuner: impl Fn(&str) -> Tuner,
-) -> (Vec<usize>, Vec<HostState>) {
+/// The hosts of `metas`, in order of first appearance, each with a copy of `tuner`, and each
+/// file's host index.
+pub(super) fn index(metas: &[FileMeta], tuner: &Tuner) -> (Vec<usize>, Vec<HostState>) {
     let mut hosts: Vec<HostState> = Vec::new();
     let host_of = metas
         .iter()
@@ -44,7 +42,7 @@ pub(super) fn index(
                 Some(i) => i,
                 None => {
                     hosts.push(HostState {
-                        tuner: tuner(&name),
+                        tuner: tuner.clone(),
                         name,
                         active: 0,
                         streaming: 0,
@@ -119,16 +117,18 @@ impl Job {
 
     /// Connections every host with files still to fetch may have, within the cap.
     pub(super) fn connections_allowed(&self, st: &JobState) -> usize {
-        let mut left = vec![false; st.hosts.len()];
-        for (fs, &h) in st.files.iter().zip(&self.host_of) {
-            left[h] |= fs.phase != Phase::Done;
-        }
+        let has_work = |host: usize| {
+            st.files
+                .iter()
+                .zip(&self.host_of)
+                .any(|(fs, &h)| h == host && fs.phase != Phase::Done)
+        };
         let limits: usize = st
             .hosts
             .iter()
-            .zip(left)
-            .filter(|(_, left)| *left)
-            .map(|(h, _)| h.tuner.limit())
+            .enumerate()
+            .filter(|&(i, _)| has_work(i))
+            .map(|(_, h)| h.tuner.limit())
             .sum();
         limits.min(self.connection_cap)
     }

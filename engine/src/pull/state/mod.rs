@@ -92,15 +92,14 @@ impl FileMeta {
         ordered.dedup();
         // A second CRC over every byte for the journal alone cost 0.04 CPU-s/GB (S3 objects
         // with crc64nvme); any of these CRCs catches a chunk that did not reach the disk.
-        let listed = target
+        let listed: Vec<Algorithm> = target
             .expected
             .iter()
             .map(|d| d.algorithm)
-            .filter(|a| !a.is_ordered());
+            .filter(|a| !a.is_ordered())
+            .collect();
         let mut crcs = Vec::new();
-        if listed.clone().next().is_none()
-            || listed.clone().any(|a| a == Algorithm::Crc32c)
-        {
+        if listed.is_empty() || listed.contains(&Algorithm::Crc32c) {
             crcs.push(Algorithm::Crc32c);
         }
         for a in listed {
@@ -354,17 +353,17 @@ impl Job {
         metrics: Metrics,
         cancel: Arc<AtomicBool>,
     ) -> Self {
-        let buffers = opts.buffers();
         let connection_cap = opts.connection_cap();
         let pool = match &opts.shared_buffers {
             Some(shared) => shared.0.clone(),
-            None => Arc::new(BufPool::new(opts.chunk_size, buffers)),
+            None => Arc::new(BufPool::new(opts.chunk_size, opts.buffers())),
         };
         pool.join();
-        let (host_of, hosts) = hosts::index(&metas, |_| match opts.connections {
+        let tuner = match opts.connections {
             Some(n) => Tuner::fixed(n.min(connection_cap)),
             None => Tuner::adaptive(connection_cap),
-        });
+        };
+        let (host_of, hosts) = hosts::index(&metas, &tuner);
         Self {
             connection_cap,
             host_bytes: hosts.iter().map(|_| AtomicU64::new(0)).collect(),

@@ -20,7 +20,7 @@ impl Job {
         let mut guard = self.lock();
         let now = Instant::now();
         let st = &mut *guard;
-        if st.failed.is_some() || st.files.iter().all(|f| f.phase == Phase::Done) {
+        if st.is_over() {
             return Work::Finished;
         }
         self.tune(st, now);
@@ -71,8 +71,7 @@ impl Job {
 
     /// Whether the pull is over: failed, or every file done.
     pub fn over(&self) -> bool {
-        let st = self.lock();
-        st.failed.is_some() || st.files.iter().all(|f| f.phase == Phase::Done)
+        self.lock().is_over()
     }
 
     /// Claims a file's first request: the probe of a new file, or the check that a resumed
@@ -129,6 +128,12 @@ impl Job {
             end: p.end,
             attempts: p.attempts,
         })
+    }
+}
+
+impl JobState {
+    fn is_over(&self) -> bool {
+        self.failed.is_some() || self.files.iter().all(|f| f.phase == Phase::Done)
     }
 }
 
