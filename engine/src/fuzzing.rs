@@ -50,6 +50,7 @@ pub fn check_listing(paths: &[String]) -> crate::Result<()> {
             size: None,
             checksum: None,
             auth: Default::default(),
+            mirrors: Vec::new(),
         })
         .collect();
     crate::store::check_listing("fuzz://listing", &targets)

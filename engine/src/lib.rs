@@ -80,6 +80,7 @@ pub mod fuzzing;
 pub mod hf_cache;
 pub mod limits;
 pub mod metrics;
+pub mod mirror;
 pub mod progress;
 pub mod report;
 pub mod runtime;

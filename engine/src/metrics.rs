@@ -21,6 +21,11 @@ pub struct Metrics {
     /// Times a server said it was overloaded (429, 503, `SlowDown`, a refused connection)
     /// and got fewer connections.
     pub overloads: IntCounter,
+    /// Of the bytes received, those that came from mirrors rather than origins.
+    pub mirror_bytes: IntCounter,
+    /// Mirrors dropped during a pull: they sent bytes that contradict the origin's checksums or
+    /// failed too often.
+    pub mirrors_dropped: IntCounter,
     /// 1 for the I/O driver in use, by driver name.
     pub driver: IntGaugeVec,
     /// Pulls that ended, by result.
@@ -38,6 +43,8 @@ impl Metrics {
         registry.register(Box::new(m.files.clone()))?;
         registry.register(Box::new(m.connections_active.clone()))?;
         registry.register(Box::new(m.overloads.clone()))?;
+        registry.register(Box::new(m.mirror_bytes.clone()))?;
+        registry.register(Box::new(m.mirrors_dropped.clone()))?;
         registry.register(Box::new(m.driver.clone()))?;
         registry.register(Box::new(m.pulls.clone()))?;
         Ok(m)
@@ -72,6 +79,14 @@ impl Metrics {
             overloads: counter(
                 "modelpull_overloads_total",
                 "Times a server answered that it was overloaded and got fewer connections.",
+            ),
+            mirror_bytes: counter(
+                "modelpull_mirror_bytes_total",
+                "Bytes received from mirrors and peers rather than from the origin.",
+            ),
+            mirrors_dropped: counter(
+                "modelpull_mirrors_dropped_total",
+                "Mirrors no longer used in a pull: wrong bytes, or too many failures in a row.",
             ),
             driver: IntGaugeVec::new(
                 Opts::new(

@@ -72,11 +72,17 @@ pub struct Adoption {
     pub verify_seconds: f64,
 }
 
-/// The connections one host got during a pull.
+/// The connections and bytes one host gave a pull.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostConnections {
-    /// The source's host name.
+    /// The source's host name (`host:port` when the URL has a port).
     pub host: String,
+    /// A mirror's host, not an origin's.
+    pub mirror: bool,
+    /// A mirror dropped during the pull (it sent wrong bytes or failed too often).
+    pub dropped: bool,
+    /// Body bytes received from it, including bytes of chunks later refused.
+    pub bytes: u64,
     /// Connections it had when the pull ended: where the tuner settled, or the fixed count.
     pub settled: usize,
     /// The most it had at once.

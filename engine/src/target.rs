@@ -26,6 +26,9 @@ pub struct Target {
     pub checksum: Option<String>,
     /// Credentials for the source's host; never sent anywhere else.
     pub auth: Auth,
+    /// Other servers holding the same file, tried before `url` (see [`crate::mirror`]): they
+    /// get no credentials, and the file is still checked against `expected` and `size`.
+    pub mirrors: Vec<Url>,
 }
 
 impl std::fmt::Debug for Target {
@@ -37,6 +40,10 @@ impl std::fmt::Debug for Target {
             .field("size", &self.size)
             .field("checksum", &self.checksum)
             .field("auth", &self.auth)
+            .field(
+                "mirrors",
+                &self.mirrors.iter().map(crate::redact).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -189,8 +196,33 @@ impl Target {
             size: None,
             checksum: None,
             auth: Auth::default(),
+            mirrors: Vec::new(),
         })
     }
+
+    /// Adds a mirror for each base URL: the file is also at `BASE/path`
+    /// ([`crate::mirror::url_of`]).
+    pub fn add_mirrors(&mut self, bases: &[Url]) {
+        let path = self.path.clone();
+        self.mirrors
+            .extend(bases.iter().map(|b| crate::mirror::url_of(b, &path)));
+    }
+}
+
+/// A target's mirrors: few enough to track, http(s), and no credentials in their URLs.
+fn check_mirrors(t: &Target) -> Result<()> {
+    if t.mirrors.len() > crate::mirror::MAX_MIRRORS {
+        return Err(Error::InvalidOption(format!(
+            "`{}` has {} mirrors; at most {} are supported",
+            t.path,
+            t.mirrors.len(),
+            crate::mirror::MAX_MIRRORS
+        )));
+    }
+    for m in &t.mirrors {
+        crate::mirror::parse_base(m.as_str())?;
+    }
+    Ok(())
 }
 
 /// Checks a set of targets before anything is written: every path safe, no two at the same
@@ -218,6 +250,7 @@ pub fn check_targets(targets: &[Target]) -> Result<()> {
         }
     }
     for t in targets {
+        check_mirrors(t)?;
         for suffix in [crate::disk::part::SUFFIX, crate::disk::journal::SUFFIX] {
             if let Some(base) = t.path.strip_suffix(suffix)
                 && paths.contains(base)

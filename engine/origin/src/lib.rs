@@ -53,6 +53,8 @@ pub struct Faults {
     pub chunked: bool,
     /// Where `/redirect/PATH` points: `BASE/PATH` (another origin), instead of `/PATH`.
     pub redirect_base: Option<String>,
+    /// Send no chunk CRCs when asked for them (as a plain HTTP server, not a peer).
+    pub omit_crcs: bool,
 }
 
 /// What the origin served, for assertions.
@@ -341,6 +343,11 @@ fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<OriginBody> 
     };
     let len = if size == 0 { 0 } else { last - first + 1 };
     let mut body = data.slice(first as usize..(first + len) as usize);
+    // Computed before any fault: a peer vouches for the bytes it holds, whatever reaches the
+    // client.
+    let crcs = (status == StatusCode::PARTIAL_CONTENT && !faults.omit_crcs)
+        .then(|| chunk_crcs(&req, first, &body))
+        .flatten();
     if let Some(off) = faults.corrupt_offset
         && off >= first
         && off < first + len
@@ -400,6 +407,12 @@ fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<OriginBody> 
     if !chunked {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
+    if let Some(crcs) = crcs {
+        h.insert(
+            modelpull::mirror::CRC32C,
+            HeaderValue::from_str(&crcs).expect("crc list"),
+        );
+    }
     if status == StatusCode::PARTIAL_CONTENT {
         let cr = format!("bytes {shown_first}-{}/{size}", shown_first + len - 1);
         h.insert(
@@ -413,6 +426,25 @@ fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<OriginBody> 
             .boxed();
     }
     resp
+}
+
+/// The CRC32C of each chunk of `body` (which starts at byte `first` of its file) when the
+/// request asks for them with the chunk size, as the agent's peer server answers a mirrored
+/// pull; `None` when not asked or when `first` is not at a chunk boundary.
+fn chunk_crcs(req: &Request<Incoming>, first: u64, body: &Bytes) -> Option<String> {
+    let chunk: usize = req
+        .headers()
+        .get(modelpull::mirror::CHUNK_SIZE)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&c| c > 0)?;
+    if !first.is_multiple_of(chunk as u64) {
+        return None;
+    }
+    let crcs = modelpull::mirror::chunk_crcs(body, chunk);
+    Some(modelpull::mirror::format_crcs(&crcs))
 }
 
 /// Sends `body` in 64 KiB frames, misbehaving as told, and counts what it sent.

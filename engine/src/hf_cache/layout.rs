@@ -243,6 +243,7 @@ mod tests {
             size: Some(1),
             checksum: None,
             auth: Default::default(),
+            mirrors: Vec::new(),
         };
         let sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         let git = "f2ba8f84ab5c1bce84a7b441cb1959cfc7093b7f";

@@ -300,6 +300,7 @@ mod tests {
                 size: Some(f.bytes.len() as u64),
                 checksum: None,
                 auth: Default::default(),
+                mirrors: Vec::new(),
             })
             .collect();
         Manifest {

@@ -16,14 +16,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::state::{AfterChunk, Claim, ClaimKind, HashStep, Job, Kick, Work};
+use super::state::{AfterChunk, Claim, ClaimKind, HashStep, Job, Kick, Overload, Work};
 use crate::buf::AlignedBuf;
+use crate::digest::Algorithm;
 use crate::digest::crc;
 use crate::digest::ordered::OrderedHashers;
 use crate::disk::part;
 use crate::error::Error;
 use crate::http::head::ContentRange;
 use crate::http::{Client, HttpError, Request, Response, Timeouts};
+use crate::mirror;
 
 /// Per-core resources shared by the core's workers.
 struct CoreCtx {
@@ -79,8 +81,19 @@ impl CoreCtx {
 enum Failure {
     /// Worth another try from chunk `from`.
     Retry { from: u64, err: HttpError },
+    /// A mirror sent what contradicts the origin (a chunk's CRC, a range, a size): the rest
+    /// goes elsewhere from chunk `from`, and the mirror is not asked again.
+    Untrusted { from: u64, err: HttpError },
     /// The pull cannot succeed.
     Fatal(Error),
+}
+
+/// A mirror's failure to answer as asked: it is not trusted again.
+fn distrust(f: Failure) -> Failure {
+    match f {
+        Failure::Retry { from, err } => Failure::Untrusted { from, err },
+        f => f,
+    }
 }
 
 impl From<Error> for Failure {
@@ -219,13 +232,23 @@ async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>, workers: Rc<Workers>, share: Sh
                 let (outcome, b) = fetch(&job, &ctx, &claim, buf, &mut streamed).await;
                 held = Some(b);
                 job.metrics.connections_active.dec();
-                job.release_host(claim.file, streamed);
+                job.release_host(&claim, streamed);
                 workers.busy.set(workers.busy.get() - 1);
                 match outcome {
+                    Ok(()) if claim.source > 0 => job.mirror_served(&claim),
                     Ok(()) => {}
                     Err(Failure::Retry { from, err }) => {
-                        let overload = job.overloaded(claim.file, claim.id, &err);
-                        job.retry(&claim, from, err, overload);
+                        let overload = job.overloaded(&claim, &err);
+                        if claim.source == 0 || overload == Overload::Spared {
+                            // A mirror refusing a request its cut took back paces the pull: it
+                            // stays the range's source.
+                            job.retry(&claim, from, err, overload);
+                        } else {
+                            job.mirror_failed(&claim, from, err, false);
+                        }
+                    }
+                    Err(Failure::Untrusted { from, err }) => {
+                        job.mirror_failed(&claim, from, err, true);
                     }
                     Err(Failure::Fatal(e)) => job.fail(e),
                 }
@@ -341,6 +364,51 @@ fn check_range(
     }
 }
 
+/// A chunk span and the CRC32C the mirror sent for each of its chunks, if it sent them.
+type MirroredSpan = ((u64, u64), Option<Vec<u32>>);
+
+/// Checks a mirror's answer to a range: a 206 with exactly the bytes asked for, out of a file
+/// of the origin's size, and one CRC32C per chunk when it sends them. A mirror that answers
+/// otherwise contradicts the origin and is not trusted again; one that refuses (an error
+/// status) only loses the range.
+fn mirrored_span(
+    claim: &Claim,
+    chunk: u64,
+    size: u64,
+    resp: &Response,
+) -> Result<Option<MirroredSpan>, Failure> {
+    let from = claim.start;
+    match resp.status() {
+        206 => {}
+        200 => {
+            let message = format!("{} ignored the Range header (HTTP 200)", crate::redact(&resp.url));
+            return Err(distrust(protocol(from, message)));
+        }
+        _ => {
+            let err = resp.error_for_status();
+            return Err(Failure::Retry { from, err });
+        }
+    }
+    let last = (claim.end * chunk).min(size) - 1;
+    check_range(resp, from * chunk, last, Some(size), from).map_err(distrust)?;
+    let crcs = match resp.head.header(mirror::CRC32C) {
+        None => None,
+        Some(value) => match mirror::parse_crcs(value) {
+            Some(crcs) if crcs.len() as u64 == claim.end - claim.start => Some(crcs),
+            _ => {
+                let message = format!(
+                    "{} sent a malformed `{}` header for chunks {from}..{}",
+                    crate::redact(&resp.url),
+                    mirror::CRC32C,
+                    claim.end
+                );
+                return Err(distrust(protocol(from, message)));
+            }
+        },
+    };
+    Ok(Some(((claim.start, claim.end), crcs)))
+}
+
 /// Interprets the answer to a claim's request; returns the chunk span the body carries, or
 /// `None` when there is nothing more to do with this response.
 fn interpret(
@@ -356,7 +424,8 @@ fn interpret(
         ClaimKind::Probe => {
             let (size, ranged) = match status {
                 206 => {
-                    let want_last = claim.end * chunk - 1;
+                    // A probe with an empty span asked for the first byte only.
+                    let want_last = (claim.end * chunk).saturating_sub(1);
                     let total = match resp.head.content_range {
                         Some(ContentRange::Bytes { total: Some(t), .. }) => t,
                         Some(ContentRange::Bytes { total: None, .. }) => {
@@ -408,7 +477,7 @@ fn interpret(
                 tracing::info!(file = %meta.target.path, "the server ignores Range; fetching on one connection");
             }
             let end = job.start_file(claim, size, validator(resp), resp.url.clone(), ranged)?;
-            Ok((status != 416).then_some((0, end)))
+            Ok((status != 416 && end > 0).then_some((0, end)))
         }
         ClaimKind::Validate => {
             let recorded = job.lock().files[claim.file].validator.clone();
@@ -482,6 +551,8 @@ async fn fetch(
     streamed: &mut bool,
 ) -> (Result<(), Failure>, AlignedBuf) {
     let chunk = job.chunk_size();
+    let meta = &job.metas[claim.file];
+    let mirror = claim.source.checked_sub(1).map(|i| &meta.target.mirrors[i]);
     let (url, size) = {
         let st = job.lock();
         let fs = &st.files[claim.file];
@@ -489,15 +560,20 @@ async fn fetch(
             return (Ok(()), buf);
         }
         // Within one generation a file's size never changes.
-        (fs.url.clone(), fs.size)
+        (mirror.unwrap_or(&fs.url).clone(), fs.size)
     };
     let range = match claim.kind {
+        ClaimKind::Probe | ClaimKind::Validate if claim.end == claim.start => (0, 0),
         ClaimKind::Probe => (0, claim.end * chunk - 1),
-        ClaimKind::Validate if claim.end == claim.start => (0, 0),
         _ => (claim.start * chunk, (claim.end * chunk).min(size) - 1),
     };
-    let meta = &job.metas[claim.file];
-    let headers = match meta.target.auth.headers("GET", &url) {
+    let auth = match mirror {
+        // A mirror gets no credentials, neither the store's nor the caller's headers.
+        Some(_) => Ok(vec![(mirror::CHUNK_SIZE.to_owned(), chunk.to_string())]),
+        None => meta.target.auth.headers("GET", &url),
+    };
+    let headers = match auth {
+        Ok(h) if mirror.is_some() => h,
         Ok(h) if h.is_empty() => job.opts.headers.clone(),
         Ok(h) => job.opts.headers.iter().cloned().chain(h).collect(),
         Err(message) => {
@@ -517,14 +593,25 @@ async fn fetch(
         url: &url,
         range: Some(range),
         headers: &headers,
-        headers_for: meta.origin.as_ref(),
+        headers_for: if mirror.is_some() {
+            None
+        } else {
+            meta.origin.as_ref()
+        },
         body: None,
     };
     let mut resp = match ctx.client.send(&request).await {
         Ok(r) => r,
+        Err(err) if mirror.is_some() => {
+            return (Err(Failure::Retry { from: claim.start, err }), buf);
+        }
         Err(e) => return (Err(classify(job, claim, claim.start, e)), buf),
     };
-    let span = match interpret(job, claim, size, &resp) {
+    let answer = match mirror {
+        Some(_) => mirrored_span(claim, chunk, size, &resp),
+        None => interpret(job, claim, size, &resp).map(|s| s.map(|span| (span, None))),
+    };
+    let (span, sent_crcs) = match answer {
         Ok(Some(span)) => span,
         Ok(None) => return kick(job, ctx, claim, buf).await,
         Err(f) => return (Err(f), buf),
@@ -532,9 +619,16 @@ async fn fetch(
     let Some((size, _, direct)) = job.layout(claim.file, claim.generation) else {
         return (Ok(()), buf);
     };
-    job.streaming(claim.file);
+    job.streaming(claim);
     *streamed = true;
-    let host_bytes = &job.host_bytes[job.host_of(claim.file)];
+    let host_bytes = &job.host_bytes[job.host_of(claim.file, claim.source)];
+    let mirror_bytes = mirror.map(|_| &job.metrics.mirror_bytes);
+    // The CRC32C a mirror vouches for is checked even where the file's own CRCs do not
+    // include it (a store that lists crc64nvme).
+    let crc32c_at = job.metas[claim.file]
+        .crcs
+        .iter()
+        .position(|&a| a == Algorithm::Crc32c);
     let mut buf = buf;
     for c in span.0..span.1 {
         if job.cancelled() || job.is_failed() || !job.begin_chunk(claim, c) {
@@ -561,6 +655,9 @@ async fn fetch(
                     crcs.update(&buf.as_slice()[before..before + n]);
                     job.progress.downloaded_bytes.fetch_add(n as u64, Relaxed);
                     host_bytes.fetch_add(n as u64, Relaxed);
+                    if let Some(m) = mirror_bytes {
+                        m.inc_by(n as u64);
+                    }
                     job.metrics.downloaded_bytes.inc_by(n as u64);
                     if let Some(limiter) = &job.limiter {
                         let wait = limiter.book(n);
@@ -573,6 +670,20 @@ async fn fetch(
             }
         }
         let crcs = crcs.finish();
+        if let Some(sent) = &sent_crcs {
+            let got = match crc32c_at {
+                Some(k) => crcs[k] as u32,
+                None => crc::checksum(Algorithm::Crc32c, buf.as_slice()) as u32,
+            };
+            let want = sent[(c - span.0) as usize];
+            if got != want {
+                let err = HttpError::Protocol(format!(
+                    "{} sent chunk {c} with CRC32C {got:08x}, not the {want:08x} it announced",
+                    crate::redact(&resp.url)
+                ));
+                return (Err(Failure::Untrusted { from: c, err }), buf);
+            }
+        }
         if let Some(h) = job.hashers_before_write(claim, c) {
             hash_before_write(job, claim.file, claim.generation, h, &buf);
         }

@@ -182,6 +182,7 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
             size: Some(obj.size),
             checksum: Some(checksum.into()),
             auth: auth.clone(),
+            mirrors: Vec::new(),
         });
     }
     Ok(Manifest {

@@ -184,6 +184,7 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
             size: Some(size),
             checksum: Some(checksum.into()),
             auth: auth.clone(),
+            mirrors: Vec::new(),
         });
     }
     Ok(Manifest {

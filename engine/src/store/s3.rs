@@ -606,6 +606,7 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
                     size: Some(obj.size),
                     checksum: None,
                     auth: Auth::default(),
+                    mirrors: Vec::new(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -647,6 +648,7 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
             size: Some(obj.size),
             checksum: Some(label),
             auth: auth.clone(),
+            mirrors: Vec::new(),
         });
     }
     Ok(Manifest {

@@ -12,6 +12,7 @@ mod hf;
 mod hostile;
 mod hub;
 mod listings;
+mod mirror;
 mod proxy;
 mod pull;
 mod s3;

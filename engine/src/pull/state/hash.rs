@@ -45,6 +45,9 @@ impl Job {
         fs.records += 1;
         fs.done[c as usize] = true;
         fs.done_count += 1;
+        if claim.source > 0 {
+            fs.mirrored |= 1 << claim.source;
+        }
         for (k, v) in crcs.into_iter().enumerate() {
             fs.crcs[k][c as usize] = v;
         }

@@ -1,22 +1,34 @@
 //! Connections per host: how many each host has, how many it may have, and what it said.
 //!
-//! Every claim counts against its file's source host until the worker releases it. How many
-//! a host may have is its tuner's to say (see `pull::tune`): the scheduler feeds the tuners
-//! the bytes each host sent and tells them when a claim waited for a connection; the workers
-//! tell them when a host answered that it is overloaded.
+//! A file's sources are its origin and its mirrors (see [`crate::mirror`]), each on a host.
+//! Every claim counts against the host of the source it goes to until the worker releases it.
+//! How many a host may have is its tuner's to say (see `pull::tune`): the scheduler feeds the
+//! tuners the bytes each host sent and tells them when a claim waited for a connection; the
+//! workers tell them when a host answered that it is overloaded. A mirror's host and an
+//! origin's are never the same entry, even on one server: a mirror can be dropped, an origin
+//! cannot.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use super::{FileMeta, Job, JobState, Phase};
+use super::{Claim, FileMeta, Job, JobState, Phase};
 use crate::http::HttpError;
 use crate::pull::tune::Tuner;
 use crate::report::HostConnections;
+
+/// Failures in a row after which a mirror is dropped for the rest of the pull.
+const MIRROR_FAILURES: u32 = 3;
 
 /// One host's connections.
 #[derive(Debug)]
 pub(crate) struct HostState {
     name: String,
+    /// Serves mirrors, not origins.
+    mirror: bool,
+    /// A mirror that sent wrong bytes or failed too often: no more claims go to it.
+    dropped: bool,
+    /// A mirror's failures since its last range that ended well.
+    failures: u32,
     /// Claims open on the host.
     active: usize,
     /// Of those, requests receiving a body.
@@ -26,34 +38,49 @@ pub(crate) struct HostState {
     tuner: Tuner,
 }
 
+impl HostState {
+    fn has_room(&self) -> bool {
+        self.active < self.tuner.limit()
+    }
+}
+
 /// The hosts of `metas`, in order of first appearance, each with a copy of `tuner`, and each
-/// file's host index.
-pub(super) fn index(metas: &[FileMeta], tuner: &Tuner) -> (Vec<usize>, Vec<HostState>) {
+/// file's source hosts: its origin's first, then its mirrors' in order.
+pub(super) fn index(metas: &[FileMeta], tuner: &Tuner) -> (Vec<Vec<usize>>, Vec<HostState>) {
     let mut hosts: Vec<HostState> = Vec::new();
-    let host_of = metas
+    let mut host = |url: &url::Url, mirror: bool| {
+        // Two origins on one machine are two hosts to tune.
+        let host = url.host_str().unwrap_or_default();
+        let name = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        match hosts.iter().position(|h| h.name == name && h.mirror == mirror) {
+            Some(i) => i,
+            None => {
+                hosts.push(HostState {
+                    tuner: tuner.clone(),
+                    name,
+                    mirror,
+                    dropped: false,
+                    failures: 0,
+                    active: 0,
+                    streaming: 0,
+                    cut_at: 0,
+                });
+                hosts.len() - 1
+            }
+        }
+    };
+    let sources = metas
         .iter()
         .map(|m| {
-            // Two origins on one machine are two hosts to tune.
-            let name = match m.target.url.port() {
-                Some(port) => format!("{}:{port}", m.host),
-                None => m.host.clone(),
-            };
-            match hosts.iter().position(|h| h.name == name) {
-                Some(i) => i,
-                None => {
-                    hosts.push(HostState {
-                        tuner: tuner.clone(),
-                        name,
-                        active: 0,
-                        streaming: 0,
-                        cut_at: 0,
-                    });
-                    hosts.len() - 1
-                }
-            }
+            std::iter::once(host(&m.target.url, false))
+                .chain(m.target.mirrors.iter().map(|u| host(u, true)))
+                .collect()
         })
         .collect();
-    (host_of, hosts)
+    (sources, hosts)
 }
 
 /// What a failed request said about its host.
@@ -82,9 +109,9 @@ fn overload(err: &HttpError) -> bool {
 }
 
 impl Job {
-    /// The index of `file`'s host.
-    pub fn host_of(&self, file: usize) -> usize {
-        self.host_of[file]
+    /// The index of the host of `file`'s source `source` (0: the origin, then its mirrors).
+    pub fn host_of(&self, file: usize, source: usize) -> usize {
+        self.sources[file][source]
     }
 
     /// Lets each host's tuner close its epoch (called by the scheduler with the lock held).
@@ -94,18 +121,59 @@ impl Job {
         }
     }
 
-    /// Whether the host of `file` has all the connections it may have, or the pull all it
-    /// may have over every host.
-    pub(super) fn host_full(&self, st: &JobState, file: usize) -> bool {
-        let h = &st.hosts[self.host_of[file]];
-        h.active >= h.tuner.limit() || self.connections_open(st) >= self.connection_cap
+    /// Whether `host` has all the connections it may have, or the pull all it may have over
+    /// every host.
+    pub(super) fn host_full(&self, st: &JobState, host: usize) -> bool {
+        !st.hosts[host].has_room() || self.connections_open(st) >= self.connection_cap
     }
 
-    /// A claim for `file` was ready but its host was full: when the host's own limit (not
-    /// the pull's cap) stopped it, its tuner is told, which is what lets it judge a larger one.
-    pub(super) fn held_back(&self, st: &mut JobState, file: usize) {
-        let h = &mut st.hosts[self.host_of[file]];
-        if h.active >= h.tuner.limit() {
+    /// Where a range of `file` goes: `Ok(source)`, or `Err(host)` when the host it should go
+    /// to is full. The mirror with the most connections to spare comes first (a tuner gives a
+    /// fast host more, so ranges follow the measured speed); the origin only when no mirror is
+    /// left to the range: each is in `avoid` (bit `source`), lacks the file, was dropped, or the
+    /// file must come from the origin alone. A mirror that is merely busy makes the range wait for it.
+    pub(super) fn source_for(&self, st: &JobState, file: usize, avoid: u64) -> Result<usize, usize> {
+        let sources = &self.sources[file];
+        let fs = &st.files[file];
+        if !fs.origin_only {
+            let avoid = avoid | fs.lacking;
+            let usable = sources
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|&(i, &h)| avoid & (1 << i) == 0 && !st.hosts[h].dropped);
+            let mut busy = None;
+            let mut best: Option<(usize, usize)> = None;
+            for (i, &h) in usable {
+                let host = &st.hosts[h];
+                let room = host.tuner.limit().saturating_sub(host.active);
+                if room == 0 {
+                    busy.get_or_insert(h);
+                } else if best.is_none_or(|(_, r)| room > r) {
+                    best = Some((i, room));
+                }
+            }
+            match (best, busy) {
+                (Some((i, _)), _) if self.connections_open(st) < self.connection_cap => {
+                    return Ok(i);
+                }
+                (Some((i, _)), _) => return Err(sources[i]),
+                (None, Some(h)) => return Err(h),
+                (None, None) => {}
+            }
+        }
+        if self.host_full(st, sources[0]) {
+            Err(sources[0])
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// A claim was ready but `host` was full: when the host's own limit (not the pull's cap)
+    /// stopped it, its tuner is told, which is what lets it judge a larger one.
+    pub(super) fn held_back(&self, st: &mut JobState, host: usize) {
+        let h = &mut st.hosts[host];
+        if !h.has_room() {
             h.tuner.held_back();
         }
     }
@@ -117,18 +185,20 @@ impl Job {
 
     /// Connections every host with files still to fetch may have, within the cap.
     pub(super) fn connections_allowed(&self, st: &JobState) -> usize {
-        let has_work = |host: usize| {
-            st.files
-                .iter()
-                .zip(&self.host_of)
-                .any(|(fs, &h)| h == host && fs.phase != Phase::Done)
-        };
+        let mut working = vec![false; st.hosts.len()];
+        for (fs, sources) in st.files.iter().zip(&self.sources) {
+            if fs.phase != Phase::Done {
+                for &h in sources {
+                    working[h] = true;
+                }
+            }
+        }
         let limits: usize = st
             .hosts
             .iter()
-            .enumerate()
-            .filter(|&(i, _)| has_work(i))
-            .map(|(_, h)| h.tuner.limit())
+            .zip(working)
+            .filter(|(h, working)| *working && !h.dropped)
+            .map(|(h, _)| h.tuner.limit())
             .sum();
         limits.min(self.connection_cap)
     }
@@ -140,44 +210,44 @@ impl Job {
         self.connections_allowed(&self.lock()) + 1
     }
 
-    /// Numbers a new claim on `file` and counts it against the file's host, and the file as
-    /// in flight for the progress display, until [`Job::release_host`].
-    pub(super) fn open_claim(&self, st: &mut JobState, file: usize) -> u64 {
+    /// Numbers a new claim on `file` and counts it against the host of its source `source`,
+    /// and the file as in flight for the progress display, until [`Job::release_host`].
+    pub(super) fn open_claim(&self, st: &mut JobState, file: usize, source: usize) -> u64 {
         st.next_id += 1;
-        st.hosts[self.host_of[file]].active += 1;
+        st.hosts[self.host_of(file, source)].active += 1;
         self.progress
             .request_started(&self.metas[file].target.path);
         st.next_id
     }
 
     /// A claim's response has come and its body is being received.
-    pub fn streaming(&self, file: usize) {
-        self.lock().hosts[self.host_of[file]].streaming += 1;
+    pub fn streaming(&self, claim: &Claim) {
+        self.lock().hosts[self.host_of(claim.file, claim.source)].streaming += 1;
     }
 
     /// Called when a worker is done with a claim, whatever the outcome; `streamed` says
     /// whether [`Job::streaming`] was called for it.
-    pub fn release_host(&self, file: usize, streamed: bool) {
+    pub fn release_host(&self, claim: &Claim, streamed: bool) {
         let mut st = self.lock();
-        let h = &mut st.hosts[self.host_of[file]];
+        let h = &mut st.hosts[self.host_of(claim.file, claim.source)];
         h.active = h.active.saturating_sub(1);
         if streamed {
             h.streaming = h.streaming.saturating_sub(1);
         }
         drop(st);
-        self.progress.request_ended(&self.metas[file].target.path);
+        self.progress.request_ended(&self.metas[claim.file].target.path);
     }
 
-    /// A released request (claim `id` on `file`) failed with `err`: when it says the host is
-    /// overloaded, the host gets fewer connections, and the request is spared the attempt if
-    /// it was opened before the cut.
-    pub fn overloaded(&self, file: usize, id: u64, err: &HttpError) -> Overload {
+    /// A released request failed with `err`: when it says the host is overloaded, the host
+    /// gets fewer connections, and the request is spared the attempt if it was opened before
+    /// the cut.
+    pub fn overloaded(&self, claim: &Claim, err: &HttpError) -> Overload {
         if !overload(err) {
             return Overload::No;
         }
         let mut st = self.lock();
         let next_id = st.next_id;
-        let host = self.host_of[file];
+        let host = self.host_of(claim.file, claim.source);
         let bytes = self.host_bytes[host].load(Relaxed);
         let h = &mut st.hosts[host];
         if let Some(limit) = h.tuner.overloaded(Instant::now(), h.streaming, bytes) {
@@ -194,22 +264,55 @@ impl Job {
         // request the cut has since taken back. While others stream, that is the server pacing
         // the pull, not the range failing. A request opened after the cut counts, so one
         // object refused for good still runs out of attempts.
-        if h.streaming > 0 && id <= h.cut_at {
+        if h.streaming > 0 && claim.id <= h.cut_at {
             Overload::Spared
         } else {
             Overload::Counted
         }
     }
 
-    /// Each host's connections, for the report.
+    /// A range from a mirror ended well: its count of failures in a row starts again.
+    pub fn mirror_served(&self, claim: &Claim) {
+        let host = self.host_of(claim.file, claim.source);
+        self.lock().hosts[host].failures = 0;
+    }
+
+    /// Stops sending claims to the mirror on `host` (with the lock held), saying why once.
+    pub(super) fn drop_mirror(&self, st: &mut JobState, host: usize, why: &str) {
+        let h = &mut st.hosts[host];
+        if h.mirror && !h.dropped {
+            h.dropped = true;
+            tracing::warn!(mirror = %h.name, reason = why, "not using this mirror for the rest of the pull");
+            self.metrics.mirrors_dropped.inc();
+        }
+    }
+
+    /// A mirror failed a range: dropped at once when `untrusted` (it sent bytes or a range
+    /// that contradict the origin), else after [`MIRROR_FAILURES`] in a row.
+    pub(super) fn count_mirror_failure(&self, st: &mut JobState, host: usize, untrusted: bool, err: &HttpError) {
+        let h = &mut st.hosts[host];
+        h.failures += 1;
+        if untrusted {
+            self.drop_mirror(st, host, &err.to_string());
+        } else if h.failures >= MIRROR_FAILURES {
+            let why = format!("{} failures in a row, the last: {err}", h.failures);
+            self.drop_mirror(st, host, &why);
+        }
+    }
+
+    /// Each host's connections and bytes, for the report.
     pub fn host_connections(&self) -> Vec<HostConnections> {
         self.lock()
             .hosts
             .iter()
-            .map(|h| HostConnections {
+            .zip(&self.host_bytes)
+            .map(|(h, bytes)| HostConnections {
                 host: h.name.clone(),
+                mirror: h.mirror,
+                dropped: h.dropped,
                 settled: h.tuner.limit(),
                 peak: h.tuner.peak(),
+                bytes: bytes.load(Relaxed),
             })
             .collect()
     }

@@ -62,7 +62,6 @@ pub(crate) struct FileMeta {
     pub target: Target,
     /// The source as logs and the journal may show it.
     pub source: String,
-    pub host: String,
     /// Where the target's credentials may go: its own scheme, host and port only.
     pub origin: Option<crate::http::conn::Endpoint>,
     pub part: PathBuf,
@@ -109,7 +108,6 @@ impl FileMeta {
         }
         Self {
             source: crate::redact(&target.url),
-            host: target.url.host_str().unwrap_or_default().to_owned(),
             origin: crate::http::conn::Endpoint::of(&target.url).ok(),
             target,
             part,
@@ -142,6 +140,9 @@ struct Pending {
     end: u64,
     attempts: u32,
     not_before: Option<Instant>,
+    /// Sources (bit per index in the file's sources) this range failed on: it goes to
+    /// another one.
+    avoid: u64,
 }
 
 #[derive(Debug)]
@@ -190,6 +191,12 @@ pub(crate) struct FileState {
     wrong_varied: bool,
     restarts: u32,
     counted_bytes: u64,
+    /// Mirrors (bit per source index) that delivered chunks of this generation.
+    mirrored: u64,
+    /// Mirrors (bit per source index) that answered they do not have the file.
+    lacking: u64,
+    /// The file's digest failed after mirrors served part of it: only the origin sends it now.
+    origin_only: bool,
     pub record: Option<FileRecord>,
     pub resumed_bytes: u64,
 }
@@ -225,6 +232,9 @@ impl FileState {
             wrong_varied: false,
             restarts: 0,
             counted_bytes: 0,
+            mirrored: 0,
+            lacking: 0,
+            origin_only: false,
             record: None,
             resumed_bytes: 0,
         }
@@ -239,6 +249,7 @@ impl FileState {
                     end,
                     attempts: 0,
                     not_before: None,
+                    avoid: 0,
                 },
             );
         }
@@ -256,6 +267,10 @@ pub(crate) struct Claim {
     pub file: usize,
     pub generation: u32,
     pub id: u64,
+    /// Where the request goes: 0 for the origin, `i` for the file's mirror `i - 1`.
+    pub source: usize,
+    /// Sources the range failed on before (bit per source index).
+    pub avoid: u64,
     pub kind: ClaimKind,
     /// Chunk span `[start, end)`; for a probe of a new file, the span the probe asks for.
     pub start: u64,
@@ -338,8 +353,9 @@ pub(crate) struct Job {
     pub cancel: Arc<AtomicBool>,
     /// Connections over all hosts at most: the fixed or maximum count, within the buffers.
     connection_cap: usize,
-    /// Per file, the index of its source's host in `JobState::hosts` and `host_bytes`.
-    host_of: Vec<usize>,
+    /// Per file, the index in `JobState::hosts` and `host_bytes` of each source's host: the
+    /// origin's first, then its mirrors'.
+    sources: Vec<Vec<usize>>,
     /// Bytes received from each host, counted by the workers as they read.
     pub host_bytes: Vec<AtomicU64>,
 }
@@ -363,11 +379,11 @@ impl Job {
             Some(n) => Tuner::fixed(n.min(connection_cap)),
             None => Tuner::adaptive(connection_cap),
         };
-        let (host_of, hosts) = hosts::index(&metas, &tuner);
+        let (sources, hosts) = hosts::index(&metas, &tuner);
         Self {
             connection_cap,
             host_bytes: hosts.iter().map(|_| AtomicU64::new(0)).collect(),
-            host_of,
+            sources,
             pool,
             limiter: opts.limit_rate.map(RateLimiter::new),
             state: Mutex::new(JobState {

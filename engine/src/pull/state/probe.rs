@@ -20,7 +20,8 @@ use crate::pull::plan;
 impl Job {
     /// A new file's probe answered: sets up its chunks, part file and journal, queues the
     /// remaining ranges, and registers the probe's own span as in flight.
-    /// Returns the span `[0, end)` the probe response carries.
+    /// Returns the span `[0, end)` the probe response carries (none when the probe only asked
+    /// for the size: its file has mirrors to fetch from).
     pub fn start_file(
         &self,
         claim: &Claim,
@@ -73,12 +74,14 @@ impl Job {
         } else {
             chunks
         };
-        fs.active.push(ActiveRange {
-            id: claim.id,
-            next: 0,
-            end: first_end,
-            since: Instant::now(),
-        });
+        if first_end > 0 {
+            fs.active.push(ActiveRange {
+                id: claim.id,
+                next: 0,
+                end: first_end,
+                since: Instant::now(),
+            });
+        }
         fs.queue(plan::ranges(first_end, chunks, self.range_chunks(), |_| {
             false
         }));

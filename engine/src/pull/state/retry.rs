@@ -86,6 +86,7 @@ impl Job {
                             end: claim.end,
                             attempts,
                             not_before,
+                            avoid: claim.avoid,
                         },
                     );
                 }
@@ -113,10 +114,60 @@ impl Job {
                             end: a.end,
                             attempts,
                             not_before,
+                            avoid: claim.avoid,
                         },
                     );
                 }
             }
+        }
+    }
+
+    /// A request to a mirror failed at chunk `from`: the rest of its range goes to another
+    /// source at once, without spending an attempt (a range's attempts are the origin's).
+    /// `untrusted`: the mirror contradicted the origin (a chunk's CRC, a range or a size), and
+    /// is dropped for the rest of the pull. Answering that it is busy (429, 503) is no mark
+    /// against it, nor is answering that it does not have the file (404, 410: no more of the
+    /// file's ranges go to it).
+    pub fn mirror_failed(&self, claim: &Claim, from: u64, err: HttpError, untrusted: bool) {
+        let meta = &self.metas[claim.file];
+        let mut st = self.lock();
+        if st.failed.is_some() {
+            return;
+        }
+        let host = self.host_of(claim.file, claim.source);
+        // A mirror without the file says so once per file; that is no mark against it.
+        let (lacking, busy) = match err {
+            HttpError::Status { status, .. } => {
+                (matches!(status, 404 | 410), matches!(status, 429 | 503))
+            }
+            _ => (false, false),
+        };
+        if lacking && st.files[claim.file].generation == claim.generation {
+            st.files[claim.file].lacking |= 1 << claim.source;
+        } else if !busy {
+            self.count_mirror_failure(&mut st, host, untrusted, &err);
+        }
+        tracing::debug!(file = %meta.target.path, error = %err, "a mirror failed a range; it goes to another source");
+        self.progress.retries.fetch_add(1, Relaxed);
+        self.metrics.retries.inc();
+        let fs = &mut st.files[claim.file];
+        if fs.generation != claim.generation {
+            return;
+        }
+        let Some(pos) = fs.active.iter().position(|a| a.id == claim.id) else {
+            return;
+        };
+        let a = fs.active.swap_remove(pos);
+        if from < a.end {
+            fs.pending.insert(
+                from,
+                Pending {
+                    end: a.end,
+                    attempts: claim.attempts,
+                    not_before: None,
+                    avoid: claim.avoid | 1 << claim.source,
+                },
+            );
         }
     }
 
@@ -148,6 +199,7 @@ impl Job {
         tracing::warn!(file = %meta.target.path, reason, "starting the file over");
         let downloads = fs.downloads;
         let (wrong, wrong_varied) = (fs.wrong.take(), fs.wrong_varied);
+        let origin_only = fs.origin_only;
         let counted = fs.counted_bytes;
         let size_known = fs.chunks > 0 || fs.size > 0;
         let size = fs.size;
@@ -160,6 +212,7 @@ impl Job {
         fresh.wrong = wrong;
         fresh.wrong_varied = wrong_varied;
         fresh.restarts = restarts;
+        fresh.origin_only = origin_only;
         fresh.not_before = delay.map(|d| Instant::now() + d);
         *fs = fresh;
         // Before the lock is released: once it is, a worker may create the next generation's

@@ -4,7 +4,9 @@
 //! comes first, then the lowest pending range of the earliest file, so hash cursors keep
 //! moving, within the memory window (see `window`). When nothing can be claimed, a range in
 //! flight may be split instead (see `steal`). Each host's connection limit (see `hosts`) is
-//! applied here: a claim counts against its file's host until the worker releases it.
+//! applied here: a claim counts against the host of the source it goes to (the origin for a
+//! file's first request; a mirror, when the file has one that can take it, for a range) until
+//! the worker releases it.
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,6 @@ impl Job {
         let committed = self.window_committed(&st.files);
         let window = self.window(st);
         for file in 0..st.files.len() {
-            let host_full = self.host_full(st, file);
             let fs = &st.files[file];
             match fs.phase {
                 Phase::New | Phase::Validate => {
@@ -37,29 +38,26 @@ impl Job {
                         wait = wait.min(nb - now);
                         continue;
                     }
-                    if host_full {
-                        self.held_back(st, file);
+                    let origin = self.host_of(file, 0);
+                    if self.host_full(st, origin) {
+                        self.held_back(st, origin);
                         continue;
                     }
                     return self.claim_first_request(st, file);
                 }
                 Phase::Active => {
-                    match fs.ready_range(now) {
-                        Some((s, e))
-                            if self.fits_window(&self.metas[file], fs, window, committed, s, e) =>
-                        {
-                            if host_full {
-                                self.held_back(st, file);
-                                continue;
-                            }
-                            return self.claim_range(st, file, s, now);
-                        }
-                        Some(_) if host_full => {}
-                        Some(_) => blocked = true,
-                        None => {}
-                    }
                     if let Some(nb) = fs.pending.values().filter_map(|p| p.not_before).min() {
                         wait = wait.min(nb.saturating_duration_since(now));
+                    }
+                    let Some((s, e, avoid)) = fs.ready_range(now) else {
+                        continue;
+                    };
+                    let fits = self.fits_window(&self.metas[file], fs, window, committed, s, e);
+                    match self.source_for(st, file, avoid) {
+                        Ok(source) if fits => return self.claim_range(st, file, s, source, now),
+                        Ok(_) => blocked = true,
+                        Err(host) if fits => self.held_back(st, host),
+                        Err(_) => {}
                     }
                 }
                 _ => {}
@@ -79,7 +77,13 @@ impl Job {
     fn claim_first_request(&self, st: &mut JobState, file: usize) -> Work {
         let fs = &mut st.files[file];
         let (kind, start, end, attempts) = if fs.phase == Phase::New {
-            (ClaimKind::Probe, 0, self.range_chunks(), fs.probe_attempts)
+            // With mirrors to fetch from, the origin is only asked for the size and validator.
+            let span = if self.sources[file].len() > 1 && !fs.origin_only {
+                0
+            } else {
+                self.range_chunks()
+            };
+            (ClaimKind::Probe, 0, span, fs.probe_attempts)
         } else if let Some((start, p)) = fs.pending.pop_first() {
             (
                 ClaimKind::Validate,
@@ -92,11 +96,13 @@ impl Job {
         };
         fs.phase = Phase::Probing;
         let generation = fs.generation;
-        let id = self.open_claim(st, file);
+        let id = self.open_claim(st, file, 0);
         Work::Fetch(Claim {
             file,
             generation,
             id,
+            source: 0,
+            avoid: 0,
             kind,
             start,
             end,
@@ -104,14 +110,21 @@ impl Job {
         })
     }
 
-    /// Claims a file's pending range that starts at chunk `start`: it becomes a range in
-    /// flight.
-    fn claim_range(&self, st: &mut JobState, file: usize, start: u64, now: Instant) -> Work {
+    /// Claims a file's pending range that starts at chunk `start` for its source `source`: it
+    /// becomes a range in flight.
+    fn claim_range(
+        &self,
+        st: &mut JobState,
+        file: usize,
+        start: u64,
+        source: usize,
+        now: Instant,
+    ) -> Work {
         let p = st.files[file]
             .pending
             .remove(&start)
             .expect("pending range");
-        let id = self.open_claim(st, file);
+        let id = self.open_claim(st, file, source);
         let fs = &mut st.files[file];
         fs.active.push(ActiveRange {
             id,
@@ -123,6 +136,8 @@ impl Job {
             file,
             generation: fs.generation,
             id,
+            source,
+            avoid: p.avoid,
             kind: ClaimKind::Range,
             start,
             end: p.end,
@@ -138,12 +153,13 @@ impl JobState {
 }
 
 impl FileState {
-    /// The lowest pending range whose pause (after a failure) is over, as `(start, end)`.
-    pub(super) fn ready_range(&self, now: Instant) -> Option<(u64, u64)> {
+    /// The lowest pending range whose pause (after a failure) is over, as `(start, end)` and
+    /// the sources it must avoid.
+    pub(super) fn ready_range(&self, now: Instant) -> Option<(u64, u64, u64)> {
         self.pending
             .iter()
             .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
-            .map(|(&s, p)| (s, p.end))
+            .map(|(&s, p)| (s, p.end, p.avoid))
     }
 }
 
@@ -174,14 +190,14 @@ mod tests {
         let mut claimed = Vec::new();
         for _ in 0..2 {
             match job.claim() {
-                Work::Fetch(c) => claimed.push(c.file),
+                Work::Fetch(c) => claimed.push(c),
                 other => panic!("a probe, not {other:?}"),
             }
         }
         assert_eq!(job.progress.in_flight(), ["a.bin", "b.bin"]);
-        job.release_host(claimed[0], false);
+        job.release_host(&claimed[0], false);
         assert_eq!(job.progress.in_flight(), ["b.bin"]);
-        job.release_host(claimed[1], false);
+        job.release_host(&claimed[1], false);
         assert!(job.progress.in_flight().is_empty());
     }
 }

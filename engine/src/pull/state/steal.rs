@@ -58,8 +58,8 @@ impl Job {
         blocked: bool,
         now: Instant,
     ) -> Option<Work> {
-        let (file, j) = self.split_victim(st, blocked, now)?;
-        let id = self.open_claim(st, file);
+        let (file, j, source) = self.split_victim(st, blocked, now)?;
+        let id = self.open_claim(st, file, source);
         let fs = &mut st.files[file];
         let a = &mut fs.active[j];
         let mid = a.next + (a.end - a.next) / 2;
@@ -76,6 +76,8 @@ impl Job {
             file,
             generation: fs.generation,
             id,
+            source,
+            avoid: 0,
             kind: ClaimKind::Range,
             start: mid,
             end,
@@ -83,16 +85,22 @@ impl Job {
         }))
     }
 
-    /// The range in flight to split, as its file and its place in the file's `active`: the
-    /// one with the most chunks left (two at least) on a host with a connection to spare,
-    /// in flight for [`YOUNG_RANGE`] at least.
-    fn split_victim(&self, st: &JobState, blocked: bool, now: Instant) -> Option<(usize, usize)> {
+    /// The range in flight to split, as its file, its place in the file's `active` and the
+    /// source the split half goes to: the one with the most chunks left (two at least) of a
+    /// file with a source to spare a connection, in flight for [`YOUNG_RANGE`] at least.
+    fn split_victim(
+        &self,
+        st: &JobState,
+        blocked: bool,
+        now: Instant,
+    ) -> Option<(usize, usize, usize)> {
         let slow = self.opts.stall_timeout.min(SLOW_RANGE);
         st.files
             .iter()
             .enumerate()
-            .filter(|&(i, fs)| fs.phase == Phase::Active && fs.ranged && !self.host_full(st, i))
-            .flat_map(|(i, fs)| {
+            .filter(|&(_, fs)| fs.phase == Phase::Active && fs.ranged)
+            .filter_map(|(i, fs)| Some((i, fs, self.source_for(st, i, 0).ok()?)))
+            .flat_map(|(i, fs, source)| {
                 fs.active
                     .iter()
                     .enumerate()
@@ -104,10 +112,10 @@ impl Job {
                             age >= YOUNG_RANGE
                         }
                     })
-                    .map(move |(j, a)| (i, j, a.end - a.next))
+                    .map(move |(j, a)| (i, j, source, a.end - a.next))
             })
-            .filter(|&(_, _, left)| left >= 2)
-            .max_by_key(|&(_, _, left)| left)
-            .map(|(i, j, _)| (i, j))
+            .filter(|&(_, _, _, left)| left >= 2)
+            .max_by_key(|&(_, _, _, left)| left)
+            .map(|(i, j, source, _)| (i, j, source))
     }
 }

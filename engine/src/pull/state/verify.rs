@@ -82,6 +82,22 @@ impl Job {
             }
             (None, None) => unreachable!("a mismatch was found"),
         };
+        // Bytes from mirrors (this run's, or a resumed run's that may have had them) are the
+        // first suspects: the file comes again from the origin alone, without spending one of
+        // the origin's attempts, and the mirrors that served it serve nothing more.
+        let mirrored = fs.mirrored;
+        if !fs.origin_only && (mirrored != 0 || fs.resumed_bytes > 0 && self.sources[file].len() > 1) {
+            fs.origin_only = true;
+            fs.downloads -= 1;
+            for source in (1..self.sources[file].len()).filter(|&i| mirrored & (1 << i) != 0) {
+                let why = format!("it served part of `{}`, which then failed verification", meta.target.path);
+                self.drop_mirror(&mut st, self.host_of(file, source), &why);
+            }
+            drop(st);
+            tracing::warn!(file = %meta.target.path, error = %failure, "verification failed after mirrors served part of the file; fetching it again from the origin alone");
+            self.restart(file, generation, "verification failed", None, true);
+            return Ok(None);
+        }
         drop(st);
         if downloads < self.opts.verify_attempts {
             tracing::warn!(file = %meta.target.path, error = %failure, "verification failed; downloading the file again");

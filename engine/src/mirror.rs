@@ -1,0 +1,175 @@
+//! Mirrors: other servers that hold a copy of the origin's files, tried before the origin.
+//!
+//! A mirror is a base URL: the file the manifest lists at path `P` is also at `BASE/P`. A pull
+//! spreads a file's ranges over its mirrors and turns to the origin only when no mirror can
+//! serve a range (each refused it, failed, or was dropped). The origin stays the one trust
+//! anchor: a file is published only when its bytes match the digest and size the origin's
+//! store gave, whoever sent them. What a mirror can do wrong is bounded:
+//!
+//! - it never sees credentials: requests to it carry none of the target's headers, and a base
+//!   URL with user info is refused;
+//! - a mirror that sends each chunk's CRC32C ([`CRC32C`], asked for with [`CHUNK_SIZE`]) is
+//!   caught at the first chunk that does not match it, and dropped for the rest of the pull;
+//! - a file whose whole digest fails after a mirror served part of it is fetched again from the
+//!   origin alone, and every mirror that served it is dropped;
+//! - a mirror that answers a range with another size, another range or an error loses that
+//!   range to the next source; three failures in a row drop it.
+//!
+//! The two headers are the whole protocol: any HTTP server that honours `Range` is a mirror
+//! (one without them is checked by the file's digest alone), and the agent's peer server sends
+//! the CRCs.
+
+use url::Url;
+
+use crate::digest::{Algorithm, crc};
+use crate::error::{Error, Result};
+
+/// Request header: the chunk size the client checks CRCs at, in bytes.
+pub const CHUNK_SIZE: &str = "x-modelpull-chunk-size";
+
+/// Response header: the CRC32C of each chunk of the body, as 8 lowercase hex digits each,
+/// comma-separated. Chunks are [`CHUNK_SIZE`] bytes counted from the file's first byte; the
+/// response's range starts at a chunk boundary and the last chunk may be shorter.
+pub const CRC32C: &str = "x-modelpull-crc32c";
+
+/// Mirrors a target may have: each is a bit in a range's set of sources to avoid.
+pub const MAX_MIRRORS: usize = 32;
+
+/// Checks a mirror base URL given by a user: http or https, no user info, query or fragment.
+pub fn parse_base(base: &str) -> Result<Url> {
+    let invalid = |reason: &str| {
+        Error::InvalidOption(format!("mirror `{}`: {reason}", crate::redact_str(base)))
+    };
+    let url = Url::parse(base).map_err(|e| invalid(&format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("only http:// and https:// mirrors are supported"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("the URL has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "credentials never go to a mirror; remove the user info from its URL",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            "a base URL takes neither a query string nor a fragment",
+        ));
+    }
+    Ok(url)
+}
+
+/// Where the file at manifest path `path` (`/`-separated, already checked) is on the mirror at
+/// `base`: `BASE/path`, each segment percent-encoded.
+pub fn url_of(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().extend(path.split('/'));
+    }
+    url
+}
+
+/// The CRC32C of each `chunk`-byte piece of `bytes` (the last may be shorter): what
+/// [`CRC32C`] lists for a body that starts at a chunk boundary.
+pub fn chunk_crcs(bytes: &[u8], chunk: usize) -> Vec<u32> {
+    bytes
+        .chunks(chunk.max(1))
+        .map(|piece| crc::checksum(Algorithm::Crc32c, piece) as u32)
+        .collect()
+}
+
+/// Formats the [`CRC32C`] header's value.
+pub fn format_crcs(crcs: &[u32]) -> String {
+    let mut out = String::with_capacity(crcs.len() * 9);
+    for (i, crc) in crcs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("{crc:08x}"));
+    }
+    out
+}
+
+/// Parses the [`CRC32C`] header's value; `None` when it is malformed.
+pub fn parse_crcs(value: &str) -> Option<Vec<u32>> {
+    value
+        .split(',')
+        .map(|s| {
+            let s = s.trim();
+            (s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u32::from_str_radix(s, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_at_its_path_under_the_base() {
+        let base = parse_base("http://peer:9000/models/abc").unwrap();
+        assert_eq!(
+            url_of(&base, "sub/model 1.safetensors").as_str(),
+            "http://peer:9000/models/abc/sub/model%201.safetensors"
+        );
+        let slash = parse_base("http://peer:9000/models/abc/").unwrap();
+        assert_eq!(
+            url_of(&slash, "a?b#c").as_str(),
+            "http://peer:9000/models/abc/a%3Fb%23c"
+        );
+        let root = parse_base("https://mirror.example").unwrap();
+        assert_eq!(
+            url_of(&root, "x.bin").as_str(),
+            "https://mirror.example/x.bin"
+        );
+    }
+
+    #[test]
+    fn bases_that_could_carry_secrets_or_mean_nothing_are_refused() {
+        for bad in [
+            "http://user:secret@peer/x",
+            "http://token@peer/x",
+            "http://peer/x?sig=1",
+            "http://peer/x#frag",
+            "ftp://peer/x",
+            "file:///models",
+            "peer:9000/x",
+        ] {
+            let err = parse_base(bad).unwrap_err().to_string();
+            assert!(err.contains("mirror"), "{bad}: {err}");
+            assert!(!err.contains("secret"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn chunk_crcs_cut_at_the_chunk_size() {
+        let bytes: Vec<u8> = (0..10u8).collect();
+        let crcs = chunk_crcs(&bytes, 4);
+        assert_eq!(crcs.len(), 3);
+        assert_eq!(crcs[2], chunk_crcs(&bytes[8..], 4)[0]);
+        // The check value of CRC-32C (RFC 3720) for "123456789".
+        assert_eq!(chunk_crcs(b"123456789", 64), [0xe306_9283]);
+    }
+
+    #[test]
+    fn crc_lists_round_trip_and_reject_garbage() {
+        let crcs = [0, 0xdead_beef, 0x0000_00ff];
+        let text = format_crcs(&crcs);
+        assert_eq!(text, "00000000,deadbeef,000000ff");
+        assert_eq!(parse_crcs(&text).unwrap(), crcs);
+        assert_eq!(parse_crcs("deadbeef").unwrap(), [0xdead_beef]);
+        for bad in [
+            "",
+            "dead",
+            "deadbeef,",
+            "xyzxyzxy",
+            "deadbeef;00000000",
+            "+eadbeef",
+        ] {
+            assert!(parse_crcs(bad).is_none(), "{bad}");
+        }
+    }
+}

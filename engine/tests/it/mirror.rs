@@ -1,0 +1,267 @@
+//! Mirrors: ranges go to them first, the origin answers only what they cannot, credentials
+//! never reach them, and nothing they send is published unless the origin's digest agrees.
+//! Each mirror is a second test origin serving the same files (it sends chunk CRCs when asked,
+//! as the agent's peer server does, unless told to omit them).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use modelpull::report::HostConnections;
+use modelpull::runtime::Driver;
+use modelpull::target::{Auth, StaticHeaders};
+use modelpull::{Context, Options, PullRequest, Report, Target};
+use modelpull_testkit::origin::Faults;
+use modelpull_testkit::*;
+
+const KIB: usize = 1024;
+
+/// An origin and a mirror serving the same `files`.
+fn origin_and_mirror(files: &[(&str, &[u8])]) -> (Fixture, Fixture) {
+    (Fixture::new(files), Fixture::new(files))
+}
+
+/// Targets of `names` on `fx`'s origin with their sha256, each also on every base in `mirrors`.
+fn targets(fx: &Fixture, names: &[&str], mirrors: &[url::Url]) -> Vec<Target> {
+    names
+        .iter()
+        .map(|name| {
+            let mut t = fx.target(name, true);
+            // Where the manifest puts it, as a store's listing would.
+            (*name).clone_into(&mut t.path);
+            t.add_mirrors(mirrors);
+            t
+        })
+        .collect()
+}
+
+fn base(fx: &Fixture) -> url::Url {
+    modelpull::mirror::parse_base(&fx.origin.url("")).unwrap()
+}
+
+fn pull_with(targets: Vec<Target>, dest: &std::path::Path, opts: &Options) -> (Report, Context) {
+    let cx = Context::default();
+    let request = PullRequest {
+        targets,
+        dest: dest.to_owned(),
+        unpack: false,
+        adopt: false,
+        sources: Vec::new(),
+    };
+    let report = modelpull::pull(&request, opts, &cx).unwrap_or_else(|e| panic!("pull: {e}"));
+    (report, cx)
+}
+
+fn mirror_host(report: &Report) -> &HostConnections {
+    report
+        .connections
+        .iter()
+        .find(|h| h.mirror)
+        .unwrap_or_else(|| panic!("no mirror in {:?}", report.connections))
+}
+
+fn origin_host(report: &Report) -> &HostConnections {
+    report
+        .connections
+        .iter()
+        .find(|h| !h.mirror)
+        .unwrap_or_else(|| panic!("no origin in {:?}", report.connections))
+}
+
+fn body_bytes(fx: &Fixture) -> u64 {
+    fx.origin.stats().body_bytes.load(Relaxed)
+}
+
+#[test]
+fn mirrors_carry_the_bytes_and_the_origin_answers_only_probes() {
+    let big = data(1, 1536 * KIB + 77);
+    let small = data(2, 300 * KIB);
+    let files: &[(&str, &[u8])] = &[("big.bin", &big), ("dir/small.bin", &small), ("empty", b"")];
+    each_driver(|driver| {
+        let (fx, mirror) = origin_and_mirror(files);
+        let dest = fx.dest("m");
+        let names = ["big.bin", "dir/small.bin", "empty"];
+        let (report, cx) = pull_with(
+            targets(&fx, &names, &[base(&mirror)]),
+            &dest,
+            &options(driver),
+        );
+        for (name, content) in files {
+            assert_file(&dest, name, content);
+        }
+        // One byte per non-empty file: the probe that gives size and validator.
+        assert_eq!(
+            body_bytes(&fx),
+            2,
+            "origin sent {:?}",
+            fx.origin.stats().served
+        );
+        let total = (big.len() + small.len()) as u64;
+        assert_eq!(mirror_host(&report).bytes, total);
+        assert!(!mirror_host(&report).dropped);
+        // The probes' byte is sent but not read.
+        assert_eq!(origin_host(&report).bytes, 0);
+        assert_eq!(cx.metrics.mirror_bytes.get(), total);
+        assert_eq!(cx.metrics.verify_failures.get(), 0);
+    });
+}
+
+#[test]
+fn credentials_go_to_the_origin_only() {
+    let content = data(3, 700 * KIB);
+    let (fx, mirror) = origin_and_mirror(&[("model.bin", &content)]);
+    let mut opts = options(Driver::Epoll);
+    opts.headers = vec![("Authorization".into(), "Bearer caller-secret".into())];
+    let mut target = targets(&fx, &["model.bin"], &[base(&mirror)]).remove(0);
+    target.auth = Auth::new(StaticHeaders(vec![(
+        "X-Store-Token".into(),
+        "store-secret".into(),
+    )]));
+    let dest = fx.dest("m");
+    pull_with(vec![target], &dest, &opts);
+    assert_file(&dest, "model.bin", &content);
+    let home = fx.origin.requests_seen();
+    assert!(!home.is_empty());
+    assert!(
+        home.iter()
+            .all(|(_, a)| a.as_deref() == Some("Bearer caller-secret"))
+    );
+    let seen = mirror.origin.requests_seen();
+    assert!(!seen.is_empty(), "the mirror was never asked");
+    assert!(
+        seen.iter().all(|(_, a)| a.is_none()),
+        "credentials reached the mirror: {seen:?}"
+    );
+}
+
+#[test]
+fn a_chunk_that_fails_the_mirrors_own_crc_drops_it_at_that_chunk() {
+    let content = data(4, 2 * 1024 * KIB);
+    let (fx, mirror) = origin_and_mirror(&[("model.bin", &content)]);
+    mirror.origin.set_faults(Faults {
+        corrupt_offset: Some(1024 * KIB as u64 + 5),
+        corrupt_times: u32::MAX,
+        ..Faults::default()
+    });
+    let dest = fx.dest("m");
+    let opts = Options {
+        verify_attempts: 1,
+        ..options(Driver::Epoll)
+    };
+    let (report, cx) = pull_with(targets(&fx, &["model.bin"], &[base(&mirror)]), &dest, &opts);
+    assert_file(&dest, "model.bin", &content);
+    assert!(mirror_host(&report).dropped, "{:?}", report.connections);
+    // Caught as it arrived: the file never failed verification, and what the mirror sent
+    // before the bad chunk was kept.
+    assert_eq!(cx.metrics.verify_failures.get(), 0);
+    assert_eq!(cx.metrics.mirrors_dropped.get(), 1);
+    assert!(
+        body_bytes(&fx) < content.len() as u64,
+        "the origin sent the whole file"
+    );
+}
+
+#[test]
+fn a_file_whose_digest_fails_after_a_mirror_served_it_comes_again_from_the_origin_alone() {
+    let content = data(5, 1024 * KIB + 3);
+    let (fx, mirror) = origin_and_mirror(&[("model.bin", &content)]);
+    // A plain server sends no CRCs: only the file's digest can tell.
+    mirror.origin.set_faults(Faults {
+        corrupt_offset: Some(300 * KIB as u64),
+        corrupt_times: u32::MAX,
+        omit_crcs: true,
+        ..Faults::default()
+    });
+    let dest = fx.dest("m");
+    // One download from the origin is all it gets: the mirror's failure does not spend it.
+    let opts = Options {
+        verify_attempts: 1,
+        ..options(Driver::Epoll)
+    };
+    let (report, cx) = pull_with(targets(&fx, &["model.bin"], &[base(&mirror)]), &dest, &opts);
+    assert_file(&dest, "model.bin", &content);
+    assert_eq!(cx.metrics.verify_failures.get(), 1);
+    assert!(mirror_host(&report).dropped);
+    let sent = fx.origin.stats().served.lock().unwrap().clone();
+    let from_origin: u64 = sent.iter().map(|(_, _, n)| n).sum();
+    assert!(
+        from_origin > content.len() as u64,
+        "the origin sent {from_origin} bytes: {sent:?}"
+    );
+}
+
+#[test]
+fn a_mirror_that_is_down_leaves_the_work_to_the_origin() {
+    let content = data(6, 900 * KIB);
+    let fx = Fixture::new(&[("model.bin", &content)]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = modelpull::mirror::parse_base(&format!("http://{}/", closed.local_addr().unwrap()))
+        .unwrap();
+    drop(closed);
+    let dest = fx.dest("m");
+    let (report, _) = pull_with(
+        targets(&fx, &["model.bin"], &[down]),
+        &dest,
+        &options(Driver::Epoll),
+    );
+    assert_file(&dest, "model.bin", &content);
+    assert!(mirror_host(&report).dropped);
+    assert_eq!(mirror_host(&report).bytes, 0);
+}
+
+#[test]
+fn a_mirror_without_a_file_is_not_asked_for_it_again() {
+    let a = data(7, 600 * KIB);
+    // Twenty ranges: asked once per range, the mirror would see twenty requests for it.
+    let b = data(8, 5 * 1024 * KIB);
+    let fx = Fixture::new(&[("a.bin", &a), ("b.bin", &b)]);
+    let mirror = Fixture::new(&[("a.bin", &a)]);
+    let dest = fx.dest("m");
+    let opts = options(Driver::Epoll);
+    let (report, _) = pull_with(
+        targets(&fx, &["a.bin", "b.bin"], &[base(&mirror)]),
+        &dest,
+        &opts,
+    );
+    assert_file(&dest, "a.bin", &a);
+    assert_file(&dest, "b.bin", &b);
+    assert!(
+        !mirror_host(&report).dropped,
+        "a missing file is no failure"
+    );
+    let asked_for_b = mirror
+        .origin
+        .requests_seen()
+        .iter()
+        .filter(|(path, _)| path == "/b.bin")
+        .count();
+    // Only the ranges already on their way when the first 404 came back.
+    assert!(
+        (1..=opts.max_connections).contains(&asked_for_b),
+        "asked {asked_for_b} times for b.bin"
+    );
+    assert_eq!(mirror_host(&report).bytes, a.len() as u64);
+}
+
+#[test]
+fn a_stalled_mirror_loses_its_range_within_the_stall_timeout() {
+    let content = data(9, 1024 * KIB);
+    let (fx, mirror) = origin_and_mirror(&[("model.bin", &content)]);
+    mirror.origin.set_faults(Faults {
+        stall_after: Some(100 * KIB as u64),
+        stall_times: 1,
+        ..Faults::default()
+    });
+    let dest = fx.dest("m");
+    let opts = options(Driver::Epoll);
+    let started = Instant::now();
+    let (report, _) = pull_with(targets(&fx, &["model.bin"], &[base(&mirror)]), &dest, &opts);
+    assert_file(&dest, "model.bin", &content);
+    assert!(
+        started.elapsed() < opts.stall_timeout + Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    // One stall is no reason to drop it; the stalled range went elsewhere.
+    assert!(!mirror_host(&report).dropped);
+    assert!(report.retries >= 1);
+}
