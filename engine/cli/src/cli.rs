@@ -173,6 +173,13 @@ pub struct PullArgs {
     #[arg(long)]
     pub adopt: bool,
 
+    /// Another server with the same files: a file at path P is also at BASE_URL/P
+    /// (repeatable). Ranges go to mirrors first and to the origin only when none can serve
+    /// them; mirrors get no credentials, and every file is still checked against the
+    /// origin's digest (one that fails is fetched again from the origin alone).
+    #[arg(long, value_name = "BASE_URL")]
+    pub mirror: Vec<String>,
+
     #[command(flatten)]
     pub select: SelectArgs,
 

@@ -113,6 +113,12 @@ fn run_pull(mut args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
         )
         .into());
     }
+    // Checked here rather than by clap, whose error would echo a URL's user info.
+    let mirrors = args
+        .mirror
+        .iter()
+        .map(|m| modelpull::mirror::parse_base(m))
+        .collect::<modelpull::Result<Vec<_>>>()?;
     let env = Env::from_process();
     let mut opts = options(&args.engine, &env)?;
     let sources = select::sources(&args.sources, args.select.revision.as_deref())?;
@@ -125,10 +131,17 @@ fn run_pull(mut args: cli::PullArgs, cx: &Context) -> anyhow::Result<()> {
     let dest = match dest {
         dest::Destination::Dir(dir) => dir,
         dest::Destination::HfCache => {
-            return pull_to_cache(&manifests[0], &env, &opts, &args.output, chatty, cx);
+            let mut manifest = manifests.into_iter().next().expect("one hf:// source");
+            for t in &mut manifest.files {
+                t.add_mirrors(&mirrors);
+            }
+            return pull_to_cache(&manifest, &env, &opts, &args.output, chatty, cx);
         }
     };
-    let targets = manifests.into_iter().flat_map(|m| m.files).collect();
+    let mut targets: Vec<_> = manifests.into_iter().flat_map(|m| m.files).collect();
+    for t in &mut targets {
+        t.add_mirrors(&mirrors);
+    }
     let request = PullRequest {
         targets,
         dest,

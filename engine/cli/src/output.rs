@@ -85,6 +85,23 @@ fn summary(report: &modelpull::Report) -> String {
         "  driver {driver}, {} cores, {connections}, {} retries{resumed}",
         report.cores, report.retries
     );
+    if report.connections.iter().any(|h| h.mirror) {
+        let from = |mirror: bool| {
+            let bytes = report.connections.iter().filter(|h| h.mirror == mirror);
+            human_bytes(bytes.map(|h| h.bytes).sum())
+        };
+        let dropped = report.connections.iter().filter(|h| h.dropped).count();
+        let dropped = match dropped {
+            0 => String::new(),
+            n => format!(", {n} mirror(s) dropped"),
+        };
+        let _ = writeln!(
+            out,
+            "  {} from mirrors, {} from origins{dropped}",
+            from(true),
+            from(false)
+        );
+    }
     if let Some(a) = &report.adoption {
         let how = match a.repair {
             modelpull::report::Repair::None => "nothing to repair".to_owned(),

@@ -15,5 +15,6 @@ mod habits;
 mod headers;
 mod hf_cache;
 mod initializer;
+mod mirror;
 mod progress;
 mod stores;
