@@ -12,8 +12,13 @@
 //!   caught at the first chunk that does not match it, and dropped for the rest of the pull;
 //! - a file whose whole digest fails after a mirror served part of it is fetched again from the
 //!   origin alone, and every mirror that served it is dropped;
-//! - a mirror that answers a range with another size, another range or an error loses that
-//!   range to the next source; three failures in a row drop it.
+//! - a mirror that answers a range with another size or another range is dropped; one that
+//!   fails (an error, a stall) loses that range to the next source, and three failures in a
+//!   row drop it.
+//!
+//! Some answers are no failure: 404 or 410 (it does not have the file: the file's ranges go
+//! elsewhere), 416 (it does not hold these bytes, as a peer whose own pull has not reached
+//! them: the range goes elsewhere), 429 or 503 (busy: its tuner gives it fewer connections).
 //!
 //! The two headers are the whole protocol: any HTTP server that honours `Range` is a mirror
 //! (one without them is checked by the file's digest alone), and the agent's peer server sends

@@ -29,7 +29,7 @@
 //!
 //! [`PullRequest::adopt`]: crate::PullRequest::adopt
 
-mod beneath;
+pub(crate) mod beneath;
 mod check;
 mod folder;
 mod record;

@@ -3,7 +3,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A byte-rate cap shared by every core (generic cell rate: each read books its time slot).
+/// A byte-rate cap shared by every core (generic cell rate: each read books its time slot);
+/// the agent's peer server paces what it sends with one too.
 #[derive(Debug)]
 pub struct RateLimiter {
     bytes_per_sec: u64,
@@ -14,6 +15,7 @@ pub struct RateLimiter {
 const BURST: Duration = Duration::from_millis(50);
 
 impl RateLimiter {
+    /// A cap of `bytes_per_sec` (at least 1).
     pub fn new(bytes_per_sec: u64) -> Self {
         Self {
             bytes_per_sec: bytes_per_sec.max(1),

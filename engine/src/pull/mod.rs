@@ -4,7 +4,7 @@
 //! already complete), restores what an interrupted run left, runs the engine cores until
 //! every file is verified, then publishes atomically and reports.
 
-mod limits;
+pub(crate) mod limits;
 pub mod plan;
 mod state;
 mod tune;

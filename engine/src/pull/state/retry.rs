@@ -125,9 +125,9 @@ impl Job {
     /// A request to a mirror failed at chunk `from`: the rest of its range goes to another
     /// source at once, without spending an attempt (a range's attempts are the origin's).
     /// `untrusted`: the mirror contradicted the origin (a chunk's CRC, a range or a size), and
-    /// is dropped for the rest of the pull. Answering that it is busy (429, 503) is no mark
-    /// against it, nor is answering that it does not have the file (404, 410: no more of the
-    /// file's ranges go to it).
+    /// is dropped for the rest of the pull. Answering that it is busy (429, 503) or does not
+    /// hold these bytes (416) is no mark against it, nor is answering that it does not have
+    /// the file (404, 410: no more of the file's ranges go to it).
     pub fn mirror_failed(&self, claim: &Claim, from: u64, err: HttpError, untrusted: bool) {
         let meta = &self.metas[claim.file];
         let mut st = self.lock();
@@ -136,15 +136,16 @@ impl Job {
         }
         let host = self.host_of(claim.file, claim.source);
         // A mirror without the file says so once per file; that is no mark against it.
-        let (lacking, busy) = match err {
+        // 416: not these bytes (a peer whose own pull has not reached them yet).
+        let (lacking, no_mark) = match err {
             HttpError::Status { status, .. } => {
-                (matches!(status, 404 | 410), matches!(status, 429 | 503))
+                (matches!(status, 404 | 410), matches!(status, 416 | 429 | 503))
             }
             _ => (false, false),
         };
         if lacking && st.files[claim.file].generation == claim.generation {
             st.files[claim.file].lacking |= 1 << claim.source;
-        } else if !busy {
+        } else if !no_mark {
             self.count_mirror_failure(&mut st, host, untrusted, &err);
         }
         tracing::debug!(file = %meta.target.path, error = %err, "a mirror failed a range; it goes to another source");
