@@ -85,6 +85,20 @@ pub struct Args {
     #[arg(long, env = "DOWNLOAD_LIMIT_RATE", value_parser = parse_rate)]
     pub limit_rate: Option<u64>,
 
+    /// Serve the models this node holds to the other agents of its node group on this
+    /// address (e.g. :8082): published files, and the flushed, checked chunks of downloads in
+    /// progress, as HTTP ranges. Off when not given.
+    #[arg(long, env = "PEER_BIND_ADDRESS")]
+    pub peer_bind_address: Option<BindAddress>,
+
+    /// Peers served at once; more are answered 503 (busy) and come back later.
+    #[arg(long, env = "PEER_MAX_CONNECTIONS", default_value_t = 64, value_parser = at_least_one)]
+    pub peer_max_connections: usize,
+
+    /// Bandwidth cap for serving peers, bytes per second over all of them (e.g. 500M).
+    #[arg(long, env = "PEER_LIMIT_RATE", value_parser = parse_rate)]
+    pub peer_limit_rate: Option<u64>,
+
     /// KServe's flag; accepted, and ignored with a warning: every node's agent must reconcile
     /// its own node, so a DaemonSet must not elect a leader.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,

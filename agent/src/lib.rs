@@ -15,7 +15,8 @@
 //!   [`fit`]: their memory and threads sized under the pod's limits;
 //! - [`credentials`]: Secrets and ServiceAccounts → env;
 //! - [`controller`]: the kube-rs controller, and [`events`] for as long as it may send them;
-//!   [`server`], [`metrics`], [`throttling`]: ports 8080 and 8081;
+//!   [`server`], [`metrics`], [`throttling`]: ports 8080 and 8081; [`peer`]: the models this
+//!   node holds, served to the other agents of its node group;
 //! - [`cli`], [`logging`]: KServe's flags, read as Go reads them, and zap-shaped logs.
 
 pub mod cli;
@@ -32,6 +33,7 @@ pub mod jobs;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
+pub mod peer;
 pub mod plan;
 pub mod retry;
 pub mod root_watch;

@@ -16,6 +16,7 @@ use localmodelnode_agent::fit;
 use localmodelnode_agent::jobs::{Downloads, Engine, Settings};
 use localmodelnode_agent::logging::{self, SETUP};
 use localmodelnode_agent::metrics::{self, AgentMetrics};
+use localmodelnode_agent::peer::{self, PeerMetrics};
 use localmodelnode_agent::retry::RetryPolicy;
 use localmodelnode_agent::root_watch::RootWatch;
 use localmodelnode_agent::server::{self, Health};
@@ -66,6 +67,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let agent_metrics = AgentMetrics::new(&registry)?;
     metrics::register_process(&registry)?;
     localmodelnode_agent::throttling::CpuThrottling::register(&registry)?;
+    let peer_metrics = match args.peer_bind_address {
+        Some(_) => Some(PeerMetrics::new(&registry)?),
+        None => None,
+    };
     let health = Health::default();
     if args.node().is_none() {
         health.block(NO_NODE_NAME);
@@ -83,6 +88,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "health probes",
         server::probes(probes_listener, health.clone()),
     ));
+    if let (Some(addr), Some(metrics)) = (&args.peer_bind_address, peer_metrics) {
+        let listener = listen("peers", addr)?;
+        let limits = peer::Limits {
+            max_connections: args.peer_max_connections,
+            limit_rate: args.peer_limit_rate,
+        };
+        let models = args.models_root.join("models");
+        tracing::info!(target: SETUP, address = %addr, "serving this node's models to its peers");
+        tokio::spawn(serve_or_log(
+            "peers",
+            peer::serve(listener, models, limits, metrics),
+        ));
+    }
 
     let Some(node) = args.node() else {
         tracing::error!(target: SETUP, "{NO_NODE_NAME}");

@@ -1,10 +1,11 @@
 //! The agent's integration tests, one binary with a module per area: the test API server is
 //! faithful (`apiserver`), whole runs of the agent binary against it (`cluster`), the CRDs'
 //! schemas (`crd_schema`, `examples`), the agent under KServe's memory limit (`memory`), the
-//! agent without a cluster (`no_cluster`), the exact requests it sends (`requests`), a models
-//! root it cannot write (`unwritable_root`), what `deploy/` installs (`deploy`), and taking
-//! over a node from KServe's agent with its cache (`migration`). Shared pieces are in `util`;
-//! servers and fixtures come from `modelpull-testkit`.
+//! agent without a cluster (`no_cluster`), its peer server read by the engine (`peer`), the
+//! exact requests it sends (`requests`), a models root it cannot write (`unwritable_root`),
+//! what `deploy/` installs (`deploy`), and taking over a node from KServe's agent with its
+//! cache (`migration`). Shared pieces are in `util`; servers and fixtures come from
+//! `modelpull-testkit`.
 
 mod apiserver;
 mod cluster;
@@ -14,6 +15,7 @@ mod examples;
 mod memory;
 mod migration;
 mod no_cluster;
+mod peer;
 mod requests;
 mod unwritable_root;
 mod util;
