@@ -40,6 +40,80 @@ pub const CRC32C: &str = "x-modelpull-crc32c";
 /// Mirrors a target may have: each is a bit in a range's set of sources to avoid.
 pub const MAX_MIRRORS: usize = 32;
 
+/// Which ranges a pull with mirrors takes from the origin. Without a gate, the mirrors are
+/// asked first and the origin serves what none of them can. A node group that splits the
+/// origin's work between its nodes ([`Stripes`]) gives each node's pull a gate: the ranges of
+/// its own share go to the origin first (nobody else fetches them), the others wait for a
+/// mirror (the peer whose share they are) instead of going to the origin, unless every mirror
+/// of the file is gone or the range waited [`PATIENCE`].
+pub trait OriginGate: Send + Sync + std::fmt::Debug {
+    /// Whether the range starting at byte `offset` of the file at manifest path `path` is this
+    /// pull's to take from the origin.
+    fn allows(&self, path: &str, offset: u64) -> bool;
+}
+
+/// How long a range waits for mirrors before it goes to the origin, whatever the gate says:
+/// the gate keeps the origin's load down, it must never keep a pull from ending.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A model's files cut into blocks, dealt to `count` stripes: the gate of a node that fetches
+/// from the origin the stripes it holds, each node of a group one stripe at first. Blocks of
+/// one file go round the stripes in turn, starting at a stripe that depends on the file's path,
+/// so every node works near the same place of every file (each node's hash cursors move) and
+/// small files spread over the stripes. Which stripes a node holds changes while it pulls (a
+/// stripe whose holder stopped renewing its lease is taken over).
+#[derive(Debug)]
+pub struct Stripes {
+    block: u64,
+    held: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl Stripes {
+    /// `count` stripes (at least one) of `block`-byte blocks, none held.
+    pub fn new(count: usize, block: u64) -> Self {
+        Self {
+            block: block.max(1),
+            held: (0..count.max(1))
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+        }
+    }
+
+    /// How many stripes there are.
+    pub fn count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The stripe of the block holding byte `offset` of the file at `path`.
+    pub fn stripe_of(&self, path: &str, offset: u64) -> usize {
+        // FNV-1a: stable across processes and versions, unlike the standard hasher.
+        let start = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (start.wrapping_add(offset / self.block) % self.held.len() as u64) as usize
+    }
+
+    /// Takes (`true`) or gives up stripe `stripe`.
+    pub fn hold(&self, stripe: usize, held: bool) {
+        if let Some(s) = self.held.get(stripe) {
+            s.store(held, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The stripes held now.
+    pub fn held(&self) -> Vec<usize> {
+        (0..self.held.len())
+            .filter(|&s| self.held[s].load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+}
+
+impl OriginGate for Stripes {
+    fn allows(&self, path: &str, offset: u64) -> bool {
+        self.held[self.stripe_of(path, offset)].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Checks a mirror base URL given by a user: http or https, no user info, query or fragment.
 pub fn parse_base(base: &str) -> Result<Url> {
     let invalid = |reason: &str| {
@@ -147,6 +221,40 @@ mod tests {
             assert!(err.contains("mirror"), "{bad}: {err}");
             assert!(!err.contains("secret"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn stripes_deal_blocks_round_and_gate_the_held_ones() {
+        let stripes = Stripes::new(4, 100);
+        let of = |path: &str| {
+            (0..8)
+                .map(|b| stripes.stripe_of(path, b * 100 + 7))
+                .collect::<Vec<_>>()
+        };
+        let a = of("a.bin");
+        // Consecutive blocks go to consecutive stripes: every stripe gets one in four.
+        for w in a.windows(2) {
+            assert_eq!(w[1], (w[0] + 1) % 4);
+        }
+        assert_eq!(
+            stripes.stripe_of("a.bin", 0),
+            stripes.stripe_of("a.bin", 99)
+        );
+        // Files start at different stripes (some pair of these four differs).
+        let starts: std::collections::BTreeSet<usize> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|p| stripes.stripe_of(p, 0))
+            .collect();
+        assert!(starts.len() > 1, "{starts:?}");
+        assert!(!stripes.allows("a.bin", 0));
+        stripes.hold(a[0], true);
+        assert!(stripes.allows("a.bin", 0));
+        assert!(!stripes.allows("a.bin", 100));
+        assert!(stripes.allows("a.bin", 400));
+        assert_eq!(stripes.held(), [a[0]]);
+        stripes.hold(a[0], false);
+        assert!(stripes.held().is_empty());
+        assert_eq!(Stripes::new(0, 0).count(), 1);
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct Options {
     pub headers: Vec<(String, String)>,
     /// Forward proxies (`HTTPS_PROXY`…), `None` for direct connections.
     pub proxy: Option<Arc<ProxyConfig>>,
+    /// Which ranges may come from the origin while the file has mirrors (see
+    /// [`crate::mirror::OriginGate`]); `None`: any the mirrors cannot serve.
+    pub origin_gate: Option<Arc<dyn crate::mirror::OriginGate>>,
 }
 
 impl Options {
@@ -183,6 +186,7 @@ impl Default for Options {
             insecure_hosts: Vec::new(),
             headers: Vec::new(),
             proxy: None,
+            origin_gate: None,
         }
     }
 }

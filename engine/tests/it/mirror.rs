@@ -1,11 +1,14 @@
 //! Mirrors: ranges go to them first, the origin answers only what they cannot, credentials
 //! never reach them, and nothing they send is published unless the origin's digest agrees.
 //! Each mirror is a second test origin serving the same files (it sends chunk CRCs when asked,
-//! as the agent's peer server does, unless told to omit them).
+//! as the agent's peer server does, unless told to omit them). With an origin gate, a node's
+//! own share goes to the origin and the rest waits for the mirrors.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use modelpull::mirror::{OriginGate, Stripes};
 use modelpull::report::HostConnections;
 use modelpull::runtime::Driver;
 use modelpull::target::{Auth, StaticHeaders};
@@ -264,4 +267,60 @@ fn a_stalled_mirror_loses_its_range_within_the_stall_timeout() {
     // One stall is no reason to drop it; the stalled range went elsewhere.
     assert!(!mirror_host(&report).dropped);
     assert!(report.retries >= 1);
+}
+
+/// Bytes of `content` in the blocks of `stripes` that `held` says are this node's.
+fn bytes_of_held_blocks(stripes: &Stripes, path: &str, len: u64, block: u64) -> u64 {
+    (0..len.div_ceil(block))
+        .filter(|b| stripes.allows(path, b * block))
+        .map(|b| (len - b * block).min(block))
+        .sum()
+}
+
+#[test]
+fn a_striped_pull_takes_its_own_blocks_from_the_origin_and_waits_for_the_others() {
+    let content = data(12, 2 * 1024 * KIB + 300);
+    let (fx, mirror) = origin_and_mirror(&[("model.bin", &content)]);
+    // The mirror does not hold these bytes yet the first few times it is asked.
+    mirror.origin.set_faults(Faults {
+        status: Some(416),
+        status_times: 4,
+        ..Faults::default()
+    });
+    let block = 256 * KIB as u64;
+    let stripes = Arc::new(Stripes::new(2, block));
+    stripes.hold(stripes.stripe_of("model.bin", 0), true);
+    let opts = Options {
+        origin_gate: Some(stripes.clone()),
+        ..options(Driver::Epoll)
+    };
+    let dest = fx.dest("m");
+    let (report, _) = pull_with(targets(&fx, &["model.bin"], &[base(&mirror)]), &dest, &opts);
+    assert_file(&dest, "model.bin", &content);
+    let len = content.len() as u64;
+    let own = bytes_of_held_blocks(&stripes, "model.bin", len, block);
+    assert!(own > 0 && own < len);
+    // Its own blocks, and the probe's byte; not one byte of the other stripe.
+    assert_eq!(body_bytes(&fx), own + 1, "{:?}", fx.origin.stats().served);
+    assert_eq!(mirror_host(&report).bytes, len - own);
+    assert!(!mirror_host(&report).dropped, "'not yet' is no failure");
+}
+
+#[test]
+fn a_striped_pull_whose_mirrors_are_gone_takes_everything_from_the_origin() {
+    let content = data(13, 1024 * KIB);
+    let fx = Fixture::new(&[("model.bin", &content)]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = modelpull::mirror::parse_base(&format!("http://{}/", closed.local_addr().unwrap()))
+        .unwrap();
+    drop(closed);
+    let stripes = Arc::new(Stripes::new(4, 128 * KIB as u64));
+    let opts = Options {
+        origin_gate: Some(stripes),
+        ..options(Driver::Epoll)
+    };
+    let dest = fx.dest("m");
+    let (report, _) = pull_with(targets(&fx, &["model.bin"], &[down]), &dest, &opts);
+    assert_file(&dest, "model.bin", &content);
+    assert!(mirror_host(&report).dropped);
 }

@@ -13,8 +13,20 @@ use std::time::Instant;
 
 use super::{Claim, FileMeta, Job, JobState, Phase};
 use crate::http::HttpError;
+use crate::mirror;
 use crate::pull::tune::Tuner;
 use crate::report::HostConnections;
+
+/// Where a range goes (see [`Job::source_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pick {
+    /// To this source of the file.
+    Source(usize),
+    /// Nowhere yet: this host, where it should go, is full.
+    Full(usize),
+    /// Nowhere yet: the mirrors do not have it, and the origin gate keeps it from the origin.
+    Wait,
+}
 
 /// Failures in a row after which a mirror is dropped for the rest of the pull.
 const MIRROR_FAILURES: u32 = 3;
@@ -127,24 +139,38 @@ impl Job {
         !st.hosts[host].has_room() || self.connections_open(st) >= self.connection_cap
     }
 
-    /// Where a range of `file` goes: `Ok(source)`, or `Err(host)` when the host it should go
-    /// to is full. The mirror with the most connections to spare comes first (a tuner gives a
-    /// fast host more, so ranges follow the measured speed); the origin only when no mirror is
-    /// left to the range: each is in `avoid` (bit `source`), lacks the file, was dropped, or the
-    /// file must come from the origin alone. A mirror that is merely busy makes the range wait for it.
-    pub(super) fn source_for(&self, st: &JobState, file: usize, avoid: u64) -> Result<usize, usize> {
+    /// Where a range of `file` starting at chunk `start` goes. With an origin gate, a range
+    /// it gives this pull goes to the origin first; the others, and every range without a
+    /// gate, go to the mirror with the most connections to spare (a tuner gives a fast host
+    /// more, so ranges follow the measured speed), and to the origin only when no mirror is
+    /// left to the range: each is in `avoid` (bit `source`), lacks the file, was dropped, or
+    /// the file must come from the origin alone. A mirror that is merely busy makes the range
+    /// wait for it; so does a gate that keeps the range from the origin, unless every mirror
+    /// of the file is gone or the range has waited since `waiting` for [`mirror::PATIENCE`].
+    pub(super) fn source_for(
+        &self,
+        st: &JobState,
+        file: usize,
+        start: u64,
+        avoid: u64,
+        waiting: Option<Instant>,
+    ) -> Pick {
         let sources = &self.sources[file];
         let fs = &st.files[file];
-        if !fs.origin_only {
-            let avoid = avoid | fs.lacking;
-            let usable = sources
+        let gate = self.opts.origin_gate.as_ref().map(|gate| {
+            gate.allows(&self.metas[file].target.path, start * self.chunk_size())
+        });
+        if !fs.origin_only && sources.len() > 1 && gate != Some(true) {
+            let alive: Vec<(usize, usize)> = sources
                 .iter()
+                .copied()
                 .enumerate()
                 .skip(1)
-                .filter(|&(i, &h)| avoid & (1 << i) == 0 && !st.hosts[h].dropped);
+                .filter(|&(i, h)| fs.lacking & (1 << i) == 0 && !st.hosts[h].dropped)
+                .collect();
             let mut busy = None;
             let mut best: Option<(usize, usize)> = None;
-            for (i, &h) in usable {
+            for &(i, h) in alive.iter().filter(|&&(i, _)| avoid & (1 << i) == 0) {
                 let host = &st.hosts[h];
                 let room = host.tuner.limit().saturating_sub(host.active);
                 if room == 0 {
@@ -153,19 +179,22 @@ impl Job {
                     best = Some((i, room));
                 }
             }
+            let cap_full = self.connections_open(st) >= self.connection_cap;
             match (best, busy) {
-                (Some((i, _)), _) if self.connections_open(st) < self.connection_cap => {
-                    return Ok(i);
-                }
-                (Some((i, _)), _) => return Err(sources[i]),
-                (None, Some(h)) => return Err(h),
+                (Some((i, _)), _) if !cap_full => return Pick::Source(i),
+                (Some((i, _)), _) => return Pick::Full(sources[i]),
+                (None, Some(h)) => return Pick::Full(h),
                 (None, None) => {}
+            }
+            let patient = waiting.is_none_or(|since| since.elapsed() < mirror::PATIENCE);
+            if gate == Some(false) && patient && !alive.is_empty() {
+                return Pick::Wait;
             }
         }
         if self.host_full(st, sources[0]) {
-            Err(sources[0])
+            Pick::Full(sources[0])
         } else {
-            Ok(0)
+            Pick::Source(0)
         }
     }
 

@@ -54,6 +54,7 @@ mod verify;
 mod window;
 
 pub(crate) use hosts::Overload;
+use hosts::Pick;
 pub(crate) use verify::first_mismatch;
 
 /// What never changes about a file during a pull.
@@ -143,6 +144,8 @@ struct Pending {
     /// Sources (bit per index in the file's sources) this range failed on: it goes to
     /// another one.
     avoid: u64,
+    /// Since when the range waits for a mirror to have it (see `OriginGate`).
+    waiting: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -250,6 +253,7 @@ impl FileState {
                     attempts: 0,
                     not_before: None,
                     avoid: 0,
+                    waiting: None,
                 },
             );
         }
@@ -271,6 +275,8 @@ pub(crate) struct Claim {
     pub source: usize,
     /// Sources the range failed on before (bit per source index).
     pub avoid: u64,
+    /// Since when the range has waited for a mirror to have it.
+    pub waiting: Option<Instant>,
     pub kind: ClaimKind,
     /// Chunk span `[start, end)`; for a probe of a new file, the span the probe asks for.
     pub start: u64,

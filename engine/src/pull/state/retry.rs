@@ -87,6 +87,7 @@ impl Job {
                             attempts,
                             not_before,
                             avoid: claim.avoid,
+                            waiting: claim.waiting,
                         },
                     );
                 }
@@ -115,6 +116,7 @@ impl Job {
                             attempts,
                             not_before,
                             avoid: claim.avoid,
+                            waiting: claim.waiting,
                         },
                     );
                 }
@@ -167,6 +169,7 @@ impl Job {
                     attempts: claim.attempts,
                     not_before: None,
                     avoid: claim.avoid | 1 << claim.source,
+                    waiting: claim.waiting,
                 },
             );
         }

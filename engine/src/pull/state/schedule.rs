@@ -10,10 +10,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ActiveRange, Claim, ClaimKind, FileState, Job, JobState, Phase, Work};
+use super::{ActiveRange, Claim, ClaimKind, FileState, Job, JobState, Phase, Pick, Work};
 
 /// How long a worker waits before it asks again when nothing can be claimed.
 const POLL: Duration = Duration::from_millis(5);
+
+/// How long a range no mirror has yet waits before the mirrors are asked again.
+const NOT_YET: Duration = Duration::from_millis(250);
 
 impl Job {
     /// Hands out the next piece of work: probes first, then the lowest pending range of the
@@ -49,15 +52,25 @@ impl Job {
                     if let Some(nb) = fs.pending.values().filter_map(|p| p.not_before).min() {
                         wait = wait.min(nb.saturating_duration_since(now));
                     }
-                    let Some((s, e, avoid)) = fs.ready_range(now) else {
+                    let Some((s, e, avoid, waiting)) = fs.ready_range(now) else {
                         continue;
                     };
                     let fits = self.fits_window(&self.metas[file], fs, window, committed, s, e);
-                    match self.source_for(st, file, avoid) {
-                        Ok(source) if fits => return self.claim_range(st, file, s, source, now),
-                        Ok(_) => blocked = true,
-                        Err(host) if fits => self.held_back(st, host),
-                        Err(_) => {}
+                    match self.source_for(st, file, s, avoid, waiting) {
+                        Pick::Source(source) if fits => {
+                            return self.claim_range(st, file, s, source, now);
+                        }
+                        Pick::Source(_) => blocked = true,
+                        Pick::Full(host) if fits => self.held_back(st, host),
+                        Pick::Full(_) => {}
+                        Pick::Wait => {
+                            // Asked of every mirror: ask again, after a pause.
+                            let p = st.files[file].pending.get_mut(&s).expect("pending range");
+                            p.avoid = 0;
+                            p.waiting.get_or_insert(now);
+                            p.not_before = Some(now + NOT_YET);
+                            wait = wait.min(NOT_YET);
+                        }
                     }
                 }
                 _ => {}
@@ -103,6 +116,7 @@ impl Job {
             id,
             source: 0,
             avoid: 0,
+            waiting: None,
             kind,
             start,
             end,
@@ -138,6 +152,7 @@ impl Job {
             id,
             source,
             avoid: p.avoid,
+            waiting: p.waiting,
             kind: ClaimKind::Range,
             start,
             end: p.end,
@@ -153,13 +168,13 @@ impl JobState {
 }
 
 impl FileState {
-    /// The lowest pending range whose pause (after a failure) is over, as `(start, end)` and
-    /// the sources it must avoid.
-    pub(super) fn ready_range(&self, now: Instant) -> Option<(u64, u64, u64)> {
+    /// The lowest pending range whose pause (after a failure) is over, as `(start, end)`, the
+    /// sources it must avoid and since when it has waited for a mirror.
+    pub(super) fn ready_range(&self, now: Instant) -> Option<(u64, u64, u64, Option<Instant>)> {
         self.pending
             .iter()
             .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
-            .map(|(&s, p)| (s, p.end, p.avoid))
+            .map(|(&s, p)| (s, p.end, p.avoid, p.waiting))
     }
 }
 

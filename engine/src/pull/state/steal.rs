@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ActiveRange, Claim, ClaimKind, Job, JobState, Phase, Work};
+use super::{ActiveRange, Claim, ClaimKind, Job, JobState, Phase, Pick, Work};
 
 /// A range in flight this long while its file's window is full counts as slow.
 pub(super) const SLOW_RANGE: Duration = Duration::from_secs(2);
@@ -78,6 +78,7 @@ impl Job {
             id,
             source,
             avoid: 0,
+            waiting: None,
             kind: ClaimKind::Range,
             start: mid,
             end,
@@ -86,8 +87,8 @@ impl Job {
     }
 
     /// The range in flight to split, as its file, its place in the file's `active` and the
-    /// source the split half goes to: the one with the most chunks left (two at least) of a
-    /// file with a source to spare a connection, in flight for [`YOUNG_RANGE`] at least.
+    /// source the split half goes to: the one with the most chunks left (two at least), in
+    /// flight for [`YOUNG_RANGE`] at least, whose upper half has a source to go to now.
     fn split_victim(
         &self,
         st: &JobState,
@@ -99,8 +100,7 @@ impl Job {
             .iter()
             .enumerate()
             .filter(|&(_, fs)| fs.phase == Phase::Active && fs.ranged)
-            .filter_map(|(i, fs)| Some((i, fs, self.source_for(st, i, 0).ok()?)))
-            .flat_map(|(i, fs, source)| {
+            .flat_map(|(i, fs)| {
                 fs.active
                     .iter()
                     .enumerate()
@@ -112,9 +112,13 @@ impl Job {
                             age >= YOUNG_RANGE
                         }
                     })
-                    .map(move |(j, a)| (i, j, source, a.end - a.next))
+                    .map(move |(j, a)| (i, j, a.end - a.next, a.next + (a.end - a.next) / 2))
             })
-            .filter(|&(_, _, _, left)| left >= 2)
+            .filter(|&(_, _, left, _)| left >= 2)
+            .filter_map(|(i, j, left, mid)| match self.source_for(st, i, mid, 0, None) {
+                Pick::Source(source) => Some((i, j, source, left)),
+                Pick::Full(_) | Pick::Wait => None,
+            })
             .max_by_key(|&(_, _, _, left)| left)
             .map(|(i, j, source, _)| (i, j, source))
     }
