@@ -71,8 +71,8 @@ async fn a_kserve_cache_is_adopted_in_place_by_the_agent_as_kserve_runs_it() {
         return;
     };
     if !rustix::process::geteuid().is_root() {
-        eprintln!(
-            "SKIPPED: runs KServe's initializer and the agent under their own uids (needs root)"
+        let _ = modelpull_testkit::servers::unavailable(
+            "runs KServe's initializer and the agent under their own uids (needs root)",
         );
         return;
     }

@@ -34,7 +34,9 @@ fn node_events(api: &ApiServer) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_root_waits_and_recovers_without_a_restart() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: running the agent as uid {AGENT_UID} needs root");
+        let _ = modelpull_testkit::servers::unavailable(&format!(
+            "running the agent as uid {AGENT_UID} needs root"
+        ));
         return;
     }
     let Some(python) = python() else {
