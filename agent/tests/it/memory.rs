@@ -2,7 +2,8 @@
 //! test makes: without `--memory-limit` it sizes its buffers under the limit by itself, pulls
 //! two models at once, together larger than the limit, verifying their sha256, and is not
 //! killed; its peak resident set (`VmHWM`) and the cgroup's peak charge stay under the limit.
-//! Needs root and a cgroup memory controller (v1 or v2); skipped without either. With 512 MiB
+//! Needs root and a cgroup memory controller (v1 or v2); skipped without either, or a failure
+//! where servers are required (`MODELPULL_REQUIRE_SERVERS=1`). With 512 MiB
 //! models and a release build it measured VmHWM 202 MiB, a cgroup peak of 194 MiB and 1.2
 //! CPU-seconds for the GiB.
 

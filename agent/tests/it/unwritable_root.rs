@@ -2,7 +2,8 @@
 //! owned by root, the agent running as uid 65532): the agent keeps running not ready, says what
 //! to fix once in its log and in an Event on its Node, still reports the models already there,
 //! and once the folder is fixed becomes ready and downloads the rest, without a restart. The
-//! test runs the agent binary as uid 65532, so it needs root; without it, it is skipped.
+//! test runs the agent binary as uid 65532, so it needs root; without it, it is skipped, or
+//! fails where servers are required (`MODELPULL_REQUIRE_SERVERS=1`).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
