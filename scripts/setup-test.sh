@@ -6,7 +6,7 @@
 # huggingface_hub (the client that proves the in-tree Hub fixture faithful), aiohttp and
 # the kubernetes client (the agent's test API server and the client that proves it faithful),
 # and kserve-storage (KServe's storage initializer, which fills the models root the agent's
-# migration test takes over). The tests
+# migration test takes over), and kubectl (its kustomize renders deploy/). The tests
 # start and stop the servers themselves, each on a free port of 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,23 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# kubectl renders deploy/ with its built-in kustomize (components need kustomize 3.7 or later;
+# Debian 12's kubernetes-client is 1.20, too old): a pinned release, checked against its sha256.
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  kubectl_version=v1.33.0
+  kubectl_sha256=9efe8d3facb23e1618cba36fb1c4e15ac9dc3ed5a2c2e18109e4a66b2bac12dc
+  echo "installing kubectl $kubectl_version"
+  command -v curl >/dev/null 2>&1 || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl ca-certificates >/dev/null
+  }
+  kubectl_tmp=$(mktemp -d)
+  curl -fsSL --retry 3 -o "$kubectl_tmp/kubectl" \
+    "https://dl.k8s.io/release/$kubectl_version/bin/linux/amd64/kubectl"
+  echo "$kubectl_sha256  $kubectl_tmp/kubectl" | sha256sum -c --quiet -
+  install -m 0755 "$kubectl_tmp/kubectl" /usr/local/bin/kubectl
+  rm -rf "$kubectl_tmp"
 fi
 # The packaged tinyproxy and nginx start system instances; the tests run their own.
 for svc in tinyproxy nginx; do

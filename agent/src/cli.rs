@@ -264,12 +264,12 @@ mod tests {
     fn every_flag_in_every_go_form() {
         /// A flag, a value, and how to read it back.
         type Case = (&'static str, &'static str, fn(&Args) -> String);
-        let cases: [Case; 9] = [
+        let cases: [Case; 10] = [
             ("tls-min-version", "VersionTLS13", |a| {
-                a.tls_min_version.clone().unwrap()
+                format!("{:?}", a.tls_min_version)
             }),
             ("tls-cipher-suites", "TLS_AES_128_GCM_SHA256", |a| {
-                a.tls_cipher_suites.clone().unwrap()
+                format!("{:?}", a.tls_cipher_suites)
             }),
             ("zap-encoder", "console", |a| format!("{:?}", a.zap_encoder)),
             ("zap-log-level", "5", |a| format!("{:?}", a.zap_log_level)),
@@ -279,14 +279,16 @@ mod tests {
             ("zap-time-encoding", "epoch", |a| {
                 format!("{:?}", a.zap_time_encoding)
             }),
-            ("kubeconfig", "/k/config", |a| {
-                a.kubeconfig.as_ref().unwrap().display().to_string()
-            }),
-            ("node-name", "gpu-1", |a| a.node_name.clone().unwrap()),
+            ("kubeconfig", "/k/config", |a| format!("{:?}", a.kubeconfig)),
+            ("node-name", "gpu-1", |a| format!("{:?}", a.node_name)),
             ("metrics-bind-address", "127.0.0.1:9090", |a| {
                 a.metrics_bind_address.to_string()
             }),
+            ("health-probe-bind-address", "127.0.0.1:9091", |a| {
+                a.health_probe_bind_address.to_string()
+            }),
         ];
+        let defaults = args(&[]);
         for (flag, value, get) in cases {
             let forms = [
                 vec![format!("-{flag}"), value.to_owned()],
@@ -300,6 +302,7 @@ mod tests {
                 seen.push(get(&args(&form)));
             }
             assert!(seen.windows(2).all(|w| w[0] == w[1]), "{flag}: {seen:?}");
+            assert_ne!(seen[0], get(&defaults), "{flag}: the value is read");
         }
         assert_eq!(
             args(&["-zap-log-level", "5"]).zap_log_level,

@@ -80,7 +80,9 @@ fn s3_settings(cfg: &S3Config) -> [(&'static str, &'static str, &str); 7] {
 /// download say which Secret or ServiceAccount to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// The entry names neither a storage key nor a ServiceAccount: anonymous access.
+    /// The entry names neither a storage key nor a ServiceAccount: none of its own (an S3
+    /// store then takes the agent's own identity from the AWS default chain, or refuses unless
+    /// anonymous access is configured, as boto3 in KServe's Jobs).
     Anonymous,
     /// A key of the storage-config Secret.
     StorageSpec {
@@ -94,7 +96,7 @@ pub enum Source {
         name: String,
         secrets: Vec<String>,
     },
-    /// The entry names a ServiceAccount that does not exist: anonymous access, as KServe's.
+    /// The entry names a ServiceAccount that does not exist: none of its own, as KServe's.
     MissingServiceAccount { namespace: String, name: String },
 }
 
@@ -544,7 +546,7 @@ async fn lookup(
         .await
         .map_err(read("ServiceAccount", sa_name))?
     else {
-        // As KServe: no ServiceAccount, no credentials (anonymous access).
+        // As KServe: no ServiceAccount, no credentials of its own.
         return Ok(Credentials {
             env: Env::default(),
             source: Source::MissingServiceAccount {

@@ -2,7 +2,7 @@
 //!
 //! The engine already sorts its failures ([`modelpull::Error::exit_code`]); the agent keeps the
 //! engine's error whole, adds its own (credentials, disk space, the models root), and sorts
-//! every failure into one of three [`Class`]es. The class decides the retry
+//! every failure into one of four [`Class`]es. The class decides the retry
 //! ([`crate::retry::RetryPolicy`]), the `result` label of `modelpull_model_downloads_total`
 //! and what the failure's Event adds:
 //!
@@ -10,7 +10,13 @@
 //! |---|---|---|---|---|
 //! | bad input | malformed or unsupported URI, unsafe listing, invalid option or digest, bad proxy settings, a store whose copy disagrees with its own listing every time | none until the entry or the LocalModelNode's spec changes | `bad_input` | that it waits for a change |
 //! | access denied | 401/403 and gated repositories, missing or unusable credentials, a Secret the agent may not read | the longer backoff | `access_denied` | the Secret or ServiceAccount used (names only) |
-//! | transient | network, timeouts, 5xx and other store answers, bytes corrupted on the way, local I/O (disk full, a locked folder) | the normal backoff | `transient` | when it is tried again |
+//! | no space | the model's missing bytes do not fit on the disk (checked before the pull); the whole copy that repairs a folder the agent cannot write to did not fit | the no-space backoff, or at once when the entry or the spec changes (a removed model frees its space) | `no_space` | how much is needed and free, and the fix |
+//! | transient | network, timeouts, 5xx and other store answers, bytes corrupted on the way, other local I/O (a disk filled while writing, a locked folder) | the normal backoff | `transient` | when it is tried again |
+//!
+//! A repair copy that does not fit is not retried at the normal pace: every attempt reads the
+//! whole model again, fetches the damaged files and copies the rest before the disk fills up,
+//! and nothing changes that by itself; giving the folder to the agent (`chown -R 65532:65532`)
+//! lets it repair the folder file by file instead, with no copy.
 //!
 //! Two engine errors are classed apart from their exit code. `DestinationOccupied` is bad input
 //! for the CLI (the user named the folder) but transient here: the folder is the agent's own,
@@ -31,18 +37,27 @@ pub enum Class {
     BadInput,
     /// The store or the cluster refused the credentials (or there were none).
     AccessDenied,
+    /// The disk cannot hold what the download needs: space is freed by people, or by a model
+    /// removed from the spec.
+    NoSpace,
     /// Trying again later may succeed.
     Transient,
 }
 
 impl Class {
-    pub const ALL: [Class; 3] = [Class::BadInput, Class::AccessDenied, Class::Transient];
+    pub const ALL: [Class; 4] = [
+        Class::BadInput,
+        Class::AccessDenied,
+        Class::NoSpace,
+        Class::Transient,
+    ];
 
     /// The `result` label of `modelpull_model_downloads_total` for a failure of this class.
     pub fn metric_label(self) -> &'static str {
         match self {
             Class::BadInput => "bad_input",
             Class::AccessDenied => "access_denied",
+            Class::NoSpace => "no_space",
             Class::Transient => "transient",
         }
     }
@@ -62,6 +77,10 @@ pub enum Error {
     /// The listed model does not fit; the message says how much it needs and how much is free.
     #[error("{0}")]
     NoSpace(String),
+    /// A folder the agent cannot write to needs a whole verified copy to be repaired, and the
+    /// copy did not fit on the disk; the message says how to repair it in place instead.
+    #[error("{0}")]
+    CopyDoesNotFit(String),
     #[error("models root: {0}")]
     ModelsRoot(#[source] std::io::Error),
 }
@@ -88,7 +107,8 @@ impl Error {
                 CredentialError::CaBundle { .. } => Class::BadInput,
             },
             Error::Proxy(_) => Class::BadInput,
-            Error::NoSpace(_) | Error::ModelsRoot(_) => Class::Transient,
+            Error::NoSpace(_) | Error::CopyDoesNotFit(_) => Class::NoSpace,
+            Error::ModelsRoot(_) => Class::Transient,
         }
     }
 }
@@ -268,7 +288,11 @@ mod tests {
             ),
             (
                 Error::NoSpace("not enough disk space".into()),
-                Class::Transient,
+                Class::NoSpace,
+            ),
+            (
+                Error::CopyDoesNotFit("not enough disk space to repair".into()),
+                Class::NoSpace,
             ),
             (Error::ModelsRoot(io()), Class::Transient),
         ];
@@ -280,7 +304,10 @@ mod tests {
     #[test]
     fn each_class_has_its_own_metric_label() {
         let labels: Vec<&str> = Class::ALL.iter().map(|c| c.metric_label()).collect();
-        assert_eq!(labels, ["bad_input", "access_denied", "transient"]);
+        assert_eq!(
+            labels,
+            ["bad_input", "access_denied", "no_space", "transient"]
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! What follows a failure depends on its [`Class`] (see [`crate::error`] and
 //! [`RetryPolicy`]): a transient failure is tried again after a backoff, refused access after a
-//! longer one, bad input only once its entry or the node's spec changes
+//! longer one, a disk without room after a longer one still, bad input only once its entry or
+//! the node's spec changes
 //! ([`Downloads::release`], which also cuts any backoff short). None is left for a human, as
 //! KServe's failed Jobs are. Every change wakes the controller, which reports it. Credentials
 //! arrive in an in-memory [`Env`] and go nowhere else.
@@ -511,12 +512,9 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
     let control = Control::new(&opts.client())?.with_cancel(cancel.clone());
     let manifest = store::resolve(uri, env, &control)?;
     let dest = settings.models.join(key);
+    let survey = modelpull::adopt::survey(&manifest.files, &dest);
     if manifest.total_size().is_some() {
-        check_space(
-            &modelpull::adopt::survey(&manifest.files, &dest),
-            &settings.models,
-            &dest,
-        )?;
+        check_space(&survey, &settings.models, &dest)?;
     }
     opts.apply_tls(&manifest);
     let request = PullRequest {
@@ -531,7 +529,8 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
         progress: progress.clone(),
         cancel: cancel.clone(),
     };
-    let report = modelpull::pull(&request, &opts, &cx)?;
+    let report = modelpull::pull(&request, &opts, &cx)
+        .map_err(|e| copy_did_not_fit(e, &survey, &settings.models, &request.dest))?;
     if let Some(a) = &report.adoption {
         tracing::info!(
             dest = %report.destination.display(),
@@ -586,6 +585,37 @@ fn check_space(survey: &modelpull::adopt::Survey, models: &Path, dest: &Path) ->
         }
     }
     Err(Error::NoSpace(message))
+}
+
+/// A full disk while repairing a folder the agent cannot write to is the whole copy that such a
+/// repair builds (the copy of what is present was let through [`check_space`] as it may not be
+/// needed): said once, with the fix that avoids the copy, and retried as a full disk, not at the
+/// normal pace. Any other error is the engine's.
+fn copy_did_not_fit(
+    error: modelpull::Error,
+    survey: &modelpull::adopt::Survey,
+    models: &Path,
+    dest: &Path,
+) -> Error {
+    let full = matches!(&error, modelpull::Error::Local { source, .. }
+        if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded));
+    if !full || survey.writable || survey.present_bytes == 0 {
+        return Error::Engine(error);
+    }
+    let human = modelpull::units::human_bytes;
+    let free = crate::disk::free_bytes(models).map_or_else(|_| "?".into(), human);
+    Error::CopyDoesNotFit(format!(
+        "not enough disk space to repair {dest}: the agent cannot write to this folder (its \
+         files belong to another user, as KServe's download Jobs leave them), so a damaged or \
+         missing file is repaired by a verified copy of the whole model ({need}), which does not \
+         fit on {models} ({free} free once the copy was removed; {error}). Give the folder to \
+         the agent and it repairs only the damaged files, in place: on the node, chown -R \
+         65532:65532 {dest} (or the whole hostPath folder), or an init container running as \
+         root that does the same (a pod fsGroup does not change a hostPath's owner)",
+        dest = dest.display(),
+        need = human(survey.present_bytes + survey.missing_bytes),
+        models = models.display(),
+    ))
 }
 
 #[cfg(test)]
@@ -765,6 +795,72 @@ mod tests {
         assert!(
             message.contains(&format!("chown -R 65532:65532 {}", dest.display())),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn a_repair_copy_that_fills_the_disk_names_the_fix_and_waits_long() {
+        use modelpull::adopt::Survey;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("0123456789abcdef");
+        let local = |errno: rustix::io::Errno| modelpull::Error::Local {
+            op: "write",
+            path: dir
+                .path()
+                .join(".0123456789abcdef.modelpull-staging/model.safetensors"),
+            source: std::io::Error::from_raw_os_error(errno.raw_os_error()),
+        };
+        use rustix::io::Errno;
+        let kserves = Survey {
+            present_bytes: 10 << 20,
+            missing_bytes: 0,
+            writable: false,
+        };
+        let error = copy_did_not_fit(local(Errno::NOSPC), &kserves, dir.path(), &dest);
+        let Error::CopyDoesNotFit(message) = &error else {
+            panic!("{error}");
+        };
+        for named in [
+            format!("not enough disk space to repair {}", dest.display()),
+            "a verified copy of the whole model (10.0 MiB)".into(),
+            format!("chown -R 65532:65532 {}", dest.display()),
+            "an init container running as root".into(),
+            "No space left on device".into(),
+        ] {
+            assert!(message.contains(&named), "{named}: {message}");
+        }
+        assert_eq!(error.class(), Class::NoSpace);
+        let d = failing();
+        d.start_download("hf://acme/kserve", entry("hf://acme/kserve"), credentials());
+        d.fail("hf://acme/kserve", entry("hf://acme/kserve"), error);
+        let notes: Vec<String> = failures(&d).iter().map(Failure::note).collect();
+        assert!(
+            notes.last().unwrap().ends_with("; trying again in 600 s"),
+            "{notes:?}"
+        );
+
+        // Not the copy: a folder the agent writes to, nothing present, or another error.
+        let own = Survey {
+            writable: true,
+            ..kserves
+        };
+        let fresh = Survey {
+            present_bytes: 0,
+            missing_bytes: 10 << 20,
+            writable: false,
+        };
+        for (errno, survey) in [
+            (Errno::NOSPC, own),
+            (Errno::NOSPC, fresh),
+            (Errno::ACCESS, kserves),
+        ] {
+            let error = copy_did_not_fit(local(errno), &survey, dir.path(), &dest);
+            assert!(matches!(error, Error::Engine(_)), "{error}");
+        }
+        assert_eq!(
+            copy_did_not_fit(local(Errno::DQUOT), &kserves, dir.path(), &dest).class(),
+            Class::NoSpace,
+            "a quota is a full disk too"
         );
     }
 

@@ -39,7 +39,7 @@ impl AgentMetrics {
             downloads: IntCounterVec::new(
                 Opts::new(
                     "modelpull_model_downloads_total",
-                    "Model downloads finished, by result: ok (verified and published), or the class of the failure: bad_input (not retried until the entry or the spec changes), access_denied (retried after a longer backoff), transient (retried after a backoff).",
+                    "Model downloads finished, by result: ok (verified and published), or the class of the failure: bad_input (not retried until the entry or the spec changes), access_denied (retried after a longer backoff), no_space (the disk cannot hold the model or the copy that repairs a folder the agent cannot write to; retried after a longer backoff still, or when the spec changes), transient (retried after a backoff).",
                 ),
                 &["result"],
             )?,

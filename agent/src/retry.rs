@@ -1,7 +1,10 @@
 //! When a failed download is tried again, by the [`Class`] of its failure: transient failures
 //! after an exponential backoff, refused access after a longer one (credentials are fixed by
-//! people, and a store that refuses should not be asked every few seconds), bad input not
-//! until its entry or the node's spec changes (see [`crate::jobs::Downloads::release`]).
+//! people, and a store that refuses should not be asked every few seconds), a disk without
+//! room after a longer one still (space is freed by people, or by a model removed from the
+//! spec, which tries it at once; a repair copy that did not fit would read the whole model
+//! again at each try), bad input not until its entry or the node's spec changes (see
+//! [`crate::jobs::Downloads::release`]).
 //! KServe's agent never retries a failed Job; a person has to delete it.
 
 use std::time::Duration;
@@ -28,10 +31,12 @@ impl Backoff {
 pub struct RetryPolicy {
     pub transient: Backoff,
     pub access_denied: Backoff,
+    pub no_space: Backoff,
 }
 
 impl Default for RetryPolicy {
-    /// Transient: 30 s doubling to 10 minutes. Access denied: 2 minutes doubling to 30.
+    /// Transient: 30 s doubling to 10 minutes. Access denied: 2 minutes doubling to 30. No
+    /// space: 10 minutes doubling to 2 hours.
     fn default() -> Self {
         Self {
             transient: Backoff {
@@ -41,6 +46,10 @@ impl Default for RetryPolicy {
             access_denied: Backoff {
                 base: Duration::from_secs(120),
                 cap: Duration::from_secs(1800),
+            },
+            no_space: Backoff {
+                base: Duration::from_secs(600),
+                cap: Duration::from_secs(7200),
             },
         }
     }
@@ -53,6 +62,7 @@ impl RetryPolicy {
         match class {
             Class::BadInput => None,
             Class::AccessDenied => Some(self.access_denied.after(attempts)),
+            Class::NoSpace => Some(self.no_space.after(attempts)),
             Class::Transient => Some(self.transient.after(attempts)),
         }
     }
@@ -87,10 +97,18 @@ mod tests {
             waits(Class::Transient),
             [30, 60, 120, 240, 480, 600].map(Some)
         );
+        assert_eq!(
+            waits(Class::NoSpace),
+            [600, 1200, 2400, 4800, 7200, 7200].map(Some)
+        );
         for a in 1..=20 {
             assert!(
                 p.retry_in(Class::AccessDenied, a) > p.retry_in(Class::Transient, a),
                 "refused access waits longer (attempt {a})"
+            );
+            assert!(
+                p.retry_in(Class::NoSpace, a) > p.retry_in(Class::AccessDenied, a),
+                "a full disk waits longer still (attempt {a})"
             );
         }
     }

@@ -612,8 +612,52 @@ async fn a_transient_failure_is_tried_again_when_its_backoff_ends() {
     assert_eq!(w.downloads_total(), counts(&[("transient", 1)]));
 }
 
+/// What the agent logs at warning level or above while the guard lives, on this thread (a
+/// `#[tokio::test]` runs every task here).
+#[derive(Clone, Default)]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Warnings {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let out = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(out.clone())
+            .finish();
+        (out, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Warnings {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Warnings {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self {
+        self.clone()
+    }
+}
+
 #[tokio::test]
 async fn forbidden_events_are_not_sent_again_and_status_goes_on() {
+    let (warnings, _guard) = Warnings::capture();
     let mut w = World::new(Duration::from_secs(600), |models| {
         fake::fetch(move |order| {
             fake::publish(&models, order.key, &order.entry.source_model_uri);
@@ -655,6 +699,19 @@ async fn forbidden_events_are_not_sent_again_and_status_goes_on() {
     assert_eq!(
         seen[1].model_status(),
         &json!({"a/../b": "ModelDownloadError"})
+    );
+
+    // One warning in all, naming the rule that turns Events on.
+    let about_events: Vec<String> = warnings
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("Events are forbidden"))
+        .collect();
+    assert_eq!(about_events.len(), 1, "{about_events:?}");
+    assert!(about_events[0].contains(" WARN "), "{about_events:?}");
+    assert!(
+        about_events[0].contains(crate::events::RBAC_RULE),
+        "{about_events:?}"
     );
 }
 

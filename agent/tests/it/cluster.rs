@@ -530,7 +530,7 @@ async fn not_enough_space_is_an_error_that_says_how_much() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("SKIPPED: cannot mount a small tmpfs (needs root)");
+        let _ = modelpull_testkit::servers::unavailable("cannot mount a small tmpfs (needs root)");
         return;
     }
     struct Unmount(std::path::PathBuf);
@@ -916,6 +916,66 @@ async fn s3_credentials_as_kserves_builder_with_a_ca_bundle_configmap() {
         .await;
     // The ConfigMap read in the job namespace is among what the shipped RBAC rules allow.
     crate::util::rbac::assert_allowed(&w.api.requests());
+    assert_eq!(
+        std::fs::read(w.folder("s3://models/llama").join("w.bin")).unwrap(),
+        content
+    );
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_with_the_pods_irsa_identity_and_the_service_accounts_endpoint() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use modelpull_testkit::stores::{S3, none};
+    let Some(w) = World::start(&[]).await else {
+        return;
+    };
+    let content = data(22, 300_000);
+    let Some(s3) = S3::start(true, &[("llama/w.bin", content.clone(), none())]) else {
+        return;
+    };
+    // As on EKS: the agent's pod has IRSA's role and projected token (and its STS); the
+    // model's ServiceAccount carries the role annotation and the S3 endpoint, no Secret.
+    let token = w.root().join("eks.amazonaws.com/serviceaccount/token");
+    std::fs::create_dir_all(token.parent().unwrap()).unwrap();
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.projected.token\n").unwrap();
+    let ns = "kserve-localmodel-jobs";
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "irsa-puller", "namespace": ns, "annotations": {
+            "eks.amazonaws.com/role-arn": s3.role_arn.clone().unwrap(),
+            "serving.kserve.io/s3-endpoint": format!("127.0.0.1:{}", s3.server.port),
+            "serving.kserve.io/s3-usehttps": "0",
+        }},
+    }))
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let mut model = entry("llama", "s3://models/llama");
+    model.service_account_name = Some("irsa-puller".into());
+    w.create_node(vec![model]).await;
+    // AssumeRoleWithWebIdentity is unsigned; every S3 request after it must be signed with
+    // the role's temporary keys (the agent is given no keys), or moto refuses it.
+    s3.allow_unsigned(1);
+    let kubeconfig = w.api.kubeconfig(w.root());
+    let role_arn = s3.role_arn.clone().unwrap();
+    let sts = s3.server.url();
+    let agent = Agent::start_with_env(
+        &kubeconfig,
+        w.root(),
+        NODE,
+        &[],
+        &[
+            ("AWS_ROLE_ARN", role_arn.as_str()),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+            ("AWS_ENDPOINT_URL_STS", sts.as_str()),
+        ],
+    );
+    w.wait(&agent, "llama downloaded", Duration::from_secs(60), |s| {
+        s.get("llama") == Some(&ModelStatus::Downloaded)
+    })
+    .await;
     assert_eq!(
         std::fs::read(w.folder("s3://models/llama").join("w.bin")).unwrap(),
         content

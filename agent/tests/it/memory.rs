@@ -2,13 +2,12 @@
 //! test makes: without `--memory-limit` it sizes its buffers under the limit by itself, pulls
 //! two models at once, together larger than the limit, verifying their sha256, and is not
 //! killed; its peak resident set (`VmHWM`) and the cgroup's peak charge stay under the limit.
-//! Needs root and a cgroup memory controller (v1 or v2); skipped without either. With 512 MiB
+//! Needs root and a cgroup memory controller (v1 or v2); skipped without either, or a failure
+//! where servers are required (`MODELPULL_REQUIRE_SERVERS=1`). With 512 MiB
 //! models and a release build it measured VmHWM 202 MiB, a cgroup peak of 194 MiB and 1.2
 //! CPU-seconds for the GiB.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use kube::Api;
@@ -17,6 +16,7 @@ use localmodelnode_agent::crd::{LocalModelNode, LocalModelNodeSpec, ModelStatus}
 use localmodelnode_agent::keys::storage_key;
 use modelpull_testkit::origin::Origin;
 
+use crate::util::cgroup::{Cgroup, Limits};
 use crate::util::*;
 
 const NODE: &str = "gpu-node-1";
@@ -24,94 +24,6 @@ const NODE: &str = "gpu-node-1";
 const LIMIT: u64 = 300 << 20;
 /// Each model is larger than the buffers, so both keep them full until the end.
 const MODEL: usize = 160 << 20;
-
-/// A memory cgroup with [`LIMIT`], removed when dropped (after the agent in it has stopped).
-struct Cgroup {
-    dir: PathBuf,
-    v2: bool,
-}
-
-impl Cgroup {
-    fn create() -> Result<Self, String> {
-        let base = PathBuf::from("/sys/fs/cgroup");
-        let name = format!("modelpull-it-memory-{}", std::process::id());
-        let fail = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        let v2 = base.join("cgroup.controllers").is_file();
-        let dir = if v2 {
-            // v2 keeps processes out of inner groups: a group of its own at the root.
-            std::fs::write(base.join("cgroup.subtree_control"), "+memory")
-                .map_err(|e| fail("enabling the memory controller", e))?;
-            base.join(name)
-        } else {
-            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-            let path = modelpull::limits::own_path(&own, "memory").ok_or("no memory cgroup")?;
-            base.join("memory")
-                .join(path.trim_start_matches('/'))
-                .join(name)
-        };
-        std::fs::create_dir(&dir).map_err(|e| fail("creating the cgroup", e))?;
-        let group = Self { dir, v2 };
-        let limit = LIMIT.to_string();
-        let set = |file: &str, value: &str| {
-            std::fs::write(group.dir.join(file), value).map_err(|e| fail(file, e))
-        };
-        if v2 {
-            set("memory.max", &limit)?;
-            if group.dir.join("memory.swap.max").is_file() {
-                set("memory.swap.max", "0")?;
-            }
-        } else {
-            set("memory.limit_in_bytes", &limit)?;
-        }
-        Ok(group)
-    }
-
-    /// A command that moves itself into the group, then becomes the agent.
-    fn wrap(&self) -> Command {
-        let procs = self.dir.join("cgroup.procs");
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(format!("echo $$ > '{}' && exec \"$@\"", procs.display()))
-            .arg("sh")
-            .arg(agent_binary());
-        command
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
-    }
-
-    /// The most memory the group was charged, when the kernel says.
-    fn peak(&self) -> Option<u64> {
-        let file = if self.v2 {
-            "memory.peak"
-        } else {
-            "memory.max_usage_in_bytes"
-        };
-        self.read(file).trim().parse().ok()
-    }
-
-    /// Processes of the group the kernel killed for memory.
-    fn oom_kills(&self) -> u64 {
-        let file = if self.v2 {
-            "memory.events"
-        } else {
-            "memory.oom_control"
-        };
-        self.read(file)
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
 
 /// A `/proc/PID/status` field, in bytes.
 fn status_bytes(pid: u32, key: &str) -> u64 {
@@ -137,13 +49,19 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_downloads_fit_under_kserves_300_mib() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: making a cgroup needs root");
+        let _ = modelpull_testkit::servers::unavailable("making a cgroup needs root");
         return;
     }
-    let cgroup = match Cgroup::create() {
+    let limits = Limits {
+        memory: LIMIT,
+        cpu_millis: None,
+    };
+    let cgroup = match Cgroup::create("memory", limits) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("SKIPPED: no memory cgroup for the test: {e}");
+            let _ = modelpull_testkit::servers::unavailable(&format!(
+                "no memory cgroup for the test: {e}"
+            ));
             return;
         }
     };
@@ -179,7 +97,7 @@ async fn two_downloads_fit_under_kserves_300_mib() {
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let kubeconfig = api.kubeconfig(dir.path());
-    let agent = Agent::spawn(cgroup.wrap(), &kubeconfig, &root, NODE, &[], &[]);
+    let agent = Agent::spawn(cgroup.wrap(None), &kubeconfig, &root, NODE, &[], &[]);
     let pid = agent.pid();
     wait_for(
         &nodes,

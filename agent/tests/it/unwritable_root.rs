@@ -2,7 +2,8 @@
 //! owned by root, the agent running as uid 65532): the agent keeps running not ready, says what
 //! to fix once in its log and in an Event on its Node, still reports the models already there,
 //! and once the folder is fixed becomes ready and downloads the rest, without a restart. The
-//! test runs the agent binary as uid 65532, so it needs root; without it, it is skipped.
+//! test runs the agent binary as uid 65532, so it needs root; without it, it is skipped, or
+//! fails where servers are required (`MODELPULL_REQUIRE_SERVERS=1`).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -34,7 +35,9 @@ fn node_events(api: &ApiServer) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_root_waits_and_recovers_without_a_restart() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: running the agent as uid {AGENT_UID} needs root");
+        let _ = modelpull_testkit::servers::unavailable(&format!(
+            "running the agent as uid {AGENT_UID} needs root"
+        ));
         return;
     }
     let Some(python) = python() else {

@@ -7,9 +7,12 @@ with no standalone server, and it lacks what a client-go/kube-rs watcher relies 
 resourceVersion, timeoutSeconds, bookmarks, PUT, status-subresource semantics,
 `reason: NotFound`).  So this is a plain aiohttp emulator (aiohttp is a kmock dependency).
 
-Usage:  python apiserver.py --port P [--state-dir D] [--bookmark-interval S] [-v]
+Usage:  python apiserver.py --port P [--state-dir D] [--bookmark-interval S]
+                            [--forbid RESOURCE]... [-v]
 Serves plain HTTP on 127.0.0.1:P, prints "ready" on stdout once listening, runs until
-SIGTERM/SIGINT.  With --state-dir, objects, the global resourceVersion and the recent
+SIGTERM/SIGINT.  --forbid RESOURCE (`plural.group`, or `plural` for the core group, e.g.
+`events.events.k8s.io`) answers every request for it 403 Forbidden with the message the real
+server's RBAC gives a ServiceAccount without a rule for it (recorded as any request).  With --state-dir, objects, the global resourceVersion and the recent
 event log are saved to D/state.json after every change and on exit, and loaded on start.
 
 Faithfulness notes: JSON only (protobuf bodies get 415); status is dropped on create and
@@ -110,6 +113,21 @@ def not_found(res: Res | None, name: str | None = None) -> ApiError:
         return ApiError(404, "NotFound", "the server could not find the requested resource")
     return ApiError(404, "NotFound", f'{res.qualified} "{name}" not found',
                     {"name": name, "group": res.group, "kind": res.plural})
+
+
+VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def forbidden(res: Res, ns: str | None, method: str, query) -> ApiError:
+    """What RBAC answers the agent's ServiceAccount (KServe's) for a resource it has no rule for."""
+    verb = VERBS.get(method, "get")
+    if method == "GET" and query.get("watch", "").lower() in ("true", "1"):
+        verb = "watch"
+    where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+    user = "system:serviceaccount:kserve:kserve-localmodelnode-agent"
+    return ApiError(403, "Forbidden", f'{res.qualified} is forbidden: User "{user}" cannot {verb} '
+                    f'resource "{res.plural}" in API group "{res.group}"{where}',
+                    {"group": res.group, "kind": res.plural})
 
 
 def conflict(res: Res, name: str) -> ApiError:
@@ -579,10 +597,12 @@ def discovery(tag: tuple) -> dict:
 
 
 class Server:
-    def __init__(self, store: Store, bookmark_interval: float, verbose: bool):
+    def __init__(self, store: Store, bookmark_interval: float, verbose: bool,
+                 forbidden: frozenset[str] = frozenset()):
         self.store = store
         self.bookmark_interval = bookmark_interval
         self.verbose = verbose
+        self.forbidden = forbidden
         self.requests: list[dict] = []
         self.seq = 0
         self.closing = False
@@ -659,6 +679,8 @@ class Server:
                 raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
             return web.json_response(discovery(target))
         res, ns, name, sub = target
+        if res.qualified in self.forbidden:
+            raise forbidden(res, ns, m, q)
         st = self.store
         if m == "GET" and q.get("watch", "").lower() in ("true", "1"):
             if sub is not None:
@@ -824,11 +846,13 @@ async def main() -> None:
     ap.add_argument("--state-dir")
     ap.add_argument("--bookmark-interval", type=float, default=5.0,
                     help="seconds between BOOKMARK events on watches with allowWatchBookmarks=true")
+    ap.add_argument("--forbid", action="append", default=[], metavar="RESOURCE",
+                    help="answer 403 to every request for RESOURCE (plural.group, or plural)")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
     args = ap.parse_args()
 
     store = Store(args.state_dir)
-    server = Server(store, args.bookmark_interval, args.verbose)
+    server = Server(store, args.bookmark_interval, args.verbose, frozenset(args.forbid))
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", server.handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)

@@ -48,7 +48,10 @@ pub struct Settings {
     pub region: String,
     /// Virtual-hosted (`bucket.host/key`) instead of path-style (`host/bucket/key`).
     pub virtual_hosted: bool,
-    /// Where the signing credentials come from; `None`: unsigned (anonymous) requests.
+    /// `awsAnonymousCredential=true`: requests go unsigned, whatever credentials are set.
+    pub anonymous: bool,
+    /// Where the signing credentials come from; `None` when anonymous, or when no source was
+    /// found, which [`list`] refuses unless anonymous access was asked for.
     pub credentials: Option<Provider>,
     pub ca_bundle: Option<CaBundle>,
     pub verify_tls: bool,
@@ -112,6 +115,7 @@ impl Settings {
             endpoint,
             region,
             virtual_hosted,
+            anonymous,
             credentials,
             ca_bundle: env
                 .get("AWS_CA_BUNDLE_PEM")
@@ -181,7 +185,8 @@ impl SigV4 {
     }
 
     /// The headers that sign `method url` with `extra` headers (which must be sent too).
-    /// When the credential chain found nothing, the request goes unsigned.
+    /// A source with nothing to give (no instance metadata service answered, or the instance
+    /// has no role) is a refusal, as boto3's `NoCredentialsError`: never an unsigned request.
     pub fn sign(
         &self,
         method: &str,
@@ -189,7 +194,13 @@ impl SigV4 {
         extra: &[(String, String)],
     ) -> std::result::Result<Vec<(String, String)>, String> {
         let Some(creds) = self.keys.current()? else {
-            return Ok(extra.to_vec());
+            return Err(format!(
+                "no AWS credentials found: {} gave none (no instance metadata service \
+                 answered, or the instance has no IAM role); set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY or another source, or awsAnonymousCredential=true to \
+                 send the requests unsigned (a public bucket)",
+                self.keys.describe()
+            ));
         };
         let identity = creds.identity();
         let mut settings = SigningSettings::default();
@@ -535,6 +546,12 @@ pub fn list(uri: &str, env: &Env, control: &Control, patterns: &Patterns) -> Res
     let (bucket, key) = parse(uri)?;
     super::check_object_path(uri, &key)?;
     let settings = Settings::from_env(env)?;
+    if settings.credentials.is_none() && !settings.anonymous {
+        return Err(Error::Auth {
+            uri: uri.to_owned(),
+            message: super::aws_auth::nothing_found(env, is_aws(&settings.endpoint)),
+        });
+    }
     let insecure_hosts = if settings.verify_tls {
         Vec::new()
     } else {
@@ -724,7 +741,7 @@ mod tests {
             ("awsAnonymousCredential", "true"),
         ]))
         .unwrap();
-        assert!(anon.credentials.is_none());
+        assert!(anon.anonymous && anon.credentials.is_none());
         let not_anon = Settings::from_env(&env(&[
             ("AWS_ACCESS_KEY_ID", "a"),
             ("AWS_SECRET_ACCESS_KEY", "b"),
@@ -732,7 +749,7 @@ mod tests {
         ]))
         .unwrap();
         assert!(
-            not_anon.credentials.is_some(),
+            !not_anon.anonymous && not_anon.credentials.is_some(),
             "KServe's storage-initializer takes only `true`"
         );
         assert!(

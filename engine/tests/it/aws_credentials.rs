@@ -88,6 +88,75 @@ fn a_missing_token_file_is_refused_at_once_naming_the_variable_and_file() {
 }
 
 #[test]
+fn no_source_is_refused_as_boto3_refuses_it_never_sent_unsigned() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: a request sent would fail as a store error, not a refusal.
+    let endpoint = format!("http://127.0.0.1:{}", servers::free_port());
+    let refused = |env: &Env, name: &str| {
+        let err = pull_uri(
+            "s3://models/m",
+            env,
+            &dir.path().join(name),
+            &store_options(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Auth { .. }), "{err}");
+        assert_eq!(err.exit_code(), ExitCode::Auth);
+        err.to_string()
+    };
+    let mut env: Env = [("AWS_ENDPOINT_URL", endpoint.clone())]
+        .into_iter()
+        .collect();
+    env.set("HOME", dir.path().to_str().unwrap());
+    let text = refused(&env, "nothing");
+    for named in [
+        "no AWS credentials found",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        &format!(
+            "profile `default` in {}",
+            dir.path().join(".aws/credentials").display()
+        ),
+        "not asked for an endpoint outside AWS",
+        "awsAnonymousCredential=true",
+    ] {
+        assert!(text.contains(named), "{named}: {text}");
+    }
+
+    // An instance metadata service that answers but gives no role: refused too, once asked.
+    let (port, seen) = stores::instance_metadata("", ("AKID".into(), "secret".into()));
+    env.set(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        format!("http://127.0.0.1:{port}"),
+    );
+    let text = refused(&env, "no-role");
+    assert!(text.contains("no AWS credentials found"), "{text}");
+    assert!(
+        text.contains(&format!("instance metadata at http://127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2, "the token, then the roles");
+
+    // Asked for, anonymous access needs no source: the request goes out (and finds nothing
+    // listening).
+    env.set("awsAnonymousCredential", "true");
+    let err = pull_uri(
+        "s3://models/m",
+        &env,
+        &dir.path().join("anonymous"),
+        &store_options(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Store { .. }), "{err}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "nothing asked when anonymous"
+    );
+}
+
+#[test]
 fn container_credentials_with_the_pod_identity_token() {
     let Some(s3) = bucket() else {
         return;

@@ -193,3 +193,93 @@ fn the_base_and_the_chart_ask_for_the_same_resources() {
         "the agent sizes its buffers under the limit by itself: {args:?}"
     );
 }
+
+/// Runs the component's Helm post-renderer over `rendered` with `image`; `None` without
+/// kubectl (a failure when servers are required).
+fn post_render(rendered: &str, image: Option<&str>) -> Option<Vec<Value>> {
+    use std::io::Write;
+    if std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        modelpull_testkit::servers::missing("kubectl (for the Helm post-renderer)")?;
+        return None;
+    }
+    let script = deploy().join("components/kserve-daemonset/helm-post-renderer");
+    let mut command = std::process::Command::new(script);
+    command
+        .env_remove("MODELPULL_AGENT_IMAGE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(image) = image {
+        command.env("MODELPULL_AGENT_IMAGE", image);
+    }
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rendered.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(parse_all(&String::from_utf8(out.stdout).unwrap()))
+}
+
+#[test]
+fn the_helm_post_renderer_applies_the_component_to_a_chart_render() {
+    // What KServe's chart renders: its DaemonSet among its other objects, as Helm hands them
+    // to a post-renderer (documents separated by `---`, with the chart's own image).
+    let daemonset = std::fs::read_to_string(kserve().join("daemonset.yaml"))
+        .unwrap()
+        .replace(
+            "image: kserve/kserve-localmodelnode-agent:latest",
+            "image: kserve/kserve-localmodelnode-agent:v0.20.0",
+        );
+    assert!(daemonset.contains("v0.20.0"));
+    let other = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: kserve-localmodelnode-agent\n  namespace: kserve\n";
+    let rendered = format!(
+        "---\n# Source: kserve-localmodel-resources/templates/a.yaml\n{other}---\n{daemonset}"
+    );
+    let Some(out) = post_render(&rendered, Some("registry.example:5000/mp/agent:v1")) else {
+        return;
+    };
+    let Some(component) = kustomize_at(&kserve()) else {
+        return;
+    };
+    // The component's objects, the chart's others untouched, the image the variable names.
+    assert_eq!(out.len(), component.len() + 1, "{out:?}");
+    let sa = by_name(&out, "ServiceAccount", "kserve-localmodelnode-agent");
+    assert_eq!(*sa, parse_all(other).remove(0));
+    let ds = by_name(&out, "DaemonSet", "kserve-localmodelnode-agent");
+    assert_eq!(container(ds)["image"], "registry.example:5000/mp/agent:v1");
+    let mut expected = by_name(&component, "DaemonSet", "kserve-localmodelnode-agent").clone();
+    expected["spec"]["template"]["spec"]["containers"][0]["image"] =
+        "registry.example:5000/mp/agent:v1".into();
+    assert_eq!(*ds, expected);
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        assert_eq!(
+            by_name(&out, kind, "localmodelnode-agent-events"),
+            by_name(&component, kind, "localmodelnode-agent-events")
+        );
+    }
+
+    // A digest, and no variable: the image daemonset.yaml sets.
+    let digest = format!("registry.example/mp/agent@sha256:{}", "a".repeat(64));
+    let out = post_render(&rendered, Some(&digest)).unwrap();
+    let ds = by_name(&out, "DaemonSet", "kserve-localmodelnode-agent");
+    assert_eq!(container(ds)["image"], digest.as_str());
+    let out = post_render(&rendered, None).unwrap();
+    let ds = by_name(&out, "DaemonSet", "kserve-localmodelnode-agent");
+    assert_eq!(
+        container(ds)["image"],
+        patch()["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
+}

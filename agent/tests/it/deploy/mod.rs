@@ -32,20 +32,18 @@ fn parse_all(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `kubectl kustomize deploy/<dir>`, or None without kubectl.
+/// `kubectl kustomize deploy/<dir>`, or None without kubectl (a failure when servers are
+/// required).
 fn kustomize(dir: &str) -> Option<Vec<Value>> {
     kustomize_at(&deploy().join(dir))
 }
 
-/// `kubectl kustomize <dir>`, or None without kubectl.
+/// `kubectl kustomize <dir>`, or None without kubectl (a failure when servers are required).
 fn kustomize_at(dir: &Path) -> Option<Vec<Value>> {
     let out = match Command::new("kubectl").arg("kustomize").arg(dir).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "kubectl is not installed: {} is read file by file, or not checked",
-                dir.display()
-            );
+            modelpull_testkit::servers::missing(&format!("kubectl (to render {})", dir.display()))?;
             return None;
         }
         Err(e) => panic!("kubectl: {e}"),

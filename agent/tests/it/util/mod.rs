@@ -2,6 +2,7 @@
 //! (`support/apiserver.py`), a kubeconfig for it, the agent binary as a process, and waiting
 //! for a LocalModelNode's status.
 
+pub mod cgroup;
 pub mod rbac;
 pub mod schema;
 pub use modelpull_testkit::servers;
@@ -46,11 +47,20 @@ pub struct ApiServer {
     pub port: u16,
     state: tempfile::TempDir,
     child: Option<Child>,
+    /// Resources answered 403, as RBAC answers a ServiceAccount without a rule for them.
+    forbidden: Vec<String>,
 }
 
 impl ApiServer {
     pub fn start(python: &Path) -> Self {
+        Self::forbidding(python, &[])
+    }
+
+    /// A server that answers 403 to every request for `resources` (`plural.group`, e.g.
+    /// `events.events.k8s.io`), as KServe's ClusterRole has the agent answered for Events.
+    pub fn forbidding(python: &Path, resources: &[&str]) -> Self {
         let mut s = Self::stopped(python);
+        s.forbidden = resources.iter().map(|r| (*r).to_owned()).collect();
         s.resume();
         s
     }
@@ -62,6 +72,7 @@ impl ApiServer {
             port: free_port(),
             state: tempfile::tempdir().unwrap(),
             child: None,
+            forbidden: Vec::new(),
         }
     }
 
@@ -73,6 +84,7 @@ impl ApiServer {
             .args(["--port", &self.port.to_string(), "--bookmark-interval", "1"])
             .arg("--state-dir")
             .arg(self.state.path())
+            .args(self.forbidden.iter().flat_map(|r| ["--forbid", r.as_str()]))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -229,6 +241,45 @@ impl Agent {
         let mut command = Command::new(agent_binary());
         command.uid(uid).gid(uid);
         Self::spawn(command, kubeconfig, root, node, &[], &[])
+    }
+
+    /// The agent as KServe's DaemonSet runs its image: `command` (the binary, or a wrapper
+    /// that first puts it in the pod's cgroup as uid 65532) with no arguments and the default
+    /// logs (zap's JSON, level info), in an environment of its own: the DaemonSet's
+    /// `NODE_NAME` and `POD_NAMESPACE`, the image's `PATH`, and what stands in here for the
+    /// cluster and the node: `KUBECONFIG` for the in-cluster ServiceAccount, `MODELS_ROOT` for
+    /// the hostPath at `/mnt/models`, bind addresses on free ports for `:8080` and `:8081`;
+    /// then `env`.
+    pub fn as_kserve_runs_it(
+        mut command: Command,
+        kubeconfig: &Path,
+        root: &Path,
+        node: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let log = root.join("agent.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let (metrics, health) = (free_port(), free_port());
+        let child = command
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("NODE_NAME", node)
+            .env("POD_NAMESPACE", "kserve")
+            .env("KUBECONFIG", kubeconfig)
+            .env("MODELS_ROOT", root)
+            .env("METRICS_BIND_ADDRESS", format!("127.0.0.1:{metrics}"))
+            .env("HEALTH_PROBE_BIND_ADDRESS", format!("127.0.0.1:{health}"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            metrics,
+            health,
+        }
     }
 
     /// The agent started by `command`, which runs the agent binary ([`agent_binary`]) with

@@ -34,8 +34,8 @@ fn cdn_bytes(hub: &Hub) -> u64 {
 #[test]
 fn folders_kserve_wrote_are_adopted_by_another_user() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!(
-            "SKIPPED: runs KServe's initializer and modelpull under their own uids (needs root)"
+        let _ = modelpull_testkit::servers::unavailable(
+            "runs KServe's initializer and modelpull under their own uids (needs root)",
         );
         return;
     }

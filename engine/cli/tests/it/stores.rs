@@ -200,3 +200,32 @@ fn s3_web_identity_without_its_token_file_exits_6_naming_it() {
     assert!(err.contains("AWS_WEB_IDENTITY_TOKEN_FILE"), "{err}");
     assert!(err.contains(token.to_str().unwrap()), "{err}");
 }
+
+#[test]
+fn s3_without_any_credentials_exits_6_unless_anonymous_is_asked() {
+    // Nothing listens at the endpoint: the refusal must come before any request.
+    let endpoint = format!("http://127.0.0.1:{}", servers::free_port());
+    let ls = |anonymous: bool| {
+        let mut cmd = modelpull();
+        cmd.args(["ls", "s3://models/m"])
+            .env_clear()
+            .env("AWS_ENDPOINT_URL", &endpoint);
+        if anonymous {
+            cmd.env("awsAnonymousCredential", "true");
+        }
+        cmd.output().unwrap()
+    };
+    let out = ls(false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("no AWS credentials found"), "{err}");
+    assert!(err.contains("awsAnonymousCredential=true"), "{err}");
+    let out = ls(true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(6),
+        "asked for, it goes unsigned: {err}"
+    );
+    assert!(err.contains("request to the S3 endpoint failed"), "{err}");
+}

@@ -6,7 +6,8 @@
 //! As the SDKs: `AWS_EC2_METADATA_DISABLED=true` turns it off, `AWS_EC2_METADATA_SERVICE_ENDPOINT`
 //! (or `_ENDPOINT_MODE=IPv6`) moves it, and connecting may take one second. A service that
 //! does not answer the token request in two seconds means "not on EC2": no credentials, and
-//! requests go unsigned. IMDSv1 (no token) is not used.
+//! the S3 store refuses to go on (as boto3's `NoCredentialsError`) unless anonymous access was
+//! asked for. IMDSv1 (no token) is not used.
 
 use std::time::Duration;
 

@@ -192,7 +192,8 @@ impl Provider {
     /// the S3 endpoint is AWS's own: only then is the EC2 metadata service asked without being
     /// named (`AWS_EC2_METADATA_SERVICE_ENDPOINT`), since its role credentials are good for
     /// AWS only and the link-local probe costs a second where no such service exists. `None`:
-    /// no source at all (requests go unsigned). The error names a half-given key pair.
+    /// no source at all, which the store refuses as boto3 does ([`nothing_found`]). The error
+    /// names a half-given key pair.
     pub fn from_env(env: &Env, aws_endpoint: bool) -> Result<Option<Self>, String> {
         match (
             env.get("AWS_ACCESS_KEY_ID"),
@@ -268,6 +269,29 @@ impl Provider {
     }
 }
 
+/// Why a pull that did not ask for anonymous access is refused when the chain found no
+/// source: each source and where it looked, and the two ways out.
+pub fn nothing_found(env: &Env, aws_endpoint: bool) -> String {
+    let instance_role = if env
+        .get("AWS_EC2_METADATA_DISABLED")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        "the EC2 instance role (AWS_EC2_METADATA_DISABLED=true)"
+    } else if aws_endpoint {
+        "the EC2 instance role"
+    } else {
+        "the EC2 instance role (not asked for an endpoint outside AWS without \
+         AWS_EC2_METADATA_SERVICE_ENDPOINT)"
+    };
+    format!(
+        "no AWS credentials found; tried AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, web \
+         identity (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE), container credentials \
+         (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI), {}, {instance_role}. Set one, \
+         or awsAnonymousCredential=true to send the requests unsigned (a public bucket)",
+        profile::searched(env)
+    )
+}
+
 /// A provider with the control plane it fetches over.
 #[derive(Debug)]
 pub struct Live {
@@ -293,7 +317,8 @@ pub enum Keys {
 }
 
 impl Keys {
-    /// The credentials to sign with now; `None` when the chain found none (unsigned).
+    /// The credentials to sign with now; `None` when the source has none to give (an instance
+    /// without a role), which the signer refuses.
     pub fn current(&self) -> Result<Option<Creds>, String> {
         match self {
             Keys::Static { creds, .. } => Ok(Some(creds.clone())),

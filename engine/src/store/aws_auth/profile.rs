@@ -35,23 +35,60 @@ pub struct Process {
 /// The settings of one profile, lower-cased keys.
 type Settings = BTreeMap<String, String>;
 
+/// Where the shared files are and which profile is read from them.
+struct Files<'a> {
+    credentials: Option<PathBuf>,
+    config: Option<PathBuf>,
+    profile: &'a str,
+}
+
+impl<'a> Files<'a> {
+    fn from_env(env: &'a Env) -> Self {
+        let home = env.get("HOME");
+        let expand = |path: &str| match (path.strip_prefix("~/"), home) {
+            (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+            _ => PathBuf::from(path),
+        };
+        let file = |var: &str, default: &str| {
+            env.get(var)
+                .map(expand)
+                .or_else(|| home.map(|h| PathBuf::from(h).join(default)))
+        };
+        Self {
+            credentials: file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
+            config: file("AWS_CONFIG_FILE", ".aws/config"),
+            profile: env
+                .first(&["AWS_PROFILE", "AWS_DEFAULT_PROFILE"])
+                .unwrap_or("default"),
+        }
+    }
+}
+
+/// Where the shared files were looked for, for a refusal: "profile `default` in … and …".
+pub(super) fn searched(env: &Env) -> String {
+    let files = Files::from_env(env);
+    let paths: Vec<String> = [&files.credentials, &files.config]
+        .into_iter()
+        .flatten()
+        .map(|p| p.display().to_string())
+        .collect();
+    if paths.is_empty() {
+        format!(
+            "profile `{}` (no HOME, AWS_SHARED_CREDENTIALS_FILE or AWS_CONFIG_FILE)",
+            files.profile
+        )
+    } else {
+        format!("profile `{}` in {}", files.profile, paths.join(" and "))
+    }
+}
+
 /// The provider the selected profile configures, if any.
 pub(super) fn from_env(env: &Env) -> Option<Provider> {
-    let home = env.get("HOME");
-    let expand = |path: &str| match (path.strip_prefix("~/"), home) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(path),
-    };
-    let file = |var: &str, default: &str| {
-        env.get(var)
-            .map(expand)
-            .or_else(|| home.map(|h| PathBuf::from(h).join(default)))
-    };
-    let credentials_file = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
-    let config_file = file("AWS_CONFIG_FILE", ".aws/config");
-    let name = env
-        .first(&["AWS_PROFILE", "AWS_DEFAULT_PROFILE"])
-        .unwrap_or("default");
+    let Files {
+        credentials: credentials_file,
+        config: config_file,
+        profile: name,
+    } = Files::from_env(env);
     let profile = |path: &Option<PathBuf>, config: bool| {
         let text = std::fs::read_to_string(path.as_ref()?).ok()?;
         parse(&text, config).remove(name)
