@@ -50,6 +50,10 @@ pub trait OriginGate: Send + Sync + std::fmt::Debug {
     /// Whether the range starting at byte `offset` of the file at manifest path `path` is this
     /// pull's to take from the origin.
     fn allows(&self, path: &str, offset: u64) -> bool;
+
+    /// The gate decides per block of this many bytes; a multiple of `Options::range_size`, so
+    /// that no range of the pull spans two blocks (and two decisions).
+    fn block(&self) -> u64;
 }
 
 /// How long a range waits for mirrors before it goes to the origin, whatever the gate says:
@@ -111,6 +115,10 @@ impl Stripes {
 impl OriginGate for Stripes {
     fn allows(&self, path: &str, offset: u64) -> bool {
         self.held[self.stripe_of(path, offset)].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn block(&self) -> u64 {
+        self.block
     }
 }
 

@@ -190,6 +190,30 @@ impl Held {
         self.partial.is_none()
     }
 
+    /// The last byte of the longest run from `first` up to `last` that this node holds:
+    /// `last` for a published file; for a pull in progress, the end of its flushed chunks from
+    /// `first` on, cut back to a multiple of `align` bytes (the reader's chunk size) unless it
+    /// is the file's end. `None` when it holds no such run.
+    pub fn held_through(&self, first: u64, last: u64, align: u64) -> Option<u64> {
+        if first > last || last >= self.size {
+            return None;
+        }
+        let Some(p) = &self.partial else {
+            return Some(last);
+        };
+        let mut end = first / p.chunk * p.chunk;
+        while end <= last && p.crcs[(end / p.chunk) as usize].is_some() {
+            end = (end + p.chunk).min(self.size);
+        }
+        let end = end.min(last + 1);
+        let end = if end == self.size || end == last + 1 {
+            end
+        } else {
+            end / align.max(1) * align.max(1)
+        };
+        (end > first).then(|| end - 1)
+    }
+
     /// Reads bytes `first..=last`, refused unless every one of them is held here. A chunk of
     /// a pull in progress is checked against its recorded CRC as it is read.
     pub fn read(&self, first: u64, last: u64) -> Result<Vec<u8>, ReadError> {
@@ -271,6 +295,8 @@ mod tests {
         assert!(held.is_complete());
         assert_eq!(held.size(), 10_000);
         assert_eq!(held.read(100, 199).unwrap(), &content[100..200]);
+        assert_eq!(held.held_through(100, 9_999, 4096), Some(9_999));
+        assert_eq!(held.held_through(100, 10_000, 4096), None);
         assert!(matches!(held.read(0, 10_000), Err(ReadError::Range { .. })));
         for path in [
             "unlisted.bin",
@@ -347,6 +373,14 @@ mod tests {
             held.read(0, 3 * chunk),
             Err(ReadError::NotYet { .. })
         ));
+        // What it holds from a byte on: up to its flushed chunks, cut to the reader's chunks.
+        assert_eq!(held.held_through(0, 4 * chunk, chunk), Some(3 * chunk - 1));
+        assert_eq!(
+            held.held_through(0, 4 * chunk, 2 * chunk),
+            Some(2 * chunk - 1)
+        );
+        assert_eq!(held.held_through(10, 100, chunk), Some(100));
+        assert_eq!(held.held_through(3 * chunk, 4 * chunk, chunk), None);
         // A flushed chunk that changed on disk since is refused, not served.
         let mut damaged = part.clone();
         damaged[chunk as usize + 1] ^= 1;

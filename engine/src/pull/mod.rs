@@ -235,6 +235,15 @@ impl Options {
                 shared.0.buffer_size() / 1024
             ));
         }
+        if let Some(gate) = &self.origin_gate
+            && !gate.block().is_multiple_of(self.range_size)
+        {
+            return bad(format!(
+                "the origin gate decides per block of {} bytes, not a multiple of --range-size ({} bytes): a range would span two blocks",
+                gate.block(),
+                self.range_size
+            ));
+        }
         if self.limit_rate == Some(0) {
             return bad("--limit-rate must be positive".into());
         }

@@ -162,6 +162,14 @@ pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, shar
         if job.over() {
             break;
         }
+        if let Some((file, generation, records)) = job.idle_checkpoint() {
+            let flushed = flush(&job, &ctx, file, generation).await;
+            if let Err(e) =
+                flushed.and_then(|()| job.checkpoint_done(file, generation, records, None))
+            {
+                job.fail(e);
+            }
+        }
         monoio::time::sleep(SUPERVISE).await;
     }
     while workers.running.get() > 0 {
@@ -367,8 +375,9 @@ fn check_range(
 /// A chunk span and the CRC32C the mirror sent for each of its chunks, if it sent them.
 type MirroredSpan = ((u64, u64), Option<Vec<u32>>);
 
-/// Checks a mirror's answer to a range: a 206 with exactly the bytes asked for, out of a file
-/// of the origin's size, and one CRC32C per chunk when it sends them. A mirror that answers
+/// Checks a mirror's answer to a range: a 206 with the bytes asked for (or, from a peer whose
+/// pull is in progress, whole chunks of them from the first on), out of a file of the origin's
+/// size, and one CRC32C per chunk when it sends them. A mirror that answers
 /// otherwise contradicts the origin and is not trusted again; one that refuses (an error
 /// status) only loses the range.
 fn mirrored_span(
@@ -389,12 +398,20 @@ fn mirrored_span(
             return Err(Failure::Retry { from, err });
         }
     }
-    let last = (claim.end * chunk).min(size) - 1;
+    // A peer may send the part of the range it holds from its first byte on, in whole chunks.
+    let asked = (claim.end * chunk).min(size) - 1;
+    let last = match resp.head.content_range {
+        Some(ContentRange::Bytes {
+            first, last: l, ..
+        }) if first == from * chunk && l < asked && (l + 1).is_multiple_of(chunk) => l,
+        _ => asked,
+    };
     check_range(resp, from * chunk, last, Some(size), from).map_err(distrust)?;
+    let end = (last + 1).div_ceil(chunk);
     let crcs = match resp.head.header(mirror::CRC32C) {
         None => None,
         Some(value) => match mirror::parse_crcs(value) {
-            Some(crcs) if crcs.len() as u64 == claim.end - claim.start => Some(crcs),
+            Some(crcs) if crcs.len() as u64 == end - claim.start => Some(crcs),
             _ => {
                 let message = format!(
                     "{} sent a malformed `{}` header for chunks {from}..{}",
@@ -406,7 +423,7 @@ fn mirrored_span(
             }
         },
     };
-    Ok(Some(((claim.start, claim.end), crcs)))
+    Ok(Some(((claim.start, end), crcs)))
 }
 
 /// Interprets the answer to a claim's request; returns the chunk span the body carries, or
@@ -708,8 +725,19 @@ async fn fetch(
             return (Err(e.into()), buf);
         }
     }
+    let url = crate::redact(&resp.url);
     if resp.body_done() {
         resp.release(&ctx.client);
+    }
+    if span.1 < claim.end && claim.kind == ClaimKind::Range {
+        // A peer sent the part it holds: the rest is asked of the next source, as a range the
+        // peer does not hold yet is.
+        let err = HttpError::Status {
+            status: 416,
+            url,
+            retry_after: None,
+        };
+        return (Err(Failure::Retry { from: span.1, err }), buf);
     }
     job.finish_range(claim);
     if claim.kind != ClaimKind::Range {

@@ -314,7 +314,7 @@ fn a_striped_pull_whose_mirrors_are_gone_takes_everything_from_the_origin() {
     let down = modelpull::mirror::parse_base(&format!("http://{}/", closed.local_addr().unwrap()))
         .unwrap();
     drop(closed);
-    let stripes = Arc::new(Stripes::new(4, 128 * KIB as u64));
+    let stripes = Arc::new(Stripes::new(4, 256 * KIB as u64));
     let opts = Options {
         origin_gate: Some(stripes),
         ..options(Driver::Epoll)

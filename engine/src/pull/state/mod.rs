@@ -184,6 +184,8 @@ pub(crate) struct FileState {
     active: Vec<ActiveRange>,
     journal: Option<Journal>,
     records: u64,
+    /// Of `records`, those the last checkpoint made durable.
+    synced_records: u64,
     syncing: bool,
     last_sync: Instant,
     probe_attempts: u32,
@@ -226,6 +228,7 @@ impl FileState {
             active: Vec::new(),
             journal: None,
             records: 0,
+            synced_records: 0,
             syncing: false,
             last_sync: Instant::now(),
             probe_attempts: 0,

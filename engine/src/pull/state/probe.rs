@@ -66,6 +66,7 @@ impl Job {
         fs.unwritten.clear();
         fs.journal = Some(journal);
         fs.records = 0;
+        fs.synced_records = 0;
         fs.last_sync = Instant::now();
         fs.downloads += 1;
         fs.phase = Phase::Active;

@@ -184,6 +184,7 @@ impl FileState {
         fs.direct = direct;
         fs.hashers = Some(hashers);
         fs.records = trusted.len() as u64;
+        fs.synced_records = fs.records;
         fs.journal = Some(journal);
         fs.downloads = 1;
         fs.resumed_bytes = fs.counted_bytes;

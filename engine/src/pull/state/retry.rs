@@ -138,11 +138,15 @@ impl Job {
         }
         let host = self.host_of(claim.file, claim.source);
         // A mirror without the file says so once per file; that is no mark against it.
-        // 416: not these bytes (a peer whose own pull has not reached them yet).
+        // 416: not these bytes (a peer whose own pull has not reached them yet). With an
+        // origin gate the mirrors are peers pulling the same model, so a 404 only means that a
+        // peer's pull has not started the file yet.
+        let peers = self.opts.origin_gate.is_some();
         let (lacking, no_mark) = match err {
-            HttpError::Status { status, .. } => {
-                (matches!(status, 404 | 410), matches!(status, 416 | 429 | 503))
-            }
+            HttpError::Status { status, .. } => (
+                !peers && matches!(status, 404 | 410),
+                matches!(status, 416 | 429 | 503) || peers && matches!(status, 404 | 410),
+            ),
             _ => (false, false),
         };
         if lacking && st.files[claim.file].generation == claim.generation {
