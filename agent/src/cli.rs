@@ -99,6 +99,21 @@ pub struct Args {
     #[arg(long, env = "PEER_LIMIT_RATE", value_parser = parse_rate)]
     pub peer_limit_rate: Option<u64>,
 
+    /// The headless Service selecting the agents' pods (in --namespace): its EndpointSlices
+    /// say where the other nodes' agents serve. With --peer-bind-address, the nodes that keep
+    /// a model fetch it from the origin about once between them.
+    #[arg(long, env = "PEER_SERVICE")]
+    pub peer_service: Option<String>,
+
+    /// How long a node's claim on its stripe of a model lasts without renewal; a stripe not
+    /// renewed for this long is taken over by another node.
+    #[arg(long, env = "PEER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub peer_lease_duration: std::time::Duration,
+
+    /// Bytes per block of a model dealt to the nodes' stripes.
+    #[arg(long, env = "PEER_STRIPE_SIZE", default_value = "64M", value_parser = parse_rate)]
+    pub peer_stripe_size: u64,
+
     /// KServe's flag; accepted, and ignored with a warning: every node's agent must reconcile
     /// its own node, so a DaemonSet must not elect a leader.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,

@@ -30,6 +30,9 @@ use crate::fetch::{Fetch, Order, Pulled};
 use crate::plan::Download;
 use crate::retry::RetryPolicy;
 
+/// How often a pull shared with peers flushes and records its chunks (they serve only those).
+const SHARED_CHECKPOINT: Duration = Duration::from_secs(1);
+
 /// How the engine pulls.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -40,6 +43,8 @@ pub struct Settings {
     pub concurrent: usize,
     /// Engine options for the node: the buffers are shared by its pulls, the rate is split.
     pub engine: Options,
+    /// The node group's coordination, when this agent shares downloads with its peers.
+    pub group: Option<Arc<crate::group::Coordinator>>,
 }
 
 /// The production [`Fetch`]: lists the source, checks the free space against the bytes still
@@ -517,8 +522,24 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
         check_space(&survey, &settings.models, &dest)?;
     }
     opts.apply_tls(&manifest);
+    let mut targets = manifest.files;
+    let share = settings
+        .group
+        .as_ref()
+        .and_then(|g| g.join(key, entry, opts.range_size));
+    if let Some(share) = &share {
+        for t in &mut targets {
+            t.add_mirrors(&share.mirrors);
+        }
+        opts.origin_gate = share
+            .stripes
+            .clone()
+            .map(|s| s as Arc<dyn modelpull::mirror::OriginGate>);
+        // Peers serve only flushed chunks: flushing often keeps them close behind this pull.
+        opts.checkpoint_interval = opts.checkpoint_interval.min(SHARED_CHECKPOINT);
+    }
     let request = PullRequest {
-        targets: manifest.files,
+        targets,
         dest,
         unpack: true,
         adopt: true,
@@ -529,8 +550,12 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
         progress: progress.clone(),
         cancel: cancel.clone(),
     };
-    let report = modelpull::pull(&request, &opts, &cx)
-        .map_err(|e| copy_did_not_fit(e, &survey, &settings.models, &request.dest))?;
+    let pulled = modelpull::pull(&request, &opts, &cx);
+    if let Some(share) = share {
+        share.finish(pulled.is_ok());
+    }
+    let report =
+        pulled.map_err(|e| copy_did_not_fit(e, &survey, &settings.models, &request.dest))?;
     if let Some(a) = &report.adoption {
         tracing::info!(
             dest = %report.destination.display(),

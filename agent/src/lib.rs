@@ -16,7 +16,8 @@
 //! - [`credentials`]: Secrets and ServiceAccounts → env;
 //! - [`controller`]: the kube-rs controller, and [`events`] for as long as it may send them;
 //!   [`server`], [`metrics`], [`throttling`]: ports 8080 and 8081; [`peer`]: the models this
-//!   node holds, served to the other agents of its node group;
+//!   node holds, served to the other agents of its node group; [`group`]: the downloads shared
+//!   with them;
 //! - [`cli`], [`logging`]: KServe's flags, read as Go reads them, and zap-shaped logs.
 
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod error;
 pub mod events;
 pub mod fetch;
 pub mod fit;
+pub mod group;
 pub mod jobs;
 pub mod keys;
 pub mod logging;

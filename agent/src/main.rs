@@ -13,6 +13,7 @@ use localmodelnode_agent::cli::Args;
 use localmodelnode_agent::controller::{self, Ctx};
 use localmodelnode_agent::disk::Root;
 use localmodelnode_agent::fit;
+use localmodelnode_agent::group::{self, Coordinator};
 use localmodelnode_agent::jobs::{Downloads, Engine, Settings};
 use localmodelnode_agent::logging::{self, SETUP};
 use localmodelnode_agent::metrics::{self, AgentMetrics};
@@ -110,6 +111,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let root = Root::new(&args.models_root);
+    // Sharing downloads with the node group needs both the peer server and the peers' Service.
+    let coordinator = match (&args.peer_bind_address, &args.peer_service) {
+        (Some(_), Some(service)) => Some(Arc::new(Coordinator::new(
+            group::Settings {
+                node: node.to_owned(),
+                namespace: args.namespace.clone(),
+                service: service.clone(),
+                lease_duration: args.peer_lease_duration,
+                stripe_size: args.peer_stripe_size,
+            },
+            tokio::runtime::Handle::current(),
+        ))),
+        (None, Some(_)) => {
+            tracing::warn!(target: SETUP, "--peer-service is ignored without --peer-bind-address: a node that serves nothing takes nothing from its peers");
+            None
+        }
+        _ => None,
+    };
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel();
     // A root that refuses new files does not stop the agent: it runs not ready until fixed.
     let root_watch = {
@@ -133,6 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             models: root.models_dir().to_owned(),
             concurrent: fitted.concurrent,
             engine,
+            group: coordinator.clone(),
         },
         engine_metrics,
     );
@@ -185,6 +205,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     tracing::info!(target: SETUP, node, root = %args.models_root.display(), "connected; watching this node's LocalModelNode");
+    if let Some(c) = &coordinator {
+        c.connect(client.clone());
+    }
     let node_env: Env = std::env::vars()
         .filter(|(k, _)| controller::NODE_ENV.contains(&k.as_str()))
         .collect();

@@ -10,9 +10,10 @@
 //! (`x-modelpull-chunk-size`), the response carries each chunk's CRC32C
 //! (`x-modelpull-crc32c`), which the reading engine checks before it keeps a byte.
 //!
-//! Answers mean what a pulling engine needs them to mean ([`modelpull::mirror`]): 404, this
-//! node has none of the file; 416, not these bytes (not yet, for a pull in progress: ask again
-//! later); 503, too busy (the connections are all taken); 500, a chunk on disk no longer matches
+//! Answers mean what a pulling engine needs them to mean ([`modelpull::mirror`]): 206 with
+//! the range asked for, or, of a pull in progress, with the part of it held from its first byte
+//! on (the reader asks elsewhere for the rest); 404, this node has none of the file; 416, not
+//! the first of these bytes (not yet: ask again later); 503, too busy (the connections are all taken); 500, a chunk on disk no longer matches
 //! its CRC. The connections are bounded (`--peer-max-connections`) and what is sent is paced
 //! to `--peer-limit-rate`, so serving peers never starves the node's own downloads or pods.
 
@@ -164,7 +165,8 @@ async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .filter(|&c| c > 0 && c <= MAX_READ);
     let dir = state.models.join(key);
-    let read = tokio::task::spawn_blocking(move || read(&dir, &path, wanted)).await;
+    let align = chunk.unwrap_or(1);
+    let read = tokio::task::spawn_blocking(move || read(&dir, &path, wanted, align)).await;
     let (held_size, first, bytes) = match read {
         Ok(Ok(Some(found))) => found,
         Ok(Ok(None)) => {
@@ -243,9 +245,16 @@ async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
 /// What a read found: the file's size, the first byte read, and the bytes.
 type Found = (u64, u64, Vec<u8>);
 
-/// Reads what `wanted` asks of `path` in `dir`; `None` when this node has none of the file,
-/// or the file's size with why not.
-fn read(dir: &Path, path: &str, wanted: Wanted) -> Result<Option<Found>, (u64, ReadError)> {
+/// Reads what `wanted` asks of `path` in `dir`, or of a pull in progress the part of it held
+/// from its first byte on (whole chunks of `align` bytes): a reader takes that prefix and asks
+/// someone else for the rest. `None` when this node has none of the file, or the file's size
+/// with why not.
+fn read(
+    dir: &Path,
+    path: &str,
+    wanted: Wanted,
+    align: u64,
+) -> Result<Option<Found>, (u64, ReadError)> {
     let held: Held = match modelpull::peer::open(dir, path) {
         Ok(Some(h)) => h,
         Ok(None) => return Ok(None),
@@ -256,6 +265,10 @@ fn read(dir: &Path, path: &str, wanted: Wanted) -> Result<Option<Found>, (u64, R
         Wanted::Whole if size == 0 => return Ok(Some((0, 0, Vec::new()))),
         Wanted::Whole => (0, size - 1),
         Wanted::Range(first, last) => (first, last.unwrap_or(u64::MAX).min(size.saturating_sub(1))),
+    };
+    let last = match wanted {
+        Wanted::Range(..) => held.held_through(first, last, align).unwrap_or(last),
+        Wanted::Whole => last,
     };
     match held.read(first, last) {
         Ok(bytes) => Ok(Some((size, first, bytes))),

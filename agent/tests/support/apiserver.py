@@ -90,6 +90,8 @@ RESOURCES = [
     Res("", "v1", "serviceaccounts", "ServiceAccount", True, short=("sa",)),
     Res("", "v1", "events", "Event", True, short=("ev",)),
     Res("events.k8s.io", "v1", "events", "Event", True, short=("ev",)),
+    Res("coordination.k8s.io", "v1", "leases", "Lease", True),
+    Res("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
 ]
 BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
 BY_ID = {r.id: r for r in RESOURCES}

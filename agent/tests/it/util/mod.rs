@@ -329,6 +329,12 @@ impl Agent {
         }
     }
 
+    /// Kills the agent at once (SIGKILL): nothing it holds is given up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

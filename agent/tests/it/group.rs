@@ -1,0 +1,263 @@
+//! A node group on one machine: several agent binaries, each its own node with its own models
+//! root and peer port, the test API server holding their LocalModelNodes, the EndpointSlices of
+//! their Service (as Kubernetes' endpoint controller writes them) and the stripes' Leases, and
+//! an origin that counts what it sends. The model crosses the group with the origin sending it
+//! about once; when one agent is killed part way, its stripe's lease is taken over and the
+//! others finish, the origin sending little more.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use localmodelnode_agent::crd::{LocalModelNode, LocalModelNodeSpec, ModelStatus};
+use localmodelnode_agent::keys::storage_key;
+use modelpull_testkit::origin::{Faults, Origin};
+
+use crate::util::*;
+
+const SERVICE: &str = "modelpull-agents";
+const MIB: usize = 1024 * 1024;
+
+struct Group {
+    dir: tempfile::TempDir,
+    api: ApiServer,
+    origin: Origin,
+    client: kube::Client,
+    content: Vec<u8>,
+    uri: String,
+}
+
+struct Node {
+    name: String,
+    root: PathBuf,
+    agent: Option<Agent>,
+}
+
+impl Group {
+    async fn start(size: usize) -> Option<Self> {
+        let python = python()?;
+        let dir = tempfile::tempdir().unwrap();
+        let served = dir.path().join("origin");
+        std::fs::create_dir_all(&served).unwrap();
+        let content = modelpull_testkit::data(31, size);
+        std::fs::write(served.join("model.bin"), &content).unwrap();
+        let origin = Origin::serve(&served).unwrap();
+        let uri = origin.url("model.bin");
+        let api = ApiServer::start(&python);
+        let client = api.client(dir.path()).await;
+        create_kserve_config(&client).await;
+        Some(Self {
+            dir,
+            api,
+            origin,
+            client,
+            content,
+            uri,
+        })
+    }
+
+    /// `count` nodes keeping the model, their agents serving each other, started together
+    /// with `extra` arguments.
+    async fn nodes(&self, count: usize, extra: &[&str]) -> Vec<Node> {
+        let nodes: Api<LocalModelNode> = Api::all(self.client.clone());
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "kserve");
+        let kubeconfig = self.api.kubeconfig(self.dir.path());
+        let mut out = Vec::new();
+        for i in 0..count {
+            let name = format!("gpu-{i}");
+            let mut lmn = LocalModelNode {
+                spec: LocalModelNodeSpec {
+                    local_models: vec![entry("llama", &self.uri)],
+                },
+                ..Default::default()
+            };
+            lmn.metadata.name = Some(name.clone());
+            nodes.create(&PostParams::default(), &lmn).await.unwrap();
+            let port = free_port();
+            let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": format!("{SERVICE}-{i}"),
+                    "labels": {"kubernetes.io/service-name": SERVICE},
+                },
+                "addressType": "IPv4",
+                "ports": [{"name": "peer", "port": port, "protocol": "TCP"}],
+                "endpoints": [{
+                    "addresses": ["127.0.0.1"],
+                    "nodeName": name,
+                    "conditions": {"ready": true},
+                }],
+            }))
+            .unwrap();
+            slices.create(&PostParams::default(), &slice).await.unwrap();
+            let root = self.dir.path().join(&name);
+            std::fs::create_dir_all(&root).unwrap();
+            let peer = format!("127.0.0.1:{port}");
+            let mut args = vec![
+                "--peer-bind-address",
+                &peer,
+                "--peer-service",
+                SERVICE,
+                "--peer-stripe-size",
+                "1M",
+                "--peer-lease-duration",
+                "3s",
+            ];
+            args.extend_from_slice(extra);
+            let agent = Agent::start(&kubeconfig, &root, &name, &args);
+            out.push(Node {
+                name,
+                root,
+                agent: Some(agent),
+            });
+        }
+        out
+    }
+
+    /// Waits until every node of `nodes` that still runs has the model.
+    async fn wait_all(&self, nodes: &[Node], timeout: Duration) {
+        let api: Api<LocalModelNode> = Api::all(self.client.clone());
+        for n in nodes {
+            let Some(agent) = &n.agent else { continue };
+            wait_for(&api, &n.name, agent, "the model downloaded", timeout, |s| {
+                s.get("llama") == Some(&ModelStatus::Downloaded)
+            })
+            .await;
+            let got = std::fs::read(
+                n.root
+                    .join("models")
+                    .join(storage_key(&self.uri))
+                    .join("model.bin"),
+            )
+            .unwrap();
+            assert!(got == self.content, "{}: the model differs", n.name);
+        }
+    }
+
+    /// The end of what each agent logged, for a failure's message.
+    fn logs(nodes: &[Node]) -> String {
+        let tail = |log: String| {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
+        nodes
+            .iter()
+            .filter_map(|n| {
+                Some(format!(
+                    "--- {}\n{}\n",
+                    n.name,
+                    tail(n.agent.as_ref()?.log())
+                ))
+            })
+            .collect()
+    }
+
+    fn origin_bytes(&self) -> u64 {
+        self.origin.stats().body_bytes.load(Relaxed)
+    }
+
+    async fn leases(&self) -> Vec<Lease> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), "kserve");
+        api.list(&ListParams::default()).await.unwrap().items
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_take_one_model_from_the_origin_about_once() {
+    let Some(g) = Group::start(24 * MIB).await else {
+        return;
+    };
+    // Slow enough that the three pulls overlap.
+    g.origin.set_faults(Faults {
+        slow_rate: Some(8 * MIB as u64),
+        slow_times: u32::MAX,
+        ..Faults::default()
+    });
+    let nodes = g.nodes(3, &[]).await;
+    g.wait_all(&nodes, Duration::from_secs(180)).await;
+    let sent = g.origin_bytes();
+    let size = g.content.len() as u64;
+    assert!(
+        sent as f64 <= 1.1 * size as f64,
+        "the origin sent {sent} bytes for a model of {size}\n{}",
+        Group::logs(&nodes)
+    );
+    // One lease per stripe, three different holders, each marked complete.
+    let leases = g.leases().await;
+    let holders: BTreeMap<String, String> = leases
+        .iter()
+        .map(|l| {
+            (
+                l.metadata.name.clone().unwrap(),
+                l.spec.clone().unwrap().holder_identity.unwrap(),
+            )
+        })
+        .collect();
+    let key = storage_key(&g.uri);
+    assert_eq!(
+        holders.keys().cloned().collect::<Vec<_>>(),
+        (0..3)
+            .map(|i| localmodelnode_agent::group::lease_name(&key, 3, i))
+            .collect::<Vec<_>>()
+    );
+    let distinct: std::collections::BTreeSet<&String> = holders.values().collect();
+    assert_eq!(distinct.len(), 3, "{holders:?}");
+    assert!(leases.iter().all(|l| {
+        l.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(localmodelnode_agent::group::lease::COMPLETE))
+    }));
+    for n in &nodes {
+        let served = n
+            .agent
+            .as_ref()
+            .unwrap()
+            .metric("modelpull_peer_sent_bytes_total");
+        assert!(served.is_some_and(|b| b > 0.0), "{} served no peer", n.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_killed_part_way_loses_its_stripe_and_the_others_finish() {
+    let Some(g) = Group::start(24 * MIB).await else {
+        return;
+    };
+    // Two connections of 1 MiB/s to the origin per node: four seconds for a stripe. (A slow
+    // origin counts the bytes it really sends; a response cut short counts what left.)
+    g.origin.set_faults(Faults {
+        slow_rate: Some(MIB as u64),
+        slow_times: u32::MAX,
+        ..Faults::default()
+    });
+    let mut nodes = g.nodes(3, &["--connections", "2"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // SIGKILL: no chance to give anything up; its lease simply stops being renewed.
+    let killed = nodes[0].agent.take().unwrap();
+    killed.kill();
+    g.wait_all(&nodes, Duration::from_secs(240)).await;
+    let sent = g.origin_bytes();
+    let size = g.content.len() as u64;
+    assert!(
+        sent as f64 <= 1.3 * size as f64,
+        "the origin sent {sent} bytes for a model of {size}\n{}",
+        Group::logs(&nodes)
+    );
+    let key = storage_key(&g.uri);
+    let dead = localmodelnode_agent::group::lease_name(&key, 3, 0);
+    let lease = g
+        .leases()
+        .await
+        .into_iter()
+        .find(|l| l.metadata.name.as_deref() == Some(dead.as_str()))
+        .unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap();
+    assert_ne!(
+        holder, nodes[0].name,
+        "the killed node's stripe was not taken over"
+    );
+}
