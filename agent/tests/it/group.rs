@@ -67,7 +67,7 @@ impl Group {
         let nodes: Api<LocalModelNode> = Api::all(self.client.clone());
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "kserve");
         let kubeconfig = self.api.kubeconfig(self.dir.path());
-        let mut out = Vec::new();
+        let mut ports = Vec::new();
         for i in 0..count {
             let name = format!("gpu-{i}");
             let mut lmn = LocalModelNode {
@@ -94,6 +94,12 @@ impl Group {
             }))
             .unwrap();
             slices.create(&PostParams::default(), &slice).await.unwrap();
+            ports.push((name, port));
+        }
+        // From here on, every request is an agent's.
+        self.api.reset_log();
+        let mut out = Vec::new();
+        for (name, port) in ports {
             let root = self.dir.path().join(&name);
             std::fs::create_dir_all(&root).unwrap();
             let peer = format!("127.0.0.1:{port}");
@@ -120,21 +126,40 @@ impl Group {
 
     /// Waits until every node of `nodes` that still runs has the model.
     async fn wait_all(&self, nodes: &[Node], timeout: Duration) {
+        // On disk first, without asking the API server, so that what it logged until then
+        // is the agents' requests alone.
+        let key = storage_key(&self.uri);
+        let started = std::time::Instant::now();
+        for n in nodes.iter().filter(|n| n.agent.is_some()) {
+            let folder = n.root.join("models").join(&key);
+            while !folder.join(modelpull::MARKER).exists() {
+                assert!(
+                    started.elapsed() < timeout,
+                    "{} has no model after {timeout:?}\n{}",
+                    n.name,
+                    Group::logs(nodes)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let got = std::fs::read(folder.join("model.bin")).unwrap();
+            assert!(got == self.content, "{}: the model differs", n.name);
+        }
+    }
+
+    /// Waits until every running node's status says it has the model.
+    async fn wait_statuses(&self, nodes: &[Node]) {
         let api: Api<LocalModelNode> = Api::all(self.client.clone());
         for n in nodes {
             let Some(agent) = &n.agent else { continue };
-            wait_for(&api, &n.name, agent, "the model downloaded", timeout, |s| {
-                s.get("llama") == Some(&ModelStatus::Downloaded)
-            })
-            .await;
-            let got = std::fs::read(
-                n.root
-                    .join("models")
-                    .join(storage_key(&self.uri))
-                    .join("model.bin"),
+            wait_for(
+                &api,
+                &n.name,
+                agent,
+                "the model downloaded",
+                Duration::from_secs(30),
+                |s| s.get("llama") == Some(&ModelStatus::Downloaded),
             )
-            .unwrap();
-            assert!(got == self.content, "{}: the model differs", n.name);
+            .await;
         }
     }
 
@@ -179,6 +204,9 @@ async fn three_nodes_take_one_model_from_the_origin_about_once() {
     });
     let nodes = g.nodes(3, &[]).await;
     g.wait_all(&nodes, Duration::from_secs(180)).await;
+    // What the agents asked of the API server is allowed by the base and the peers component.
+    crate::util::rbac::assert_allowed_with(&g.api.requests(), &["components/peers/rbac.yaml"]);
+    g.wait_statuses(&nodes).await;
     let sent = g.origin_bytes();
     let size = g.content.len() as u64;
     assert!(
@@ -212,6 +240,7 @@ async fn three_nodes_take_one_model_from_the_origin_about_once() {
             .as_ref()
             .is_some_and(|a| a.contains_key(localmodelnode_agent::group::lease::COMPLETE))
     }));
+
     for n in &nodes {
         let served = n
             .agent
@@ -240,6 +269,7 @@ async fn a_seed_killed_part_way_loses_its_stripe_and_the_others_finish() {
     let killed = nodes[0].agent.take().unwrap();
     killed.kill();
     g.wait_all(&nodes, Duration::from_secs(240)).await;
+    g.wait_statuses(&nodes).await;
     let sent = g.origin_bytes();
     let size = g.content.len() as u64;
     assert!(

@@ -6,10 +6,11 @@
 //! io_uring and refuses what it does not list; the Helm chart renders the same objects as the
 //! kustomize base, with every value it declares used. The storage-initializer's component and
 //! Helm value are checked in `storage_initializer`, the patch of KServe's own DaemonSet in
-//! `kserve_daemonset`.
+//! `kserve_daemonset`, the overlay that shares downloads with the node group in `peers`.
 
 mod helm;
 mod kserve_daemonset;
+mod peers;
 mod storage_initializer;
 
 use std::path::{Path, PathBuf};

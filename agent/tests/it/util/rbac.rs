@@ -1,5 +1,6 @@
 //! Checks that every API request the agent made is allowed by the RBAC rules shipped in
-//! deploy/base/rbac.yaml (ClusterRoles everywhere, Roles in their namespace).
+//! deploy/base/rbac.yaml (ClusterRoles everywhere, Roles in their namespace), with those of the
+//! components a test turns on.
 
 use std::path::Path;
 
@@ -22,12 +23,19 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
-fn rules() -> Vec<Rule> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/rbac.yaml");
-    let text = std::fs::read_to_string(path).unwrap();
+/// The rules of deploy/base/rbac.yaml and of `extra` (paths under deploy/).
+fn rules(extra: &[&str]) -> Vec<Rule> {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let text: String = std::iter::once("base/rbac.yaml")
+        .chain(extra.iter().copied())
+        .map(|f| std::fs::read_to_string(deploy.join(f)).unwrap() + "\n---\n")
+        .collect();
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v.is_null() {
+            continue;
+        }
         let namespace = match v["kind"].as_str() {
             Some("ClusterRole") => None,
             Some("Role") => Some(v["metadata"]["namespace"].as_str().unwrap().to_owned()),
@@ -101,7 +109,12 @@ fn attributes(r: &Value) -> Option<Attributes> {
 /// Panics naming every request of the agent that the shipped rules do not allow. Requests
 /// the test itself made are told apart by `agent_requests`, which keeps the agent's.
 pub fn assert_allowed(requests: &[Value]) {
-    let rules = rules();
+    assert_allowed_with(requests, &[]);
+}
+
+/// [`assert_allowed`] with the rules of the RBAC files `extra` too (paths under deploy/).
+pub fn assert_allowed_with(requests: &[Value], extra: &[&str]) {
+    let rules = rules(extra);
     let mut denied = Vec::new();
     let mut checked = Vec::new();
     for r in requests {
