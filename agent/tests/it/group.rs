@@ -3,7 +3,9 @@
 //! their Service (as Kubernetes' endpoint controller writes them) and the stripes' Leases, and
 //! an origin that counts what it sends. The model crosses the group with the origin sending it
 //! about once; when one agent is killed part way, its stripe's lease is taken over and the
-//! others finish, the origin sending little more.
+//! others finish; a peer that flips bytes is caught and nothing wrong is published; an agent
+//! restarted mid-pull resumes and serves again. The origin sends at most 1.3 times the model
+//! in each.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,7 +37,16 @@ struct Group {
 struct Node {
     name: String,
     root: PathBuf,
+    args: Vec<String>,
     agent: Option<Agent>,
+}
+
+impl Node {
+    /// Starts (again) this node's agent.
+    fn start(&mut self, kubeconfig: &std::path::Path) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.agent = Some(Agent::start(kubeconfig, &self.root, &self.name, &args));
+    }
 }
 
 impl Group {
@@ -61,39 +72,44 @@ impl Group {
         })
     }
 
+    /// Registers node `name` as keeping the model, its agent serving on 127.0.0.1:`port`: its
+    /// LocalModelNode, and its EndpointSlice as Kubernetes' endpoint controller writes it.
+    async fn register(&self, name: &str, port: u16) {
+        let nodes: Api<LocalModelNode> = Api::all(self.client.clone());
+        let mut lmn = LocalModelNode {
+            spec: LocalModelNodeSpec {
+                local_models: vec![entry("llama", &self.uri)],
+            },
+            ..Default::default()
+        };
+        lmn.metadata.name = Some(name.to_owned());
+        nodes.create(&PostParams::default(), &lmn).await.unwrap();
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "kserve");
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": format!("{SERVICE}-{name}"),
+                "labels": {"kubernetes.io/service-name": SERVICE},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "peer", "port": port, "protocol": "TCP"}],
+            "endpoints": [{
+                "addresses": ["127.0.0.1"],
+                "nodeName": name,
+                "conditions": {"ready": true},
+            }],
+        }))
+        .unwrap();
+        slices.create(&PostParams::default(), &slice).await.unwrap();
+    }
+
     /// `count` nodes keeping the model, their agents serving each other, started together
     /// with `extra` arguments.
     async fn nodes(&self, count: usize, extra: &[&str]) -> Vec<Node> {
-        let nodes: Api<LocalModelNode> = Api::all(self.client.clone());
-        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "kserve");
-        let kubeconfig = self.api.kubeconfig(self.dir.path());
         let mut ports = Vec::new();
         for i in 0..count {
             let name = format!("gpu-{i}");
-            let mut lmn = LocalModelNode {
-                spec: LocalModelNodeSpec {
-                    local_models: vec![entry("llama", &self.uri)],
-                },
-                ..Default::default()
-            };
-            lmn.metadata.name = Some(name.clone());
-            nodes.create(&PostParams::default(), &lmn).await.unwrap();
             let port = free_port();
-            let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
-                "metadata": {
-                    "name": format!("{SERVICE}-{i}"),
-                    "labels": {"kubernetes.io/service-name": SERVICE},
-                },
-                "addressType": "IPv4",
-                "ports": [{"name": "peer", "port": port, "protocol": "TCP"}],
-                "endpoints": [{
-                    "addresses": ["127.0.0.1"],
-                    "nodeName": name,
-                    "conditions": {"ready": true},
-                }],
-            }))
-            .unwrap();
-            slices.create(&PostParams::default(), &slice).await.unwrap();
+            self.register(&name, port).await;
             ports.push((name, port));
         }
         // From here on, every request is an agent's.
@@ -102,29 +118,29 @@ impl Group {
         for (name, port) in ports {
             let root = self.dir.path().join(&name);
             std::fs::create_dir_all(&root).unwrap();
-            let peer = format!("127.0.0.1:{port}");
             let mut args = vec![
-                "--peer-bind-address",
-                &peer,
-                "--peer-service",
-                SERVICE,
-                "--peer-stripe-size",
-                "1M",
-                "--peer-lease-duration",
-                "3s",
+                "--peer-bind-address".to_owned(),
+                format!("127.0.0.1:{port}"),
+                "--peer-service".to_owned(),
+                SERVICE.to_owned(),
+                "--peer-stripe-size".to_owned(),
+                "1M".to_owned(),
+                "--peer-lease-duration".to_owned(),
+                "3s".to_owned(),
             ];
-            args.extend_from_slice(extra);
-            let agent = Agent::start(&kubeconfig, &root, &name, &args);
-            out.push(Node {
+            args.extend(extra.iter().map(|a| (*a).to_owned()));
+            let mut node = Node {
                 name,
                 root,
-                agent: Some(agent),
-            });
+                args,
+                agent: None,
+            };
+            node.start(&self.api.kubeconfig(self.dir.path()));
+            out.push(node);
         }
         out
     }
 
-    /// Waits until every node of `nodes` that still runs has the model.
     async fn wait_all(&self, nodes: &[Node], timeout: Duration) {
         // On disk first, without asking the API server, so that what it logged until then
         // is the agents' requests alone.
@@ -290,4 +306,82 @@ async fn a_seed_killed_part_way_loses_its_stripe_and_the_others_finish() {
         holder, nodes[0].name,
         "the killed node's stripe was not taken over"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_flipped_bytes_is_dropped_and_nothing_wrong_is_published() {
+    let Some(g) = Group::start(24 * MIB).await else {
+        return;
+    };
+    g.origin.set_faults(Faults {
+        slow_rate: Some(8 * MIB as u64),
+        slow_times: u32::MAX,
+        ..Faults::default()
+    });
+    // A third node whose "agent" holds the model but flips a byte of everything it sends
+    // (while announcing the CRCs of the true bytes), and never takes its stripe's lease.
+    let key = storage_key(&g.uri);
+    let liar_root = g.dir.path().join("liar");
+    std::fs::create_dir_all(liar_root.join("models").join(&key)).unwrap();
+    std::fs::write(
+        liar_root.join("models").join(&key).join("model.bin"),
+        &g.content,
+    )
+    .unwrap();
+    let liar = Origin::serve(&liar_root).unwrap();
+    liar.set_faults(Faults {
+        corrupt_offset: Some(5 * MIB as u64 + 3),
+        corrupt_times: u32::MAX,
+        ..Faults::default()
+    });
+    g.register("gpu-liar", liar.addr().port()).await;
+    let nodes = g.nodes(2, &[]).await;
+    g.wait_all(&nodes, Duration::from_secs(180)).await;
+    g.wait_statuses(&nodes).await;
+    // Whoever asked it for the flipped chunk caught it by its CRC and stopped asking it.
+    let dropped: f64 = nodes
+        .iter()
+        .filter_map(|n| n.agent.as_ref()?.metric("modelpull_mirrors_dropped_total"))
+        .sum();
+    assert!(
+        liar.stats().requests.load(Relaxed) > 0 && dropped >= 1.0,
+        "the lying peer was not caught\n{}",
+        Group::logs(&nodes)
+    );
+    let sent = g.origin_bytes();
+    let size = g.content.len() as u64;
+    assert!(
+        sent as f64 <= 1.3 * size as f64,
+        "the origin sent {sent} bytes for a model of {size}\n{}",
+        Group::logs(&nodes)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_while_serving_resumes_and_every_node_finishes() {
+    let Some(g) = Group::start(24 * MIB).await else {
+        return;
+    };
+    g.origin.set_faults(Faults {
+        slow_rate: Some(MIB as u64),
+        slow_times: u32::MAX,
+        ..Faults::default()
+    });
+    let mut nodes = g.nodes(3, &["--connections", "2"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // SIGTERM: the download pauses at a chunk boundary; the agent comes back on the same
+    // root and port, resumes from its journal and serves its peers again.
+    drop(nodes[1].agent.take());
+    nodes[1].start(&g.api.kubeconfig(g.dir.path()));
+    g.wait_all(&nodes, Duration::from_secs(240)).await;
+    g.wait_statuses(&nodes).await;
+    let sent = g.origin_bytes();
+    let size = g.content.len() as u64;
+    assert!(
+        sent as f64 <= 1.3 * size as f64,
+        "the origin sent {sent} bytes for a model of {size}\n{}",
+        Group::logs(&nodes)
+    );
+    let resumed = nodes[1].agent.as_ref().unwrap().log();
+    assert!(resumed.contains("resuming"), "{resumed}");
 }
