@@ -218,13 +218,20 @@ async fn three_nodes_take_one_model_from_the_origin_about_once() {
         slow_times: u32::MAX,
         ..Faults::default()
     });
+    let started = std::time::Instant::now();
     let nodes = g.nodes(3, &[]).await;
     g.wait_all(&nodes, Duration::from_secs(180)).await;
+    let every_node = started.elapsed();
     // What the agents asked of the API server is allowed by the base and the peers component.
     crate::util::rbac::assert_allowed_with(&g.api.requests(), &["components/peers/rbac.yaml"]);
     g.wait_statuses(&nodes).await;
     let sent = g.origin_bytes();
     let size = g.content.len() as u64;
+    eprintln!(
+        "3 nodes: the origin sent {:.2} times the model; every node had it after {:.1} s",
+        sent as f64 / size as f64,
+        every_node.as_secs_f64()
+    );
     assert!(
         sent as f64 <= 1.1 * size as f64,
         "the origin sent {sent} bytes for a model of {size}\n{}",
@@ -288,6 +295,10 @@ async fn a_seed_killed_part_way_loses_its_stripe_and_the_others_finish() {
     g.wait_statuses(&nodes).await;
     let sent = g.origin_bytes();
     let size = g.content.len() as u64;
+    eprintln!(
+        "the origin sent {:.2} times the model",
+        sent as f64 / size as f64
+    );
     assert!(
         sent as f64 <= 1.3 * size as f64,
         "the origin sent {sent} bytes for a model of {size}\n{}",
@@ -350,6 +361,10 @@ async fn a_peer_that_sends_flipped_bytes_is_dropped_and_nothing_wrong_is_publish
     );
     let sent = g.origin_bytes();
     let size = g.content.len() as u64;
+    eprintln!(
+        "the origin sent {:.2} times the model",
+        sent as f64 / size as f64
+    );
     assert!(
         sent as f64 <= 1.3 * size as f64,
         "the origin sent {sent} bytes for a model of {size}\n{}",
@@ -377,6 +392,10 @@ async fn an_agent_restarted_while_serving_resumes_and_every_node_finishes() {
     g.wait_statuses(&nodes).await;
     let sent = g.origin_bytes();
     let size = g.content.len() as u64;
+    eprintln!(
+        "the origin sent {:.2} times the model",
+        sent as f64 / size as f64
+    );
     assert!(
         sent as f64 <= 1.3 * size as f64,
         "the origin sent {sent} bytes for a model of {size}\n{}",
