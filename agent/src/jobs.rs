@@ -568,6 +568,22 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
             "adopted the folder in place"
         );
     }
+    // Where the bytes came from, host by host (origins and peers): what a node group's
+    // sharing did for this download.
+    let from: Vec<String> = report
+        .connections
+        .iter()
+        .filter(|h| h.bytes > 0)
+        .map(|h| format!("{}={}", h.host, h.bytes))
+        .collect();
+    tracing::info!(
+        dest = %report.destination.display(),
+        bytes = report.total_bytes,
+        downloaded_bytes = report.downloaded_bytes,
+        from = from.join(","),
+        seconds = report.seconds,
+        "pulled"
+    );
     Ok(Pulled {
         bytes: report.total_bytes,
         adopted_bytes: report.adoption.map_or(0, |a| a.adopted_bytes),

@@ -7,9 +7,9 @@ with no standalone server, and it lacks what a client-go/kube-rs watcher relies 
 resourceVersion, timeoutSeconds, bookmarks, PUT, status-subresource semantics,
 `reason: NotFound`).  So this is a plain aiohttp emulator (aiohttp is a kmock dependency).
 
-Usage:  python apiserver.py --port P [--state-dir D] [--bookmark-interval S]
+Usage:  python apiserver.py --port P [--host ADDR] [--state-dir D] [--bookmark-interval S]
                             [--forbid RESOURCE]... [-v]
-Serves plain HTTP on 127.0.0.1:P, prints "ready" on stdout once listening, runs until
+Serves plain HTTP on 127.0.0.1:P (or ADDR:P), prints "ready" on stdout once listening, runs until
 SIGTERM/SIGINT.  --forbid RESOURCE (`plural.group`, or `plural` for the core group, e.g.
 `events.events.k8s.io`) answers every request for it 403 Forbidden with the message the real
 server's RBAC gives a ServiceAccount without a rule for it (recorded as any request).  With --state-dir, objects, the global resourceVersion and the recent
@@ -845,6 +845,8 @@ class Server:
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default=HOST,
+                    help="address to listen on (default 127.0.0.1; the fleet bench gives its bridge's)")
     ap.add_argument("--state-dir")
     ap.add_argument("--bookmark-interval", type=float, default=5.0,
                     help="seconds between BOOKMARK events on watches with allowWatchBookmarks=true")
@@ -859,7 +861,7 @@ async def main() -> None:
     app.router.add_route("*", "/{tail:.*}", server.handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, HOST, args.port, reuse_address=True)
+    site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
     await site.start()
 
     stop = asyncio.Event()
@@ -867,7 +869,7 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     port = site._server.sockets[0].getsockname()[1] if site._server else args.port  # type: ignore[union-attr]
-    print(f"fake kube-apiserver listening on http://{HOST}:{port}", file=sys.stderr, flush=True)
+    print(f"fake kube-apiserver listening on http://{args.host}:{port}", file=sys.stderr, flush=True)
     print("ready", flush=True)
     await stop.wait()
     server.closing = True

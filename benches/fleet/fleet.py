@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""A node group on one machine, in network namespaces: how often the origin sends a model, and
+how long until every node has it, for N = 1, 2, 4, 8 nodes.
+
+Each node is a network namespace with a veth pair into a bridge, and runs the agent binary;
+the origin is nginx in a namespace of its own; the test API server listens on the bridge. Every
+link (each node's and the origin's) is capped in both directions with tc tbf (this kernel has
+no netem, so no delay or loss). Every node's LocalModelNode lists the same model, and the
+EndpointSlices of the agents' Service list every node's agent, as a cluster would.
+
+For each N it reports the time until every node's status says ModelDownloaded, that time over
+N = 1's, the bytes the origin sent over the model's size (nginx's $body_bytes_sent), the bytes
+each node's link carried, and which node got how many bytes from whom (each agent's "pulled"
+log line), then writes a Markdown report and an SVG chart.
+
+Run as root through scripts/bench-fleet.sh, which builds the agent and installs what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BRIDGE = "mpbr0"
+NET = "10.99.0"
+HOST_IP = f"{NET}.1"
+ORIGIN_IP = f"{NET}.2"
+API_PORT = 16443
+ORIGIN_PORT = 8080
+PEER_PORT = 8082
+SERVICE = "modelpull-agents"
+MODEL = "llama"
+
+
+def sh(*cmd: str, check: bool = True) -> str:
+    out = subprocess.run(cmd, check=check, capture_output=True, text=True)
+    return out.stdout
+
+
+def node_ip(i: int) -> str:
+    return f"{NET}.{10 + i}"
+
+
+def netns(name: str, *cmd: str, check: bool = True) -> str:
+    return sh("ip", "netns", "exec", name, *cmd, check=check)
+
+
+class Topology:
+    """The bridge, the origin's namespace and `nodes` node namespaces, each link capped."""
+
+    def __init__(self, nodes: int, rate: str):
+        self.nodes = nodes
+        self.rate = rate
+
+    def up(self) -> None:
+        self.down()
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+        # Bridged frames go through iptables' FORWARD chain where br_netfilter is loaded, and a
+        # host with Docker drops forwarded traffic by default: let the bridge's own through.
+        sh("iptables", "-I", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
+        sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", BRIDGE)
+        sh("ip", "link", "set", BRIDGE, "up")
+        self.attach("mp-origin", "mpv-o", ORIGIN_IP)
+        for i in range(1, self.nodes + 1):
+            self.attach(f"mp-n{i}", f"mpv-{i}", node_ip(i))
+
+    def attach(self, ns: str, veth: str, ip: str) -> None:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "link", "set", veth, "master", BRIDGE)
+        sh("ip", "link", "set", veth, "up")
+        netns(ns, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+        netns(ns, "ip", "link", "set", "eth0", "up")
+        netns(ns, "ip", "link", "set", "lo", "up")
+        # Both directions of the link: what the node sends, and what the bridge sends it.
+        tbf = ["root", "tbf", "rate", self.rate, "burst", "512kb", "latency", "100ms"]
+        netns(ns, "tc", "qdisc", "add", "dev", "eth0", *tbf)
+        sh("tc", "qdisc", "add", "dev", veth, *tbf)
+
+    def down(self) -> None:
+        for ns in sh("ip", "netns", "list", check=False).split("\n"):
+            name = ns.split(" ")[0]
+            if name.startswith("mp-"):
+                sh("ip", "netns", "del", name, check=False)
+        sh("ip", "link", "del", BRIDGE, check=False)
+        while sh("iptables", "-D", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT",
+                 check=False) == "" and self._rule_left():
+            pass
+
+    @staticmethod
+    def _rule_left() -> bool:
+        rules = sh("iptables", "-S", "FORWARD", check=False)
+        return f"-i {BRIDGE} -o {BRIDGE} -j ACCEPT" in rules
+
+
+def link_bytes(ns: str) -> tuple[int, int]:
+    stat = lambda k: int(netns(ns, "cat", f"/sys/class/net/eth0/statistics/{k}").strip())
+    return stat("rx_bytes"), stat("tx_bytes")
+
+
+class Api:
+    """The test API server on the bridge, spoken to as any client would."""
+
+    def __init__(self, python: str, script: Path, work: Path):
+        self.url = f"http://{HOST_IP}:{API_PORT}"
+        self.proc = subprocess.Popen(
+            [python, str(script), "--host", HOST_IP, "--port", str(API_PORT),
+             "--bookmark-interval", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout.readline().strip() == "ready", "the API server did not start"
+        self.kubeconfig = work / "kubeconfig"
+        self.kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n"
+            f"    server: {self.url}\ncontexts:\n- name: b\n  context:\n    cluster: b\n"
+            "    user: b\ncurrent-context: b\nusers:\n- name: b\n  user: {}\n")
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else b""
+        req = urllib.request.Request(self.url + path, data=data if method != "GET" else None,
+                                     method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read()
+        return json.loads(text) if text else {}
+
+    def reset(self, nodes: int, uri: str) -> None:
+        self.call("POST", "/_reset?objects=true")
+        self.call("POST", "/api/v1/namespaces/kserve/configmaps", {
+            "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
+            "data": {"localModel": json.dumps({"jobNamespace": "kserve-localmodel-jobs",
+                                               "reconcilationFrequencyInSecs": 1})}})
+        for i in range(1, nodes + 1):
+            self.call("POST", "/apis/serving.kserve.io/v1alpha1/localmodelnodes", {
+                "apiVersion": "serving.kserve.io/v1alpha1", "kind": "LocalModelNode",
+                "metadata": {"name": f"n{i}"},
+                "spec": {"localModels": [{"sourceModelUri": uri, "modelName": MODEL}]}})
+            self.call("POST", "/apis/discovery.k8s.io/v1/namespaces/kserve/endpointslices", {
+                "metadata": {"name": f"{SERVICE}-n{i}",
+                             "labels": {"kubernetes.io/service-name": SERVICE}},
+                "addressType": "IPv4",
+                "ports": [{"name": "peer", "port": PEER_PORT, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [node_ip(i)], "nodeName": f"n{i}",
+                               "conditions": {"ready": True}}]})
+
+    def downloaded(self) -> set[str]:
+        items = self.call("GET", "/apis/serving.kserve.io/v1alpha1/localmodelnodes")["items"]
+        return {n["metadata"]["name"] for n in items
+                if ((n.get("status") or {}).get("modelStatus") or {}).get(MODEL)
+                == "ModelDownloaded"}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def origin(work: Path, model_dir: Path) -> tuple[subprocess.Popen, Path]:
+    """nginx serving `model_dir` in the origin's namespace, logging the body bytes it sends."""
+    log = work / "origin-access.log"
+    conf = work / "nginx.conf"
+    conf.write_text(f"""daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  log_format bytes '$body_bytes_sent';
+  access_log {log} bytes;
+  sendfile on;
+  server {{
+    listen {ORIGIN_IP}:{ORIGIN_PORT};
+    root {model_dir};
+  }}
+}}
+""")
+    proc = subprocess.Popen(["ip", "netns", "exec", "mp-origin", "nginx", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return proc, log
+
+
+def run(n: int, args, api: Api, agent: str, work: Path, log: Path, size: int) -> dict:
+    uri = f"http://{ORIGIN_IP}:{ORIGIN_PORT}/model.bin"
+    api.reset(n, uri)
+    log.write_text("")
+    roots = []
+    for i in range(1, n + 1):
+        root = work / f"n{i}"
+        subprocess.run(["rm", "-rf", str(root)], check=True)
+        root.mkdir(parents=True)
+        roots.append(root)
+    before = {i: link_bytes(f"mp-n{i}") for i in range(1, n + 1)}
+    origin_before = link_bytes("mp-origin")
+    agents = []
+    started = time.monotonic()
+    for i in range(1, n + 1):
+        ip = node_ip(i)
+        env = dict(os.environ, NODE_NAME=f"n{i}", POD_NAMESPACE="kserve",
+                   RUST_LOG="localmodelnode_agent=info,modelpull=info")
+        out = open(roots[i - 1] / "agent.log", "w")
+        agents.append(subprocess.Popen(
+            ["ip", "netns", "exec", f"mp-n{i}", agent,
+             "--kubeconfig", str(api.kubeconfig), "--models-root", str(roots[i - 1]),
+             "--metrics-bind-address", f"{ip}:8080",
+             "--health-probe-bind-address", f"{ip}:8081",
+             "--peer-bind-address", f"{ip}:{PEER_PORT}", "--peer-service", SERVICE],
+            env=env, stdout=subprocess.DEVNULL, stderr=out))
+    want = {f"n{i}" for i in range(1, n + 1)}
+    while api.downloaded() != want:
+        if time.monotonic() - started > args.timeout:
+            raise SystemExit(f"N={n}: not every node had the model after {args.timeout} s")
+        time.sleep(0.2)
+    seconds = time.monotonic() - started
+    for a in agents:
+        a.send_signal(signal.SIGTERM)
+    for a in agents:
+        a.wait(30)
+    origin_sent = sum(int(l) for l in log.read_text().split() if l.isdigit())
+    links = {}
+    for i in range(1, n + 1):
+        rx, tx = link_bytes(f"mp-n{i}")
+        links[f"n{i}"] = (rx - before[i][0], tx - before[i][1])
+    o_rx, o_tx = link_bytes("mp-origin")
+    links["origin"] = (o_rx - origin_before[0], o_tx - origin_before[1])
+    by_ip = {node_ip(i): f"n{i}" for i in range(1, n + 1)}
+    by_ip[ORIGIN_IP] = "origin"
+    matrix: dict[str, dict[str, int]] = {}
+    for i in range(1, n + 1):
+        got: dict[str, int] = {}
+        for line in (roots[i - 1] / "agent.log").read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("msg") == "pulled":
+                for part in filter(None, str(rec.get("from", "")).split(",")):
+                    host, count = part.rsplit("=", 1)
+                    got[by_ip.get(host.split(":")[0], host)] = int(count)
+        matrix[f"n{i}"] = got
+    return {"n": n, "seconds": seconds, "origin_sent": origin_sent, "size": size,
+            "links": links, "matrix": matrix}
+
+
+def chart(results: list[dict], path: Path) -> None:
+    """Origin bytes ÷ size and time ÷ time alone, against N, as an SVG."""
+    w, h, pad = 480, 300, 50
+    ns = [r["n"] for r in results]
+    alone = results[0]["seconds"]
+    series = {
+        "origin bytes ÷ model size": [r["origin_sent"] / r["size"] for r in results],
+        "time until every node ÷ one node alone": [r["seconds"] / alone for r in results],
+    }
+    top = max(2.0, max(max(v) for v in series.values()) * 1.1)
+    x = lambda n: pad + (w - 2 * pad) * (ns.index(n) / max(1, len(ns) - 1))
+    y = lambda v: h - pad - (h - 2 * pad) * v / top
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
+           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>']
+    for n in ns:
+        out.append(f'<text x="{x(n)}" y="{h - pad + 16}" text-anchor="middle">{n}</text>')
+    out.append(f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle">nodes</text>')
+    for v in (0.5, 1.0, 1.5, 2.0):
+        if v <= top:
+            out.append(f'<text x="{pad - 6}" y="{y(v) + 4}" text-anchor="end">{v}</text>')
+            out.append(f'<line x1="{pad}" y1="{y(v)}" x2="{w - pad}" y2="{y(v)}" '
+                       f'stroke="#ddd"/>')
+    for k, (name, vals) in enumerate(series.items()):
+        color = ("#1f77b4", "#d62728")[k]
+        pts = " ".join(f"{x(n)},{y(v)}" for n, v in zip(ns, vals))
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for n, v in zip(ns, vals):
+            out.append(f'<circle cx="{x(n)}" cy="{y(v)}" r="3" fill="{color}"/>')
+        out.append(f'<text x="{pad + 10}" y="{pad - 20 + 16 * k}" fill="{color}">{name}</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out))
+
+
+def report(results: list[dict], args, path: Path) -> None:
+    alone = results[0]["seconds"]
+    mib = lambda b: f"{b / 2**20:.0f}"
+    lines = [f"# Node group bench, {time.strftime('%Y-%m-%d')}", "",
+             f"One model of {args.size} (a single file), every link capped at {args.rate} "
+             "each way (tc tbf), nodes and origin in network namespaces on one 2-core machine.",
+             "", "| nodes | every node has it (s) | ÷ one node alone | origin bytes ÷ size |",
+             "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['n']} | {r['seconds']:.1f} | {r['seconds'] / alone:.2f} | "
+                     f"{r['origin_sent'] / r['size']:.2f} |")
+    last = results[-1]
+    names = sorted(last["matrix"], key=lambda s: int(s[1:]))
+    lines += ["", f"Bytes each node received from whom (MiB), N = {last['n']}:", "",
+              "| to \\ from | origin | " + " | ".join(names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for to in names:
+        row = last["matrix"][to]
+        lines.append(f"| {to} | {mib(row.get('origin', 0))} | "
+                     + " | ".join(mib(row.get(f, 0)) for f in names) + " |")
+    lines += ["", f"Bytes on each link (MiB, received / sent), N = {last['n']}:", "",
+              "| link | received | sent |", "|---|---|---|"]
+    for name, (rx, tx) in last["links"].items():
+        lines.append(f"| {name} | {mib(rx)} | {mib(tx)} |")
+    lines += ["", "![origin bytes and time against nodes](fleet.svg)", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", default="1,2,4,8", help="group sizes to run, comma separated")
+    ap.add_argument("--size", default="1G", help="the model's size (K, M, G)")
+    ap.add_argument("--rate", default="400mbit", help="each link's cap, as tc writes it")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per group size")
+    ap.add_argument("--agent", required=True, help="the agent binary")
+    ap.add_argument("--python", required=True, help="a Python with aiohttp (the API server)")
+    ap.add_argument("--work", default="/var/tmp/modelpull-fleet")
+    ap.add_argument("--out", default="benches/results")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("the fleet bench makes network namespaces: run it as root")
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    size = int(args.size[:-1]) * units[args.size[-1]] if args.size[-1] in units else int(args.size)
+    nodes = [int(n) for n in args.nodes.split(",")]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = work / "origin"
+    model_dir.mkdir(exist_ok=True)
+    model = model_dir / "model.bin"
+    if not model.exists() or model.stat().st_size != size:
+        with open(model, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 16 << 20)
+                f.write(os.urandom(n))
+                left -= n
+    topo = Topology(max(nodes), args.rate)
+    topo.up()
+    script = Path(__file__).resolve().parents[2] / "agent/tests/support/apiserver.py"
+    api = Api(args.python, script, work)
+    nginx, log = origin(work, model_dir)
+    results = []
+    try:
+        for n in nodes:
+            r = run(n, args, api, args.agent, work, log, size)
+            print(f"N={n}: {r['seconds']:.1f} s, origin sent {r['origin_sent'] / size:.2f}× "
+                  f"the model", file=sys.stderr, flush=True)
+            results.append(r)
+    finally:
+        nginx.terminate()
+        api.stop()
+        topo.down()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fleet.json").write_text(json.dumps(results, indent=1))
+    chart(results, out / "fleet.svg")
+    report(results, args, out / "fleet.md")
+    print((out / "fleet.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
