@@ -35,7 +35,8 @@ pub struct ClientConfig {
     pub insecure_hosts: Vec<String>,
     /// How long a connection may take to open, and to stay silent.
     pub timeouts: Timeouts,
-    /// Forward proxies, `None` for direct connections.
+    /// Forward proxies, `None` for direct connections; the CA of one that intercepts HTTPS
+    /// goes with them ([`ProxyConfig::ca_bundle`]).
     pub proxy: Option<Arc<ProxyConfig>>,
 }
 

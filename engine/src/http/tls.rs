@@ -42,9 +42,7 @@ impl CaBundle {
             CaBundle::Pem { pem, .. } => Ok(pem.as_bytes().to_vec()),
         }
     }
-}
 
-impl CaBundle {
     /// The certificates, read and parsed: a bundle that cannot be read, does not parse or
     /// holds none is an error. Checking a bundle when it is given tells the operator at once
     /// rather than at the first connection that needs it.
