@@ -6,8 +6,9 @@
 # huggingface_hub (the client that proves the in-tree Hub fixture faithful), aiohttp and
 # the kubernetes client (the agent's test API server and the client that proves it faithful),
 # and kserve-storage (KServe's storage initializer, which fills the models root the agent's
-# migration test takes over), and kubectl (its kustomize renders deploy/). The tests
-# start and stop the servers themselves, each on a free port of 127.0.0.1.
+# migration test takes over), mitmproxy in .venv-mitmproxy (a proxy that intercepts HTTPS),
+# and kubectl (its kustomize renders deploy/). The tests start and stop the servers
+# themselves, each on a free port of 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -56,6 +57,16 @@ fi
     'gcp-storage-emulator==2026.7.19' 'huggingface_hub==2.4.0' 'aiohttp>=3.9,<4' 'kubernetes>=31' \
     'kserve-storage==0.21.0'
 }
+# mitmproxy stands for a proxy that intercepts HTTPS, as Dragonfly's dfdaemon does. Its pinned
+# dependencies conflict with moto's and kserve-storage's, so it has a virtualenv of its own
+# (11.0.2: the last release for Python 3.11).
+mitm=.venv-mitmproxy
+if [ ! -x "$mitm/bin/mitmdump" ]; then
+  echo "installing mitmproxy into $mitm"
+  python3 -m venv "$mitm"
+  "$mitm/bin/pip" install -q --upgrade pip
+  "$mitm/bin/pip" install -q 'mitmproxy==11.0.2'
+fi
 # cargo-fuzz, for the fuzz targets scripts/test.sh runs briefly (scripts/fuzz.sh), where a
 # nightly toolchain is installed: libFuzzer's instrumentation needs it.
 if rustup toolchain list 2>/dev/null | grep -q '^nightly' && ! cargo +nightly fuzz --version >/dev/null 2>&1; then

@@ -85,6 +85,11 @@ pub struct Args {
     #[arg(long, env = "DOWNLOAD_LIMIT_RATE", value_parser = parse_rate)]
     pub limit_rate: Option<u64>,
 
+    /// PEM CA of a proxy that intercepts HTTPS (Dragonfly's dfdaemon, on a model's
+    /// HTTPS_PROXY): trusted only on connections through that proxy, never on direct ones.
+    #[arg(long, env = "PROXY_CA_BUNDLE", value_name = "FILE")]
+    pub proxy_ca_bundle: Option<PathBuf>,
+
     /// Serve the models this node holds to the other agents of its node group on this
     /// address (e.g. :8082): published files, and the flushed, checked chunks of downloads in
     /// progress, as HTTP ranges. Off when not given.

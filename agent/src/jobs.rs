@@ -45,6 +45,9 @@ pub struct Settings {
     pub engine: Options,
     /// The node group's coordination, when this agent shares downloads with its peers.
     pub group: Option<Arc<crate::group::Coordinator>>,
+    /// The CA of a proxy that intercepts HTTPS, trusted on connections through a model's
+    /// proxy only.
+    pub proxy_ca: Option<modelpull::CaBundle>,
 }
 
 /// The production [`Fetch`]: lists the source, checks the free space against the bytes still
@@ -513,6 +516,9 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
     let share = settings.concurrent.max(1);
     opts.limit_rate = opts.limit_rate.map(|r| (r / share as u64).max(1));
     opts.proxy = env.proxy().map_err(Error::Proxy)?;
+    if let Some(ca) = &settings.proxy_ca {
+        opts.trust_proxy_ca(ca.clone());
+    }
     let uri = &entry.source_model_uri;
     let control = Control::new(&opts.client())?.with_cancel(cancel.clone());
     let manifest = store::resolve(uri, env, &control)?;

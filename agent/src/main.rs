@@ -137,6 +137,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = changed.send(());
         })
     };
+    let proxy_ca = args
+        .proxy_ca_bundle
+        .as_deref()
+        .map(|path| {
+            let bundle = modelpull::CaBundle::from(path);
+            bundle
+                .certificates()
+                .map(|_| bundle)
+                .context("--proxy-ca-bundle")
+        })
+        .transpose()?;
     // Buffers, connections and engine threads sized under the container's limits.
     let (fitted, engine) = fit::for_this_process(
         fit::Requested {
@@ -153,6 +164,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             concurrent: fitted.concurrent,
             engine,
             group: coordinator.clone(),
+            proxy_ca,
         },
         engine_metrics,
     );

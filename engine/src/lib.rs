@@ -99,7 +99,7 @@ pub use http::tls::CaBundle;
 pub use http::{ClientConfig, HttpError};
 pub use pool::SharedBuffers;
 pub use pull::limits::RateLimiter;
-pub use pull::{Context, Options, PullRequest, pull};
+pub use pull::{Context, Options, PROXY_MIN_RANGE, PullRequest, pull};
 pub use report::Report;
 pub use store::{Control, Env, Manifest, Patterns, resolve, resolve_filtered};
 pub use target::Target;

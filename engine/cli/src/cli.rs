@@ -337,6 +337,11 @@ pub struct EngineArgs {
     #[arg(long, value_name = "FILE", env = "MODELPULL_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,
 
+    /// PEM CA of a proxy that intercepts HTTPS (Dragonfly's dfdaemon, on `HTTPS_PROXY`):
+    /// trusted only on connections through that proxy, never on direct ones.
+    #[arg(long, value_name = "FILE", env = "MODELPULL_PROXY_CA_BUNDLE")]
+    pub proxy_ca_bundle: Option<PathBuf>,
+
     /// Extra request header, `Name: value` (repeatable); sent only to each source's own host.
     #[arg(long = "header", short = 'H', value_name = "HEADER", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,

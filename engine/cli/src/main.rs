@@ -67,6 +67,18 @@ fn cancel_on_signals(exit: i32) -> Arc<AtomicBool> {
 fn options(engine: &cli::EngineArgs, env: &Env) -> anyhow::Result<Options> {
     let mut opts = engine.options();
     opts.proxy = env.proxy().map_err(modelpull::Error::InvalidOption)?;
+    if let Some(path) = &engine.proxy_ca_bundle {
+        let bundle = modelpull::CaBundle::from(path.as_path());
+        bundle
+            .certificates()
+            .map_err(|e| modelpull::Error::InvalidOption(format!("--proxy-ca-bundle: {e}")))?;
+        if !opts.trust_proxy_ca(bundle) {
+            tracing::warn!(
+                bundle = %path.display(),
+                "--proxy-ca-bundle is unused: no proxy is configured (HTTPS_PROXY)"
+            );
+        }
+    }
     Ok(opts)
 }
 

@@ -106,15 +106,27 @@ impl Conn {
                 what: "connect",
                 host: hop.host.clone(),
             })??;
-        if let Some(proxy) = proxy.filter(|_| endpoint.tls) {
-            tcp = monoio::time::timeout(timeout, tunnel(tcp, endpoint, proxy))
-                .await
-                .map_err(|_| HttpError::Timeout {
-                    what: "proxy CONNECT",
-                    host: proxy.shown.clone(),
-                })??;
-        }
-        Self::over(tcp, endpoint, tls, timeout).await
+        let Some(proxy) = proxy.filter(|_| endpoint.tls) else {
+            return Self::over(tcp, endpoint, tls, timeout).await;
+        };
+        tcp = monoio::time::timeout(timeout, tunnel(tcp, endpoint, proxy))
+            .await
+            .map_err(|_| HttpError::Timeout {
+                what: "proxy CONNECT",
+                host: proxy.shown.clone(),
+            })??;
+        Self::over(tcp, endpoint, tls, timeout)
+            .await
+            .map_err(|e| match e {
+                HttpError::Tls { host, message } => HttpError::Tls {
+                    message: format!(
+                        "{message} (through proxy {}: a proxy that intercepts HTTPS, such as Dragonfly's dfdaemon, signs with its own CA; trust it with --proxy-ca-bundle)",
+                        proxy.shown
+                    ),
+                    host,
+                },
+                other => other,
+            })
     }
 
     async fn over(

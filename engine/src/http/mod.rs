@@ -35,7 +35,8 @@ pub struct ClientConfig {
     pub insecure_hosts: Vec<String>,
     /// How long a connection may take to open, and to stay silent.
     pub timeouts: Timeouts,
-    /// Forward proxies, `None` for direct connections.
+    /// Forward proxies, `None` for direct connections; the CA of one that intercepts HTTPS
+    /// goes with them ([`ProxyConfig::ca_bundle`]).
     pub proxy: Option<Arc<ProxyConfig>>,
 }
 
@@ -185,9 +186,11 @@ impl<'a> Request<'a> {
     }
 }
 
-/// The per-core client: a pool of keep-alive connections and the TLS connector.
+/// The per-core client: a pool of keep-alive connections and the TLS connectors.
 pub struct Client {
     tls: monoio_rustls::TlsConnector,
+    /// For TLS through the proxy's tunnels, which may also trust the proxy's CA.
+    proxied_tls: monoio_rustls::TlsConnector,
     timeouts: Timeouts,
     proxy: Option<Arc<ProxyConfig>>,
     idle: RefCell<HashMap<Endpoint, Vec<Conn>>>,
@@ -229,12 +232,14 @@ impl std::fmt::Debug for Response {
 
 impl Client {
     pub fn new(
-        tls: Arc<rustls::ClientConfig>,
+        trust: impl Into<tls::Trust>,
         timeouts: Timeouts,
         proxy: Option<Arc<ProxyConfig>>,
     ) -> Self {
+        let trust = trust.into();
         Self {
-            tls: monoio_rustls::TlsConnector::from(tls),
+            tls: monoio_rustls::TlsConnector::from(trust.direct),
+            proxied_tls: monoio_rustls::TlsConnector::from(trust.proxied),
             timeouts,
             proxy,
             idle: RefCell::new(HashMap::new()),
@@ -328,7 +333,12 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        let mut conn = Conn::connect(endpoint, &self.tls, self.timeouts.connect, proxy).await?;
+        let tls = if proxy.is_some() {
+            &self.proxied_tls
+        } else {
+            &self.tls
+        };
+        let mut conn = Conn::connect(endpoint, tls, self.timeouts.connect, proxy).await?;
         conn.send(request).await?;
         let head = conn.read_head(self.timeouts.stall).await?;
         Ok(self.response(method, url, conn, head))

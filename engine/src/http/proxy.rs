@@ -4,8 +4,10 @@
 //! sit in the same place, so both planes honour `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
 //! `NO_PROXY` (lower-case names first). Plain-http requests go to the proxy in absolute form;
 //! https requests open a `CONNECT` tunnel and do TLS with the origin through it, so the proxy
-//! never sees the bytes. Credentials in a proxy URL become `Proxy-Authorization` and never
-//! appear in logs: proxies are shown through [`crate::redact`].
+//! never sees the bytes — unless it intercepts HTTPS, as dfdaemon does: then its CA is given
+//! as [`ProxyConfig::ca_bundle`] and trusted on tunnelled connections only. Credentials in a
+//! proxy URL become `Proxy-Authorization` and never appear in logs: proxies are shown through
+//! [`crate::redact`].
 
 use std::net::IpAddr;
 
@@ -13,6 +15,7 @@ use base64::Engine as _;
 use url::Url;
 
 use super::conn::Endpoint;
+use super::tls::CaBundle;
 
 /// One proxy server.
 #[derive(Clone, PartialEq, Eq)]
@@ -108,6 +111,9 @@ pub struct ProxyConfig {
     pub https: Option<ProxyServer>,
     /// Hosts and domains reached directly (`NO_PROXY`).
     pub no_proxy: Vec<String>,
+    /// The CA of a proxy that intercepts HTTPS (`--proxy-ca-bundle`): trusted for TLS through
+    /// the `https` proxy's tunnels, never on a direct connection.
+    pub ca_bundle: Option<CaBundle>,
 }
 
 impl ProxyConfig {
@@ -137,6 +143,7 @@ impl ProxyConfig {
             http: http.as_deref().map(ProxyServer::parse).transpose()?,
             https: https.as_deref().map(ProxyServer::parse).transpose()?,
             no_proxy,
+            ca_bundle: None,
         }))
     }
 

@@ -1,5 +1,10 @@
 //! TLS client configuration: rustls with the webpki roots, the system's roots and an optional
 //! CA bundle, as an operator would expect from curl or the AWS SDK.
+//!
+//! A proxy that intercepts HTTPS (Dragonfly's dfdaemon) answers a `CONNECT` tunnel with
+//! certificates of its own CA. That CA can sign a certificate for any host, so it is trusted
+//! only on connections that go through the proxy: a client holds two configurations
+//! ([`Trust`]), and a direct connection never sees the proxy's CA.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +13,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use super::proxy::ProxyConfig;
 
 /// Extra CA certificates to trust: a PEM file, or PEM text held in memory (the agent reads a
 /// bundle from a ConfigMap and has no writable disk to put it on).
@@ -34,6 +41,25 @@ impl CaBundle {
             }),
             CaBundle::Pem { pem, .. } => Ok(pem.as_bytes().to_vec()),
         }
+    }
+
+    /// The certificates, read and parsed: a bundle that cannot be read, does not parse or
+    /// holds none is an error. Checking a bundle when it is given tells the operator at once
+    /// rather than at the first connection that needs it.
+    pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+        let pem = self.load()?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsConfigError::Invalid {
+                path: self.to_string(),
+                message: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(TlsConfigError::Empty {
+                path: self.to_string(),
+            });
+        }
+        Ok(certs)
     }
 }
 
@@ -93,6 +119,52 @@ pub fn client_config(
     ca_bundle: Option<&CaBundle>,
     insecure_hosts: &[String],
 ) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+    build(ca_bundle.into_iter().collect(), insecure_hosts)
+}
+
+/// The TLS configurations of one client: one for direct connections, one for connections
+/// tunnelled through the HTTPS proxy. They differ only when the proxy intercepts HTTPS and
+/// its CA is given ([`crate::ProxyConfig::ca_bundle`]).
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// For connections straight to the origin.
+    pub direct: Arc<rustls::ClientConfig>,
+    /// For connections through the proxy: the direct roots and the proxy's CA.
+    pub proxied: Arc<rustls::ClientConfig>,
+}
+
+impl From<Arc<rustls::ClientConfig>> for Trust {
+    /// The same trust whichever way a connection goes.
+    fn from(config: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            direct: config.clone(),
+            proxied: config,
+        }
+    }
+}
+
+/// Builds both configurations of a client: [`client_config`] for direct connections, and the
+/// same with the proxy's CA added for proxied ones.
+pub fn trust(
+    ca_bundle: Option<&CaBundle>,
+    insecure_hosts: &[String],
+    proxy: Option<&ProxyConfig>,
+) -> Result<Trust, TlsConfigError> {
+    let direct = client_config(ca_bundle, insecure_hosts)?;
+    let Some(proxy_ca) = proxy.and_then(|p| p.ca_bundle.as_ref()) else {
+        return Ok(direct.into());
+    };
+    let proxied = build(
+        ca_bundle.into_iter().chain([proxy_ca]).collect(),
+        insecure_hosts,
+    )?;
+    Ok(Trust { direct, proxied })
+}
+
+fn build(
+    bundles: Vec<&CaBundle>,
+    insecure_hosts: &[String],
+) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();
@@ -100,21 +172,10 @@ pub fn client_config(
         // A broken system certificate must not stop the others from loading.
         let _ = roots.add(cert);
     }
-    if let Some(bundle) = ca_bundle {
-        let shown = bundle.to_string();
-        let pem = bundle.load()?;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsConfigError::Invalid {
-                path: shown.clone(),
-                message: e.to_string(),
-            })?;
-        if certs.is_empty() {
-            return Err(TlsConfigError::Empty { path: shown });
-        }
-        for cert in certs {
+    for bundle in bundles {
+        for cert in bundle.certificates()? {
             roots.add(cert).map_err(|e| TlsConfigError::Invalid {
-                path: shown.clone(),
+                path: bundle.to_string(),
                 message: e.to_string(),
             })?;
         }

@@ -33,6 +33,12 @@ use state::{FileMeta, FileState, Job, Phase};
 
 const MIB: usize = 1024 * 1024;
 
+/// The smallest range sent through a proxy. Dragonfly's dfdaemon serves a smaller range
+/// straight from the origin, past its peers, which would leave a pull through it with no
+/// P2P at all (docs/decisions.md, "Dragonfly: an intercepting proxy's CA for proxied
+/// connections only").
+pub const PROXY_MIN_RANGE: u64 = 4 * MIB as u64;
+
 /// Tunables of a pull. `Default` gives what the CLI uses without flags.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -145,6 +151,37 @@ impl Options {
             .unwrap_or(self.max_connections)
             .min(self.buffers() - 2)
             .max(1)
+    }
+
+    /// Trusts `bundle`, the CA of a proxy that intercepts HTTPS (Dragonfly's dfdaemon), on
+    /// connections through the configured proxy and on no other. Returns whether there is a
+    /// proxy to trust it for.
+    pub fn trust_proxy_ca(&mut self, bundle: crate::http::tls::CaBundle) -> bool {
+        let Some(proxy) = &mut self.proxy else {
+            return false;
+        };
+        Arc::make_mut(proxy).ca_bundle = Some(bundle);
+        true
+    }
+
+    /// These options with ranges of at least [`PROXY_MIN_RANGE`] when a proxy is configured:
+    /// a smaller `range_size` is raised to the first multiple of the chunk size above the
+    /// floor, with a warning. Without a proxy, or with ranges large enough, they are unchanged.
+    pub fn through_proxy(&self) -> std::borrow::Cow<'_, Self> {
+        if self.proxy.is_none() || self.range_size >= PROXY_MIN_RANGE {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let chunk = (self.chunk_size as u64).max(1);
+        let raised = PROXY_MIN_RANGE.div_ceil(chunk) * chunk;
+        tracing::warn!(
+            from = self.range_size,
+            to = raised,
+            "raising --range-size: through a proxy, ranges under 4 MiB would bypass a P2P proxy's peers (Dragonfly)"
+        );
+        std::borrow::Cow::Owned(Self {
+            range_size: raised,
+            ..self.clone()
+        })
     }
 
     /// The settings every request of this pull shares, for the control plane.
@@ -315,6 +352,8 @@ fn check_request(req: &PullRequest) -> Result<()> {
 /// ```
 pub fn pull(req: &PullRequest, opts: &Options, cx: &Context) -> Result<Report> {
     let started = Instant::now();
+    let opts = opts.through_proxy();
+    let opts = &*opts;
     opts.validate()?;
     check_request(req)?;
     let request: Vec<SourceRecord> = req
@@ -408,8 +447,12 @@ pub(crate) fn fetch_into(
     opts: &Options,
     cx: &Context,
 ) -> Result<Fetched> {
-    let tls = tls::client_config(opts.ca_bundle.as_ref(), &opts.insecure_hosts)
-        .map_err(|e| Error::InvalidOption(e.to_string()))?;
+    let trust = tls::trust(
+        opts.ca_bundle.as_ref(),
+        &opts.insecure_hosts,
+        opts.proxy.as_deref(),
+    )
+    .map_err(|e| Error::InvalidOption(e.to_string()))?;
     let (driver, note) = runtime::resolve(opts.driver)?;
     match &note {
         Some(why) => {
@@ -460,7 +503,7 @@ pub(crate) fn fetch_into(
         cx.cancel.clone(),
     ));
     runtime::run_cores(cores, driver, opts.pin, |core| {
-        worker::run_core(job.clone(), tls.clone(), worker::Share { core, cores })
+        worker::run_core(job.clone(), trust.clone(), worker::Share { core, cores })
     })?;
 
     if let Some(err) = job.take_failure() {
@@ -595,6 +638,42 @@ pub(crate) fn up_to_date_report(
 mod tests {
     use super::*;
     use crate::limits::CpuQuota;
+
+    #[test]
+    fn ranges_through_a_proxy_are_raised_to_the_floor() {
+        let small = Options {
+            chunk_size: 3 * MIB,
+            range_size: 3 * MIB as u64,
+            ..Options::default()
+        };
+        assert_eq!(small.through_proxy().range_size, 3 * MIB as u64);
+        let proxied = Options {
+            proxy: Some(Arc::new(ProxyConfig::default())),
+            ..small
+        };
+        let raised = proxied.through_proxy();
+        assert_eq!(raised.range_size, 6 * MIB as u64);
+        raised.validate().unwrap();
+        let default = Options {
+            proxy: proxied.proxy.clone(),
+            ..Options::default()
+        };
+        assert_eq!(default.through_proxy().range_size, 8 * MIB as u64);
+    }
+
+    #[test]
+    fn a_proxy_ca_needs_a_proxy() {
+        let ca = crate::CaBundle::File("/ca.pem".into());
+        let mut direct = Options::default();
+        assert!(!direct.trust_proxy_ca(ca.clone()));
+        assert!(direct.proxy.is_none());
+        let mut proxied = Options {
+            proxy: Some(Arc::new(ProxyConfig::default())),
+            ..Options::default()
+        };
+        assert!(proxied.trust_proxy_ca(ca.clone()));
+        assert_eq!(proxied.proxy.unwrap().ca_bundle, Some(ca));
+    }
 
     #[test]
     fn fitting_only_lowers_and_keeps_a_pull_valid() {

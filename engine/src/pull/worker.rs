@@ -24,7 +24,7 @@ use crate::digest::ordered::OrderedHashers;
 use crate::disk::part;
 use crate::error::Error;
 use crate::http::head::ContentRange;
-use crate::http::{Client, HttpError, Request, Response, Timeouts};
+use crate::http::{Client, HttpError, Request, Response, Timeouts, tls};
 use crate::mirror;
 
 /// Per-core resources shared by the core's workers.
@@ -141,10 +141,10 @@ impl Workers {
 /// Runs this core's share of the pull's workers until the pull is finished or failed: up to
 /// its share of the connections the hosts' tuners allow, started as they are needed (a worker
 /// that takes work starts the next) and stopped when idle or over the share.
-pub(crate) async fn run_core(job: Arc<Job>, tls: Arc<rustls::ClientConfig>, share: Share) {
+pub(crate) async fn run_core(job: Arc<Job>, trust: tls::Trust, share: Share) {
     let ctx = Rc::new(CoreCtx {
         client: Client::new(
-            tls,
+            trust,
             Timeouts {
                 connect: job.opts.connect_timeout,
                 stall: job.opts.stall_timeout,

@@ -30,7 +30,7 @@ const ATTEMPTS: u32 = 4;
 /// Settings for control-plane requests, taken from the pull's options.
 #[derive(Debug, Clone)]
 pub struct Control {
-    tls: Arc<rustls::ClientConfig>,
+    trust: tls::Trust,
     ca_bundle: Option<CaBundle>,
     insecure_hosts: Vec<String>,
     timeouts: Timeouts,
@@ -79,11 +79,15 @@ impl Reply {
 impl Control {
     /// Control-plane settings from `config`; fails on an unreadable CA bundle or a driver that cannot start.
     pub fn new(config: &ClientConfig) -> Result<Self> {
-        let tls = tls::client_config(config.ca_bundle.as_ref(), &config.insecure_hosts)
-            .map_err(|e| Error::InvalidOption(e.to_string()))?;
+        let trust = tls::trust(
+            config.ca_bundle.as_ref(),
+            &config.insecure_hosts,
+            config.proxy.as_deref(),
+        )
+        .map_err(|e| Error::InvalidOption(e.to_string()))?;
         let (driver, _) = runtime::resolve(config.driver)?;
         Ok(Self {
-            tls,
+            trust,
             ca_bundle: config.ca_bundle.clone(),
             insecure_hosts: config.insecure_hosts.clone(),
             timeouts: config.timeouts,
@@ -103,10 +107,10 @@ impl Control {
         let ca_bundle = self.ca_bundle.as_ref().or(ca_bundle).cloned();
         let mut insecure = self.insecure_hosts.clone();
         insecure.extend(insecure_hosts.iter().cloned());
-        let tls = tls::client_config(ca_bundle.as_ref(), &insecure)
+        let trust = tls::trust(ca_bundle.as_ref(), &insecure, self.proxy.as_deref())
             .map_err(|e| Error::InvalidOption(e.to_string()))?;
         Ok(Self {
-            tls,
+            trust,
             ca_bundle,
             insecure_hosts: insecure,
             ..self.clone()
@@ -138,7 +142,7 @@ impl Control {
         Fut: Future<Output = T>,
     {
         let client = Rc::new(Client::new(
-            self.tls.clone(),
+            self.trust.clone(),
             self.timeouts,
             self.proxy.clone(),
         ));

@@ -2,7 +2,8 @@
 
 use modelpull_origin::TlsIdentity;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, Issuer, KeyPair,
+    date_time_ymd,
 };
 
 #[derive(Debug)]
@@ -21,6 +22,21 @@ pub fn pki() -> Pki {
     Pki {
         ca_pem: ca.pem(),
         ca,
+    }
+}
+
+/// A leaf certificate for `names` signed by another CA, given as its PKCS #8 key and its
+/// certificate (PEM).
+pub fn leaf_signed_by(ca_key_pem: &str, ca_cert_pem: &str, names: &[&str]) -> TlsIdentity {
+    let issuer =
+        Issuer::from_ca_cert_pem(ca_cert_pem, KeyPair::from_pem(ca_key_pem).unwrap()).unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    TlsIdentity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Real third-party servers for the store tests, each started on a free port of 127.0.0.1
 //! and killed when dropped: moto (S3), gcp-storage-emulator (GCS), tinyproxy (a forward
-//! proxy). `scripts/setup-test.sh` installs them; without them a test says so and skips,
+//! proxy), mitmproxy (a proxy that intercepts HTTPS, as Dragonfly's dfdaemon does).
+//! `scripts/setup-test.sh` installs them; without them a test says so and skips,
 //! unless `MODELPULL_REQUIRE_SERVERS=1` (set by `scripts/test.sh`) makes that a failure.
 
 use std::io::{Read, Write};
@@ -212,6 +213,95 @@ pub fn tinyproxy(credentials: Option<(&str, &str)>) -> Option<Server> {
     cmd.arg("-d").arg("-c").arg(&conf_path);
     // Any answer (tinyproxy says 400 to a request for itself) means it is up.
     Some(spawn(cmd, port, dir, Some("/")))
+}
+
+/// mitmdump, intercepting every HTTPS tunnel with a CA it makes at start in its own confdir.
+/// It verifies origins against `upstream_ca` (PEM) and logs one line per request it relays
+/// (`Server::log`). It lives in a virtualenv of its own, `.venv-mitmproxy`: its pinned
+/// dependencies conflict with those of the test virtualenv's servers.
+pub fn mitmproxy(upstream_ca: &str) -> Option<Mitm> {
+    let venv = Venv(
+        std::env::var_os("MODELPULL_TEST_MITMPROXY_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-mitmproxy")),
+    );
+    let bin = venv.bin("mitmdump");
+    if !bin.exists() {
+        missing(&format!("mitmproxy ({})", bin.display()))?;
+        return None;
+    }
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let confdir = dir.path().join("conf");
+    let upstream = dir.path().join("upstream-ca.pem");
+    std::fs::write(&upstream, upstream_ca).unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        &port.to_string(),
+    ])
+    .arg("--set")
+    .arg(format!("confdir={}", confdir.display()))
+    .arg("--set")
+    .arg(format!(
+        "ssl_verify_upstream_trusted_ca={}",
+        upstream.display()
+    ))
+    .args(["--set", "flow_detail=1"]);
+    let server = spawn(cmd, port, dir, None);
+    let ca_cert = confdir.join("mitmproxy-ca-cert.pem");
+    assert!(
+        ca_cert.exists(),
+        "mitmproxy made no CA in {}: {}",
+        confdir.display(),
+        server.log()
+    );
+    Some(Mitm {
+        ca_key_and_cert: confdir.join("mitmproxy-ca.pem"),
+        ca_cert,
+        server,
+        venv,
+    })
+}
+
+/// A running mitmproxy and the CA it signs intercepted connections with.
+#[derive(Debug)]
+pub struct Mitm {
+    pub server: Server,
+    /// The CA certificate (PEM) clients must trust to talk through it.
+    pub ca_cert: PathBuf,
+    /// The CA's private key and certificate (PEM).
+    ca_key_and_cert: PathBuf,
+    venv: Venv,
+}
+
+/// Prints the PKCS #1 key mitmproxy keeps as PKCS #8, the form ring reads.
+const TO_PKCS8: &str = "import sys
+from cryptography.hazmat.primitives import serialization as s
+key = s.load_pem_private_key(open(sys.argv[1], 'rb').read(), None)
+sys.stdout.write(key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()).decode())
+";
+
+impl Mitm {
+    /// A certificate for `names` signed by this proxy's CA, such as only the proxy would
+    /// vouch for.
+    pub fn leaf(&self, names: &[&str]) -> modelpull_origin::TlsIdentity {
+        let out = Command::new(self.venv.python())
+            .args(["-c", TO_PKCS8])
+            .arg(&self.ca_key_and_cert)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot read mitmproxy's CA key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = String::from_utf8(out.stdout).unwrap();
+        let cert = std::fs::read_to_string(&self.ca_cert).unwrap();
+        crate::pki::leaf_signed_by(&key, &cert, names)
+    }
 }
 
 /// nginx serving `root` on 127.0.0.1 with `directives` added to its `server` block (e.g.

@@ -1,6 +1,7 @@
 //! Forward proxies through a real one (tinyproxy): plain http in absolute form, https through
 //! a CONNECT tunnel with TLS end to end, NO_PROXY, proxy credentials, and a store's control
-//! plane (S3 listing) going the same way as its data.
+//! plane (S3 listing) going the same way as its data; and a proxy that intercepts HTTPS
+//! (mitmproxy, as Dragonfly's dfdaemon does), whose CA is trusted through its tunnels only.
 
 use std::sync::Arc;
 
@@ -159,4 +160,103 @@ fn store_listing_and_data_both_use_the_proxy() {
         "data: {}",
         proxy.log()
     );
+}
+
+#[test]
+fn an_intercepting_proxy_is_trusted_through_its_tunnels_with_its_ca() {
+    let pki = pki();
+    let Some(mitm) = servers::mitmproxy(&pki.ca_pem) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(6, 10_000_000);
+    std::fs::create_dir(dir.path().join("o")).unwrap();
+    std::fs::write(dir.path().join("o/w.bin"), &content).unwrap();
+    let origin =
+        Origin::serve_tls(dir.path().join("o"), &leaf(&pki, &["localhost"], false)).unwrap();
+    let port = origin.addr().port();
+    let target = || Target::parse(&origin.url_for_host("localhost", "w.bin")).unwrap();
+    let proxied = |driver| {
+        let mut opts = with_proxy(options(driver), &[("HTTPS_PROXY", &mitm.server.url())]);
+        opts.retries = 1;
+        opts
+    };
+
+    // Without the proxy's CA the client sees a certificate it cannot trust, and is told why.
+    let err = pull(
+        vec![target()],
+        &dir.path().join("untrusted"),
+        &proxied(modelpull::runtime::Driver::Epoll),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--proxy-ca-bundle"), "{err}");
+    assert!(err.contains("intercepts HTTPS"), "{err}");
+
+    // With it, the pull goes through: the origin's own CA is trusted by the proxy only.
+    each_driver(|driver| {
+        let mut opts = proxied(driver);
+        assert!(opts.trust_proxy_ca(mitm.ca_cert.clone().into()));
+        let dest = dir.path().join(format!("out-{}", driver.name()));
+        origin.stats().served.lock().unwrap().clear();
+        pull(vec![target()], &dest, &opts).unwrap();
+        assert_file(&dest, "w.bin", &content);
+        // Ranges of at least 4 MiB, the size under which Dragonfly goes to the origin.
+        let served = origin.stats().served.lock().unwrap().clone();
+        let ranges: Vec<_> = served
+            .iter()
+            .filter(|(path, _, _)| path.ends_with("w.bin"))
+            .collect();
+        assert!(ranges.len() >= 2, "{served:?}");
+        for (_, first, len) in ranges {
+            assert!(
+                *len >= modelpull::PROXY_MIN_RANGE || first + len == content.len() as u64,
+                "a short range {first}+{len} through the proxy: {served:?}"
+            );
+        }
+    });
+    assert!(
+        proxied_requests(&mitm, port) > 0,
+        "the ranges went through mitmproxy: {}",
+        mitm.server.log()
+    );
+}
+
+#[test]
+fn the_proxy_ca_is_never_trusted_on_a_direct_connection() {
+    let pki = pki();
+    let Some(mitm) = servers::mitmproxy(&pki.ca_pem) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("o")).unwrap();
+    std::fs::write(dir.path().join("o/w.bin"), data(7, 100_000)).unwrap();
+    // A certificate only the proxy's CA vouches for, on a host reached directly.
+    let origin = Origin::serve_tls(dir.path().join("o"), &mitm.leaf(&["localhost"])).unwrap();
+    let mut opts = with_proxy(
+        options(modelpull::runtime::Driver::Epoll),
+        &[
+            ("HTTPS_PROXY", &mitm.server.url()),
+            ("NO_PROXY", "localhost"),
+        ],
+    );
+    opts.retries = 1;
+    assert!(opts.trust_proxy_ca(mitm.ca_cert.clone().into()));
+    let target = Target::parse(&origin.url_for_host("localhost", "w.bin")).unwrap();
+    let err = pull(vec![target], &dir.path().join("out"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("TLS with localhost failed"), "{err}");
+    assert!(!err.contains("through proxy"), "{err}");
+    assert_eq!(
+        proxied_requests(&mitm, origin.addr().port()),
+        0,
+        "NO_PROXY bypasses the proxy: {}",
+        mitm.server.log()
+    );
+}
+
+/// Requests mitmproxy relayed to the origin on `port`.
+fn proxied_requests(mitm: &servers::Mitm, port: u16) -> usize {
+    proxied(&mitm.server, &format!("https://localhost:{port}/"))
 }

@@ -85,6 +85,26 @@ fn bad_input_exits_2_with_one_line() {
         "multiple of 4096",
         &dest,
     );
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (bundle, needle) in [
+        (&junk, "holds no usable PEM certificate"),
+        (&missing, "cannot read CA bundle"),
+    ] {
+        assert_fails(
+            &[
+                "pull",
+                "--proxy-ca-bundle",
+                bundle.to_str().unwrap(),
+                "http://127.0.0.1:9/x",
+                d,
+            ],
+            2,
+            needle,
+            &dest,
+        );
+    }
     // A usage error gets clap's usage text, and the same exit code.
     assert_eq!(
         modelpull(&["pull", "http://127.0.0.1:9/x"]).status.code(),
