@@ -4,7 +4,9 @@
 //! spreads a file's ranges over its mirrors and turns to the origin only when no mirror can
 //! serve a range (each refused it, failed, or was dropped). The origin stays the one trust
 //! anchor: a file is published only when its bytes match the digest and size the origin's
-//! store gave, whoever sent them. What a mirror can do wrong is bounded:
+//! store gave, whoever sent them — so mirrors are used only for files whose expected digests
+//! include a cryptographic one ([`crate::Target::vouched`]); a size or a CRC alone could be
+//! matched by forged bytes. What a mirror can do wrong is bounded:
 //!
 //! - it never sees credentials: requests to it carry none of the target's headers, and a base
 //!   URL with user info is refused;

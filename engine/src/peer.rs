@@ -6,7 +6,8 @@
 //! marker, the journals and anything else in the folder stay private. A running pull's file
 //! is served chunk by chunk from its part file: only chunks its journal records as flushed
 //! (behind a sync line), each read back and checked against the CRC the journal holds before it
-//! leaves, so a follower can start before the seed finishes without ever being sent a chunk the
+//! leaves; once its journal says it is verified, whole (it waits in staging for the model's
+//! other files), so a follower can start before the seed finishes without ever being sent a chunk the
 //! seed did not write and check. Files are opened beneath their folder without following a
 //! symlink at any component.
 //!
@@ -148,6 +149,22 @@ fn in_progress(model_dir: &Path, path: &str) -> io::Result<Option<Held>> {
     else {
         return Ok(None);
     };
+    if loaded.done.is_some() {
+        // Verified, renamed from its part, waiting for the model's other files: whole.
+        return match beneath::open(dir.as_fd(), Path::new(path), OFlags::RDONLY, Mode::empty()) {
+            Ok(f) => {
+                let file = File::from(f);
+                let size = file.metadata()?.len();
+                Ok((size == loaded.header.size).then_some(Held {
+                    file,
+                    size,
+                    partial: None,
+                }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+    }
     if loaded.synced.is_empty() {
         return Ok(None);
     }
@@ -391,6 +408,36 @@ mod tests {
             held.read(chunk, chunk),
             Err(ReadError::Damaged { chunk: 1 })
         ));
+    }
+
+    #[test]
+    fn a_verified_file_waiting_in_staging_is_served_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("models/k");
+        let staging = root.path().join("models/.k.modelpull");
+        std::fs::create_dir_all(&staging).unwrap();
+        let content = bytes(9000);
+        std::fs::write(staging.join("w.bin"), &content).unwrap();
+        let header = Header {
+            version: journal::VERSION,
+            source: "http://origin/w.bin".into(),
+            size: content.len() as u64,
+            validator: String::new(),
+            chunk_size: 4096,
+            algorithms: vec![Algorithm::Sha256, Algorithm::Crc32c],
+        };
+        let mut j = Journal::create(&Journal::path_for(&staging.join("w.bin")), &header).unwrap();
+        j.append(&Record::Done {
+            file: FileRecord {
+                path: "w.bin".into(),
+                size: content.len() as u64,
+                digests: Vec::new(),
+            },
+        })
+        .unwrap();
+        let held = open(&dir, "w.bin").unwrap().unwrap();
+        assert!(held.is_complete());
+        assert_eq!(held.read(0, 8999).unwrap(), content);
     }
 
     #[test]

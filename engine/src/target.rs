@@ -200,6 +200,13 @@ impl Target {
         })
     }
 
+    /// Whether the file's expected digests include a cryptographic one (sha256, sha1, md5):
+    /// only then may bytes from a mirror be taken, since a size or a CRC can be matched by
+    /// bytes chosen to match it.
+    pub fn vouched(&self) -> bool {
+        self.expected.iter().any(|d| d.algorithm.is_ordered())
+    }
+
     /// Adds a mirror for each base URL: the file is also at `BASE/path`
     /// ([`crate::mirror::url_of`]).
     pub fn add_mirrors(&mut self, bases: &[Url]) {

@@ -5,7 +5,9 @@
 //! for exactly what it lacks.
 
 /// Splits the chunks of `[from, chunks)` for which `done` is false into ranges of at most
-/// `step` chunks, as `(first chunk, end chunk)` pairs in file order.
+/// `step` chunks, as `(first chunk, end chunk)` pairs in file order. No range crosses a
+/// multiple of `step`: a resumed file's ranges fall where a fresh one's would, so each lies
+/// within one block of an origin gate (whose blocks are multiples of the range size).
 pub fn ranges(from: u64, chunks: u64, step: u64, done: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
     let step = step.max(1);
     let mut out = Vec::with_capacity(((chunks.saturating_sub(from)) / step + 1) as usize);
@@ -16,7 +18,7 @@ pub fn ranges(from: u64, chunks: u64, step: u64, done: impl Fn(u64) -> bool) -> 
             continue;
         }
         let mut e = c + 1;
-        while e < chunks && e - c < step && !done(e) {
+        while e < chunks && !e.is_multiple_of(step) && !done(e) {
             e += 1;
         }
         out.push((c, e));
@@ -43,7 +45,7 @@ mod tests {
         ];
         assert_eq!(
             ranges(0, 10, 3, |c| done[c as usize]),
-            vec![(1, 3), (4, 7), (7, 9)]
+            vec![(1, 3), (4, 6), (6, 9)]
         );
         assert_eq!(ranges(0, 3, 3, |_| true), vec![]);
     }

@@ -57,7 +57,8 @@ impl HostState {
 }
 
 /// The hosts of `metas`, in order of first appearance, each with a copy of `tuner`, and each
-/// file's source hosts: its origin's first, then its mirrors' in order.
+/// file's source hosts: its origin's first, then its mirrors' in order — for files with a
+/// cryptographic digest to check them by only ([`crate::Target::vouched`]).
 pub(super) fn index(metas: &[FileMeta], tuner: &Tuner) -> (Vec<Vec<usize>>, Vec<HostState>) {
     let mut hosts: Vec<HostState> = Vec::new();
     let mut host = |url: &url::Url, mirror: bool| {
@@ -87,11 +88,26 @@ pub(super) fn index(metas: &[FileMeta], tuner: &Tuner) -> (Vec<Vec<usize>>, Vec<
     let sources = metas
         .iter()
         .map(|m| {
+            let mirrors = if m.target.vouched() {
+                m.target.mirrors.as_slice()
+            } else {
+                &[]
+            };
             std::iter::once(host(&m.target.url, false))
-                .chain(m.target.mirrors.iter().map(|u| host(u, true)))
+                .chain(mirrors.iter().map(|u| host(u, true)))
                 .collect()
         })
         .collect();
+    let unvouched = metas
+        .iter()
+        .filter(|m| !m.target.mirrors.is_empty() && !m.target.vouched())
+        .count();
+    if unvouched > 0 {
+        tracing::warn!(
+            files = unvouched,
+            "no mirror is asked for files the store gives no cryptographic digest for (size or CRC only: bytes could be forged to match); they come from the origin"
+        );
+    }
     (sources, hosts)
 }
 

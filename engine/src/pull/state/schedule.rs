@@ -89,15 +89,12 @@ impl Job {
     /// file's object is unchanged, which also fetches its lowest pending range (if any).
     fn claim_first_request(&self, st: &mut JobState, file: usize) -> Work {
         let fs = &mut st.files[file];
+        // With mirrors to fetch from, the origin is only asked for the size and validator.
+        let mirrored = self.sources[file].len() > 1 && !fs.origin_only;
         let (kind, start, end, attempts) = if fs.phase == Phase::New {
-            // With mirrors to fetch from, the origin is only asked for the size and validator.
-            let span = if self.sources[file].len() > 1 && !fs.origin_only {
-                0
-            } else {
-                self.range_chunks()
-            };
+            let span = if mirrored { 0 } else { self.range_chunks() };
             (ClaimKind::Probe, 0, span, fs.probe_attempts)
-        } else if let Some((start, p)) = fs.pending.pop_first() {
+        } else if !mirrored && let Some((start, p)) = fs.pending.pop_first() {
             (
                 ClaimKind::Validate,
                 start,
