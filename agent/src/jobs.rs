@@ -529,10 +529,15 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
     }
     opts.apply_tls(&manifest);
     let mut targets = manifest.files;
-    let share = settings
-        .group
-        .as_ref()
-        .and_then(|g| g.join(key, entry, opts.range_size));
+    // Peers' bytes are taken only for files with a cryptographic digest to check them by.
+    let share = if targets.iter().any(modelpull::Target::vouched) {
+        settings
+            .group
+            .as_ref()
+            .and_then(|g| g.join(key, entry, opts.range_size))
+    } else {
+        None
+    };
     if let Some(share) = &share {
         for t in &mut targets {
             t.add_mirrors(&share.mirrors);

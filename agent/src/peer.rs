@@ -2,7 +2,8 @@
 //! files this node holds, so the origin sends a model about once (`--peer-bind-address`, off by
 //! default).
 //!
-//! `GET /models/<storage key>/<path>` with `Range: bytes=A-B` is all it answers: a file its
+//! `GET /models/<storage key>/<path>` with `Range: bytes=A-B` is all it answers (at most 64
+//! MiB of it at a time, 256 MiB over all readers; a connection idle for 30 s is closed): a file its
 //! model's completion marker lists, or, of a pull still running, the chunks its journal records
 //! as flushed, each checked against its CRC as it is read ([`modelpull::peer`]). Nothing else:
 //! no listing, no file the marker does not list, no folder that is not a storage key, no path
@@ -22,6 +23,7 @@ use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -29,11 +31,11 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use modelpull::RateLimiter;
 use modelpull::peer::{Held, MAX_READ, ReadError};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::keys;
 
@@ -86,7 +88,16 @@ struct State {
     models: PathBuf,
     limiter: Option<RateLimiter>,
     metrics: PeerMetrics,
+    /// Mebibytes of file data read for peers and not sent yet, at most [`MEMORY_MIB`].
+    memory: Arc<Semaphore>,
 }
+
+/// Mebibytes of file data the peer server holds at once, over every connection.
+const MEMORY_MIB: usize = 256;
+
+/// A connection that sends no request for this long is closed: idle readers do not keep
+/// the connections others need.
+const IDLE: Duration = Duration::from_secs(30);
 
 /// Serves the files under `models` (`ROOT/models`) to peers on `listener` until the process
 /// ends.
@@ -102,6 +113,7 @@ pub async fn serve(
         models,
         limiter: limits.limit_rate.map(RateLimiter::new),
         metrics,
+        memory: Arc::new(Semaphore::new(MEMORY_MIB)),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -128,6 +140,8 @@ pub async fn serve(
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(IDLE)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -144,9 +158,9 @@ enum Wanted {
 
 async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
     let count = |result: &str| state.metrics.requests.with_label_values(&[result]).inc();
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if req.method() != Method::GET {
         count("bad_request");
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     let Some((key, path)) = route(req.uri().path()) else {
         count("not_found");
@@ -166,6 +180,20 @@ async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
         .filter(|&c| c > 0 && c <= MAX_READ);
     let dir = state.models.join(key);
     let align = chunk.unwrap_or(1);
+    // What one read may hold in memory, booked before it is read and held until it is sent:
+    // many readers wait for each other instead of growing the agent past its limit.
+    let most = match wanted {
+        Wanted::Range(first, Some(last)) => (last.saturating_sub(first) + 1).min(MAX_READ),
+        _ => MAX_READ,
+    };
+    let Ok(memory) = state
+        .memory
+        .clone()
+        .acquire_many_owned(most.div_ceil(1 << 20) as u32)
+        .await
+    else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n");
+    };
     let read = tokio::task::spawn_blocking(move || read(&dir, &path, wanted, align)).await;
     let (held_size, first, bytes) = match read {
         Ok(Ok(Some(found))) => found,
@@ -207,12 +235,7 @@ async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
     let crcs = chunk.filter(|c| first % c == 0).map(|c| {
         modelpull::mirror::format_crcs(&modelpull::mirror::chunk_crcs(&bytes, c as usize))
     });
-    let head_only = req.method() == Method::HEAD;
-    let body = if head_only {
-        Full::new(Bytes::new()).boxed()
-    } else {
-        paced(Bytes::from(bytes), state)
-    };
+    let body = paced(Bytes::from(bytes), state, memory);
     let mut r = Response::new(body);
     *r.status_mut() = if wanted == Wanted::Whole {
         StatusCode::OK
@@ -267,7 +290,17 @@ fn read(
         Wanted::Range(first, last) => (first, last.unwrap_or(u64::MAX).min(size.saturating_sub(1))),
     };
     let last = match wanted {
-        Wanted::Range(..) => held.held_through(first, last, align).unwrap_or(last),
+        Wanted::Range(..) => {
+            // At most MAX_READ bytes, in whole chunks of the reader's: it takes the prefix and
+            // asks again for the rest.
+            let cap = first.saturating_add(MAX_READ);
+            let last = if last >= cap {
+                (cap / align * align).max(first + 1) - 1
+            } else {
+                last
+            };
+            held.held_through(first, last, align).unwrap_or(last)
+        }
         Wanted::Whole => last,
     };
     match held.read(first, last) {
@@ -321,13 +354,15 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
-/// `bytes` as a body of [`FRAME`]-sized frames, each booked with the rate limiter first.
-fn paced(bytes: Bytes, state: &Arc<State>) -> Body {
-    let state = state.clone();
+/// `bytes` as a body of [`FRAME`]-sized frames, each booked with the rate limiter first;
+/// `memory` is given back once the last frame is sent.
+fn paced(bytes: Bytes, state: &Arc<State>, memory: OwnedSemaphorePermit) -> Body {
+    let state = (state.clone(), memory);
     let frames = futures::stream::unfold((bytes, state), |(mut rest, state)| async move {
         if rest.is_empty() {
             return None;
         }
+        let (state, memory) = state;
         let n = rest.len().min(FRAME);
         if let Some(limiter) = &state.limiter {
             let wait = limiter.book(n);
@@ -337,7 +372,10 @@ fn paced(bytes: Bytes, state: &Arc<State>) -> Body {
         }
         state.metrics.sent_bytes.inc_by(n as u64);
         let frame = rest.split_to(n);
-        Some((Ok::<_, Infallible>(Frame::data(frame)), (rest, state)))
+        Some((
+            Ok::<_, Infallible>(Frame::data(frame)),
+            (rest, (state, memory)),
+        ))
     });
     StreamBody::new(frames).boxed()
 }

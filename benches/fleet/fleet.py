@@ -18,6 +18,7 @@ Run as root through scripts/bench-fleet.sh, which builds the agent and installs 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -184,8 +185,10 @@ http {{
     return proc, log
 
 
-def run(n: int, args, api: Api, agent: str, work: Path, log: Path, size: int) -> dict:
-    uri = f"http://{ORIGIN_IP}:{ORIGIN_PORT}/model.bin"
+def run(n: int, args, api: Api, agent: str, work: Path, log: Path, size: int,
+        digest: str) -> dict:
+    # With its sha256: peers' bytes are taken only for files with a cryptographic digest.
+    uri = f"http://{ORIGIN_IP}:{ORIGIN_PORT}/model.bin#sha256={digest}"
     api.reset(n, uri)
     log.write_text("")
     roots = []
@@ -208,7 +211,8 @@ def run(n: int, args, api: Api, agent: str, work: Path, log: Path, size: int) ->
              "--kubeconfig", str(api.kubeconfig), "--models-root", str(roots[i - 1]),
              "--metrics-bind-address", f"{ip}:8080",
              "--health-probe-bind-address", f"{ip}:8081",
-             "--peer-bind-address", f"{ip}:{PEER_PORT}", "--peer-service", SERVICE],
+             "--peer-bind-address", f"{ip}:{PEER_PORT}", "--peer-service", SERVICE,
+             "--peer-stripe-size", args.stripe_size],
             env=env, stdout=subprocess.DEVNULL, stderr=out))
     want = {f"n{i}" for i in range(1, n + 1)}
     while api.downloaded() != want:
@@ -316,6 +320,7 @@ def main() -> None:
     ap.add_argument("--nodes", default="1,2,4,8", help="group sizes to run, comma separated")
     ap.add_argument("--size", default="1G", help="the model's size (K, M, G)")
     ap.add_argument("--rate", default="400mbit", help="each link's cap, as tc writes it")
+    ap.add_argument("--stripe-size", default="64M", help="the agents' --peer-stripe-size")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per group size")
     ap.add_argument("--agent", required=True, help="the agent binary")
     ap.add_argument("--python", required=True, help="a Python with aiohttp (the API server)")
@@ -332,13 +337,18 @@ def main() -> None:
     model_dir = work / "origin"
     model_dir.mkdir(exist_ok=True)
     model = model_dir / "model.bin"
-    if not model.exists() or model.stat().st_size != size:
+    digest_file = model_dir / "model.bin.sha256"
+    if not model.exists() or model.stat().st_size != size or not digest_file.exists():
+        h = hashlib.sha256()
         with open(model, "wb") as f:
             left = size
             while left:
-                n = min(left, 16 << 20)
-                f.write(os.urandom(n))
-                left -= n
+                block = os.urandom(min(left, 16 << 20))
+                f.write(block)
+                h.update(block)
+                left -= len(block)
+        digest_file.write_text(h.hexdigest())
+    digest = digest_file.read_text().strip()
     topo = Topology(max(nodes), args.rate)
     topo.up()
     script = Path(__file__).resolve().parents[2] / "agent/tests/support/apiserver.py"
@@ -347,7 +357,7 @@ def main() -> None:
     results = []
     try:
         for n in nodes:
-            r = run(n, args, api, args.agent, work, log, size)
+            r = run(n, args, api, args.agent, work, log, size, digest)
             print(f"N={n}: {r['seconds']:.1f} s, origin sent {r['origin_sent'] / size:.2f}× "
                   f"the model", file=sys.stderr, flush=True)
             results.append(r)

@@ -5,10 +5,11 @@
 //! Whether another holder's lease has expired is judged from what this agent saw, not from the
 //! clocks in it (as ModelExpress does): a lease whose resourceVersion has not changed for its
 //! duration, by this process's monotonic clock, was not renewed, whatever the holder's clock
-//! says. A lease marked complete (its holder has the whole model and serves it) is never taken
-//! over.
+//! says. A lease marked complete (its holder has the whole model and serves it) is not taken
+//! over while its holder is of the group; the mark is dropped when the lease is held for a
+//! pull again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -19,23 +20,78 @@ use kube::api::PostParams;
 /// Annotation of a lease whose holder has finished: it is not to be taken over.
 pub const COMPLETE: &str = "modelpull.io/complete";
 
+/// Annotation of a model's plan lease: the nodes its stripes are dealt to, comma separated.
+pub const NODES: &str = "modelpull.io/nodes";
+
+/// The nodes a model's stripes are dealt to, agreed through the lease `name`: the first agent
+/// to pull the model writes the group as it sees it, every later one reads it. Nodes that see
+/// the group at different moments (one's LocalModelNode written a moment later, a node added
+/// while the others pull) must still cut the model the same way and name the same leases.
+pub async fn agree(
+    api: &Api<Lease>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    proposal: &[String],
+) -> kube::Result<Vec<String>> {
+    let read = |lease: &Lease| -> Option<Vec<String>> {
+        let nodes = lease.metadata.annotations.as_ref()?.get(NODES)?;
+        let nodes: Vec<String> = nodes
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (!nodes.is_empty()).then_some(nodes)
+    };
+    if let Some(lease) = api.get_opt(name).await?
+        && let Some(nodes) = read(&lease)
+    {
+        return Ok(nodes);
+    }
+    let plan = Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(labels.clone()),
+            annotations: Some([(NODES.to_owned(), proposal.join(","))].into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec::default()),
+    };
+    match api.create(&PostParams::default(), &plan).await {
+        Ok(_) => Ok(proposal.to_vec()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let lease = api.get(name).await?;
+            Ok(read(&lease).unwrap_or_else(|| proposal.to_vec()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// What this agent knows of the leases it deals with.
 #[derive(Debug)]
 pub struct Leases {
     api: Api<Lease>,
     holder: String,
     duration: Duration,
+    /// The nodes of the group: a complete mark counts only while its holder is one of them.
+    members: BTreeSet<String>,
     /// Per lease: the resourceVersion last seen (`None`: absent) and since when.
     seen: HashMap<String, (Option<String>, Instant)>,
 }
 
 impl Leases {
-    /// Leases in `api`'s namespace held as `holder`, each for `duration` between renewals.
-    pub fn new(api: Api<Lease>, holder: &str, duration: Duration) -> Self {
+    /// Leases in `api`'s namespace held as `holder`, each for `duration` between renewals, in
+    /// a group of `members`.
+    pub fn new(
+        api: Api<Lease>,
+        holder: &str,
+        duration: Duration,
+        members: impl IntoIterator<Item = String>,
+    ) -> Self {
         Self {
             api,
             holder: holder.to_owned(),
             duration,
+            members: members.into_iter().collect(),
             seen: HashMap::new(),
         }
     }
@@ -61,19 +117,23 @@ impl Leases {
             return self.renew_from(lease).await;
         }
         let rv = lease.metadata.resource_version.clone();
+        let holder = spec.holder_identity.as_deref().unwrap_or_default();
+        // A holder that has the whole model serves it: its stripe needs nobody, as long as it
+        // is still of the group (a replaced node's mark is void).
         let complete = lease
             .metadata
             .annotations
             .as_ref()
-            .is_some_and(|a| a.contains_key(COMPLETE));
-        let held = spec
-            .holder_identity
-            .as_deref()
-            .is_some_and(|h| !h.is_empty());
+            .is_some_and(|a| a.contains_key(COMPLETE))
+            && self.members.contains(holder);
+        let held = !holder.is_empty();
         if complete || (held && !self.unchanged_for_duration(name, rv)) {
             return Ok(false);
         }
         let mut taken = lease;
+        if let Some(a) = taken.metadata.annotations.as_mut() {
+            a.remove(COMPLETE);
+        }
         let spec = taken.spec.get_or_insert_with(LeaseSpec::default);
         spec.holder_identity = Some(self.holder.clone());
         spec.lease_duration_seconds = Some(self.duration.as_secs().max(1) as i32);
@@ -126,6 +186,10 @@ impl Leases {
 
     async fn renew_from(&mut self, mut lease: Lease) -> kube::Result<bool> {
         let name = lease.metadata.name.clone().unwrap_or_default();
+        // Held for a pull again: an earlier pull's complete mark no longer says anything.
+        if let Some(a) = lease.metadata.annotations.as_mut() {
+            a.remove(COMPLETE);
+        }
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         spec.renew_time = Some(now());
         spec.lease_duration_seconds = Some(self.duration.as_secs().max(1) as i32);

@@ -17,9 +17,9 @@
 pub mod lease;
 pub mod peers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use modelpull::mirror::Stripes;
@@ -129,26 +129,36 @@ impl Coordinator {
                 keeper: None,
             });
         }
-        let count = group.nodes.len();
-        let own = group.nodes.iter().position(|n| *n == s.node)?;
+        let api = kube::Api::<Lease>::namespaced(client, &s.namespace);
+        let labels = labels(key);
+        let agreed =
+            self.runtime
+                .block_on(lease::agree(&api, &plan_name(key), &labels, &group.nodes));
+        let nodes = match agreed {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the model's plan lease; fetching from the origin alone");
+                return None;
+            }
+        };
+        let count = nodes.len();
         let block = s.stripe_size.max(1).div_ceil(range_size) * range_size;
         let stripes = Arc::new(Stripes::new(count, block));
-        let mut leases = Leases::new(
-            kube::Api::<Lease>::namespaced(client, &s.namespace),
-            &s.node,
-            s.lease_duration,
-        );
-        let labels = labels(key);
+        let mut leases = Leases::new(api, &s.node, s.lease_duration, group.nodes.iter().cloned());
         let names: Vec<String> = (0..count).map(|i| lease_name(key, count, i)).collect();
-        match self
-            .runtime
-            .block_on(leases.acquire(&names[own], &labels, true))
-        {
-            Ok(true) => stripes.hold(own, true),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot take this node's stripe lease; fetching from the origin alone");
-                return None;
+        // A node the plan was made without holds no stripe of its own; it takes over those
+        // whose holders stop renewing, like any node of the group.
+        if let Some(own) = nodes.iter().position(|n| *n == s.node) {
+            match self
+                .runtime
+                .block_on(leases.acquire(&names[own], &labels, true))
+            {
+                Ok(true) => stripes.hold(own, true),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take this node's stripe lease; fetching from the origin alone");
+                    return None;
+                }
             }
         }
         tracing::info!(
@@ -164,7 +174,7 @@ impl Coordinator {
             names,
             labels,
             stripes.clone(),
-            s.lease_duration / 3,
+            s.lease_duration,
             stopped,
         ));
         Some(Share {
@@ -191,19 +201,26 @@ impl Share {
     }
 }
 
-/// Renews the stripes held, takes over those whose holder stopped renewing, and marks the held
-/// ones complete when told so on `stop`.
+/// Renews the stripes held (first, so a slow API server does not cost them), takes over those
+/// whose holder stopped renewing, and marks the held ones complete when told so on `stop`. A
+/// stripe whose lease could not be renewed for `duration` is given up: another node may have
+/// taken it over by then, and two nodes must not both fetch it from the origin.
 async fn keep(
     mut leases: Leases,
     names: Vec<String>,
     labels: BTreeMap<String, String>,
     stripes: Arc<Stripes>,
-    every: Duration,
+    duration: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut renewed: HashMap<usize, Instant> = stripes
+        .held()
+        .into_iter()
+        .map(|s| (s, Instant::now()))
+        .collect();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(duration / 3) => {}
             changed = stop.changed() => {
                 if changed.is_ok() && *stop.borrow() {
                     for s in stripes.held() {
@@ -215,29 +232,46 @@ async fn keep(
                 return;
             }
         }
-        for (s, name) in names.iter().enumerate() {
-            let held = stripes.held().contains(&s);
-            let result = if held {
-                leases.renew(name).await
-            } else {
-                leases.acquire(name, &labels, false).await
-            };
-            match result {
-                Ok(now) if now != held => {
-                    stripes.hold(s, now);
-                    if now {
-                        tracing::info!(lease = %name, stripe = s, "took over a stripe whose holder stopped renewing its lease: fetching it from the origin");
-                    } else {
-                        tracing::warn!(lease = %name, stripe = s, "lost a stripe's lease to another node");
-                    }
+        for s in stripes.held() {
+            match leases.renew(&names[s]).await {
+                Ok(true) => {
+                    renewed.insert(s, Instant::now());
                 }
-                Ok(_) => {}
+                Ok(false) => {
+                    stripes.hold(s, false);
+                    tracing::warn!(lease = %names[s], stripe = s, "lost a stripe's lease to another node");
+                }
+                Err(e) if renewed.get(&s).is_none_or(|t| t.elapsed() >= duration) => {
+                    stripes.hold(s, false);
+                    tracing::warn!(error = %e, lease = %names[s], stripe = s, "could not renew a stripe's lease for its duration; leaving the stripe to others");
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, lease = %name, "cannot reach the stripe's lease; trying again");
+                    tracing::warn!(error = %e, lease = %names[s], "cannot renew the stripe's lease; trying again");
+                }
+            }
+        }
+        for (s, name) in names.iter().enumerate() {
+            if stripes.held().contains(&s) {
+                continue;
+            }
+            match leases.acquire(name, &labels, false).await {
+                Ok(true) => {
+                    stripes.hold(s, true);
+                    renewed.insert(s, Instant::now());
+                    tracing::info!(lease = %name, stripe = s, "took over a stripe whose holder stopped renewing its lease: fetching it from the origin");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, lease = %name, "cannot read the stripe's lease; trying again");
                 }
             }
         }
     }
+}
+
+/// The lease that records which nodes the stripes of the model at `key` are dealt to.
+pub fn plan_name(key: &str) -> String {
+    format!("modelpull-{key}")
 }
 
 /// The lease of stripe `stripe` of `count` of the model at `key`.

@@ -58,7 +58,7 @@ impl Group {
         let content = modelpull_testkit::data(31, size);
         std::fs::write(served.join("model.bin"), &content).unwrap();
         let origin = Origin::serve(&served).unwrap();
-        let uri = origin.url("model.bin");
+        let uri = modelpull_testkit::with_sha256(&origin.url("model.bin"), &content);
         let api = ApiServer::start(&python);
         let client = api.client(dir.path()).await;
         create_kserve_config(&client).await;
@@ -201,9 +201,13 @@ impl Group {
         self.origin.stats().body_bytes.load(Relaxed)
     }
 
+    /// The stripes' leases (not the plan's).
     async fn leases(&self) -> Vec<Lease> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), "kserve");
-        api.list(&ListParams::default()).await.unwrap().items
+        let plan = localmodelnode_agent::group::plan_name(&storage_key(&self.uri));
+        let mut leases = api.list(&ListParams::default()).await.unwrap().items;
+        leases.retain(|l| l.metadata.name.as_deref() != Some(plan.as_str()));
+        leases
     }
 }
 
@@ -403,4 +407,73 @@ async fn an_agent_restarted_while_serving_resumes_and_every_node_finishes() {
     );
     let resumed = nodes[1].agent.as_ref().unwrap().log();
     assert!(resumed.contains("resuming"), "{resumed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_late_follows_the_plan_the_others_agreed_on() {
+    let Some(g) = Group::start(24 * MIB).await else {
+        return;
+    };
+    g.origin.set_faults(Faults {
+        slow_rate: Some(MIB as u64),
+        slow_times: u32::MAX,
+        ..Faults::default()
+    });
+    let mut nodes = g.nodes(2, &["--connections", "2"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A third node's LocalModelNode appears while the first two pull: it sees a group of
+    // three, but the model is already cut in two.
+    let port = free_port();
+    g.register("gpu-late", port).await;
+    let root = g.dir.path().join("gpu-late");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut late = Node {
+        name: "gpu-late".into(),
+        root,
+        args: [
+            "--peer-bind-address",
+            &format!("127.0.0.1:{port}"),
+            "--peer-service",
+            SERVICE,
+            "--peer-stripe-size",
+            "1M",
+            "--peer-lease-duration",
+            "3s",
+            "--connections",
+            "2",
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect(),
+        agent: None,
+    };
+    late.start(&g.api.kubeconfig(g.dir.path()));
+    nodes.push(late);
+    g.wait_all(&nodes, Duration::from_secs(240)).await;
+    g.wait_statuses(&nodes).await;
+    let sent = g.origin_bytes();
+    let size = g.content.len() as u64;
+    eprintln!(
+        "a late node: the origin sent {:.2} times the model",
+        sent as f64 / size as f64
+    );
+    assert!(
+        sent as f64 <= 1.1 * size as f64,
+        "the origin sent {sent} bytes for a model of {size}\n{}",
+        Group::logs(&nodes)
+    );
+    let key = storage_key(&g.uri);
+    let names: Vec<String> = g
+        .leases()
+        .await
+        .iter()
+        .filter_map(|l| l.metadata.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        (0..2)
+            .map(|i| localmodelnode_agent::group::lease_name(&key, 2, i))
+            .collect::<Vec<_>>(),
+        "the late node must not make leases of another plan"
+    );
 }

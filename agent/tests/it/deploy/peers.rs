@@ -70,6 +70,29 @@ fn the_peers_overlay_wires_the_service_the_port_and_the_role_together() {
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(resources, ["leases", "endpointslices"]);
+    // Only the agents' pods reach the peer port; metrics and probes stay open.
+    let policy = by_name(&objects, "NetworkPolicy", "localmodelnode-agent-peers");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        service["spec"]["selector"]
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let peer_rule = rules
+        .iter()
+        .find(|r| r["ports"][0]["port"] == declared["containerPort"])
+        .expect("a rule for the peer port");
+    assert_eq!(
+        peer_rule["from"][0]["podSelector"]["matchLabels"],
+        service["spec"]["selector"]
+    );
+    assert_eq!(peer_rule["ports"].as_array().unwrap().len(), 1);
+    let open: Vec<&Value> = rules
+        .iter()
+        .filter(|r| r["from"].is_null())
+        .flat_map(|r| r["ports"].as_array().unwrap())
+        .map(|p| &p["port"])
+        .collect();
+    assert_eq!(open, [8080, 8081]);
 }
 
 #[test]
