@@ -108,7 +108,7 @@ impl Group {
         let mut ports = Vec::new();
         for i in 0..count {
             let name = format!("gpu-{i}");
-            let port = free_port();
+            let port = fixed_port();
             self.register(&name, port).await;
             ports.push((name, port));
         }
@@ -197,8 +197,26 @@ impl Group {
             .collect()
     }
 
-    fn origin_bytes(&self) -> u64 {
-        self.origin.stats().body_bytes.load(Relaxed)
+    /// Serves every response at `rate` bytes per second per connection; such responses count
+    /// the bytes they really send.
+    fn slow(&self, rate: u64) {
+        self.origin.set_faults(Faults {
+            slow_rate: Some(rate),
+            slow_times: u32::MAX,
+            ..Faults::default()
+        });
+    }
+
+    /// Asserts the origin sent at most `factor` times the model; returns how many times it did.
+    fn origin_at_most(&self, factor: f64, nodes: &[Node]) -> f64 {
+        let sent = self.origin.stats().body_bytes.load(Relaxed);
+        let size = self.content.len() as u64;
+        assert!(
+            sent as f64 <= factor * size as f64,
+            "the origin sent {sent} bytes for a model of {size}\n{}",
+            Group::logs(nodes)
+        );
+        sent as f64 / size as f64
     }
 
     /// The stripes' leases (not the plan's).
@@ -217,11 +235,7 @@ async fn three_nodes_take_one_model_from_the_origin_about_once() {
         return;
     };
     // Slow enough that the three pulls overlap.
-    g.origin.set_faults(Faults {
-        slow_rate: Some(8 * MIB as u64),
-        slow_times: u32::MAX,
-        ..Faults::default()
-    });
+    g.slow(8 * MIB as u64);
     let started = std::time::Instant::now();
     let nodes = g.nodes(3, &[]).await;
     g.wait_all(&nodes, Duration::from_secs(180)).await;
@@ -229,17 +243,10 @@ async fn three_nodes_take_one_model_from_the_origin_about_once() {
     // What the agents asked of the API server is allowed by the base and the peers component.
     crate::util::rbac::assert_allowed_with(&g.api.requests(), &["components/peers/rbac.yaml"]);
     g.wait_statuses(&nodes).await;
-    let sent = g.origin_bytes();
-    let size = g.content.len() as u64;
+    let ratio = g.origin_at_most(1.1, &nodes);
     eprintln!(
-        "3 nodes: the origin sent {:.2} times the model; every node had it after {:.1} s",
-        sent as f64 / size as f64,
+        "3 nodes: the origin sent {ratio:.2} times the model; every node had it after {:.1} s",
         every_node.as_secs_f64()
-    );
-    assert!(
-        sent as f64 <= 1.1 * size as f64,
-        "the origin sent {sent} bytes for a model of {size}\n{}",
-        Group::logs(&nodes)
     );
     // One lease per stripe, three different holders, each marked complete.
     let leases = g.leases().await;
@@ -285,11 +292,7 @@ async fn a_seed_killed_part_way_loses_its_stripe_and_the_others_finish() {
     };
     // Two connections of 1 MiB/s to the origin per node: four seconds for a stripe. (A slow
     // origin counts the bytes it really sends; a response cut short counts what left.)
-    g.origin.set_faults(Faults {
-        slow_rate: Some(MIB as u64),
-        slow_times: u32::MAX,
-        ..Faults::default()
-    });
+    g.slow(MIB as u64);
     let mut nodes = g.nodes(3, &["--connections", "2"]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // SIGKILL: no chance to give anything up; its lease simply stops being renewed.
@@ -297,17 +300,8 @@ async fn a_seed_killed_part_way_loses_its_stripe_and_the_others_finish() {
     killed.kill();
     g.wait_all(&nodes, Duration::from_secs(240)).await;
     g.wait_statuses(&nodes).await;
-    let sent = g.origin_bytes();
-    let size = g.content.len() as u64;
-    eprintln!(
-        "the origin sent {:.2} times the model",
-        sent as f64 / size as f64
-    );
-    assert!(
-        sent as f64 <= 1.3 * size as f64,
-        "the origin sent {sent} bytes for a model of {size}\n{}",
-        Group::logs(&nodes)
-    );
+    let ratio = g.origin_at_most(1.3, &nodes);
+    eprintln!("the origin sent {ratio:.2} times the model");
     let key = storage_key(&g.uri);
     let dead = localmodelnode_agent::group::lease_name(&key, 3, 0);
     let lease = g
@@ -328,14 +322,16 @@ async fn a_peer_that_sends_flipped_bytes_is_dropped_and_nothing_wrong_is_publish
     let Some(g) = Group::start(24 * MIB).await else {
         return;
     };
-    g.origin.set_faults(Faults {
-        slow_rate: Some(8 * MIB as u64),
-        slow_times: u32::MAX,
-        ..Faults::default()
-    });
-    // A third node whose "agent" holds the model but flips a byte of everything it sends
-    // (while announcing the CRCs of the true bytes), and never takes its stripe's lease.
+    g.slow(8 * MIB as u64);
+    // A third node whose "agent" holds the model but flips a byte of the block that is its own
+    // stripe (announcing the CRCs of the true bytes), and never takes its stripe's lease: the
+    // others ask it, and only it, for that block until they take the stripe over.
     let key = storage_key(&g.uri);
+    let block = 8 * MIB as u64;
+    let stripes = modelpull::mirror::Stripes::new(3, block);
+    let liars = (0..3u64)
+        .find(|b| stripes.stripe_of("model.bin", b * block) == 2)
+        .expect("a block in each stripe");
     let liar_root = g.dir.path().join("liar");
     std::fs::create_dir_all(liar_root.join("models").join(&key)).unwrap();
     std::fs::write(
@@ -345,7 +341,7 @@ async fn a_peer_that_sends_flipped_bytes_is_dropped_and_nothing_wrong_is_publish
     .unwrap();
     let liar = Origin::serve(&liar_root).unwrap();
     liar.set_faults(Faults {
-        corrupt_offset: Some(5 * MIB as u64 + 3),
+        corrupt_offset: Some(liars * block + 3 * MIB as u64 + 3),
         corrupt_times: u32::MAX,
         ..Faults::default()
     });
@@ -363,17 +359,8 @@ async fn a_peer_that_sends_flipped_bytes_is_dropped_and_nothing_wrong_is_publish
         "the lying peer was not caught\n{}",
         Group::logs(&nodes)
     );
-    let sent = g.origin_bytes();
-    let size = g.content.len() as u64;
-    eprintln!(
-        "the origin sent {:.2} times the model",
-        sent as f64 / size as f64
-    );
-    assert!(
-        sent as f64 <= 1.3 * size as f64,
-        "the origin sent {sent} bytes for a model of {size}\n{}",
-        Group::logs(&nodes)
-    );
+    let ratio = g.origin_at_most(1.3, &nodes);
+    eprintln!("the origin sent {ratio:.2} times the model");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,11 +368,7 @@ async fn an_agent_restarted_while_serving_resumes_and_every_node_finishes() {
     let Some(g) = Group::start(24 * MIB).await else {
         return;
     };
-    g.origin.set_faults(Faults {
-        slow_rate: Some(MIB as u64),
-        slow_times: u32::MAX,
-        ..Faults::default()
-    });
+    g.slow(MIB as u64);
     let mut nodes = g.nodes(3, &["--connections", "2"]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // SIGTERM: the download pauses at a chunk boundary; the agent comes back on the same
@@ -394,17 +377,8 @@ async fn an_agent_restarted_while_serving_resumes_and_every_node_finishes() {
     nodes[1].start(&g.api.kubeconfig(g.dir.path()));
     g.wait_all(&nodes, Duration::from_secs(240)).await;
     g.wait_statuses(&nodes).await;
-    let sent = g.origin_bytes();
-    let size = g.content.len() as u64;
-    eprintln!(
-        "the origin sent {:.2} times the model",
-        sent as f64 / size as f64
-    );
-    assert!(
-        sent as f64 <= 1.3 * size as f64,
-        "the origin sent {sent} bytes for a model of {size}\n{}",
-        Group::logs(&nodes)
-    );
+    let ratio = g.origin_at_most(1.3, &nodes);
+    eprintln!("the origin sent {ratio:.2} times the model");
     let resumed = nodes[1].agent.as_ref().unwrap().log();
     assert!(resumed.contains("resuming"), "{resumed}");
 }
@@ -414,16 +388,12 @@ async fn a_node_that_joins_late_follows_the_plan_the_others_agreed_on() {
     let Some(g) = Group::start(24 * MIB).await else {
         return;
     };
-    g.origin.set_faults(Faults {
-        slow_rate: Some(MIB as u64),
-        slow_times: u32::MAX,
-        ..Faults::default()
-    });
+    g.slow(MIB as u64);
     let mut nodes = g.nodes(2, &["--connections", "2"]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // A third node's LocalModelNode appears while the first two pull: it sees a group of
     // three, but the model is already cut in two.
-    let port = free_port();
+    let port = fixed_port();
     g.register("gpu-late", port).await;
     let root = g.dir.path().join("gpu-late");
     std::fs::create_dir_all(&root).unwrap();
@@ -451,17 +421,8 @@ async fn a_node_that_joins_late_follows_the_plan_the_others_agreed_on() {
     nodes.push(late);
     g.wait_all(&nodes, Duration::from_secs(240)).await;
     g.wait_statuses(&nodes).await;
-    let sent = g.origin_bytes();
-    let size = g.content.len() as u64;
-    eprintln!(
-        "a late node: the origin sent {:.2} times the model",
-        sent as f64 / size as f64
-    );
-    assert!(
-        sent as f64 <= 1.1 * size as f64,
-        "the origin sent {sent} bytes for a model of {size}\n{}",
-        Group::logs(&nodes)
-    );
+    let ratio = g.origin_at_most(1.1, &nodes);
+    eprintln!("a late node: the origin sent {ratio:.2} times the model");
     let key = storage_key(&g.uri);
     let names: Vec<String> = g
         .leases()

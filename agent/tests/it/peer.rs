@@ -14,13 +14,13 @@ use modelpull::{Context, Error, Options, PullRequest, Target};
 use modelpull_testkit::origin::Faults;
 use modelpull_testkit::*;
 
-use crate::util::{Agent, free_port};
+use crate::util::{Agent, fixed_port};
 
 const KIB: usize = 1024;
 
 /// An agent without a cluster (no node name: it idles) serving `root`'s models to peers.
 fn peer_agent(root: &Path) -> (Agent, u16) {
-    let port = free_port();
+    let port = fixed_port();
     let addr = format!("127.0.0.1:{port}");
     let agent = Agent::start(
         Path::new("/nonexistent"),

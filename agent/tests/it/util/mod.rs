@@ -19,6 +19,21 @@ use localmodelnode_agent::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 
 pub use servers::free_port;
 
+/// A free port below Linux's ephemeral range (32768 and up), for a server whose port must be
+/// known before it starts (written into an EndpointSlice): a port [`free_port`] gives back can
+/// be taken meanwhile by any outgoing connection, and peers open many.
+pub fn fixed_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 1000) as u16 * 10;
+    loop {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// The test virtualenv's python (aiohttp, kubernetes); `None` (skip) when it is missing,
 /// a failure when `MODELPULL_REQUIRE_SERVERS=1`.
 pub fn python() -> Option<PathBuf> {
