@@ -725,18 +725,19 @@ async fn fetch(
             return (Err(e.into()), buf);
         }
     }
-    let url = crate::redact(&resp.url);
+    // A peer that sent the part it holds: the rest is asked of the next source, as a range
+    // the peer does not hold yet is.
+    let partial = (span.1 < claim.end && claim.kind == ClaimKind::Range).then(|| {
+        HttpError::Status {
+            status: 416,
+            url: crate::redact(&resp.url),
+            retry_after: None,
+        }
+    });
     if resp.body_done() {
         resp.release(&ctx.client);
     }
-    if span.1 < claim.end && claim.kind == ClaimKind::Range {
-        // A peer sent the part it holds: the rest is asked of the next source, as a range the
-        // peer does not hold yet is.
-        let err = HttpError::Status {
-            status: 416,
-            url,
-            retry_after: None,
-        };
+    if let Some(err) = partial {
         return (Err(Failure::Retry { from: span.1, err }), buf);
     }
     job.finish_range(claim);

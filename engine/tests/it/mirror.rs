@@ -70,6 +70,14 @@ fn origin_host(report: &Report) -> &HostConnections {
         .unwrap_or_else(|| panic!("no origin in {:?}", report.connections))
 }
 
+/// A mirror on a port nothing listens on.
+fn down_mirror() -> url::Url {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    modelpull::mirror::parse_base(&base).unwrap()
+}
+
 fn body_bytes(fx: &Fixture) -> u64 {
     fx.origin.stats().body_bytes.load(Relaxed)
 }
@@ -196,10 +204,7 @@ fn a_file_whose_digest_fails_after_a_mirror_served_it_comes_again_from_the_origi
 fn a_mirror_that_is_down_leaves_the_work_to_the_origin() {
     let content = data(6, 900 * KIB);
     let fx = Fixture::new(&[("model.bin", &content)]);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let down = modelpull::mirror::parse_base(&format!("http://{}/", closed.local_addr().unwrap()))
-        .unwrap();
-    drop(closed);
+    let down = down_mirror();
     let dest = fx.dest("m");
     let (report, _) = pull_with(
         targets(&fx, &["model.bin"], &[down]),
@@ -310,10 +315,7 @@ fn a_striped_pull_takes_its_own_blocks_from_the_origin_and_waits_for_the_others(
 fn a_striped_pull_whose_mirrors_are_gone_takes_everything_from_the_origin() {
     let content = data(13, 1024 * KIB);
     let fx = Fixture::new(&[("model.bin", &content)]);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let down = modelpull::mirror::parse_base(&format!("http://{}/", closed.local_addr().unwrap()))
-        .unwrap();
-    drop(closed);
+    let down = down_mirror();
     let stripes = Arc::new(Stripes::new(4, 256 * KIB as u64));
     let opts = Options {
         origin_gate: Some(stripes),

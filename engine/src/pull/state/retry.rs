@@ -103,24 +103,13 @@ impl Job {
                     false,
                 );
             }
-            _ => {
-                let Some(pos) = fs.active.iter().position(|a| a.id == claim.id) else {
-                    return;
-                };
-                let a = fs.active.swap_remove(pos);
-                if from < a.end {
-                    fs.pending.insert(
-                        from,
-                        Pending {
-                            end: a.end,
-                            attempts,
-                            not_before,
-                            avoid: claim.avoid,
-                            waiting: claim.waiting,
-                        },
-                    );
-                }
-            }
+            _ => fs.requeue(claim.id, from, |end| Pending {
+                end,
+                attempts,
+                not_before,
+                avoid: claim.avoid,
+                waiting: claim.waiting,
+            }),
         }
     }
 
@@ -161,22 +150,13 @@ impl Job {
         if fs.generation != claim.generation {
             return;
         }
-        let Some(pos) = fs.active.iter().position(|a| a.id == claim.id) else {
-            return;
-        };
-        let a = fs.active.swap_remove(pos);
-        if from < a.end {
-            fs.pending.insert(
-                from,
-                Pending {
-                    end: a.end,
-                    attempts: claim.attempts,
-                    not_before: None,
-                    avoid: claim.avoid | 1 << claim.source,
-                    waiting: claim.waiting,
-                },
-            );
-        }
+        fs.requeue(claim.id, from, |end| Pending {
+            end,
+            attempts: claim.attempts,
+            not_before: None,
+            avoid: claim.avoid | 1 << claim.source,
+            waiting: claim.waiting,
+        });
     }
 
     /// Starts a file over: the server's object changed, the digest did not match, or a broken
@@ -231,6 +211,20 @@ impl Job {
         self.progress.done_bytes.fetch_sub(counted, Relaxed);
         if size_known {
             self.progress.total_bytes.fetch_sub(size, Relaxed);
+        }
+    }
+}
+
+impl FileState {
+    /// Takes range `id` out of flight and queues what is left of it from chunk `from`, as
+    /// `pending` makes it for its end.
+    fn requeue(&mut self, id: u64, from: u64, pending: impl FnOnce(u64) -> Pending) {
+        let Some(pos) = self.active.iter().position(|a| a.id == id) else {
+            return;
+        };
+        let a = self.active.swap_remove(pos);
+        if from < a.end {
+            self.pending.insert(from, pending(a.end));
         }
     }
 }
