@@ -136,7 +136,7 @@ pub(crate) enum Phase {
     Done,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Pending {
     end: u64,
     attempts: u32,

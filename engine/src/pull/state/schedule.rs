@@ -10,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ActiveRange, Claim, ClaimKind, FileState, Job, JobState, Phase, Pick, Work};
+use super::{
+    ActiveRange, Claim, ClaimKind, FileState, Job, JobState, Pending, Phase, Pick, Work,
+};
 
 /// How long a worker waits before it asks again when nothing can be claimed.
 const POLL: Duration = Duration::from_millis(5);
@@ -33,6 +35,7 @@ impl Job {
         let mut blocked = false;
         let committed = self.window_committed(&st.files);
         let window = self.window(st);
+        let span = self.claim_span(st);
         for file in 0..st.files.len() {
             let fs = &st.files[file];
             match fs.phase {
@@ -55,10 +58,16 @@ impl Job {
                     let Some((s, e, avoid, waiting)) = fs.ready_range(now) else {
                         continue;
                     };
-                    let fits = self.fits_window(&self.metas[file], fs, window, committed, s, e);
+                    let meta = &self.metas[file];
+                    let e = if meta.ordered.is_empty() {
+                        e
+                    } else {
+                        e.min(s + span)
+                    };
+                    let fits = self.fits_window(meta, fs, window, committed, s, e);
                     match self.source_for(st, file, s, avoid, waiting) {
                         Pick::Source(source) if fits => {
-                            return self.claim_range(st, file, s, source, now);
+                            return self.claim_range(st, file, s, e, source, now);
                         }
                         Pick::Source(_) => blocked = true,
                         Pick::Full(host) if fits => self.held_back(st, host),
@@ -121,20 +130,30 @@ impl Job {
         })
     }
 
-    /// Claims a file's pending range that starts at chunk `start` for its source `source`: it
-    /// becomes a range in flight.
+    /// Claims chunks `[start, end)` of a file's pending range that starts at `start` for its
+    /// source `source`: they become a range in flight, and the rest of the pending range, if
+    /// any, stays pending as it was.
     fn claim_range(
         &self,
         st: &mut JobState,
         file: usize,
         start: u64,
+        end: u64,
         source: usize,
         now: Instant,
     ) -> Work {
-        let p = st.files[file]
-            .pending
-            .remove(&start)
-            .expect("pending range");
+        let pending = &mut st.files[file].pending;
+        let mut p = pending.remove(&start).expect("pending range");
+        if end < p.end {
+            pending.insert(
+                end,
+                Pending {
+                    end: p.end,
+                    ..p.clone()
+                },
+            );
+            p.end = end;
+        }
         let id = self.open_claim(st, file, source);
         let fs = &mut st.files[file];
         fs.active.push(ActiveRange {

@@ -6,7 +6,8 @@
 //! promised ahead of the cursors to what the buffer pool can spare beside the connections'
 //! own buffers, and the scheduler claims no range beyond it, so nothing has to be read back.
 //! The window narrows as connections are added and widens as they close, but never below
-//! one range per connection the hosts may have (see [`Job::window`]).
+//! one claim per connection the hosts may have (see [`Job::window`]); claims shrink from a
+//! whole range to one chunk as connections outgrow the buffers (see [`Job::claim_span`]).
 
 use std::time::Instant;
 
@@ -30,19 +31,36 @@ impl FileState {
 impl Job {
     /// Chunks the pull may have in flight or parked ahead of its hash cursors: the buffers
     /// that its open connections and the one being claimed do not hold, and never less than
-    /// one range per connection the hosts may have.
+    /// one claim per connection the hosts may have.
     ///
     /// The floor matters where connections are slow (an origin that caps each one): there the
-    /// tuners add connections until the link is full, each needs a range of its own, and
-    /// their ranges are all ahead of the cursor at once. Holding them back would cap the pull
-    /// at the memory bound's worth of ranges in flight; letting them run costs only that the
-    /// chunks memory cannot park are read back from disk, which a network-bound pull can
-    /// afford. Where connections are fast, the tuners keep few and the buffers set the window.
+    /// tuners add connections until the link is full, each needs a claim of its own, and
+    /// their claims are all ahead of the cursor at once. Holding them back would cap the pull
+    /// at the memory bound's worth of claims in flight; letting them run costs that the
+    /// chunks memory cannot park are read back from disk. [`Job::claim_span`] keeps that
+    /// small: claims as short as one chunk land in file order.
     pub(super) fn window(&self, st: &JobState) -> u64 {
         let held = self.connections_open(st) + 1;
         let free = self.buffers().saturating_sub(held) as u64;
         let allowed = self.connections_allowed(st) as u64;
-        free.max(allowed * self.range_chunks())
+        free.max(allowed * self.claim_span(st))
+    }
+
+    /// Chunks one claim takes of a pending range of a file hashed in order: the whole range
+    /// while a range per connection fits in the buffers beside the connections' own, else
+    /// what does, down to one chunk.
+    ///
+    /// Many slow connections each fetching a whole range land their chunks out of file order:
+    /// the first chunks of every range arrive together, long before the last chunk of the
+    /// range at the hash cursor. Memory cannot park them all, so most are written, then read
+    /// back to be hashed, and a disk reads back one chunk at a time far slower than it writes
+    /// (0.4 GB/s here against 1.7). Claims of one chunk, handed out in file order to
+    /// connections of one speed, also land in file order: the chunk at the cursor comes first
+    /// and nothing waits. Fast connections are few, and keep whole ranges (fewer requests).
+    pub(super) fn claim_span(&self, st: &JobState) -> u64 {
+        let allowed = self.connections_allowed(st).max(1) as u64;
+        let spare = (self.buffers() as u64).saturating_sub(allowed);
+        (spare / allowed).clamp(1, self.range_chunks())
     }
 
     /// A buffer for a connection: a free one within the bound and the pull's share of it,
@@ -180,15 +198,35 @@ mod tests {
     }
 
     #[test]
-    fn the_window_is_the_free_buffers_or_a_range_per_connection() {
+    fn the_window_is_the_free_buffers_or_a_claim_per_connection() {
         let dir = tempfile::tempdir().unwrap();
-        // 40 buffers, two probes open: 37 are free beside them and the next claim's.
+        // 40 buffers, two probes open: 37 are free beside them and the next claim's, and a
+        // whole range per connection fits.
         let (job, _) = two_files(dir.path(), 40, 4);
         assert_eq!(job.window(&job.lock()), 37);
-        // 30 connections of 2-chunk ranges need 60 chunks: slow connections are not held
-        // back by memory (what it cannot park is read back).
+        assert_eq!(job.claim_span(&job.lock()), 2);
+        // 38 connections: a chunk each, one more than the free buffers (slow connections are
+        // not held back by memory; what it cannot park is read back).
+        let (job, _) = two_files(dir.path(), 40, 38);
+        assert_eq!(job.claim_span(&job.lock()), 1);
+        assert_eq!(job.window(&job.lock()), 38);
+    }
+
+    #[test]
+    fn connections_beyond_the_buffers_claim_one_chunk_at_a_time_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // 30 connections and 10 buffers beside theirs: one chunk per claim.
         let (job, _) = two_files(dir.path(), 40, 30);
-        assert_eq!(job.window(&job.lock()), 60);
+        let claims: Vec<_> = (0..5).map(|_| claimed(&job).unwrap()).collect();
+        for (k, w) in claims.windows(2).enumerate() {
+            assert_eq!(w[0].2 - w[0].1, 1, "claim {k} is one chunk: {claims:?}");
+            assert_eq!((w[1].0, w[1].1), (w[0].0, w[0].2), "claims follow each other");
+        }
+        // The rest of each range stays pending and is claimed next, so none is lost.
+        let job_files = &job.lock().files;
+        let (first, last) = (claims[0].1, claims[4].2);
+        assert!(!job_files[claims[0].0].pending.contains_key(&first));
+        assert!(job_files[claims[0].0].pending.keys().all(|&s| s >= last));
     }
 
     #[test]
