@@ -3,9 +3,10 @@
 //! Origins cap each connection (S3 and GCS near 80–100 MB/s, a CDN by its round trip), so a
 //! fixed count either wastes a fast link or floods a narrow server. Each host's tuner starts at
 //! [`START`] connections and doubles them, one measured epoch per step, while the host's rate
-//! still rises by half ([`GROW_GAIN`]); where it no longer does, twice in a row (one dip of a busy
-//! machine is not a knee), it settles on the smaller count that gave (nearly) the same rate. Settled, it tries a quarter more now and then
-//! ([`PROBE_EVERY`]) and keeps them only if they pay.
+//! still rises by half ([`GROW_GAIN`]; a last step short of a doubling, up to the maximum, by
+//! as much less); where it no longer does, twice in a row (one dip of a busy machine is not a
+//! knee), it settles on the smaller count that gave (nearly) the same rate. Settled, it tries
+//! a quarter more now and then ([`PROBE_EVERY`]) and keeps them only if they pay.
 //!
 //! A server that says it is overloaded (503, 429, S3's `SlowDown`, a refused connection) gets
 //! fewer at once: half as many, or as many as were receiving bodies when it answered if that
@@ -54,6 +55,13 @@ enum Phase {
     Settled { probing: Option<(usize, f64)> },
     /// A fixed count (`--connections`): never changes.
     Fixed,
+}
+
+/// How much a step from `from` connections to `to` grew them: 1 for a doubling, less for the
+/// last step, which stops at the maximum. The gains asked of a step scale with it: capped
+/// connections give at most as much more rate as there are more of them.
+fn grown(from: usize, to: usize) -> f64 {
+    (to as f64 / from.max(1) as f64 - 1.0).clamp(0.0, 1.0)
 }
 
 /// One host's connection limit and what it has measured.
@@ -188,7 +196,7 @@ impl Tuner {
                 };
             }
             Phase::Growing { prev, doubted, .. } => match prev {
-                Some((l, r)) if rate < r * (1.0 + GROW_GAIN) => {
+                Some((l, r)) if rate < r * (1.0 + GROW_GAIN * grown(l, self.limit)) => {
                     if !doubted {
                         self.phase = Phase::Growing {
                             prev,
@@ -197,7 +205,7 @@ impl Tuner {
                         };
                         return;
                     }
-                    if rate < r * (1.0 + KEEP_GAIN) {
+                    if rate < r * (1.0 + KEEP_GAIN * grown(l, self.limit)) {
                         self.limit = l;
                     }
                     self.settle(now);
@@ -308,6 +316,15 @@ mod tests {
         let mut t = Tuner::adaptive(256);
         run(&mut t, Instant::now(), 3.5, capped(10e6, 10e9));
         assert!(t.limit() >= 128, "only {} after 3.5 s", t.limit());
+    }
+
+    #[test]
+    fn a_last_step_short_of_a_doubling_is_kept_when_it_gains_in_proportion() {
+        // 94 connections allowed (the buffers'): 64 → 94 is half as much more as a doubling,
+        // and every one of them adds its 10 MB/s.
+        let mut t = Tuner::adaptive(94);
+        run(&mut t, Instant::now(), 6.0, capped(10e6, 10e9));
+        assert_eq!(t.limit(), 94);
     }
 
     #[test]
