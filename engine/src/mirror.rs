@@ -56,6 +56,15 @@ pub trait OriginGate: Send + Sync + std::fmt::Debug {
     /// The gate decides per block of this many bytes; a multiple of `Options::range_size`, so
     /// that no range of the pull spans two blocks (and two decisions).
     fn block(&self) -> u64;
+
+    /// The mirror (its position in the target's mirrors) that fetches the block holding byte
+    /// `offset` of `path` from the origin, if the gate knows one. Ranges of the block go to it
+    /// first while it has a connection to spare: it is the one mirror sure to have the bytes
+    /// soonest, and sending each node's blocks from that node spreads the serving evenly.
+    fn holder(&self, path: &str, offset: u64) -> Option<usize> {
+        let _ = (path, offset);
+        None
+    }
 }
 
 /// How long a range waits for mirrors before it goes to the origin, whatever the gate says:
@@ -72,7 +81,12 @@ pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 pub struct Stripes {
     block: u64,
     held: Vec<std::sync::atomic::AtomicBool>,
+    /// Per stripe, the mirror that fetches it from the origin, or [`NO_HOLDER`].
+    holders: Vec<std::sync::atomic::AtomicUsize>,
 }
+
+/// A stripe whose holder among the mirrors is not known.
+const NO_HOLDER: usize = usize::MAX;
 
 impl Stripes {
     /// `count` stripes (at least one) of `block`-byte blocks, none held.
@@ -81,6 +95,9 @@ impl Stripes {
             block: block.max(1),
             held: (0..count.max(1))
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+            holders: (0..count.max(1))
+                .map(|_| std::sync::atomic::AtomicUsize::new(NO_HOLDER))
                 .collect(),
         }
     }
@@ -106,6 +123,17 @@ impl Stripes {
         }
     }
 
+    /// Says which mirror (its position in the targets' mirrors) fetches stripe `stripe` from
+    /// the origin; `None`: none known (see [`OriginGate::holder`]).
+    pub fn set_holder(&self, stripe: usize, mirror: Option<usize>) {
+        if let Some(h) = self.holders.get(stripe) {
+            h.store(
+                mirror.unwrap_or(NO_HOLDER),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
     /// The stripes held now.
     pub fn held(&self) -> Vec<usize> {
         (0..self.held.len())
@@ -121,6 +149,12 @@ impl OriginGate for Stripes {
 
     fn block(&self) -> u64 {
         self.block
+    }
+
+    fn holder(&self, path: &str, offset: u64) -> Option<usize> {
+        let h =
+            self.holders[self.stripe_of(path, offset)].load(std::sync::atomic::Ordering::Relaxed);
+        (h != NO_HOLDER).then_some(h)
     }
 }
 

@@ -144,6 +144,9 @@ impl Coordinator {
         let count = nodes.len();
         let block = s.stripe_size.max(1).div_ceil(range_size) * range_size;
         let stripes = Arc::new(Stripes::new(count, block));
+        for (stripe, node) in nodes.iter().enumerate() {
+            stripes.set_holder(stripe, group.peers.iter().position(|p| p.node == *node));
+        }
         let mut leases = Leases::new(api, &s.node, s.lease_duration, group.nodes.iter().cloned());
         let names: Vec<String> = (0..count).map(|i| lease_name(key, count, i)).collect();
         // A node the plan was made without holds no stripe of its own; it takes over those

@@ -312,6 +312,49 @@ fn a_striped_pull_takes_its_own_blocks_from_the_origin_and_waits_for_the_others(
 }
 
 #[test]
+fn each_block_goes_to_the_mirror_that_fetches_it_from_the_origin() {
+    let content = data(14, 3 * 1024 * KIB);
+    let files = [("model.bin", content.as_slice())];
+    let (fx, a) = origin_and_mirror(&files);
+    let b = Fixture::new(&files);
+    let block = 256 * KIB as u64;
+    // Three stripes: this node's, mirror a's and mirror b's.
+    let stripes = Arc::new(Stripes::new(3, block));
+    let first = stripes.stripe_of("model.bin", 0);
+    let (a_stripe, b_stripe) = ((first + 1) % 3, (first + 2) % 3);
+    stripes.hold(first, true);
+    stripes.set_holder(a_stripe, Some(0));
+    stripes.set_holder(b_stripe, Some(1));
+    let opts = Options {
+        origin_gate: Some(stripes.clone()),
+        ..options(Driver::Epoll)
+    };
+    let dest = fx.dest("m");
+    let (report, _) = pull_with(
+        targets(&fx, &["model.bin"], &[base(&a), base(&b)]),
+        &dest,
+        &opts,
+    );
+    assert_file(&dest, "model.bin", &content);
+    // Both mirrors have every byte and connections to spare: each sends exactly the blocks
+    // of its own stripe, none of the other's.
+    let len = content.len() as u64;
+    let of = |stripe: usize| -> u64 {
+        (0..len.div_ceil(block))
+            .filter(|&k| stripes.stripe_of("model.bin", k * block) == stripe)
+            .map(|k| (len - k * block).min(block))
+            .sum()
+    };
+    assert_eq!(
+        (body_bytes(&a), body_bytes(&b)),
+        (of(a_stripe), of(b_stripe)),
+        "{:?}",
+        report.connections
+    );
+    assert_eq!(body_bytes(&fx), of(first) + 1);
+}
+
+#[test]
 fn a_striped_pull_whose_mirrors_are_gone_takes_everything_from_the_origin() {
     let content = data(13, 1024 * KIB);
     let fx = Fixture::new(&[("model.bin", &content)]);

@@ -173,9 +173,20 @@ impl Job {
     ) -> Pick {
         let sources = &self.sources[file];
         let fs = &st.files[file];
-        let gate = self.opts.origin_gate.as_ref().map(|gate| {
-            gate.allows(&self.metas[file].target.path, start * self.chunk_size())
-        });
+        let offset = start * self.chunk_size();
+        let path = &self.metas[file].target.path;
+        let gate = self
+            .opts
+            .origin_gate
+            .as_ref()
+            .map(|gate| gate.allows(path, offset));
+        // The mirror that fetches the block from the origin goes first while it has room.
+        let holder = self
+            .opts
+            .origin_gate
+            .as_ref()
+            .and_then(|gate| gate.holder(path, offset))
+            .map(|m| m + 1);
         if !fs.origin_only && sources.len() > 1 && gate != Some(true) {
             let alive: Vec<(usize, usize)> = sources
                 .iter()
@@ -191,7 +202,9 @@ impl Job {
                 let room = host.tuner.limit().saturating_sub(host.active);
                 if room == 0 {
                     busy.get_or_insert(h);
-                } else if best.is_none_or(|(_, r)| room > r) {
+                } else if best.is_none_or(|(b, r)| {
+                    (Some(i) == holder, room) > (Some(b) == holder, r)
+                }) {
                     best = Some((i, room));
                 }
             }
