@@ -6,7 +6,8 @@
 //! io_uring and refuses what it does not list; the Helm chart renders the same objects as the
 //! kustomize base, with every value it declares used. The storage-initializer's component and
 //! Helm value are checked in `storage_initializer`, the patch of KServe's own DaemonSet in
-//! `kserve_daemonset`, the overlay that shares downloads with the node group in `peers`.
+//! `kserve_daemonset`, the overlay and the Helm value that share downloads with the node group
+//! in `peers`.
 
 mod helm;
 mod kserve_daemonset;
