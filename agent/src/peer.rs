@@ -33,7 +33,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use modelpull::RateLimiter;
-use modelpull::peer::{Held, MAX_READ, ReadError};
+use modelpull::peer::{Held, Journals, MAX_READ, ReadError};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -90,6 +90,8 @@ struct State {
     metrics: PeerMetrics,
     /// Mebibytes of file data read for peers and not sent yet, at most [`MEMORY_MIB`].
     memory: Arc<Semaphore>,
+    /// Running pulls' journals as last read: each request reads only what was appended since.
+    journals: Arc<Journals>,
 }
 
 /// Mebibytes of file data the peer server holds at once, over every connection.
@@ -114,6 +116,7 @@ pub async fn serve(
         limiter: limits.limit_rate.map(RateLimiter::new),
         metrics,
         memory: Arc::new(Semaphore::new(MEMORY_MIB)),
+        journals: Arc::default(),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -194,7 +197,9 @@ async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
     else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n");
     };
-    let read = tokio::task::spawn_blocking(move || read(&dir, &path, wanted, align)).await;
+    let journals = state.journals.clone();
+    let read =
+        tokio::task::spawn_blocking(move || read(&dir, &path, wanted, align, &journals)).await;
     let (held_size, first, bytes) = match read {
         Ok(Ok(Some(found))) => found,
         Ok(Ok(None)) => {
@@ -277,8 +282,9 @@ fn read(
     path: &str,
     wanted: Wanted,
     align: u64,
+    journals: &Journals,
 ) -> Result<Option<Found>, (u64, ReadError)> {
-    let held: Held = match modelpull::peer::open(dir, path) {
+    let held: Held = match modelpull::peer::open(dir, path, journals) {
         Ok(Some(h)) => h,
         Ok(None) => return Ok(None),
         Err(e) => return Err((0, ReadError::Io(e))),

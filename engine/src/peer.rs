@@ -15,18 +15,20 @@
 //! origin's digest (see [`crate::mirror`]). What this module guarantees is only that a node
 //! serves what it holds, as it holds it, and nothing else.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rustix::fs::{Mode, OFlags};
 
 use crate::adopt::beneath;
 use crate::digest::Algorithm;
 use crate::digest::crc;
-use crate::disk::journal::Journal;
+use crate::disk::journal::{Follower, Journal};
 use crate::disk::part;
 use crate::target::check_relative_path;
 
@@ -82,17 +84,45 @@ pub enum ReadError {
     Io(#[from] io::Error),
 }
 
+/// The journals of running pulls as last read, so that each request reads only what was
+/// appended since (see [`Follower`]). One per server.
+#[derive(Debug, Default)]
+pub struct Journals(Mutex<HashMap<PathBuf, Follower>>);
+
+/// Journals a [`Journals`] keeps; past this it forgets them all (finished pulls' included)
+/// and reads anew.
+const MAX_FOLLOWED: usize = 1024;
+
+impl Journals {
+    /// Reads the journal at `path` on from where it was last read, and gives `f` what it says.
+    fn read<R>(&self, path: &Path, f: impl FnOnce(&Follower) -> R) -> Option<R> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let prev = map.remove(path);
+        let follower = Follower::read(prev, path)?;
+        let out = f(&follower);
+        if map.len() >= MAX_FOLLOWED {
+            map.clear();
+        }
+        map.insert(path.to_owned(), follower);
+        Some(out)
+    }
+}
+
 /// The file at `path` of the model whose folder is `model_dir` (`ROOT/models/<key>`): from
 /// the published folder when its marker lists it, else from the model's pull in progress when
-/// that has flushed chunks of it; `Ok(None)` when this node has none of it to serve.
-pub fn open(model_dir: &Path, path: &str) -> io::Result<Option<Held>> {
+/// that has flushed chunks of it (its journal read through `journals`); `Ok(None)` when this
+/// node has none of it to serve.
+pub fn open(model_dir: &Path, path: &str, journals: &Journals) -> io::Result<Option<Held>> {
     if check_relative_path(path).is_err() {
         return Ok(None);
     }
     if let Some(held) = published(model_dir, path)? {
         return Ok(Some(held));
     }
-    in_progress(model_dir, path)
+    in_progress(model_dir, path, journals)
 }
 
 fn published(model_dir: &Path, path: &str) -> io::Result<Option<Held>> {
@@ -125,7 +155,17 @@ fn published(model_dir: &Path, path: &str) -> io::Result<Option<Held>> {
     }))
 }
 
-fn in_progress(model_dir: &Path, path: &str) -> io::Result<Option<Held>> {
+/// What a running pull's journal says of a file: its size and chunk size, the CRC it
+/// records per chunk, whether the file is verified, and per chunk its CRC once flushed.
+struct Journaled {
+    size: u64,
+    chunk: u64,
+    algorithm: Algorithm,
+    done: bool,
+    crcs: Vec<Option<u64>>,
+}
+
+fn in_progress(model_dir: &Path, path: &str, journals: &Journals) -> io::Result<Option<Held>> {
     let (Some(parent), Some(name)) = (model_dir.parent(), model_dir.file_name()) else {
         return Ok(None);
     };
@@ -137,25 +177,37 @@ fn in_progress(model_dir: &Path, path: &str) -> io::Result<Option<Held>> {
     };
     // Loaded before the part is opened: every chunk it calls flushed is in that part, unless
     // the file was started over in between, which the CRC check on each read catches.
-    let Some(loaded) = Journal::load(&Journal::path_for(&staging.join(path))) else {
+    let journal = Journal::path_for(&staging.join(path));
+    let Some(Some(loaded)) = journals.read(&journal, |f| {
+        let header = f.header();
+        let algorithm = header
+            .algorithms
+            .iter()
+            .copied()
+            .find(|a| !a.is_ordered())?;
+        let mut crcs = vec![None; header.size.div_ceil(header.chunk_size) as usize];
+        if !f.done() {
+            for (index, recorded) in f.synced() {
+                crcs[*index as usize] = recorded.first().copied();
+            }
+        }
+        Some(Journaled {
+            size: header.size,
+            chunk: header.chunk_size,
+            algorithm,
+            done: f.done(),
+            crcs,
+        })
+    }) else {
         return Ok(None);
     };
-    let Some(algorithm) = loaded
-        .header
-        .algorithms
-        .iter()
-        .copied()
-        .find(|a| !a.is_ordered())
-    else {
-        return Ok(None);
-    };
-    if loaded.done.is_some() {
+    if loaded.done {
         // Verified, renamed from its part, waiting for the model's other files: whole.
         return match beneath::open(dir.as_fd(), Path::new(path), OFlags::RDONLY, Mode::empty()) {
             Ok(f) => {
                 let file = File::from(f);
                 let size = file.metadata()?.len();
-                Ok((size == loaded.header.size).then_some(Held {
+                Ok((size == loaded.size).then_some(Held {
                     file,
                     size,
                     partial: None,
@@ -165,7 +217,7 @@ fn in_progress(model_dir: &Path, path: &str) -> io::Result<Option<Held>> {
             Err(e) => Err(e),
         };
     }
-    if loaded.synced.is_empty() {
+    if loaded.crcs.iter().all(Option::is_none) {
         return Ok(None);
     }
     let part_name = format!("{path}{}", part::SUFFIX);
@@ -179,19 +231,13 @@ fn in_progress(model_dir: &Path, path: &str) -> io::Result<Option<Held>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let size = loaded.header.size;
-    let chunk = loaded.header.chunk_size;
-    let mut crcs = vec![None; size.div_ceil(chunk) as usize];
-    for (index, recorded) in loaded.synced {
-        crcs[index as usize] = recorded.first().copied();
-    }
     Ok(Some(Held {
         file,
-        size,
+        size: loaded.size,
         partial: Some(Partial {
-            chunk,
-            algorithm,
-            crcs,
+            chunk: loaded.chunk,
+            algorithm: loaded.algorithm,
+            crcs: loaded.crcs,
         }),
     }))
 }
@@ -308,7 +354,9 @@ mod tests {
         let content = bytes(10_000);
         let dir = published_model(root.path(), &[("sub/w.bin", &content)]);
         std::fs::write(dir.join("unlisted.bin"), b"private").unwrap();
-        let held = open(&dir, "sub/w.bin").unwrap().unwrap();
+        let held = open(&dir, "sub/w.bin", &Journals::default())
+            .unwrap()
+            .unwrap();
         assert!(held.is_complete());
         assert_eq!(held.size(), 10_000);
         assert_eq!(held.read(100, 199).unwrap(), &content[100..200]);
@@ -322,7 +370,10 @@ mod tests {
             "/etc/passwd",
             "",
         ] {
-            assert!(open(&dir, path).unwrap().is_none(), "{path}");
+            assert!(
+                open(&dir, path, &Journals::default()).unwrap().is_none(),
+                "{path}"
+            );
         }
     }
 
@@ -334,7 +385,7 @@ mod tests {
         std::fs::write(root.path().join("secret"), bytes(100)).unwrap();
         std::fs::remove_file(dir.join("w.bin")).unwrap();
         std::os::unix::fs::symlink(root.path().join("secret"), dir.join("w.bin")).unwrap();
-        assert!(open(&dir, "w.bin").is_err());
+        assert!(open(&dir, "w.bin", &Journals::default()).is_err());
     }
 
     #[test]
@@ -379,7 +430,8 @@ mod tests {
                 .unwrap();
             }
         }
-        let held = open(&dir, "w.bin").unwrap().unwrap();
+        let journals = Journals::default();
+        let held = open(&dir, "w.bin", &journals).unwrap().unwrap();
         assert!(!held.is_complete());
         assert_eq!(held.size(), content.len() as u64);
         assert_eq!(
@@ -402,12 +454,25 @@ mod tests {
         let mut damaged = part.clone();
         damaged[chunk as usize + 1] ^= 1;
         std::fs::write(staging.join("w.bin.part"), &damaged).unwrap();
-        let held = open(&dir, "w.bin").unwrap().unwrap();
+        let held = open(&dir, "w.bin", &journals).unwrap().unwrap();
         assert!(held.read(0, chunk - 1).is_ok());
         assert!(matches!(
             held.read(chunk, chunk),
             Err(ReadError::Damaged { chunk: 1 })
         ));
+        // Chunk 3 flushed later: the journal is read on from where it was, and serves it.
+        std::fs::write(staging.join("w.bin.part"), &content).unwrap();
+        j.append(&Record::Sync {
+            records: 4,
+            hash: None,
+        })
+        .unwrap();
+        let held = open(&dir, "w.bin", &journals).unwrap().unwrap();
+        assert_eq!(held.held_through(0, 4 * chunk, chunk), Some(4 * chunk - 1));
+        assert_eq!(
+            held.read(3 * chunk, 4 * chunk - 1).unwrap(),
+            &content[3 * chunk as usize..4 * chunk as usize]
+        );
     }
 
     #[test]
@@ -435,7 +500,7 @@ mod tests {
             },
         })
         .unwrap();
-        let held = open(&dir, "w.bin").unwrap().unwrap();
+        let held = open(&dir, "w.bin", &Journals::default()).unwrap().unwrap();
         assert!(held.is_complete());
         assert_eq!(held.read(0, 8999).unwrap(), content);
     }
@@ -444,7 +509,7 @@ mod tests {
     fn nothing_held_is_nothing_served() {
         let root = tempfile::tempdir().unwrap();
         assert!(
-            open(&root.path().join("models/k"), "w.bin")
+            open(&root.path().join("models/k"), "w.bin", &Journals::default())
                 .unwrap()
                 .is_none()
         );
