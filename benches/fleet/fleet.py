@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """A node group on one machine, in network namespaces: how often the origin sends a model, and
-how long until every node has it, for N = 1, 2, 4, 8 nodes.
+how long until every node has it, for N = 1, 2, 4, 8 nodes, with two models: one large file
+(an http:// URI with its sha256) and a sharded one (an hf:// repository of 8 safetensors
+shards and a config, the Hub's API served by nginx as static files).
 
 Each node is a network namespace with a veth pair into a bridge, and runs the agent binary;
 the origin is nginx in a namespace of its own; the test API server listens on the bridge. Every
@@ -8,10 +10,11 @@ link (each node's and the origin's) is capped in both directions with tc tbf (th
 no netem, so no delay or loss). Every node's LocalModelNode lists the same model, and the
 EndpointSlices of the agents' Service list every node's agent, as a cluster would.
 
-For each N it reports the time until every node's status says ModelDownloaded, that time over
-N = 1's, the bytes the origin sent over the model's size (nginx's $body_bytes_sent), the bytes
-each node's link carried, and which node got how many bytes from whom (each agent's "pulled"
-log line), then writes a Markdown report and an SVG chart.
+For each model and N it reports the time until every node's status says ModelDownloaded, that
+time over N = 1's, the bytes the origin sent over the model's size (nginx's $body_bytes_sent
+for the model's files), the bytes each node's link carried, which node got how many bytes from
+whom (each agent's "pulled" log line), and the CPU the agents and the whole machine spent, then
+writes a Markdown report and an SVG chart.
 
 Run as root through scripts/bench-fleet.sh, which builds the agent and installs what is missing.
 """
@@ -37,6 +40,10 @@ ORIGIN_PORT = 8080
 PEER_PORT = 8082
 SERVICE = "modelpull-agents"
 MODEL = "llama"
+# The sharded model's repository and its commit, as `hf://REPO:COMMIT` names them.
+HUB_REPO = "bench/llama"
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+SHARDS = 8
 
 
 def sh(*cmd: str, check: bool = True) -> str:
@@ -160,8 +167,59 @@ class Api:
         self.proc.wait(10)
 
 
-def origin(work: Path, model_dir: Path) -> tuple[subprocess.Popen, Path]:
-    """nginx serving `model_dir` in the origin's namespace, logging the body bytes it sends."""
+def write_random(path: Path, size: int) -> tuple[str, str]:
+    """Fills `path` with `size` random bytes; returns their sha256 and git blob sha1."""
+    sha256 = hashlib.sha256()
+    git = hashlib.sha1(f"blob {size}\0".encode())
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(left, 16 << 20))
+            f.write(block)
+            sha256.update(block)
+            git.update(block)
+            left -= len(block)
+    return sha256.hexdigest(), git.hexdigest()
+
+
+def models(origin_dir: Path, size: int) -> dict[str, tuple[str, int]]:
+    """Writes both models under `origin_dir` once (kept for later runs of the same size) and
+    returns each one's URI and size: `file`, one file with its sha256 in the URI's fragment;
+    `shards`, the Hub's tree listing of 8 shards and a config (sha256 in `lfs.oid`, the git
+    blob sha1 in `oid`), which nginx serves at the Hub's paths."""
+    stamp = origin_dir / f"models-{size}.json"
+    if not stamp.exists():
+        subprocess.run(["rm", "-rf", str(origin_dir)], check=True)
+        origin_dir.mkdir(parents=True)
+        digest, _ = write_random(origin_dir / "model.bin", size)
+        shards = origin_dir / "hub" / HUB_REPO / "resolve" / HUB_COMMIT
+        shards.mkdir(parents=True)
+        config = json.dumps({"architectures": ["LlamaForCausalLM"]}).encode()
+        (shards / "config.json").write_bytes(config)
+        tree = [{"type": "file", "path": "config.json", "size": len(config),
+                 "oid": hashlib.sha1(f"blob {len(config)}\0".encode() + config).hexdigest()}]
+        for k in range(1, SHARDS + 1):
+            name = f"model-{k:05}-of-{SHARDS:05}.safetensors"
+            part = size // SHARDS + (size % SHARDS if k == SHARDS else 0)
+            sha256, git = write_random(shards / name, part)
+            tree.append({"type": "file", "path": name, "size": part, "oid": git,
+                         "lfs": {"oid": sha256, "size": part}})
+        listing = origin_dir / "hub" / "api" / "models" / HUB_REPO / "tree" / HUB_COMMIT
+        listing.parent.mkdir(parents=True)
+        listing.write_text(json.dumps(tree))
+        stamp.write_text(json.dumps({"sha256": digest,
+                                     "shards": sum(e["size"] for e in tree)}))
+    meta = json.loads(stamp.read_text())
+    return {
+        # With its sha256: peers' bytes are taken only for files with a cryptographic digest.
+        "file": (f"http://{ORIGIN_IP}:{ORIGIN_PORT}/model.bin#sha256={meta['sha256']}", size),
+        "shards": (f"hf://{HUB_REPO}:{HUB_COMMIT}", meta["shards"]),
+    }
+
+
+def origin(work: Path, origin_dir: Path) -> tuple[subprocess.Popen, Path]:
+    """nginx serving both models in the origin's namespace, logging the body bytes it sends
+    of the models' files (the Hub's tree listing is not counted)."""
     log = work / "origin-access.log"
     conf = work / "nginx.conf"
     conf.write_text(f"""daemon off;
@@ -175,7 +233,15 @@ http {{
   sendfile on;
   server {{
     listen {ORIGIN_IP}:{ORIGIN_PORT};
-    root {model_dir};
+    root {origin_dir};
+    location /{HUB_REPO}/resolve/ {{
+      root {origin_dir}/hub;
+    }}
+    location /api/ {{
+      root {origin_dir}/hub;
+      default_type application/json;
+      access_log off;
+    }}
   }}
 }}
 """)
@@ -185,10 +251,21 @@ http {{
     return proc, log
 
 
-def run(n: int, args, api: Api, agent: str, work: Path, log: Path, size: int,
-        digest: str) -> dict:
-    # With its sha256: peers' bytes are taken only for files with a cryptographic digest.
-    uri = f"http://{ORIGIN_IP}:{ORIGIN_PORT}/model.bin#sha256={digest}"
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has spent."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent on anything but idling and waiting for I/O."""
+    cpu = Path("/proc/stat").read_text().split("\n")[0].split()[1:]
+    idle = int(cpu[3]) + int(cpu[4])
+    return (sum(int(v) for v in cpu[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def run(n: int, args, api: Api, agent: str, work: Path, log: Path, uri: str,
+        size: int) -> dict:
     api.reset(n, uri)
     log.write_text("")
     roots = []
@@ -200,12 +277,15 @@ def run(n: int, args, api: Api, agent: str, work: Path, log: Path, size: int,
     before = {i: link_bytes(f"mp-n{i}") for i in range(1, n + 1)}
     origin_before = link_bytes("mp-origin")
     agents = []
+    busy_before = busy_seconds()
     started = time.monotonic()
     for i in range(1, n + 1):
         ip = node_ip(i)
         env = dict(os.environ, NODE_NAME=f"n{i}", POD_NAMESPACE="kserve",
+                   HF_ENDPOINT=f"http://{ORIGIN_IP}:{ORIGIN_PORT}",
                    RUST_LOG="localmodelnode_agent=info,modelpull=info")
         out = open(roots[i - 1] / "agent.log", "w")
+        # `ip netns exec` execs the agent, so the process is the agent itself.
         agents.append(subprocess.Popen(
             ["ip", "netns", "exec", f"mp-n{i}", agent,
              "--kubeconfig", str(api.kubeconfig), "--models-root", str(roots[i - 1]),
@@ -220,6 +300,8 @@ def run(n: int, args, api: Api, agent: str, work: Path, log: Path, size: int,
             raise SystemExit(f"N={n}: not every node had the model after {args.timeout} s")
         time.sleep(0.2)
     seconds = time.monotonic() - started
+    busy = busy_seconds() - busy_before
+    agent_cpu = {f"n{i}": cpu_seconds(a.pid) for i, a in enumerate(agents, 1)}
     for a in agents:
         a.send_signal(signal.SIGTERM)
     for a in agents:
@@ -244,77 +326,97 @@ def run(n: int, args, api: Api, agent: str, work: Path, log: Path, size: int,
             if rec.get("msg") == "pulled":
                 for part in filter(None, str(rec.get("from", "")).split(",")):
                     host, count = part.rsplit("=", 1)
-                    got[by_ip.get(host.split(":")[0], host)] = int(count)
+                    peer = by_ip.get(host.split(":")[0], host)
+                    got[peer] = got.get(peer, 0) + int(count)
         matrix[f"n{i}"] = got
     return {"n": n, "seconds": seconds, "origin_sent": origin_sent, "size": size,
-            "links": links, "matrix": matrix}
+            "links": links, "matrix": matrix, "agent_cpu": agent_cpu, "busy": busy}
 
 
-def chart(results: list[dict], path: Path) -> None:
-    """Origin bytes ÷ size and time ÷ time alone, against N, as an SVG."""
-    w, h, pad = 480, 300, 50
-    ns = [r["n"] for r in results]
-    alone = results[0]["seconds"]
-    series = {
-        "origin bytes ÷ model size": [r["origin_sent"] / r["size"] for r in results],
-        "time until every node ÷ one node alone": [r["seconds"] / alone for r in results],
-    }
-    top = max(2.0, max(max(v) for v in series.values()) * 1.1)
+def chart(results: dict[str, list[dict]], path: Path) -> None:
+    """Origin bytes ÷ size and time ÷ time alone against N, for each model, as an SVG."""
+    w, h, pad = 520, 320, 50
+    series = {}
+    for model, runs in results.items():
+        alone = runs[0]["seconds"]
+        series[f"{model}: origin bytes ÷ model size"] = (
+            [(r["n"], r["origin_sent"] / r["size"]) for r in runs], "#1f77b4")
+        series[f"{model}: time until every node ÷ one node alone"] = (
+            [(r["n"], r["seconds"] / alone) for r in runs], "#d62728")
+    ns = sorted({n for pts, _ in series.values() for n, _ in pts})
+    top = max(2.0, max(v for pts, _ in series.values() for _, v in pts) * 1.1)
     x = lambda n: pad + (w - 2 * pad) * (ns.index(n) / max(1, len(ns) - 1))
     y = lambda v: h - pad - (h - 2 * pad) * v / top
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+    legend = 16 * len(series)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + legend}" '
            f'font-family="sans-serif" font-size="12">',
-           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<rect width="{w}" height="{h + legend}" fill="white"/>',
+           f'<g transform="translate(0,{legend})">',
            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>']
     for n in ns:
         out.append(f'<text x="{x(n)}" y="{h - pad + 16}" text-anchor="middle">{n}</text>')
     out.append(f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle">nodes</text>')
-    for v in (0.5, 1.0, 1.5, 2.0):
-        if v <= top:
-            out.append(f'<text x="{pad - 6}" y="{y(v) + 4}" text-anchor="end">{v}</text>')
-            out.append(f'<line x1="{pad}" y1="{y(v)}" x2="{w - pad}" y2="{y(v)}" '
-                       f'stroke="#ddd"/>')
-    for k, (name, vals) in enumerate(series.items()):
-        color = ("#1f77b4", "#d62728")[k]
-        pts = " ".join(f"{x(n)},{y(v)}" for n, v in zip(ns, vals))
-        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for n, v in zip(ns, vals):
+    v = 0.5
+    while v <= top:
+        out.append(f'<text x="{pad - 6}" y="{y(v) + 4}" text-anchor="end">{v}</text>')
+        out.append(f'<line x1="{pad}" y1="{y(v)}" x2="{w - pad}" y2="{y(v)}" stroke="#ddd"/>')
+        v += 0.5
+    for k, (name, (pts, color)) in enumerate(series.items()):
+        dash = ' stroke-dasharray="6,4"' if name.startswith("shards") else ""
+        line = " ".join(f"{x(n)},{y(v)}" for n, v in pts)
+        out.append(f'<polyline points="{line}" fill="none" stroke="{color}" '
+                   f'stroke-width="2"{dash}/>')
+        for n, v in pts:
             out.append(f'<circle cx="{x(n)}" cy="{y(v)}" r="3" fill="{color}"/>')
-        out.append(f'<text x="{pad + 10}" y="{pad - 20 + 16 * k}" fill="{color}">{name}</text>')
-    out.append("</svg>")
+        out.append(f'<line x1="{pad}" y1="{pad - legend - 4 + 16 * k}" x2="{pad + 24}" '
+                   f'y2="{pad - legend - 4 + 16 * k}" stroke="{color}" stroke-width="2"{dash}/>')
+        out.append(f'<text x="{pad + 30}" y="{pad - legend + 16 * k}" fill="{color}">{name}</text>')
+    out.append("</g></svg>")
     path.write_text("\n".join(out))
 
 
-def report(results: list[dict], args, path: Path) -> None:
-    alone = results[0]["seconds"]
+def report(results: dict[str, list[dict]], args, path: Path) -> None:
     mib = lambda b: f"{b / 2**20:.0f}"
     lines = [f"# Node group bench, {time.strftime('%Y-%m-%d')}", "",
-             f"One model of {args.size} (a single file), every link capped at {args.rate} "
-             "each way (tc tbf), nodes and origin in network namespaces on one 2-core machine.",
-             "", "nginx counts what it wrote to a connection the reader may have cut (a range "
+             f"Two models of {args.size} each: `file`, one file (an http:// URI with its "
+             f"sha256), and `shards`, {SHARDS} safetensors shards and a config (an hf:// "
+             f"repository whose Hub API nginx serves). Every link is capped at {args.rate} "
+             "each way (tc tbf); nodes and origin are network namespaces on one 2-core "
+             "machine, which also runs every agent.", "",
+             "nginx counts what it wrote to a connection the reader may have cut (a range "
              "split, a stall); the origin's link counts what crossed it, TCP/IP headers "
-             "included (about 3%).", "",
-             "| nodes | every node has it (s) | ÷ one node alone | origin bytes ÷ size "
-             "(nginx) | origin link ÷ size |",
-             "|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['n']} | {r['seconds']:.1f} | {r['seconds'] / alone:.2f} | "
-                     f"{r['origin_sent'] / r['size']:.2f} | "
-                     f"{r['links']['origin'][1] / r['size']:.2f} |")
-    last = results[-1]
-    names = sorted(last["matrix"], key=lambda s: int(s[1:]))
-    lines += ["", f"Bytes each node received from whom (MiB), N = {last['n']}:", "",
-              "| to \\ from | origin | " + " | ".join(names) + " |",
-              "|---|---|" + "---|" * len(names)]
-    for to in names:
-        row = last["matrix"][to]
-        lines.append(f"| {to} | {mib(row.get('origin', 0))} | "
-                     + " | ".join(mib(row.get(f, 0)) for f in names) + " |")
-    lines += ["", f"Bytes on each link (MiB, received / sent), N = {last['n']}:", "",
-              "| link | received | sent |", "|---|---|---|"]
-    for name, (rx, tx) in last["links"].items():
-        lines.append(f"| {name} | {mib(rx)} | {mib(tx)} |")
+             "included (about 3%). Agents' CPU is the sum over the nodes; the machine's is "
+             "everything it ran (agents, nginx, the links' forwarding, the API server) over "
+             "its 2 cores.", "",
+             "| model | nodes | every node has it (s) | ÷ one node alone | origin bytes ÷ "
+             "size (nginx) | origin link ÷ size | agents' CPU (s) | machine busy |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, runs in results.items():
+        alone = runs[0]["seconds"]
+        for r in runs:
+            lines.append(f"| {model} | {r['n']} | {r['seconds']:.1f} | "
+                         f"{r['seconds'] / alone:.2f} | {r['origin_sent'] / r['size']:.2f} | "
+                         f"{r['links']['origin'][1] / r['size']:.2f} | "
+                         f"{sum(r['agent_cpu'].values()):.1f} | "
+                         f"{r['busy'] / (2 * r['seconds']):.0%} |")
+    for model, runs in results.items():
+        last = runs[-1]
+        names = sorted(last["matrix"], key=lambda s: int(s[1:]))
+        lines += ["", f"`{model}`, N = {last['n']}: bytes each node received from whom (MiB), "
+                  "and each link's bytes and agent's CPU:", "",
+                  "| to \\ from | origin | " + " | ".join(names) + " | link received | "
+                  "link sent | CPU (s) |",
+                  "|---|---|" + "---|" * len(names) + "---|---|---|"]
+        for to in names:
+            row = last["matrix"][to]
+            rx, tx = last["links"][to]
+            lines.append(f"| {to} | {mib(row.get('origin', 0))} | "
+                         + " | ".join(mib(row.get(f, 0)) for f in names)
+                         + f" | {mib(rx)} | {mib(tx)} | {last['agent_cpu'][to]:.1f} |")
+        rx, tx = last["links"]["origin"]
+        lines.append(f"| origin link | | " + " | ".join("" for _ in names)
+                     + f" | {mib(rx)} | {mib(tx)} | |")
     lines += ["", "![origin bytes and time against nodes](fleet.svg)", ""]
     path.write_text("\n".join(lines))
 
@@ -323,7 +425,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", default="1,2,4,8", help="group sizes to run, comma separated")
-    ap.add_argument("--size", default="1G", help="the model's size (K, M, G)")
+    ap.add_argument("--models", default="file,shards",
+                    help="models to run: file (one file), shards (an hf:// repository)")
+    ap.add_argument("--size", default="4G", help="each model's size (K, M, G)")
     ap.add_argument("--rate", default="400mbit", help="each link's cap, as tc writes it")
     ap.add_argument("--stripe-size", default="64M", help="the agents' --peer-stripe-size")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per group size")
@@ -339,33 +443,27 @@ def main() -> None:
     nodes = [int(n) for n in args.nodes.split(",")]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = work / "origin"
-    model_dir.mkdir(exist_ok=True)
-    model = model_dir / "model.bin"
-    digest_file = model_dir / "model.bin.sha256"
-    if not model.exists() or model.stat().st_size != size or not digest_file.exists():
-        h = hashlib.sha256()
-        with open(model, "wb") as f:
-            left = size
-            while left:
-                block = os.urandom(min(left, 16 << 20))
-                f.write(block)
-                h.update(block)
-                left -= len(block)
-        digest_file.write_text(h.hexdigest())
-    digest = digest_file.read_text().strip()
+    origin_dir = work / "origin"
+    uris = models(origin_dir, size)
+    chosen = args.models.split(",")
+    unknown = set(chosen) - set(uris)
+    if unknown:
+        raise SystemExit(f"unknown models {sorted(unknown)}: pick from {sorted(uris)}")
     topo = Topology(max(nodes), args.rate)
     topo.up()
     script = Path(__file__).resolve().parents[2] / "agent/tests/support/apiserver.py"
     api = Api(args.python, script, work)
-    nginx, log = origin(work, model_dir)
-    results = []
+    nginx, log = origin(work, origin_dir)
+    results: dict[str, list[dict]] = {}
     try:
-        for n in nodes:
-            r = run(n, args, api, args.agent, work, log, size, digest)
-            print(f"N={n}: {r['seconds']:.1f} s, origin sent {r['origin_sent'] / size:.2f}× "
-                  f"the model", file=sys.stderr, flush=True)
-            results.append(r)
+        for model in chosen:
+            uri, model_size = uris[model]
+            for n in nodes:
+                r = run(n, args, api, args.agent, work, log, uri, model_size)
+                print(f"{model}, N={n}: {r['seconds']:.1f} s, origin sent "
+                      f"{r['origin_sent'] / model_size:.2f}× the model, agents' CPU "
+                      f"{sum(r['agent_cpu'].values()):.1f} s", file=sys.stderr, flush=True)
+                results.setdefault(model, []).append(r)
     finally:
         nginx.terminate()
         api.stop()
