@@ -57,10 +57,17 @@ impl Job {
     /// (0.4 GB/s here against 1.7). Claims of one chunk, handed out in file order to
     /// connections of one speed, also land in file order: the chunk at the cursor comes first
     /// and nothing waits. Fast connections are few, and keep whole ranges (fewer requests).
+    /// Through a proxy no claim is shorter than [`crate::pull::PROXY_MIN_RANGE`]: a P2P proxy
+    /// (Dragonfly) sends shorter ranges straight to the origin.
     pub(super) fn claim_span(&self, st: &JobState) -> u64 {
         let allowed = self.connections_allowed(st).max(1) as u64;
         let spare = (self.buffers() as u64).saturating_sub(allowed);
-        (spare / allowed).clamp(1, self.range_chunks())
+        let least = if self.opts.proxy.is_some() {
+            crate::pull::PROXY_MIN_RANGE.div_ceil(self.chunk_size())
+        } else {
+            1
+        };
+        (spare / allowed).clamp(least.min(self.range_chunks()), self.range_chunks())
     }
 
     /// A buffer for a connection: a free one within the bound and the pull's share of it,
