@@ -175,18 +175,12 @@ impl Job {
         let fs = &st.files[file];
         let offset = start * self.chunk_size();
         let path = &self.metas[file].target.path;
-        let gate = self
-            .opts
-            .origin_gate
-            .as_ref()
-            .map(|gate| gate.allows(path, offset));
-        // The mirror that fetches the block from the origin goes first while it has room.
-        let holder = self
-            .opts
-            .origin_gate
-            .as_ref()
-            .and_then(|gate| gate.holder(path, offset))
-            .map(|m| m + 1);
+        // Whether the gate lets the range go to the origin, and the mirror that fetches its
+        // block from the origin, which goes first while it has room.
+        let (gate, holder) = match &self.opts.origin_gate {
+            Some(g) => (Some(g.allows(path, offset)), g.holder(path, offset).map(|m| m + 1)),
+            None => (None, None),
+        };
         if !fs.origin_only && sources.len() > 1 && gate != Some(true) {
             let alive: Vec<(usize, usize)> = sources
                 .iter()
