@@ -87,8 +87,9 @@ impl Job {
     }
 
     /// The range in flight to split, as its file, its place in the file's `active` and the
-    /// source the split half goes to: the one with the most chunks left (two at least), in
-    /// flight for [`YOUNG_RANGE`] at least, whose upper half has a source to go to now.
+    /// source the split half goes to: the one with the most chunks left (two at least, and an
+    /// upper half no shorter than a new claim may be), in flight for [`YOUNG_RANGE`] at least,
+    /// whose upper half has a source to go to now.
     fn split_victim(
         &self,
         st: &JobState,
@@ -114,12 +115,100 @@ impl Job {
                     })
                     .map(move |(j, a)| (i, j, a.end - a.next, a.next + (a.end - a.next) / 2))
             })
-            .filter(|&(_, _, left, _)| left >= 2)
+            .filter(|&(_, _, left, _)| left >= 2 && left - left / 2 >= self.least_claim())
             .filter_map(|(i, j, left, mid)| match self.source_for(st, i, mid, 0, None) {
                 Pick::Source(source) => Some((i, j, source, left)),
                 Pick::Full(_) | Pick::Wait => None,
             })
             .max_by_key(|&(_, _, _, left)| left)
             .map(|(i, j, source, _)| (i, j, source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::YOUNG_RANGE;
+    use super::super::{ClaimKind, FileState, Job, Work, test_meta};
+    use crate::http::proxy::ProxyConfig;
+    use crate::metrics::Metrics;
+    use crate::pull::{Options, PROXY_MIN_RANGE};
+
+    const MIB: u64 = 1 << 20;
+
+    /// One file of 16 MiB in 1 MiB chunks and 8 MiB ranges, both in flight (the probe's and
+    /// one claimed) for longer than [`YOUNG_RANGE`], each with `done` chunks begun: the next
+    /// claim can only split.
+    fn ranges_in_flight(dir: &std::path::Path, proxied: bool, done: u64) -> Job {
+        let opts = Options {
+            chunk_size: MIB as usize,
+            range_size: 8 * MIB,
+            memory_limit: 64 * MIB as usize,
+            connections: Some(4),
+            proxy: proxied.then(|| Arc::new(ProxyConfig::default())),
+            ..Options::default()
+        };
+        let metas = vec![test_meta(dir, "w.bin", "")];
+        let files = metas.iter().map(FileState::fresh).collect();
+        let job = Job::new(
+            opts,
+            metas,
+            files,
+            Arc::default(),
+            Metrics::default(),
+            Arc::default(),
+        );
+        let Work::Fetch(probe) = job.claim() else {
+            panic!("a probe first");
+        };
+        assert_eq!(probe.kind, ClaimKind::Probe);
+        let url = job.metas[0].target.url.clone();
+        job.start_file(&probe, 16 * MIB, "\"v\"".into(), url, true)
+            .unwrap();
+        let Work::Fetch(second) = job.claim() else {
+            panic!("the second range");
+        };
+        for c in [&probe, &second] {
+            for k in 0..done {
+                assert!(job.begin_chunk(c, c.start + k));
+            }
+        }
+        let long_ago = Instant::now() - 2 * YOUNG_RANGE;
+        for a in &mut job.lock().files[0].active {
+            a.since = long_ago;
+        }
+        job
+    }
+
+    fn split(job: &Job) -> Option<(u64, u64)> {
+        match job.claim() {
+            Work::Fetch(c) => Some((c.start, c.end)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_file_is_split_from_the_range_with_most_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = ranges_in_flight(dir.path(), false, 2);
+        // Chunks 2..8 and 10..16 are left: the upper half of one goes to a new claim.
+        let (start, end) = split(&job).unwrap();
+        assert!(matches!((start, end), (5, 8) | (13, 16)), "{start}..{end}");
+    }
+
+    #[test]
+    fn through_a_proxy_a_split_half_is_no_shorter_than_a_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let least = PROXY_MIN_RANGE / MIB;
+        // Six chunks left in each range: an upper half of three is shorter than a claim
+        // through a proxy may be, so the ranges run to their ends.
+        let job = ranges_in_flight(dir.path(), true, 2);
+        assert_eq!(split(&job), None);
+        // Eight left: the upper half is a whole claim.
+        let job = ranges_in_flight(dir.path(), true, 0);
+        let (start, end) = split(&job).unwrap();
+        assert_eq!(end - start, least, "{start}..{end}");
     }
 }

@@ -62,12 +62,17 @@ impl Job {
     pub(super) fn claim_span(&self, st: &JobState) -> u64 {
         let allowed = self.connections_allowed(st).max(1) as u64;
         let spare = (self.buffers() as u64).saturating_sub(allowed);
-        let least = if self.opts.proxy.is_some() {
+        (spare / allowed).clamp(self.least_claim().min(self.range_chunks()), self.range_chunks())
+    }
+
+    /// The fewest chunks a new request may ask for: one, or through a proxy
+    /// [`crate::pull::PROXY_MIN_RANGE`] worth (a file's last range may still be shorter).
+    pub(super) fn least_claim(&self) -> u64 {
+        if self.opts.proxy.is_some() {
             crate::pull::PROXY_MIN_RANGE.div_ceil(self.chunk_size())
         } else {
             1
-        };
-        (spare / allowed).clamp(least.min(self.range_chunks()), self.range_chunks())
+        }
     }
 
     /// A buffer for a connection: a free one within the bound and the pull's share of it,
