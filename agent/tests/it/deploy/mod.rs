@@ -144,20 +144,67 @@ fn the_daemonset_keeps_its_promises() {
     assert_eq!(pod["volumes"][0]["hostPath"]["path"], "/models");
 }
 
+/// The kinds each rollback command of deploy/README.md deletes by label, with its namespace
+/// (`None` for cluster-scoped objects).
+fn rollback_commands() -> Vec<(Option<String>, Vec<String>)> {
+    let readme = std::fs::read_to_string(deploy().join("README.md")).unwrap();
+    let section = readme
+        .split("## Roll back")
+        .nth(1)
+        .expect("deploy/README.md has a rollback section");
+    section
+        .lines()
+        .filter(|l| {
+            l.starts_with("kubectl delete") && l.contains("-l app.kubernetes.io/part-of=modelpull")
+        })
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let namespace = words
+                .iter()
+                .position(|w| *w == "-n")
+                .map(|i| words[i + 1].to_owned());
+            let kinds = words
+                .iter()
+                .skip(2)
+                .find(|w| !w.starts_with('-') && Some(w.to_string()) != namespace)
+                .unwrap()
+                .split(',')
+                .map(str::to_owned)
+                .collect();
+            (namespace, kinds)
+        })
+        .collect()
+}
+
 #[test]
 fn every_object_is_labelled_for_a_rollback_and_no_namespace_is_owned() {
-    let Some(objects) = kustomize("base") else {
-        return;
-    };
-    for o in &objects {
-        assert_eq!(
-            o["metadata"]["labels"]["app.kubernetes.io/part-of"], "modelpull",
-            "{o}"
-        );
-        assert_ne!(
-            o["kind"], "Namespace",
-            "deleting the base must not delete a namespace (the job namespace holds credentials)"
-        );
+    let commands = rollback_commands();
+    for dir in ["base", "overlays/peers"] {
+        let Some(objects) = kustomize(dir) else {
+            return;
+        };
+        for o in &objects {
+            assert_eq!(
+                o["metadata"]["labels"]["app.kubernetes.io/part-of"], "modelpull",
+                "{dir}: {o}"
+            );
+            assert_ne!(
+                o["kind"], "Namespace",
+                "deleting the base must not delete a namespace (the job namespace holds credentials)"
+            );
+            // KServe's own DaemonSet is applied again over ours; everything else is deleted.
+            if o["kind"] == "DaemonSet" {
+                continue;
+            }
+            let kind = o["kind"].as_str().unwrap().to_lowercase();
+            let namespace = o["metadata"]["namespace"].as_str().map(str::to_owned);
+            assert!(
+                commands
+                    .iter()
+                    .any(|(ns, kinds)| *ns == namespace && kinds.contains(&kind)),
+                "{dir}: no rollback command of deploy/README.md deletes {kind} in {namespace:?}: {commands:?}"
+            );
+        }
     }
     let Some(ns) = kustomize("namespace") else {
         return;
