@@ -8,6 +8,7 @@
 //! numbers read as fractions of what the disk, the loopback and one core's sha256 allow.
 
 mod agent;
+mod busy;
 mod cgroup;
 mod data;
 mod garage;
@@ -718,6 +719,7 @@ fn measure(
     let stdout_path = work.join("stdout.out");
     let stdout = std::fs::File::create(&stdout_path)?;
     let started = Instant::now();
+    let ticks = busy::Ticks::now();
     let status = Command::new(&argv[0])
         .args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -733,6 +735,9 @@ fn measure(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let busy = ticks
+        .zip(busy::Ticks::now())
+        .and_then(|(a, b)| a.busy_until(b));
     let times = std::fs::read_to_string(&timefile).unwrap_or_default();
     let last = times.lines().last().unwrap_or_default();
     let fields: Vec<f64> = last
@@ -756,6 +761,8 @@ fn measure(
     Ok(Sample {
         seconds,
         cpu_seconds: user + sys,
+        sys_seconds: sys,
+        busy,
         max_rss_kib: rss as u64,
         correct,
         failed: !status.success(),

@@ -9,6 +9,10 @@ use crate::tools::Tool;
 pub struct Sample {
     pub seconds: f64,
     pub cpu_seconds: f64,
+    /// The part of `cpu_seconds` spent in the kernel (socket reads, disk writes, copies).
+    pub sys_seconds: f64,
+    /// The share of the machine's cores busy during the run (the origin's included).
+    pub busy: Option<f64>,
     pub max_rss_kib: u64,
     /// The tool succeeded and every output matched its sha256.
     pub correct: bool,
@@ -225,6 +229,19 @@ impl Cell {
         let samples = self.samples(tool)?;
         let gb = self.bytes as f64 / 1e9;
         Some(median(samples.iter().map(|s| s.cpu_seconds / gb).collect()))
+    }
+
+    /// Median kernel CPU seconds per GB of `tool`, if it ran here.
+    pub fn median_sys_per_gb(&self, tool: Tool) -> Option<f64> {
+        let samples = self.samples(tool)?;
+        let gb = self.bytes as f64 / 1e9;
+        Some(median(samples.iter().map(|s| s.sys_seconds / gb).collect()))
+    }
+
+    /// Median share of the machine's cores busy during `tool`'s runs, where measured.
+    pub fn median_busy(&self, tool: Tool) -> Option<f64> {
+        let busy: Vec<f64> = self.samples(tool)?.iter().filter_map(|s| s.busy).collect();
+        (!busy.is_empty()).then(|| median(busy))
     }
 
     /// The lowest and highest GB/s of `tool`'s runs, if it ran here.

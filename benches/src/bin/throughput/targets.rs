@@ -312,6 +312,39 @@ fn connections_said(cells: &[&Cell]) -> Option<String> {
         .map(|n| format!("modelpull allowed itself {n} connections (its report)"))
 }
 
+/// How busy the machine's cores were during modelpull's runs in `cells`, for a "why": a pull
+/// that misses a rate with every core busy was bound by CPU (the origin's included).
+fn busy_said(cells: &[&Cell]) -> Option<String> {
+    let busy: Vec<f64> = cells
+        .iter()
+        .filter_map(|c| c.median_busy(Tool::Modelpull))
+        .collect();
+    let lo = busy.iter().copied().reduce(f64::min)?;
+    let hi = busy.iter().copied().fold(lo, f64::max);
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let pct = |b: f64| (b * 100.0).round();
+    Some(if pct(lo) == pct(hi) {
+        format!(
+            "the machine's {cores} cores were {}% busy (origin included)",
+            pct(lo)
+        )
+    } else {
+        format!(
+            "the machine's {cores} cores were {}–{}% busy (origin included)",
+            pct(lo),
+            pct(hi)
+        )
+    })
+}
+
+/// The kernel's share of modelpull's CPU per GB in `cell`, for a "why".
+fn kernel_said(cell: &Cell) -> Option<String> {
+    let sys = cell.median_sys_per_gb(Tool::Modelpull)?;
+    Some(format!(
+        "{sys:.2} s/GB of it in the kernel (socket reads, copies, disk writes)"
+    ))
+}
+
 /// Issue 19's targets: thin connections, the narrow server, CPU per GB, one verified file
 /// against the machine's limits, and no slower than the previous results.
 fn scaling_targets(
@@ -339,11 +372,13 @@ fn scaling_targets(
         let needed = (THIN_GBPS / per_conn).ceil();
         let why = (!met).then(|| {
             let cs: Vec<&Cell> = thin.iter().map(|(c, _)| *c).collect();
+            let said: Vec<String> = connections_said(&cs)
+                .into_iter()
+                .chain(busy_said(&cs))
+                .collect();
             format!(
                 "{THIN_GBPS} GB/s at 10 MiB/s per connection takes {needed} connections{}",
-                connections_said(&cs)
-                    .map(|s| format!("; {s}"))
-                    .unwrap_or_default()
+                said.iter().map(|s| format!("; {s}")).collect::<String>()
             )
         });
         out.push(
@@ -355,22 +390,48 @@ fn scaling_targets(
             )
             .because(why),
         );
-        let ratios: Vec<(f64, &str)> = thin
+        let ratios: Vec<(f64, &Cell, f64)> = thin
             .iter()
             .filter_map(|(c, g)| {
-                Some((
-                    g.as_ref()? / c.median_gbps(Tool::Aria2c)?,
-                    c.dataset.as_str(),
-                ))
+                let aria = c.median_gbps(Tool::Aria2c)?;
+                Some((g.as_ref()? / aria, *c, aria))
             })
             .collect();
-        if let Some((r, ds)) = ratios.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0)) {
-            out.push(Verdict::new(
-                "thin connections: modelpull ÷ aria2c -x16".into(),
-                format!("{r:.2}× (lowest, {ds})"),
-                format!("≥ {THIN_OVER_ARIA2C}×"),
-                r >= THIN_OVER_ARIA2C,
-            ));
+        if let Some(&(r, c, aria)) = ratios.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+            let met = r >= THIN_OVER_ARIA2C;
+            // aria2c's rate over one connection's cap is how many connections it kept busy:
+            // several files at once each get their own 16.
+            let wanted = THIN_OVER_ARIA2C * aria;
+            let unlimited = cells
+                .iter()
+                .find(|u| u.scenario == "loopback" && u.dataset == c.dataset)
+                .and_then(|u| u.median_gbps(Tool::Modelpull));
+            let why = (!met).then(|| {
+                let mut why = format!(
+                    "aria2c -x16 kept {:.0} connections' worth busy on {} ({aria:.3} GB/s), so \
+                     {THIN_OVER_ARIA2C}× is {wanted:.2} GB/s",
+                    aria / per_conn,
+                    c.dataset
+                );
+                if let Some(u) = unlimited.filter(|u| *u < wanted) {
+                    let _ = write!(
+                        why,
+                        ", more than modelpull pulls {} with no cap per connection ({u:.3} GB/s \
+                         on unlimited loopback)",
+                        c.dataset
+                    );
+                }
+                why
+            });
+            out.push(
+                Verdict::new(
+                    "thin connections: modelpull ÷ aria2c -x16".into(),
+                    format!("{r:.2}× (lowest, {})", c.dataset),
+                    format!("≥ {THIN_OVER_ARIA2C}×"),
+                    met,
+                )
+                .because(why),
+            );
         }
     }
 
@@ -439,13 +500,18 @@ fn scaling_targets(
     }
 
     let file = loopback_file(cells);
-    if let Some(cpu) = file.and_then(|c| c.median_cpu_per_gb(Tool::Modelpull)) {
-        let why = limits.map(|l| {
-            format!(
-                "sha256 alone is {:.2} s/GB at this run's one-core rate",
-                1.0 / l.sha256
-            )
-        });
+    if let Some((c, cpu)) = file.and_then(|c| Some((c, c.median_cpu_per_gb(Tool::Modelpull)?))) {
+        let said: Vec<String> = limits
+            .map(|l| {
+                format!(
+                    "sha256 alone is {:.2} s/GB at this run's one-core rate",
+                    1.0 / l.sha256
+                )
+            })
+            .into_iter()
+            .chain(kernel_said(c))
+            .collect();
+        let why = (!said.is_empty()).then(|| said.join("; "));
         out.push(
             Verdict::new(
                 format!(
@@ -472,17 +538,20 @@ fn scaling_targets(
         .filter_map(|(c, l)| Some((c.median_cpu_per_gb(Tool::Modelpull)?, *c, l)))
         .max_by(|a, b| a.0.total_cmp(&b.0));
     match crc_only {
-        Some((cpu, c, labels)) => out.push(Verdict::new(
-            "CPU per GB, a pull whose files need only CRCs".into(),
-            format!(
-                "{cpu:.2} s (highest, {} / {}: {})",
-                c.scenario,
-                c.dataset,
-                labels.join(", ")
-            ),
-            format!("≤ {CPU_PER_GB_CRC} s"),
-            cpu <= CPU_PER_GB_CRC,
-        )),
+        Some((cpu, c, labels)) => out.push(
+            Verdict::new(
+                "CPU per GB, a pull whose files need only CRCs".into(),
+                format!(
+                    "{cpu:.2} s (highest, {} / {}: {})",
+                    c.scenario,
+                    c.dataset,
+                    labels.join(", ")
+                ),
+                format!("≤ {CPU_PER_GB_CRC} s"),
+                cpu <= CPU_PER_GB_CRC,
+            )
+            .because(kernel_said(c)),
+        ),
         None if !store_cells.is_empty() => {
             let said: Vec<String> = store_cells
                 .iter()
@@ -515,12 +584,18 @@ fn scaling_targets(
         None => {}
     }
 
-    if let (Some(g), Some(l)) = (file.and_then(|c| c.median_gbps(Tool::Modelpull)), limits) {
+    if let (Some((c, g)), Some(l)) = (
+        file.and_then(|c| Some((c, c.median_gbps(Tool::Modelpull)?))),
+        limits,
+    ) {
         let (bound, name) = if l.disk <= l.sha256 {
             (l.disk, "the disk's O_DIRECT write")
         } else {
             (l.sha256, "one core's sha256")
         };
+        let busy = busy_said(&[c])
+            .map(|b| format!("; {b}"))
+            .unwrap_or_default();
         out.push(
             Verdict::new(
                 "one verified file on loopback ÷ min(disk, one core's sha256)".into(),
@@ -528,7 +603,7 @@ fn scaling_targets(
                 format!("≥ {ONE_FILE_FRACTION}"),
                 g / bound >= ONE_FILE_FRACTION,
             )
-            .because(Some(format!("the lower limit is {name}"))),
+            .because(Some(format!("the lower limit is {name}{busy}"))),
         );
     }
 
@@ -839,6 +914,66 @@ mod tests {
         assert_eq!(prev.why.as_deref(), Some("slower beyond this run's spread"));
         let md = markdown(&cells, Some(&LIMITS), Some(&baseline));
         assert!(md.contains("| **no**: 0.6 GB/s at 10 MiB/s"), "{md}");
+    }
+
+    #[test]
+    fn a_missed_target_says_what_the_run_measured_about_it() {
+        use crate::report::PullReport;
+        use Tool::{Aria2c, Modelpull};
+        let mut loopback = cell("loopback", "file", &[(Modelpull, 1.0)]);
+        for s in &mut loopback.rows[0].1 {
+            s.sys_seconds = 0.3;
+            s.busy = Some(0.95);
+        }
+        let mut s3 = cell("s3", "file", &[(Modelpull, 0.5)]);
+        for s in &mut s3.rows[0].1 {
+            s.sys_seconds = 0.25;
+            s.report = Some(PullReport {
+                checksums: vec!["x-amz-checksum-crc64nvme".into()],
+                ..PullReport::default()
+            });
+        }
+        let cells = vec![
+            loopback,
+            cell("loopback", "shards", &[(Modelpull, 0.8)]),
+            cell("thin", "shards", &[(Modelpull, 0.5), (Aria2c, 0.25)]),
+            s3,
+        ];
+        let v = scaling_targets(&cells, Some(&LIMITS), None);
+        let by = |what: &str| v.iter().find(|t| t.what.contains(what)).unwrap();
+        // aria2c's median 0.275 GB/s is 26 connections at 10 MiB/s; 4× that is more than
+        // modelpull's 0.880 with no cap at all.
+        let aria = by("aria2c");
+        assert!(!aria.met);
+        assert_eq!(
+            aria.why.as_deref(),
+            Some(
+                "aria2c -x16 kept 26 connections' worth busy on shards (0.275 GB/s), so 4× is \
+                 1.10 GB/s, more than modelpull pulls shards with no cap per connection (0.880 \
+                 GB/s on unlimited loopback)"
+            )
+        );
+        let cpu = by("CPU per GB, verified");
+        assert_eq!(
+            cpu.why.as_deref(),
+            Some(
+                "sha256 alone is 0.56 s/GB at this run's one-core rate; 0.30 s/GB of it in the \
+                 kernel (socket reads, copies, disk writes)"
+            )
+        );
+        let crc = by("only CRCs");
+        assert!(!crc.met);
+        assert_eq!(
+            crc.why.as_deref(),
+            Some("0.25 s/GB of it in the kernel (socket reads, copies, disk writes)")
+        );
+        let one = by("min(disk");
+        let why = one.why.as_deref().unwrap();
+        assert!(why.starts_with("the lower limit is one core's sha256; the machine's "));
+        assert!(
+            why.ends_with(" cores were 95% busy (origin included)"),
+            "{why}"
+        );
     }
 
     #[test]
