@@ -28,6 +28,7 @@ use crate::config::{CONFIG_MAP, Config, ConfigError};
 use crate::crd::{LocalModelInfo, LocalModelNode, ModelStatus};
 use crate::disk::Root;
 use crate::events::{self, Events};
+use crate::group::Coordinator;
 use crate::jobs::{Downloads, Report};
 use crate::metrics::controller_runtime::Outcome;
 use crate::metrics::{AgentMetrics, SUCCESS};
@@ -98,6 +99,8 @@ pub struct Ctx {
     /// The LocalModelNode's generation at the last reconcile: a new one releases failed
     /// downloads (see [`Downloads::release`]).
     generation: Mutex<Option<i64>>,
+    /// The node group's coordination, told when a model's folder is removed.
+    group: Option<Arc<Coordinator>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -129,6 +132,7 @@ pub struct CtxBuilder {
     health: Health,
     node_env: Env,
     root_watch: RootWatch,
+    group: Option<Arc<Coordinator>>,
 }
 
 impl std::fmt::Debug for CtxBuilder {
@@ -171,6 +175,13 @@ impl CtxBuilder {
         self
     }
 
+    /// The node group's coordination, when this agent shares downloads with its peers: the
+    /// last node to remove a model deletes its leases.
+    pub fn group(mut self, group: Option<Arc<Coordinator>>) -> Self {
+        self.group = group;
+        self
+    }
+
     pub fn build(self) -> Ctx {
         let events = Events::new(self.client.clone(), &self.node);
         Ctx {
@@ -189,6 +200,7 @@ impl CtxBuilder {
             invalid_reported: Mutex::new(HashSet::new()),
             failures: AtomicU32::new(0),
             generation: Mutex::new(None),
+            group: self.group,
         }
     }
 }
@@ -214,6 +226,7 @@ impl Ctx {
             health: Health::default(),
             node_env: Env::default(),
             root_watch: RootWatch::writable(),
+            group: None,
         }
     }
 
@@ -485,6 +498,16 @@ async fn reconcile(lmn: Arc<LocalModelNode>, ctx: Arc<Ctx>) -> Result<Action, Er
         Some(gc) => gc.await.unwrap_or_default(),
         None => Default::default(),
     };
+    if let Some(group) = &ctx.group {
+        for key in collected.removed_models() {
+            if tokio::time::timeout(API_TIMEOUT, group.forget(&key))
+                .await
+                .is_err()
+            {
+                tracing::warn!(key = %key, "the API server did not answer in time; the leases of a removed model stay");
+            }
+        }
+    }
 
     report(&lmn, &ctx, &plan).await;
     for (path, bytes) in collected.undeletable {

@@ -95,10 +95,24 @@ fn changed(path: &Path) -> Changed {
 /// What one garbage collection did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Collected {
+    /// What was removed: model folders, staging leftovers, folders a repair replaced.
     pub removed: Vec<PathBuf>,
     /// Folders found undeletable in this collection (each reported once), with the bytes
     /// they hold: their files belong to another user (KServe's Jobs run as uid 1000).
     pub undeletable: Vec<(PathBuf, u64)>,
+}
+
+impl Collected {
+    /// The storage keys whose model folders were removed.
+    pub fn removed_models(&self) -> Vec<String> {
+        self.removed
+            .iter()
+            .filter_map(|p| match classify(&p.file_name()?.to_string_lossy()) {
+                Entry::Model(key) => Some(key),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Creates `models` if it is missing and proves, by creating and removing a file there, that

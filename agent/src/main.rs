@@ -229,6 +229,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .health(health)
         .node_env(node_env)
         .root_watch(root_watch)
+        .group(coordinator)
         .build();
     controller::run(Arc::new(ctx), changed_rx, stopped(stop.clone())).await;
     let dl = downloads.clone();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, ListParams, PostParams};
 
 /// Annotation of a lease whose holder has finished: it is not to be taken over.
 pub const COMPLETE: &str = "modelpull.io/complete";
@@ -64,6 +64,25 @@ pub async fn agree(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Deletes every lease of `api`'s namespace that `selector` picks; returns how many it
+/// deleted (one gone already, deleted by another agent at the same moment, is not counted).
+pub async fn delete_all(api: &Api<Lease>, selector: &str) -> kube::Result<usize> {
+    let leases = api.list(&ListParams::default().labels(selector)).await?;
+    let mut deleted = 0;
+    for name in leases
+        .items
+        .iter()
+        .filter_map(|l| l.metadata.name.as_deref())
+    {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
 }
 
 /// What this agent knows of the leases it deals with.

@@ -12,7 +12,8 @@
 //! a lease that is not renewed (its agent stopped, its node died) is taken over by another node
 //! of the group, whose running pull then fetches that stripe from the origin, resuming where
 //! its own journal stands. Every byte is still checked against the origin's digest by the
-//! engine: a peer can make a pull slower, never wrong.
+//! engine: a peer can make a pull slower, never wrong. The leases of a model are deleted by
+//! the last node to remove it ([`Coordinator::forget`]).
 
 pub mod lease;
 pub mod peers;
@@ -190,6 +191,50 @@ impl Coordinator {
             }),
         })
     }
+
+    /// Deletes the plan and stripe leases of the model at `key` once no node keeps it: called
+    /// when this node has removed the model's folder. While any LocalModelNode still lists the
+    /// model, its leases stay (the group may be pulling it, and a node that pulls it again
+    /// follows the same plan); once none does, a later pull starts a new plan from the group
+    /// it finds then, instead of one made for nodes that may be gone.
+    pub async fn forget(&self, key: &str) {
+        let Some(client) = self.client.get().cloned() else {
+            return;
+        };
+        match forget(&client, &self.settings.namespace, key).await {
+            Ok(None | Some(0)) => {}
+            Ok(Some(n)) => {
+                tracing::info!(
+                    key,
+                    leases = n,
+                    "no node keeps the model any more: deleted its leases"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key, "cannot delete the leases of a model no node keeps; they stay until deleted (kubectl delete leases -l {KEY_LABEL}={key})");
+            }
+        }
+    }
+}
+
+/// [`Coordinator::forget`]: `None` when a node still keeps the model, else how many leases
+/// were deleted.
+async fn forget(client: &kube::Client, namespace: &str, key: &str) -> kube::Result<Option<usize>> {
+    let nodes: kube::Api<crate::crd::LocalModelNode> = kube::Api::all(client.clone());
+    let kept = nodes
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .iter()
+        .flat_map(|n| &n.spec.local_models)
+        .any(|m| crate::keys::storage_key(&m.source_model_uri) == key);
+    if kept {
+        return Ok(None);
+    }
+    let api = kube::Api::<Lease>::namespaced(client.clone(), namespace);
+    lease::delete_all(&api, &format!("{KEY_LABEL}={key}"))
+        .await
+        .map(Some)
 }
 
 impl Share {
@@ -282,13 +327,16 @@ pub fn lease_name(key: &str, count: usize, stripe: usize) -> String {
     format!("modelpull-{key}-{count}-{stripe}")
 }
 
+/// The label of every lease of a model, valued with its storage key.
+pub const KEY_LABEL: &str = "modelpull.io/storage-key";
+
 fn labels(key: &str) -> BTreeMap<String, String> {
     [
         (
             "app.kubernetes.io/managed-by".to_owned(),
             "modelpull".to_owned(),
         ),
-        ("modelpull.io/storage-key".to_owned(), key.to_owned()),
+        (KEY_LABEL.to_owned(), key.to_owned()),
     ]
     .into()
 }

@@ -5,7 +5,7 @@
 //! about once; when one agent is killed part way, its stripe's lease is taken over and the
 //! others finish; a peer that flips bytes is caught and nothing wrong is published; an agent
 //! restarted mid-pull resumes and serves again. The origin sends at most 1.3 times the model
-//! in each.
+//! in each. The last node to remove the model deletes its leases.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use localmodelnode_agent::crd::{LocalModelNode, LocalModelNodeSpec, ModelStatus};
 use localmodelnode_agent::keys::storage_key;
 use modelpull_testkit::origin::{Faults, Origin};
@@ -219,6 +219,31 @@ impl Group {
         sent as f64 / size as f64
     }
 
+    /// Takes the model out of the spec of `nodes` and waits until each has removed its folder
+    /// (their agents run with a short `--gc-grace`).
+    async fn remove_model(&self, nodes: &[Node]) {
+        let api: Api<LocalModelNode> = Api::all(self.client.clone());
+        let patch = serde_json::json!({"spec": {"localModels": []}});
+        for n in nodes {
+            api.patch(&n.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+        let key = storage_key(&self.uri);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for n in nodes {
+            while n.root.join("models").join(&key).exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} kept the model's folder\n{}",
+                    n.name,
+                    Group::logs(nodes)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     /// The stripes' leases (not the plan's).
     async fn leases(&self) -> Vec<Lease> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), "kserve");
@@ -237,7 +262,7 @@ async fn three_nodes_take_one_model_from_the_origin_about_once() {
     // Slow enough that the three pulls overlap.
     g.slow(8 * MIB as u64);
     let started = std::time::Instant::now();
-    let nodes = g.nodes(3, &[]).await;
+    let nodes = g.nodes(3, &["--gc-grace", "1s"]).await;
     g.wait_all(&nodes, Duration::from_secs(180)).await;
     let every_node = started.elapsed();
     // What the agents asked of the API server is allowed by the base and the peers component.
@@ -283,6 +308,62 @@ async fn three_nodes_take_one_model_from_the_origin_about_once() {
             .metric("modelpull_peer_sent_bytes_total");
         assert!(served.is_some_and(|b| b > 0.0), "{} served no peer", n.name);
     }
+
+    // The model leaves two nodes: they remove their folders, and its leases stay for the
+    // node that keeps it. When it leaves the last, that node deletes them.
+    let plan = localmodelnode_agent::group::plan_name(&key);
+    let all_leases = || async {
+        let api: Api<Lease> = Api::namespaced(g.client.clone(), "kserve");
+        let mut names: Vec<String> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|l| l.metadata.name)
+            .collect();
+        names.sort();
+        names
+    };
+    let before = all_leases().await;
+    assert_eq!(before.len(), 4, "three stripes and the plan: {before:?}");
+    assert!(before.contains(&plan));
+    g.api.reset_log();
+    g.remove_model(&nodes[..2]).await;
+    // Each asks whether a node keeps the model just after its folder goes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(all_leases().await, before, "a node still keeps the model");
+    g.remove_model(&nodes[2..]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !all_leases().await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last node did not delete the model's leases\n{}",
+            Group::logs(&nodes)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // So is what they asked to clean up (the test's own patches of the specs and its lists of
+    // every lease aside).
+    let agents: Vec<serde_json::Value> = g
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            let path = r["path"].as_str().unwrap_or_default();
+            let spec_patch = r["method"] == "PATCH"
+                && path.contains("/localmodelnodes/")
+                && !path.ends_with("/status");
+            let every_lease =
+                path.ends_with("/leases") && r["params"].get("labelSelector").is_none();
+            !spec_patch && !every_lease
+        })
+        .collect();
+    assert!(
+        agents.iter().any(|r| r["method"] == "DELETE"),
+        "the leases were deleted by an agent: {agents:?}"
+    );
+    crate::util::rbac::assert_allowed_with(&agents, &["components/peers/rbac.yaml"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

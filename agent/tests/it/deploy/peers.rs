@@ -283,7 +283,7 @@ fn the_helm_peers_role_has_the_components_rules_exactly() {
         role["rules"],
         json!([
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-             "verbs": ["get", "create", "update"]},
+             "verbs": ["get", "list", "create", "update", "delete"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
              "verbs": ["list"]},
         ])
