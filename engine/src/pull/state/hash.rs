@@ -181,15 +181,15 @@ impl Job {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    
     use std::time::{Duration, Instant};
 
     use sha2::Digest as _;
 
-    use super::super::{AfterChunk, FileState, HashStep, Job, Kick, Work, test_meta};
+    use super::super::{AfterChunk, HashStep, Kick, Work, test_job, test_meta};
     use crate::digest::crc;
     use crate::digest::ordered::OrderedHashers;
-    use crate::metrics::Metrics;
+    
     use crate::pull::Options;
 
     /// A chunk the hashers took before it was written: they go on with the chunks parked
@@ -210,15 +210,7 @@ mod tests {
             checkpoint_interval: Duration::from_secs(3600),
             ..Options::default()
         };
-        let files = vec![FileState::fresh(&meta)];
-        let job = Job::new(
-            opts,
-            vec![meta],
-            files,
-            Arc::default(),
-            Metrics::default(),
-            Arc::default(),
-        );
+        let job = test_job(opts, vec![meta]);
         let Work::Fetch(claim) = job.claim() else {
             panic!("a probe")
         };

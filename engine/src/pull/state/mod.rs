@@ -481,6 +481,20 @@ impl Drop for Job {
     }
 }
 
+/// A job of `metas`, each file fresh, for the state's unit tests.
+#[cfg(test)]
+fn test_job(opts: Options, metas: Vec<FileMeta>) -> Job {
+    let files = metas.iter().map(FileState::fresh).collect();
+    Job::new(
+        opts,
+        metas,
+        files,
+        Arc::default(),
+        Metrics::default(),
+        Arc::default(),
+    )
+}
+
 /// A file `name` in `dir` for the state's unit tests: fetched from a port nothing answers,
 /// `fragment` appended to its URL (`""` or `#sha256=…`), its part and journal beside it.
 #[cfg(test)]

@@ -196,10 +196,10 @@ impl FileState {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    
 
-    use super::super::{FileMeta, FileState, Job, Work, test_meta};
-    use crate::metrics::Metrics;
+    use super::super::{FileMeta, Work, test_job, test_meta};
+    
     use crate::pull::Options;
 
     #[test]
@@ -209,15 +209,7 @@ mod tests {
             .iter()
             .map(|name| test_meta(dir.path(), name, ""))
             .collect();
-        let files = metas.iter().map(FileState::fresh).collect();
-        let job = Job::new(
-            Options::default(),
-            metas,
-            files,
-            Arc::default(),
-            Metrics::default(),
-            Arc::default(),
-        );
+        let job = test_job(Options::default(), metas);
         let mut claimed = Vec::new();
         for _ in 0..2 {
             match job.claim() {

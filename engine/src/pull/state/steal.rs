@@ -131,9 +131,9 @@ mod tests {
     use std::time::Instant;
 
     use super::YOUNG_RANGE;
-    use super::super::{ClaimKind, FileState, Job, Work, test_meta};
+    use super::super::{ClaimKind, Job, Work, test_job, test_meta};
     use crate::http::proxy::ProxyConfig;
-    use crate::metrics::Metrics;
+    
     use crate::pull::{Options, PROXY_MIN_RANGE};
 
     const MIB: u64 = 1 << 20;
@@ -151,15 +151,7 @@ mod tests {
             ..Options::default()
         };
         let metas = vec![test_meta(dir, "w.bin", "")];
-        let files = metas.iter().map(FileState::fresh).collect();
-        let job = Job::new(
-            opts,
-            metas,
-            files,
-            Arc::default(),
-            Metrics::default(),
-            Arc::default(),
-        );
+        let job = test_job(opts, metas);
         let Work::Fetch(probe) = job.claim() else {
             panic!("a probe first");
         };

@@ -156,13 +156,13 @@ impl Job {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    
     use std::time::Instant;
 
     use super::super::steal::SLOW_RANGE;
-    use super::super::{Claim, ClaimKind, FileMeta, FileState, Job, Work, test_meta};
+    use super::super::{Claim, ClaimKind, FileMeta, Job, Work, test_job, test_meta};
     use crate::buf::AlignedBuf;
-    use crate::metrics::Metrics;
+    
     use crate::pull::Options;
 
     fn claimed(job: &Job) -> Option<(usize, u64, u64)> {
@@ -186,15 +186,7 @@ mod tests {
             connections: Some(connections),
             ..Options::default()
         };
-        let files = metas.iter().map(FileState::fresh).collect();
-        let job = Job::new(
-            opts,
-            metas,
-            files,
-            Arc::default(),
-            Metrics::default(),
-            Arc::default(),
-        );
+        let job = test_job(opts, metas);
         let probes: Vec<Claim> = (0..2)
             .map(|_| match job.claim() {
                 Work::Fetch(probe) if probe.kind == ClaimKind::Probe => probe,
