@@ -18,7 +18,7 @@
 //! a journal is only ever appended to by the process that created it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -143,43 +143,27 @@ impl Journal {
 
     /// Reads a journal; `None` when it is missing, of another version, or unreadable.
     pub fn load(path: &Path) -> Option<Loaded> {
-        let file = File::open(path).ok()?;
-        let mut lines = BufReader::new(file).lines();
-        let header: Header = serde_json::from_str(&lines.next()?.ok()?).ok()?;
-        if header.version != VERSION || header.chunk_size == 0 {
-            return None;
-        }
-        let chunks = header.size.div_ceil(header.chunk_size);
-        let mut records = Vec::new();
-        let mut flushed = 0usize;
-        let mut hash = None;
-        let mut done = None;
+        let bytes = std::fs::read(path).ok()?;
+        let mut lines = bytes.split(|&b| b == b'\n');
+        let header = read_header(lines.next()?)?;
+        let mut records = Records::default();
         for line in lines {
-            let Ok(line) = line else { break };
-            let Ok(record) = serde_json::from_str::<Record>(&line) else {
-                break;
-            };
-            match record {
-                Record::Chunk { index, crcs } if index < chunks && !crcs.is_empty() => {
-                    records.push((index, crcs))
-                }
-                Record::Chunk { .. } => return None,
-                Record::Sync {
-                    records: n,
-                    hash: h,
-                } => {
-                    flushed = flushed.max((n as usize).min(records.len()));
-                    if h.is_some() {
-                        hash = h;
-                    }
-                }
-                Record::Done { file } => done = Some(file),
+            match records.take(&header, line) {
+                Line::Taken => {}
+                Line::NotARecord => break,
+                Line::Invalid => return None,
             }
         }
-        let unsynced = records.split_off(flushed);
+        let Records {
+            mut chunks,
+            flushed,
+            hash,
+            done,
+        } = records;
+        let unsynced = chunks.split_off(flushed);
         Some(Loaded {
             header,
-            synced: records,
+            synced: chunks,
             unsynced,
             hash,
             done,
@@ -187,11 +171,65 @@ impl Journal {
     }
 }
 
+/// The header line of a journal; `None` when it is of another version or invalid.
+fn read_header(line: &[u8]) -> Option<Header> {
+    let header: Header = serde_json::from_slice(line).ok()?;
+    (header.version == VERSION && header.chunk_size > 0).then_some(header)
+}
+
+/// What the lines after a journal's header said, as far as they were read: what
+/// [`Journal::load`] and [`Follower`] both make of them.
+#[derive(Debug, Clone, Default)]
+struct Records {
+    /// Chunks written, with their CRCs, in the order recorded.
+    chunks: Vec<(u64, Vec<u64>)>,
+    /// How many of `chunks` are flushed.
+    flushed: usize,
+    /// Digest state at the cursor, from the last sync line that had one.
+    hash: Option<SavedHashers>,
+    /// The finished file, when the journal says so.
+    done: Option<FileRecord>,
+}
+
+/// What one line after the header was.
+enum Line {
+    Taken,
+    /// Not a record (a torn line, say): nothing after it counts.
+    NotARecord,
+    /// A record no journal of this header holds: the journal is not to be trusted.
+    Invalid,
+}
+
+impl Records {
+    /// Takes in `line` of the journal of `header`.
+    fn take(&mut self, header: &Header, line: &[u8]) -> Line {
+        let Ok(record) = serde_json::from_slice::<Record>(line) else {
+            return Line::NotARecord;
+        };
+        match record {
+            Record::Chunk { index, crcs }
+                if index < header.size.div_ceil(header.chunk_size) && !crcs.is_empty() =>
+            {
+                self.chunks.push((index, crcs));
+            }
+            Record::Chunk { .. } => return Line::Invalid,
+            Record::Sync { records: n, hash } => {
+                self.flushed = self.flushed.max((n as usize).min(self.chunks.len()));
+                if hash.is_some() {
+                    self.hash = hash;
+                }
+            }
+            Record::Done { file } => self.done = Some(file),
+        }
+        Line::Taken
+    }
+}
+
 /// A journal read up to its last whole line, read on from there as it grows: what a peer
 /// server keeps of each running pull, so serving a chunk does not parse the whole journal
 /// again (a 4 GiB file's has 2,048 records, and parsing them per request cost a node group's
-/// agents more CPU than hashing). It reads what [`Journal::load`] reads, but leaves a line
-/// still being written for the next read, and keeps no digest state.
+/// agents more CPU than hashing). It makes of each line what [`Journal::load`] does, but
+/// leaves a line still being written for the next read.
 #[derive(Debug, Clone)]
 pub struct Follower {
     /// Device and inode of the file read: a journal rewritten by rename is another file.
@@ -199,10 +237,8 @@ pub struct Follower {
     /// Bytes of whole lines read.
     offset: u64,
     header: Header,
-    records: Vec<(u64, Vec<u64>)>,
-    flushed: usize,
-    done: bool,
-    /// A whole line that is not a record: nothing after it counts.
+    records: Records,
+    /// A whole line that is not a record was read: nothing after it counts.
     stopped: bool,
 }
 
@@ -227,39 +263,24 @@ impl Follower {
             Some(f) => f,
             None => {
                 let line = lines.next().filter(|l| l.ends_with(b"\n"))?;
-                let header: Header = serde_json::from_slice(line).ok()?;
-                if header.version != VERSION || header.chunk_size == 0 {
-                    return None;
-                }
                 Self {
                     id,
                     offset: line.len() as u64,
-                    header,
-                    records: Vec::new(),
-                    flushed: 0,
-                    done: false,
+                    header: read_header(line)?,
+                    records: Records::default(),
                     stopped: false,
                 }
             }
         };
-        let chunks = follower.header.size.div_ceil(follower.header.chunk_size);
         for line in lines.take_while(|l| l.ends_with(b"\n")) {
             follower.offset += line.len() as u64;
             if follower.stopped {
                 continue;
             }
-            match serde_json::from_slice::<Record>(line) {
-                Ok(Record::Chunk { index, crcs }) if index < chunks && !crcs.is_empty() => {
-                    follower.records.push((index, crcs));
-                }
-                Ok(Record::Chunk { .. }) => return None,
-                Ok(Record::Sync { records: n, .. }) => {
-                    follower.flushed = follower
-                        .flushed
-                        .max((n as usize).min(follower.records.len()));
-                }
-                Ok(Record::Done { .. }) => follower.done = true,
-                Err(_) => follower.stopped = true,
+            match follower.records.take(&follower.header, line) {
+                Line::Taken => {}
+                Line::NotARecord => follower.stopped = true,
+                Line::Invalid => return None,
             }
         }
         Some(follower)
@@ -272,12 +293,12 @@ impl Follower {
 
     /// Chunks written and made durable, with their CRCs.
     pub fn synced(&self) -> &[(u64, Vec<u64>)] {
-        &self.records[..self.flushed]
+        &self.records.chunks[..self.records.flushed]
     }
 
     /// Whether the journal says the file is verified.
     pub fn done(&self) -> bool {
-        self.done
+        self.records.done.is_some()
     }
 }
 
@@ -396,7 +417,7 @@ mod tests {
         drop(j);
         let f = Follower::read(Some(f), &path).unwrap();
         assert!(f.synced().is_empty());
-        assert_eq!(f.records, [(5, vec![15])]);
+        assert_eq!(f.records.chunks, [(5, vec![15])]);
         std::fs::remove_file(&path).unwrap();
         assert!(Follower::read(Some(f), &path).is_none());
     }
