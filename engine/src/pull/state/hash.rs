@@ -181,7 +181,6 @@ impl Job {
 
 #[cfg(test)]
 mod tests {
-    
     use std::time::{Duration, Instant};
 
     use sha2::Digest as _;
@@ -189,7 +188,6 @@ mod tests {
     use super::super::{AfterChunk, HashStep, Kick, Work, test_job, test_meta};
     use crate::digest::crc;
     use crate::digest::ordered::OrderedHashers;
-    
     use crate::pull::Options;
 
     /// A chunk the hashers took before it was written: they go on with the chunks parked

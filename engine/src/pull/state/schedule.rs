@@ -196,10 +196,7 @@ impl FileState {
 
 #[cfg(test)]
 mod tests {
-    
-
     use super::super::{FileMeta, Work, test_job, test_meta};
-    
     use crate::pull::Options;
 
     #[test]

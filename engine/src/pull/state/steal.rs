@@ -133,7 +133,6 @@ mod tests {
     use super::YOUNG_RANGE;
     use super::super::{ClaimKind, Job, Work, test_job, test_meta};
     use crate::http::proxy::ProxyConfig;
-    
     use crate::pull::{Options, PROXY_MIN_RANGE};
 
     const MIB: u64 = 1 << 20;

@@ -156,13 +156,11 @@ impl Job {
 
 #[cfg(test)]
 mod tests {
-    
     use std::time::Instant;
 
     use super::super::steal::SLOW_RANGE;
     use super::super::{Claim, ClaimKind, FileMeta, Job, Work, test_job, test_meta};
     use crate::buf::AlignedBuf;
-    
     use crate::pull::Options;
 
     fn claimed(job: &Job) -> Option<(usize, u64, u64)> {
