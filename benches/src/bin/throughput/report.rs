@@ -226,16 +226,19 @@ impl Cell {
 
     /// Median CPU seconds per GB of `tool`, if it ran here.
     pub fn median_cpu_per_gb(&self, tool: Tool) -> Option<f64> {
-        let samples = self.samples(tool)?;
-        let gb = self.bytes as f64 / 1e9;
-        Some(median(samples.iter().map(|s| s.cpu_seconds / gb).collect()))
+        self.median_per_gb(tool, |s| s.cpu_seconds)
     }
 
     /// Median kernel CPU seconds per GB of `tool`, if it ran here.
     pub fn median_sys_per_gb(&self, tool: Tool) -> Option<f64> {
+        self.median_per_gb(tool, |s| s.sys_seconds)
+    }
+
+    /// Median of `seconds` of each run of `tool` per GB, if it ran here.
+    fn median_per_gb(&self, tool: Tool, seconds: impl Fn(&Sample) -> f64) -> Option<f64> {
         let samples = self.samples(tool)?;
         let gb = self.bytes as f64 / 1e9;
-        Some(median(samples.iter().map(|s| s.sys_seconds / gb).collect()))
+        Some(median(samples.iter().map(|s| seconds(s) / gb).collect()))
     }
 
     /// Median share of the machine's cores busy during `tool`'s runs, where measured.
