@@ -13,7 +13,11 @@
 //! - a mirror that sends each chunk's CRC32C ([`CRC32C`], asked for with [`CHUNK_SIZE`]) is
 //!   caught at the first chunk that does not match it, and dropped for the rest of the pull;
 //! - a file whose whole digest fails after a mirror served part of it is fetched again from the
-//!   origin alone, and every mirror that served it is dropped;
+//!   origin alone, and its mirrors are set aside meanwhile; once the origin's copy verifies,
+//!   its chunks are compared with what each mirror sent: a mirror whose chunks differ is
+//!   dropped, one whose chunks all matched (it was not the culprit) is asked again;
+//! - a mirror caught (by a CRC or by that comparison) can be remembered across pulls
+//!   ([`Distrust`]), so that a pull tried again does not ask it;
 //! - a mirror that answers a range with another size or another range is dropped; one that
 //!   fails (an error, a stall) loses that range to the next source, and three failures in a
 //!   row drop it.
@@ -158,6 +162,48 @@ impl OriginGate for Stripes {
     }
 }
 
+/// Mirror hosts caught sending bytes that contradict the origin, remembered across pulls for a
+/// while: a pull that failed for another reason and is tried again does not ask a mirror that
+/// lied to it, while one that merely failed (an error, a stall) is asked again. A host is
+/// remembered as the pull names it, `host:port`; one the pull finds here is never asked.
+#[derive(Debug)]
+pub struct Distrust {
+    caught: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    term: std::time::Duration,
+}
+
+impl Distrust {
+    /// Remembers each host caught for `term`.
+    pub fn new(term: std::time::Duration) -> Self {
+        Self {
+            caught: std::sync::Mutex::default(),
+            term,
+        }
+    }
+
+    /// Remembers `host` as caught now.
+    pub fn caught(&self, host: &str) {
+        self.lock()
+            .insert(host.to_owned(), std::time::Instant::now());
+    }
+
+    /// Whether `host` was caught within the term.
+    pub fn is_distrusted(&self, host: &str) -> bool {
+        let term = self.term;
+        let mut caught = self.lock();
+        caught.retain(|_, at| at.elapsed() < term);
+        caught.contains_key(host)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.caught
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Checks a mirror base URL given by a user: http or https, no user info, query or fragment.
 pub fn parse_base(base: &str) -> Result<Url> {
     let invalid = |reason: &str| {
@@ -230,6 +276,16 @@ pub fn parse_crcs(value: &str) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caught_host_is_distrusted_for_its_term_only() {
+        let d = Distrust::new(std::time::Duration::from_millis(50));
+        d.caught("10.0.0.7:9000");
+        assert!(d.is_distrusted("10.0.0.7:9000"));
+        assert!(!d.is_distrusted("10.0.0.8:9000"));
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        assert!(!d.is_distrusted("10.0.0.7:9000"));
+    }
 
     #[test]
     fn a_file_is_at_its_path_under_the_base() {

@@ -92,6 +92,9 @@ pub struct Options {
     /// Which ranges may come from the origin while the file has mirrors (see
     /// [`crate::mirror::OriginGate`]); `None`: any the mirrors cannot serve.
     pub origin_gate: Option<Arc<dyn crate::mirror::OriginGate>>,
+    /// Mirror hosts caught lying to an earlier pull, not asked by this one; the hosts this
+    /// pull catches are added (see [`crate::mirror::Distrust`]).
+    pub distrust: Option<Arc<crate::mirror::Distrust>>,
 }
 
 impl Options {
@@ -224,6 +227,7 @@ impl Default for Options {
             headers: Vec::new(),
             proxy: None,
             origin_gate: None,
+            distrust: None,
         }
     }
 }

@@ -2,13 +2,14 @@
 //! never reach them, and nothing they send is published unless the origin's digest agrees.
 //! Each mirror is a second test origin serving the same files (it sends chunk CRCs when asked,
 //! as the agent's peer server does, unless told to omit them). With an origin gate, a node's
-//! own share goes to the origin and the rest waits for the mirrors.
+//! own share goes to the origin and the rest waits for the mirrors. A file that fails its
+//! digest catches only the mirror whose chunks differ from the origin's.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use modelpull::mirror::{OriginGate, Stripes};
+use modelpull::mirror::{Distrust, OriginGate, Stripes};
 use modelpull::report::HostConnections;
 use modelpull::runtime::Driver;
 use modelpull::target::{Auth, StaticHeaders};
@@ -198,6 +199,81 @@ fn a_file_whose_digest_fails_after_a_mirror_served_it_comes_again_from_the_origi
         from_origin > content.len() as u64,
         "the origin sent {from_origin} bytes: {sent:?}"
     );
+}
+
+/// The host of a fixture as a pull names it (and [`Distrust`] remembers it).
+fn host_of(fx: &Fixture) -> String {
+    let url = base(fx);
+    format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+}
+
+#[test]
+fn only_the_mirror_whose_chunks_differ_from_the_origins_is_caught() {
+    let content = data(15, 3 * 1024 * KIB);
+    let files = [("model.bin", content.as_slice())];
+    let (fx, liar) = origin_and_mirror(&files);
+    let honest = Fixture::new(&files);
+    let block = 256 * KIB as u64;
+    // Three stripes, as in a node group of three: this node's, the liar's and the honest
+    // peer's, each mirror sending the blocks of its own stripe.
+    let stripes = Arc::new(Stripes::new(3, block));
+    let first = stripes.stripe_of("model.bin", 0);
+    let (liar_stripe, honest_stripe) = ((first + 1) % 3, (first + 2) % 3);
+    stripes.hold(first, true);
+    stripes.set_holder(liar_stripe, Some(0));
+    stripes.set_holder(honest_stripe, Some(1));
+    let liars_block = (0..content.len() as u64 / block)
+        .find(|&k| stripes.stripe_of("model.bin", k * block) == liar_stripe)
+        .unwrap();
+    // Flipped bytes, and no CRCs to catch them by: only the file's digest can tell.
+    liar.origin.set_faults(Faults {
+        corrupt_offset: Some(liars_block * block + 1000),
+        corrupt_times: u32::MAX,
+        omit_crcs: true,
+        ..Faults::default()
+    });
+    let distrust = Arc::new(Distrust::new(Duration::from_secs(600)));
+    let opts = Options {
+        origin_gate: Some(stripes.clone()),
+        distrust: Some(distrust.clone()),
+        verify_attempts: 1,
+        ..options(Driver::Epoll)
+    };
+    let mirrors = [base(&liar), base(&honest)];
+    let dest = fx.dest("m");
+    let (report, cx) = pull_with(targets(&fx, &["model.bin"], &mirrors), &dest, &opts);
+    assert_file(&dest, "model.bin", &content);
+    assert_eq!(cx.metrics.verify_failures.get(), 1);
+    assert!(body_bytes(&honest) > 0 && body_bytes(&liar) > 0);
+    let host = |name: String| {
+        report
+            .connections
+            .iter()
+            .find(|h| h.mirror && h.host == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", report.connections))
+            .clone()
+    };
+    assert!(host(host_of(&liar)).dropped, "{:?}", report.connections);
+    assert!(
+        !host(host_of(&honest)).dropped,
+        "the honest mirror's chunks matched the origin's: {:?}",
+        report.connections
+    );
+    assert!(distrust.is_distrusted(&host_of(&liar)));
+    assert!(!distrust.is_distrusted(&host_of(&honest)));
+
+    // The pull tried again (here: another one sharing the distrust) never asks the liar.
+    let asked = liar.origin.requests_seen().len();
+    let again = fx.dest("again");
+    let (report, _) = pull_with(targets(&fx, &["model.bin"], &mirrors), &again, &opts);
+    assert_file(&again, "model.bin", &content);
+    assert_eq!(liar.origin.requests_seen().len(), asked);
+    let honest_host = report
+        .connections
+        .iter()
+        .find(|h| h.host == host_of(&honest))
+        .unwrap();
+    assert!(honest_host.bytes > 0, "{:?}", report.connections);
 }
 
 #[test]

@@ -48,6 +48,9 @@ impl Job {
         if claim.source > 0 {
             fs.mirrored |= 1 << claim.source;
         }
+        if let Some(s) = fs.served.get_mut(c as usize) {
+            *s = claim.source as u8;
+        }
         for (k, v) in crcs.into_iter().enumerate() {
             fs.crcs[k][c as usize] = v;
         }

@@ -39,6 +39,9 @@ pub(crate) struct HostState {
     mirror: bool,
     /// A mirror that sent wrong bytes or failed too often: no more claims go to it.
     dropped: bool,
+    /// Files whose digest failed after this mirror served part of them, and whose bytes from
+    /// the origin have not yet said whether it was the culprit: no claims go to it meanwhile.
+    suspected: u32,
     /// A mirror's failures since its last range that ended well.
     failures: u32,
     /// Claims open on the host.
@@ -54,12 +57,22 @@ impl HostState {
     fn has_room(&self) -> bool {
         self.active < self.tuner.limit()
     }
+
+    /// Whether claims may go to it.
+    fn usable(&self) -> bool {
+        !self.dropped && self.suspected == 0
+    }
 }
 
 /// The hosts of `metas`, in order of first appearance, each with a copy of `tuner`, and each
 /// file's source hosts: its origin's first, then its mirrors' in order — for files with a
-/// cryptographic digest to check them by only ([`crate::Target::vouched`]).
-pub(super) fn index(metas: &[FileMeta], tuner: &Tuner) -> (Vec<Vec<usize>>, Vec<HostState>) {
+/// cryptographic digest to check them by only ([`crate::Target::vouched`]). A mirror host in
+/// `distrust` starts dropped.
+pub(super) fn index(
+    metas: &[FileMeta],
+    tuner: &Tuner,
+    distrust: Option<&mirror::Distrust>,
+) -> (Vec<Vec<usize>>, Vec<HostState>) {
     let mut hosts: Vec<HostState> = Vec::new();
     let mut host = |url: &url::Url, mirror: bool| {
         // Two origins on one machine are two hosts to tune.
@@ -71,11 +84,16 @@ pub(super) fn index(metas: &[FileMeta], tuner: &Tuner) -> (Vec<Vec<usize>>, Vec<
         match hosts.iter().position(|h| h.name == name && h.mirror == mirror) {
             Some(i) => i,
             None => {
+                let dropped = mirror && distrust.is_some_and(|d| d.is_distrusted(&name));
+                if dropped {
+                    tracing::warn!(mirror = %name, "not asking this mirror: it sent bytes that contradict the origin to an earlier pull");
+                }
                 hosts.push(HostState {
                     tuner: tuner.clone(),
                     name,
                     mirror,
-                    dropped: false,
+                    dropped,
+                    suspected: 0,
                     failures: 0,
                     active: 0,
                     streaming: 0,
@@ -187,7 +205,7 @@ impl Job {
                 .copied()
                 .enumerate()
                 .skip(1)
-                .filter(|&(i, h)| fs.lacking & (1 << i) == 0 && !st.hosts[h].dropped)
+                .filter(|&(i, h)| fs.lacking & (1 << i) == 0 && st.hosts[h].usable())
                 .collect();
             let mut busy = None;
             let mut best: Option<(usize, usize)> = None;
@@ -249,7 +267,7 @@ impl Job {
             .hosts
             .iter()
             .zip(working)
-            .filter(|(h, working)| *working && !h.dropped)
+            .filter(|(h, working)| *working && h.usable())
             .map(|(h, _)| h.tuner.limit())
             .sum();
         limits.min(self.connection_cap)
@@ -339,13 +357,43 @@ impl Job {
         }
     }
 
+    /// Drops the mirror on `host` for sending bytes or a range that contradict the origin,
+    /// and remembers it in the pull's [`mirror::Distrust`] for pulls to come.
+    pub(super) fn catch_mirror(&self, st: &mut JobState, host: usize, why: &str) {
+        self.drop_mirror(st, host, why);
+        if let Some(d) = &self.opts.distrust {
+            d.caught(&st.hosts[host].name);
+        }
+    }
+
+    /// Sets the mirror on `host` aside until a file it served part of, whose digest failed,
+    /// comes again from the origin ([`Job::acquit`] then says whether it was the culprit).
+    pub(super) fn suspect(&self, st: &mut JobState, host: usize) {
+        st.hosts[host].suspected += 1;
+    }
+
+    /// The origin's copy of a file that the mirror on `host` was suspected for has verified:
+    /// the mirror is caught when its chunks differ from the origin's (`guilty`), and asked
+    /// again when nothing else holds it back.
+    pub(super) fn acquit(&self, st: &mut JobState, host: usize, guilty: Option<&str>) {
+        let h = &mut st.hosts[host];
+        h.suspected = h.suspected.saturating_sub(1);
+        match guilty {
+            Some(why) => self.catch_mirror(st, host, why),
+            None if h.usable() => {
+                tracing::info!(mirror = %h.name, "asking this mirror again: its part of a file that failed verification matched the origin's");
+            }
+            None => {}
+        }
+    }
+
     /// A mirror failed a range: dropped at once when `untrusted` (it sent bytes or a range
     /// that contradict the origin), else after [`MIRROR_FAILURES`] in a row.
     pub(super) fn count_mirror_failure(&self, st: &mut JobState, host: usize, untrusted: bool, err: &HttpError) {
         let h = &mut st.hosts[host];
         h.failures += 1;
         if untrusted {
-            self.drop_mirror(st, host, &err.to_string());
+            self.catch_mirror(st, host, &err.to_string());
         } else if h.failures >= MIRROR_FAILURES {
             let why = format!("{} failures in a row, the last: {err}", h.failures);
             self.drop_mirror(st, host, &why);
@@ -361,7 +409,7 @@ impl Job {
             .map(|(h, bytes)| HostConnections {
                 host: h.name.clone(),
                 mirror: h.mirror,
-                dropped: h.dropped,
+                dropped: !h.usable(),
                 settled: h.tuner.limit(),
                 peak: h.tuner.peak(),
                 bytes: bytes.load(Relaxed),

@@ -173,6 +173,8 @@ pub(crate) struct FileState {
     done_count: u64,
     /// Per CRC algorithm (as in `FileMeta::crcs`), per chunk.
     crcs: Vec<Vec<u64>>,
+    /// Per chunk, the source that sent it in this run, or [`verify::UNKNOWN_SOURCE`].
+    served: Vec<u8>,
     cursor: u64,
     hashers: Option<OrderedHashers>,
     /// Chunks the hashers took from a worker's buffer before the worker wrote them: the cursor
@@ -202,6 +204,8 @@ pub(crate) struct FileState {
     lacking: u64,
     /// The file's digest failed after mirrors served part of it: only the origin sends it now.
     origin_only: bool,
+    /// What the mirrors sent of that failed copy, to compare with the origin's.
+    suspects: Option<verify::Suspects>,
     pub record: Option<FileRecord>,
     pub resumed_bytes: u64,
 }
@@ -220,6 +224,7 @@ impl FileState {
             done: Vec::new(),
             done_count: 0,
             crcs: vec![Vec::new(); meta.crcs.len()],
+            served: Vec::new(),
             cursor: 0,
             hashers: None,
             unwritten: BTreeSet::new(),
@@ -241,6 +246,7 @@ impl FileState {
             mirrored: 0,
             lacking: 0,
             origin_only: false,
+            suspects: None,
             record: None,
             resumed_bytes: 0,
         }
@@ -388,7 +394,7 @@ impl Job {
             Some(n) => Tuner::fixed(n.min(connection_cap)),
             None => Tuner::adaptive(connection_cap),
         };
-        let (sources, hosts) = hosts::index(&metas, &tuner);
+        let (sources, hosts) = hosts::index(&metas, &tuner, opts.distrust.as_deref());
         Self {
             connection_cap,
             host_bytes: hosts.iter().map(|_| AtomicU64::new(0)).collect(),

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use url::Url;
 
+use super::verify::UNKNOWN_SOURCE;
 use super::{ActiveRange, Claim, Job, Phase};
 use crate::digest::ordered::OrderedHashers;
 use crate::disk::journal::{self, Header, Journal};
@@ -61,6 +62,7 @@ impl Job {
         fs.done = vec![false; chunks as usize];
         fs.done_count = 0;
         fs.crcs = vec![vec![0; chunks as usize]; meta.crcs.len()];
+        fs.served = vec![UNKNOWN_SOURCE; chunks as usize];
         fs.cursor = 0;
         fs.hashers = Some(OrderedHashers::new(meta.ordered.iter().copied(), size));
         fs.unwritten.clear();

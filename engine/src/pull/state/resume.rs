@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use super::verify::first_mismatch;
+use super::verify::{UNKNOWN_SOURCE, first_mismatch};
 use super::{FileMeta, FileState, Phase, chunk_len};
 use crate::digest::ordered::{OrderedHashers, SavedHashers};
 use crate::digest::{Digest, crc};
@@ -160,6 +160,7 @@ impl FileState {
         let mut fs = FileState::fresh(meta);
         fs.done = vec![false; chunks as usize];
         fs.crcs = vec![vec![0; chunks as usize]; meta.crcs.len()];
+        fs.served = vec![UNKNOWN_SOURCE; chunks as usize];
         for (i, crcs) in &trusted {
             fs.done[*i as usize] = true;
             for (k, v) in crcs.iter().enumerate() {

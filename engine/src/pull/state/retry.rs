@@ -188,6 +188,7 @@ impl Job {
         let downloads = fs.downloads;
         let (wrong, wrong_varied) = (fs.wrong.take(), fs.wrong_varied);
         let origin_only = fs.origin_only;
+        let suspects = fs.suspects.take();
         let counted = fs.counted_bytes;
         let size_known = fs.chunks > 0 || fs.size > 0;
         let size = fs.size;
@@ -201,6 +202,7 @@ impl Job {
         fresh.wrong_varied = wrong_varied;
         fresh.restarts = restarts;
         fresh.origin_only = origin_only;
+        fresh.suspects = suspects;
         fresh.not_before = delay.map(|d| Instant::now() + d);
         *fs = fresh;
         // Before the lock is released: once it is, a worker may create the next generation's

@@ -5,6 +5,12 @@
 //! `Options::verify_attempts` downloads in all; a digest's error then says whether the wrong
 //! digest was the same every time (pointing at the store's copy) or not (at what carries the
 //! bytes).
+//!
+//! A file whose digest fails after mirrors served part of it comes again from the origin alone,
+//! its mirrors set aside meanwhile. Each chunk's CRC and the source that sent it are kept from
+//! the failed copy ([`Suspects`]); once the origin's copy verifies, the two are compared chunk
+//! by chunk: the mirrors whose chunks differ are caught, the others asked again. An honest peer
+//! that served its share of a file a liar corrupted elsewhere keeps serving.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -43,6 +49,16 @@ impl Job {
         let mismatch = first_mismatch(&meta.target.expected, &digests);
         if size_mismatch.is_none() && mismatch.is_none() {
             fs.phase = Phase::Done;
+            if let Some(s) = fs.suspects.take() {
+                let guilty = s.culprits(&fs.crcs[0]);
+                for source in (1..self.sources[file].len()).filter(|&i| s.mirrors & (1 << i) != 0) {
+                    let why = (guilty & (1 << source) != 0).then(|| {
+                        format!("it sent chunks of `{}` that differ from the origin's", meta.target.path)
+                    });
+                    self.acquit(&mut st, self.host_of(file, source), why.as_deref());
+                }
+            }
+            let fs = &mut st.files[file];
             let record = FileRecord {
                 path: meta.target.path.clone(),
                 size: fs.size,
@@ -84,14 +100,21 @@ impl Job {
         };
         // Bytes from mirrors (this run's, or a resumed run's that may have had them) are the
         // first suspects: the file comes again from the origin alone, without spending one of
-        // the origin's attempts, and the mirrors that served it serve nothing more.
+        // the origin's attempts, and the mirrors that served it are set aside until the
+        // origin's copy tells which of them sent other bytes.
         let mirrored = fs.mirrored;
         if !fs.origin_only && (mirrored != 0 || fs.resumed_bytes > 0 && self.sources[file].len() > 1) {
             fs.origin_only = true;
             fs.downloads -= 1;
-            for source in (1..self.sources[file].len()).filter(|&i| mirrored & (1 << i) != 0) {
-                let why = format!("it served part of `{}`, which then failed verification", meta.target.path);
-                self.drop_mirror(&mut st, self.host_of(file, source), &why);
+            if mirrored != 0 {
+                fs.suspects = Some(Suspects {
+                    mirrors: mirrored,
+                    served: std::mem::take(&mut fs.served),
+                    crcs: std::mem::take(&mut fs.crcs[0]),
+                });
+                for source in (1..self.sources[file].len()).filter(|&i| mirrored & (1 << i) != 0) {
+                    self.suspect(&mut st, self.host_of(file, source));
+                }
             }
             drop(st);
             tracing::warn!(file = %meta.target.path, error = %failure, "verification failed after mirrors served part of the file; fetching it again from the origin alone");
@@ -115,10 +138,94 @@ impl Job {
     }
 }
 
+/// [`FileState::served`](super::FileState) of a chunk this run did not fetch (resumed from a
+/// journal).
+pub(super) const UNKNOWN_SOURCE: u8 = u8::MAX;
+
+/// What the mirrors sent of a copy of a file that failed verification.
+#[derive(Debug)]
+pub(super) struct Suspects {
+    /// The mirrors that sent part of it (bit per source index).
+    mirrors: u64,
+    /// Per chunk, the source that sent it.
+    served: Vec<u8>,
+    /// Per chunk, its first CRC (as `FileState::crcs[0]`).
+    crcs: Vec<u64>,
+}
+
+impl Suspects {
+    /// The mirrors (bit per source index) to blame, given the first CRC of each chunk of the
+    /// origin's copy: those that sent a chunk that differs from it. When no chunk differs, the
+    /// comparison cannot tell (a chunk forged to keep its CRC), and every suspect is blamed;
+    /// when only chunks from the origin or from an earlier run differ, none is. A copy of
+    /// another size (the origin's object changed) blames none.
+    fn culprits(&self, origin: &[u64]) -> u64 {
+        if origin.len() != self.crcs.len() || origin.len() != self.served.len() {
+            return 0;
+        }
+        let mut differed = false;
+        let mut blamed = 0;
+        for ((&source, &sent), &right) in self.served.iter().zip(&self.crcs).zip(origin) {
+            if sent != right {
+                differed = true;
+                if source != 0 && source != UNKNOWN_SOURCE {
+                    blamed |= 1 << source;
+                }
+            }
+        }
+        if differed { blamed & self.mirrors } else { self.mirrors }
+    }
+}
+
 /// The first expected digest that `digests` computed otherwise, with the computed one.
 pub(crate) fn first_mismatch(expected: &[Digest], digests: &[Digest]) -> Option<(Digest, Digest)> {
     expected.iter().find_map(|e| {
         let actual = digests.iter().find(|d| d.algorithm == e.algorithm)?;
         (actual != e).then(|| (e.clone(), actual.clone()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks 0–3 from the origin (0), mirror 1 and mirror 2, with CRCs 10, 11, 12, 13.
+    fn suspects(served: [u8; 4]) -> Suspects {
+        Suspects {
+            mirrors: served
+                .iter()
+                .filter(|&&s| s != 0 && s != UNKNOWN_SOURCE)
+                .fold(0, |m, &s| m | 1 << s),
+            served: served.to_vec(),
+            crcs: vec![10, 11, 12, 13],
+        }
+    }
+
+    #[test]
+    fn the_mirror_whose_chunk_differs_is_blamed_and_the_others_are_not() {
+        let s = suspects([0, 1, 2, 2]);
+        assert_eq!(s.culprits(&[10, 11, 12, 99]), 1 << 2);
+        assert_eq!(s.culprits(&[10, 99, 12, 99]), 1 << 1 | 1 << 2);
+    }
+
+    #[test]
+    fn a_difference_where_no_mirror_served_blames_none() {
+        let s = suspects([0, 1, UNKNOWN_SOURCE, 2]);
+        assert_eq!(s.culprits(&[99, 11, 12, 13]), 0);
+        assert_eq!(s.culprits(&[10, 11, 99, 13]), 0);
+    }
+
+    #[test]
+    fn no_chunk_that_differs_blames_every_suspect() {
+        // The digest failed, yet every CRC matches: a chunk was forged to keep its CRC, and
+        // the comparison cannot tell which mirror sent it.
+        let s = suspects([0, 1, 2, 2]);
+        assert_eq!(s.culprits(&[10, 11, 12, 13]), 1 << 1 | 1 << 2);
+    }
+
+    #[test]
+    fn a_copy_of_another_size_blames_none() {
+        let s = suspects([0, 1, 2, 2]);
+        assert_eq!(s.culprits(&[10, 11, 12]), 0);
+    }
 }
