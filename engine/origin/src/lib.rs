@@ -75,6 +75,7 @@ struct Shared {
     stats: Stats,
     maps: Mutex<HashMap<PathBuf, Bytes>>,
     headers_seen: Mutex<Vec<(String, Option<String>)>>,
+    names_seen: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A running origin; stopped when dropped.
@@ -130,6 +131,7 @@ impl Origin {
             stats: Stats::default(),
             maps: Mutex::new(HashMap::new()),
             headers_seen: Mutex::new(Vec::new()),
+            names_seen: Mutex::default(),
         });
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         std_listener.set_nonblocking(true)?;
@@ -204,6 +206,11 @@ impl Origin {
     pub fn requests_seen(&self) -> Vec<(String, Option<String>)> {
         self.shared.headers_seen.lock().expect("headers").clone()
     }
+
+    /// The name of every request header seen so far, lowercase.
+    pub fn header_names_seen(&self) -> std::collections::BTreeSet<String> {
+        self.shared.names_seen.lock().expect("names").clone()
+    }
 }
 
 impl Drop for Origin {
@@ -277,6 +284,11 @@ fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<OriginBody> 
         .lock()
         .expect("headers")
         .push((target.clone(), auth));
+    shared
+        .names_seen
+        .lock()
+        .expect("names")
+        .extend(req.headers().keys().map(|k| k.as_str().to_owned()));
 
     if let Some(rest) = target.strip_prefix("/redirect/") {
         let base = shared

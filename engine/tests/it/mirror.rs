@@ -146,6 +146,66 @@ fn credentials_go_to_the_origin_only() {
 }
 
 #[test]
+fn s3_signatures_and_session_tokens_never_reach_a_mirror() {
+    let Some(venv) = modelpull_testkit::servers::venv() else {
+        return;
+    };
+    let server = modelpull_testkit::servers::moto(&venv, true);
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(16, 3 * 1024 * KIB);
+    std::fs::write(dir.path().join("obj"), &content).unwrap();
+    let plan = serde_json::json!({
+        "endpoint": server.url(), "auth": true, "sts": true, "bucket": "models",
+        "objects": [{"key": "m/w.bin", "file": dir.path().join("obj"), "checksum": "SHA256"}],
+    });
+    let seeded = modelpull_testkit::servers::python(&venv, "s3_seed.py", &[], &plan.to_string());
+    let out: serde_json::Value = serde_json::from_str(seeded.trim()).unwrap();
+    let session = &out["session"];
+    let env: modelpull::store::Env = [
+        ("AWS_ENDPOINT_URL", server.url()),
+        (
+            "AWS_ACCESS_KEY_ID",
+            session["access_key_id"].as_str().unwrap().to_owned(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            session["secret_access_key"].as_str().unwrap().to_owned(),
+        ),
+        (
+            "AWS_SESSION_TOKEN",
+            session["session_token"].as_str().unwrap().to_owned(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    // A mirror of the bucket's layout: the file at its manifest path.
+    let mirror = Fixture::new(&[("w.bin", &content)]);
+    let opts = store_options();
+    let control = modelpull::store::Control::new(&opts.client()).unwrap();
+    let mut manifest = modelpull::store::resolve("s3://models/m", &env, &control).unwrap();
+    for t in &mut manifest.files {
+        assert!(
+            t.vouched(),
+            "S3's sha256 is a digest to check a mirror's bytes by"
+        );
+        t.add_mirrors(&[base(&mirror)]);
+    }
+    let dest = dir.path().join("out");
+    let (report, _) = pull_with(manifest.files, &dest, &opts);
+    assert_file(&dest, "w.bin", &content);
+    assert!(mirror_host(&report).bytes > 0, "{:?}", report.connections);
+    let names = mirror.origin.header_names_seen();
+    let leaked: Vec<&String> = names
+        .iter()
+        .filter(|n| *n == "authorization" || n.starts_with("x-amz-") || *n == "cookie")
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the mirror was sent {leaked:?}; it saw {names:?}"
+    );
+}
+
+#[test]
 fn a_chunk_that_fails_the_mirrors_own_crc_drops_it_at_that_chunk() {
     let content = data(4, 2 * 1024 * KIB);
     let (fx, mirror) = origin_and_mirror(&[("model.bin", &content)]);
