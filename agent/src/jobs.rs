@@ -546,6 +546,7 @@ fn pull(settings: &Settings, metrics: &Metrics, order: Order<'_>) -> Result<Pull
             .stripes
             .clone()
             .map(|s| s as Arc<dyn modelpull::mirror::OriginGate>);
+        opts.distrust = Some(share.distrust.clone());
         // Peers serve only flushed chunks: flushing often keeps them close behind this pull.
         opts.checkpoint_interval = opts.checkpoint_interval.min(SHARED_CHECKPOINT);
     }

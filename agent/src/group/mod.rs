@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use modelpull::mirror::Stripes;
+use modelpull::mirror::{Distrust, Stripes};
 use url::Url;
 
 use crate::crd::{LocalModelInfo, ModelStatus};
@@ -45,11 +45,17 @@ pub struct Settings {
     pub stripe_size: u64,
 }
 
+/// How long a peer caught sending bytes that contradict the origin is not asked again, by any
+/// download of this agent: long enough that a download tried again after a failure does not
+/// meet it again, short enough that a peer whose disk was replaced is asked again.
+const DISTRUST_TERM: Duration = Duration::from_secs(3600);
+
 /// The group coordination of one agent; connected once the API server answers.
 pub struct Coordinator {
     settings: Settings,
     client: OnceLock<kube::Client>,
     runtime: tokio::runtime::Handle,
+    distrust: Arc<Distrust>,
 }
 
 /// What a download takes from its group: the peers to read from, and, when the group splits
@@ -58,6 +64,8 @@ pub struct Coordinator {
 pub struct Share {
     pub mirrors: Vec<Url>,
     pub stripes: Option<Arc<Stripes>>,
+    /// The peers this agent caught lying, for [`modelpull::Options::distrust`].
+    pub distrust: Arc<Distrust>,
     keeper: Option<Keeper>,
 }
 
@@ -84,6 +92,7 @@ impl Coordinator {
             settings,
             client: OnceLock::new(),
             runtime,
+            distrust: Arc::new(Distrust::new(DISTRUST_TERM)),
         }
     }
 
@@ -127,6 +136,7 @@ impl Coordinator {
             return Some(Share {
                 mirrors,
                 stripes: None,
+                distrust: self.distrust.clone(),
                 keeper: None,
             });
         }
@@ -184,6 +194,7 @@ impl Coordinator {
         Some(Share {
             mirrors,
             stripes: Some(stripes),
+            distrust: self.distrust.clone(),
             keeper: Some(Keeper {
                 stop,
                 task,

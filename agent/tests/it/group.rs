@@ -3,9 +3,11 @@
 //! their Service (as Kubernetes' endpoint controller writes them) and the stripes' Leases, and
 //! an origin that counts what it sends. The model crosses the group with the origin sending it
 //! about once; when one agent is killed part way, its stripe's lease is taken over and the
-//! others finish; a peer that flips bytes is caught and nothing wrong is published; an agent
-//! restarted mid-pull resumes and serves again. The origin sends at most 1.3 times the model
-//! in each. The last node to remove the model deletes its leases.
+//! others finish; a peer that flips bytes is caught (by its chunk CRCs, or without them by the
+//! file's digest and a comparison with the origin's copy) and nothing wrong is published; an
+//! agent restarted mid-pull resumes and serves again. The origin sends at most 1.3 times the
+//! model in each, but for the copies a digest failure fetches again. The last node to remove
+//! the model deletes its leases.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -398,15 +400,11 @@ async fn a_seed_killed_part_way_loses_its_stripe_and_the_others_finish() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_sends_flipped_bytes_is_dropped_and_nothing_wrong_is_published() {
-    let Some(g) = Group::start(24 * MIB).await else {
-        return;
-    };
-    g.slow(8 * MIB as u64);
-    // A third node whose "agent" holds the model but flips a byte of the block that is its own
-    // stripe (announcing the CRCs of the true bytes), and never takes its stripe's lease: the
-    // others ask it, and only it, for that block until they take the stripe over.
+/// Registers a third node whose "agent" is a test server holding the model that flips a byte
+/// of a block of its own stripe (with `omit_crcs`, sending no CRCs; else announcing the CRCs of
+/// the true bytes), and never takes its stripe's lease: the others ask it for that block, and
+/// it first, until they take the stripe over.
+async fn lying_peer(g: &Group, omit_crcs: bool) -> Origin {
     let key = storage_key(&g.uri);
     let block = 8 * MIB as u64;
     let stripes = modelpull::mirror::Stripes::new(3, block);
@@ -424,17 +422,33 @@ async fn a_peer_that_sends_flipped_bytes_is_dropped_and_nothing_wrong_is_publish
     liar.set_faults(Faults {
         corrupt_offset: Some(liars * block + 3 * MIB as u64 + 3),
         corrupt_times: u32::MAX,
+        omit_crcs,
         ..Faults::default()
     });
     g.register("gpu-liar", liar.addr().port()).await;
+    liar
+}
+
+/// The sum over `nodes` of the agent metric `name`.
+fn sum_metric(nodes: &[Node], name: &str) -> f64 {
+    nodes
+        .iter()
+        .filter_map(|n| n.agent.as_ref()?.metric(name))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_flipped_bytes_is_dropped_and_nothing_wrong_is_published() {
+    let Some(g) = Group::start(24 * MIB).await else {
+        return;
+    };
+    g.slow(8 * MIB as u64);
+    let liar = lying_peer(&g, false).await;
     let nodes = g.nodes(2, &[]).await;
     g.wait_all(&nodes, Duration::from_secs(180)).await;
     g.wait_statuses(&nodes).await;
     // Whoever asked it for the flipped chunk caught it by its CRC and stopped asking it.
-    let dropped: f64 = nodes
-        .iter()
-        .filter_map(|n| n.agent.as_ref()?.metric("modelpull_mirrors_dropped_total"))
-        .sum();
+    let dropped = sum_metric(&nodes, "modelpull_mirrors_dropped_total");
     assert!(
         liar.stats().requests.load(Relaxed) > 0 && dropped >= 1.0,
         "the lying peer was not caught\n{}",
@@ -442,6 +456,42 @@ async fn a_peer_that_sends_flipped_bytes_is_dropped_and_nothing_wrong_is_publish
     );
     let ratio = g.origin_at_most(1.3, &nodes);
     eprintln!("the origin sent {ratio:.2} times the model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_flipped_bytes_only_the_digest_catches_is_caught_by_comparison() {
+    let Some(g) = Group::start(24 * MIB).await else {
+        return;
+    };
+    g.slow(8 * MIB as u64);
+    // No CRCs: the chunk passes as it arrives, and the file's digest fails at its end.
+    let liar = lying_peer(&g, true).await;
+    let nodes = g.nodes(2, &[]).await;
+    g.wait_all(&nodes, Duration::from_secs(240)).await;
+    g.wait_statuses(&nodes).await;
+    let logs: String = nodes
+        .iter()
+        .filter_map(|n| Some(n.agent.as_ref()?.log()))
+        .collect();
+    let refetched = sum_metric(&nodes, "modelpull_verify_failures_total");
+    // The file came again from the origin alone, and comparing its chunks with the failed
+    // copy's named the liar: each drop names the mirror it drops.
+    let liar_host = format!("127.0.0.1:{}", liar.addr().port());
+    let caught = logs
+        .lines()
+        .filter(|l| l.contains("not using this mirror") && l.contains(&liar_host))
+        .count();
+    assert!(
+        liar.stats().requests.load(Relaxed) > 0 && refetched >= 1.0 && caught >= 1,
+        "the lying peer was not caught by the digest (verify failures: {refetched})\n{}",
+        Group::logs(&nodes)
+    );
+    let acquitted = logs.matches("asking this mirror again").count();
+    let ratio = g.origin_at_most(3.3, &nodes);
+    eprintln!(
+        "{refetched} copies failed their digest and came again from the origin; {acquitted} \
+         honest peers were asked again; the origin sent {ratio:.2} times the model"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
