@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -297,19 +296,32 @@ impl Held {
         }
         let start = c0 * p.chunk;
         let end = ((c1 + 1) * p.chunk).min(self.size);
-        let bytes = self.read_at(start, end - start)?;
+        let mut bytes = self.read_at(start, end - start)?;
         for (i, piece) in bytes.chunks(p.chunk as usize).enumerate() {
             let c = c0 + i as u64;
             if Some(crc::checksum(p.algorithm, piece)) != p.crcs[c as usize] {
                 return Err(ReadError::Damaged { chunk: c });
             }
         }
-        Ok(bytes[(first - start) as usize..=(last - start) as usize].to_vec())
+        // Cut in place: readers ask from a chunk boundary, so nothing moves.
+        bytes.truncate((last - start + 1) as usize);
+        bytes.drain(..(first - start) as usize);
+        Ok(bytes)
     }
 
+    /// Reads `len` bytes at `offset` into a buffer that is not zeroed first: every byte a peer
+    /// is sent is read once from the page cache, never written twice.
     fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0; len as usize];
-        self.file.read_exact_at(&mut buf, offset)?;
+        let mut buf = Vec::with_capacity(len as usize);
+        while (buf.len() as u64) < len {
+            let at = offset + buf.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(buf)
     }
 }
