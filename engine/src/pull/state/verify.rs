@@ -109,8 +109,8 @@ impl Job {
             if mirrored != 0 {
                 fs.suspects = Some(Suspects {
                     mirrors: mirrored,
-                    served: std::mem::take(&mut fs.served),
-                    crcs: std::mem::take(&mut fs.crcs[0]),
+                    served: fs.served.clone(),
+                    crcs: fs.crcs[0].clone(),
                 });
                 for source in (1..self.sources[file].len()).filter(|&i| mirrored & (1 << i) != 0) {
                     self.suspect(&mut st, self.host_of(file, source));
