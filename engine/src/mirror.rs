@@ -19,12 +19,16 @@
 //! - a mirror caught (by a CRC or by that comparison) can be remembered across pulls
 //!   ([`Distrust`]), so that a pull tried again does not ask it;
 //! - a mirror that answers a range with another size or another range is dropped; one that
-//!   fails (an error, a stall) loses that range to the next source, and three failures in a
-//!   row drop it.
+//!   fails (an error, a stall mid-body) loses that range to the next source, and three failures
+//!   in a row drop it; one that answers nothing at all within the connect or stall timeout (cut
+//!   off, or hung) is dropped at once, so that no other range waits the same timeout on it.
 //!
 //! Some answers are no failure: 404 or 410 (it does not have the file: the file's ranges go
 //! elsewhere), 416 (it does not hold these bytes, as a peer whose own pull has not reached
-//! them: the range goes elsewhere), 429 or 503 (busy: its tuner gives it fewer connections).
+//! them: the range goes elsewhere, or, when the mirror is the one that fetches the block from
+//! the origin ([`OriginGate::holder`]), waits for it and asks the others only now and then),
+//! 429 or 503 (busy: its tuner gives it fewer connections). An answer without bytes keeps its
+//! connection for the next request.
 //!
 //! The two headers are the whole protocol: any HTTP server that honours `Range` is a mirror
 //! (one without them is checked by the file's digest alone), and the agent's peer server sends

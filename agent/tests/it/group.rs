@@ -2,12 +2,13 @@
 //! root and peer port, the test API server holding their LocalModelNodes, the EndpointSlices of
 //! their Service (as Kubernetes' endpoint controller writes them) and the stripes' Leases, and
 //! an origin that counts what it sends. The model crosses the group with the origin sending it
-//! about once; when one agent is killed part way, its stripe's lease is taken over and the
-//! others finish; a peer that flips bytes is caught (by its chunk CRCs, or without them by the
-//! file's digest and a comparison with the origin's copy) and nothing wrong is published; an
-//! agent restarted mid-pull resumes and serves again. The origin sends at most 1.3 times the
-//! model in each, but for the copies a digest failure fetches again. The last node to remove
-//! the model deletes its leases.
+//! about once; when one agent is killed part way, or cut off (stopped with its connections
+//! open), its stripe's lease is taken over and the others finish; a peer that flips bytes is
+//! caught (by its chunk CRCs, or without them by the file's digest and a comparison with the
+//! origin's copy) and nothing wrong is published; an agent restarted mid-pull resumes and
+//! serves again. The origin sends at most 1.3 times the model in each, but for the copies a
+//! digest failure fetches again and what a cut-off node's socket buffers take in. The last
+//! node to remove the model deletes its leases.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -397,6 +398,61 @@ async fn a_seed_killed_part_way_loses_its_stripe_and_the_others_finish() {
     assert_ne!(
         holder, nodes[0].name,
         "the killed node's stripe was not taken over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cut_off_mid_transfer_loses_its_ranges_and_the_others_finish() {
+    let Some(g) = Group::start(24 * MIB).await else {
+        return;
+    };
+    g.slow(MIB as u64);
+    let mut nodes = g.nodes(3, &["--connections", "2"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // SIGSTOP: its connections stay open and carry nothing, and new ones are accepted by its
+    // kernel and never answered, as when a node's network drops out under it; its lease stops
+    // being renewed.
+    let mut cut = nodes.remove(0);
+    let port = cut.args[1].rsplit(':').next().unwrap().to_owned();
+    let pid = cut.agent.as_ref().unwrap().pid();
+    let stopped = std::time::Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::STOP,
+    )
+    .unwrap();
+    // The engine's stall timeout (30 s) moves what waits on it; the rest is the cut node's
+    // stripe, taken over and fetched from the origin.
+    g.wait_all(&nodes, Duration::from_secs(240)).await;
+    let took = stopped.elapsed();
+    g.wait_statuses(&nodes).await;
+    cut.agent.take().unwrap().kill();
+    let logs: String = nodes
+        .iter()
+        .filter_map(|n| Some(n.agent.as_ref()?.log()))
+        .collect();
+    // Whoever asked it after the cut waited one stall timeout, then never asked it again.
+    let dropped = logs.lines().any(|l| {
+        l.contains("not using this mirror")
+            && l.contains(&format!("127.0.0.1:{port}"))
+            && l.contains("answered nothing")
+    });
+    assert!(
+        dropped,
+        "no node dropped the cut peer for answering nothing\n{}",
+        Group::logs(&nodes)
+    );
+    assert!(
+        took < Duration::from_secs(30 + 15),
+        "the others took {took:?} after the cut\n{}",
+        Group::logs(&nodes)
+    );
+    // The origin counts what it sent the cut node too: its sockets' buffers (megabytes on
+    // loopback) fill though nothing reads them.
+    let ratio = g.origin_at_most(2.0, &nodes);
+    eprintln!(
+        "every other node had the model {:.1} s after the cut; the origin sent {ratio:.2} times it",
+        took.as_secs_f64()
     );
 }
 

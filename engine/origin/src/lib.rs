@@ -60,6 +60,8 @@ pub struct Faults {
 /// What the origin served, for assertions.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
     pub requests: AtomicU64,
     pub body_bytes: AtomicU64,
     /// `(path, first byte, bytes actually sent)` per response.
@@ -229,6 +231,7 @@ async fn serve_conn(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
 ) {
+    shared.stats.connections.fetch_add(1, Relaxed);
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(&shared, req)) }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::state::{AfterChunk, Claim, ClaimKind, HashStep, Job, Kick, Overload, Work};
+use super::state::{AfterChunk, Claim, ClaimKind, HashStep, Job, Kick, MirrorFault, Overload, Work};
 use crate::buf::AlignedBuf;
 use crate::digest::Algorithm;
 use crate::digest::crc;
@@ -84,6 +84,9 @@ enum Failure {
     /// A mirror sent what contradicts the origin (a chunk's CRC, a range, a size): the rest
     /// goes elsewhere from chunk `from`, and the mirror is not asked again.
     Untrusted { from: u64, err: HttpError },
+    /// A mirror answered nothing within the connect or stall timeout: the range goes
+    /// elsewhere, and the mirror is not asked again.
+    Unresponsive { err: HttpError },
     /// The pull cannot succeed.
     Fatal(Error),
 }
@@ -252,11 +255,14 @@ async fn worker(job: Arc<Job>, ctx: Rc<CoreCtx>, workers: Rc<Workers>, share: Sh
                             // stays the range's source.
                             job.retry(&claim, from, err, overload);
                         } else {
-                            job.mirror_failed(&claim, from, err, false);
+                            job.mirror_failed(&claim, from, err, MirrorFault::Failed);
                         }
                     }
                     Err(Failure::Untrusted { from, err }) => {
-                        job.mirror_failed(&claim, from, err, true);
+                        job.mirror_failed(&claim, from, err, MirrorFault::Untrusted);
+                    }
+                    Err(Failure::Unresponsive { err }) => {
+                        job.mirror_failed(&claim, claim.start, err, MirrorFault::Unresponsive);
                     }
                     Err(Failure::Fatal(e)) => job.fail(e),
                 }
@@ -619,6 +625,9 @@ async fn fetch(
     };
     let mut resp = match ctx.client.send(&request).await {
         Ok(r) => r,
+        Err(err @ HttpError::Timeout { .. }) if mirror.is_some() => {
+            return (Err(Failure::Unresponsive { err }), buf);
+        }
         Err(err) if mirror.is_some() => {
             return (Err(Failure::Retry { from: claim.start, err }), buf);
         }
@@ -631,7 +640,15 @@ async fn fetch(
     let (span, sent_crcs) = match answer {
         Ok(Some(span)) => span,
         Ok(None) => return kick(job, ctx, claim, buf).await,
-        Err(f) => return (Err(f), buf),
+        Err(f) => {
+            // An answer without the bytes (a peer's "not yet", a busy or missing file): its
+            // short body is read, and the connection serves the next request instead of a new
+            // one. Peers of a group answer "not yet" several times a second.
+            if !(200..300).contains(&resp.status()) {
+                resp.discard(&ctx.client).await;
+            }
+            return (Err(f), buf);
+        }
     };
     let Some((size, _, direct)) = job.layout(claim.file, claim.generation) else {
         return (Ok(()), buf);

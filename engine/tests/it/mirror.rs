@@ -410,6 +410,39 @@ fn a_stalled_mirror_loses_its_range_within_the_stall_timeout() {
     assert!(report.retries >= 1);
 }
 
+#[test]
+fn a_mirror_that_answers_nothing_is_dropped_at_its_first_stall() {
+    let content = data(19, 1024 * KIB);
+    let fx = Fixture::new(&[("model.bin", &content)]);
+    // A peer cut off under its kernel: connections are accepted, and nothing comes back.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute =
+        modelpull::mirror::parse_base(&format!("http://{}/", listener.local_addr().unwrap()))
+            .unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    // One connection at a time: counting three failures would take three stall timeouts.
+    let opts = Options {
+        connections: Some(1),
+        ..options(Driver::Epoll)
+    };
+    let dest = fx.dest("m");
+    let started = Instant::now();
+    let (report, _) = pull_with(targets(&fx, &["model.bin"], &[mute]), &dest, &opts);
+    assert_file(&dest, "model.bin", &content);
+    assert!(mirror_host(&report).dropped, "{:?}", report.connections);
+    assert!(
+        started.elapsed() < opts.stall_timeout * 2,
+        "took {:?}, stall timeout {:?}",
+        started.elapsed(),
+        opts.stall_timeout
+    );
+}
+
 /// Bytes of `content` in the blocks of `stripes` that `held` says are this node's.
 fn bytes_of_held_blocks(stripes: &Stripes, path: &str, len: u64, block: u64) -> u64 {
     (0..len.div_ceil(block))
@@ -445,6 +478,84 @@ fn a_striped_pull_takes_its_own_blocks_from_the_origin_and_waits_for_the_others(
     assert_eq!(body_bytes(&fx), own + 1, "{:?}", fx.origin.stats().served);
     assert_eq!(mirror_host(&report).bytes, len - own);
     assert!(!mirror_host(&report).dropped, "'not yet' is no failure");
+}
+
+#[test]
+fn a_mirrors_not_yet_answers_keep_their_connections() {
+    let content = data(17, 2 * 1024 * KIB);
+    let (fx, mirror) = origin_and_mirror(&[("model.bin", &content)]);
+    // A peer whose pull is behind: "not these bytes yet", many times over.
+    let not_yet = 40;
+    mirror.origin.set_faults(Faults {
+        status: Some(416),
+        status_times: not_yet,
+        ..Faults::default()
+    });
+    let stripes = Arc::new(Stripes::new(2, 256 * KIB as u64));
+    stripes.hold(stripes.stripe_of("model.bin", 0), true);
+    let opts = Options {
+        origin_gate: Some(stripes),
+        ..options(Driver::Epoll)
+    };
+    let dest = fx.dest("m");
+    pull_with(targets(&fx, &["model.bin"], &[base(&mirror)]), &dest, &opts);
+    assert_file(&dest, "model.bin", &content);
+    let stats = mirror.origin.stats();
+    let (asked, connections) = (
+        stats.requests.load(Relaxed),
+        stats.connections.load(Relaxed),
+    );
+    assert!(asked > u64::from(not_yet), "asked {asked} times");
+    // Each answer's connection served the next request: no more connections than the pull
+    // may have open at once on each of its cores (each core keeps its own).
+    assert!(
+        connections <= (opts.cores * opts.max_connections) as u64,
+        "{connections} connections for {asked} requests"
+    );
+}
+
+#[test]
+fn while_a_blocks_holder_says_not_yet_the_others_are_asked_now_and_then() {
+    let content = data(18, 256 * KIB);
+    let files = [("model.bin", content.as_slice())];
+    let (fx, holder) = origin_and_mirror(&files);
+    let other = Fixture::new(&files);
+    // The mirror that fetches the block from the origin has not got it for 12 rounds of
+    // "not yet" (a quarter second each); the other gets it from that one, so never before.
+    let rounds = 12;
+    holder.origin.set_faults(Faults {
+        status: Some(416),
+        status_times: rounds,
+        ..Faults::default()
+    });
+    other.origin.set_faults(Faults {
+        status: Some(416),
+        status_times: u32::MAX,
+        ..Faults::default()
+    });
+    let block = 256 * KIB as u64;
+    let stripes = Arc::new(Stripes::new(2, block));
+    stripes.set_holder(stripes.stripe_of("model.bin", 0), Some(0));
+    let opts = Options {
+        origin_gate: Some(stripes),
+        ..options(Driver::Epoll)
+    };
+    let dest = fx.dest("m");
+    pull_with(
+        targets(&fx, &["model.bin"], &[base(&holder), base(&other)]),
+        &dest,
+        &opts,
+    );
+    assert_file(&dest, "model.bin", &content);
+    let asked = |fx: &Fixture| fx.origin.stats().requests.load(Relaxed);
+    assert_eq!(asked(&holder), u64::from(rounds) + 1);
+    // Every eighth "not yet" of the holder: once, where it used to be asked every round.
+    assert!(
+        asked(&other) <= 2,
+        "the other mirror was asked {} times",
+        asked(&other)
+    );
+    assert_eq!(body_bytes(&fx), 1, "only the probe's byte from the origin");
 }
 
 #[test]

@@ -11,7 +11,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use super::{Claim, FileMeta, Job, JobState, Phase};
+use super::{Claim, FileMeta, Job, JobState, MirrorFault, Phase};
 use crate::http::HttpError;
 use crate::mirror;
 use crate::pull::tune::Tuner;
@@ -387,13 +387,16 @@ impl Job {
         }
     }
 
-    /// A mirror failed a range: dropped at once when `untrusted` (it sent bytes or a range
-    /// that contradict the origin), else after [`MIRROR_FAILURES`] in a row.
-    pub(super) fn count_mirror_failure(&self, st: &mut JobState, host: usize, untrusted: bool, err: &HttpError) {
+    /// A mirror failed a range: caught at once when it contradicted the origin, dropped at
+    /// once when it answered nothing at all, else dropped after [`MIRROR_FAILURES`] in a row.
+    pub(super) fn count_mirror_failure(&self, st: &mut JobState, host: usize, fault: MirrorFault, err: &HttpError) {
         let h = &mut st.hosts[host];
         h.failures += 1;
-        if untrusted {
+        if fault == MirrorFault::Untrusted {
             self.catch_mirror(st, host, &err.to_string());
+        } else if fault == MirrorFault::Unresponsive {
+            let why = format!("it answered nothing: {err}");
+            self.drop_mirror(st, host, &why);
         } else if h.failures >= MIRROR_FAILURES {
             let why = format!("{} failures in a row, the last: {err}", h.failures);
             self.drop_mirror(st, host, &why);

@@ -54,6 +54,7 @@ mod verify;
 mod window;
 
 pub(crate) use hosts::Overload;
+pub(crate) use retry::MirrorFault;
 use hosts::Pick;
 pub(crate) use verify::first_mismatch;
 
@@ -145,7 +146,15 @@ struct Pending {
     /// another one.
     avoid: u64,
     /// Since when the range waits for a mirror to have it (see `OriginGate`).
-    waiting: Option<Instant>,
+    waiting: Option<Waited>,
+}
+
+/// How long a range has waited for a mirror to have it, and how many times the mirror that
+/// fetches its block from the origin (`OriginGate::holder`) has answered that it has not yet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waited {
+    pub since: Instant,
+    pub not_yet: u32,
 }
 
 #[derive(Debug)]
@@ -285,7 +294,7 @@ pub(crate) struct Claim {
     /// Sources the range failed on before (bit per source index).
     pub avoid: u64,
     /// Since when the range has waited for a mirror to have it.
-    pub waiting: Option<Instant>,
+    pub waiting: Option<Waited>,
     pub kind: ClaimKind,
     /// Chunk span `[start, end)`; for a probe of a new file, the span the probe asks for.
     pub start: u64,

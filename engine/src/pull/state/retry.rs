@@ -9,7 +9,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use super::{Claim, ClaimKind, FileState, Job, Overload, Pending, Phase};
+use super::schedule::NOT_YET;
+use super::{Claim, ClaimKind, FileState, Job, Overload, Pending, Phase, Waited};
 use crate::error::Error;
 use crate::http::HttpError;
 use crate::pull::limits::backoff;
@@ -17,6 +18,23 @@ use crate::pull::tune;
 
 /// Times a file may change on the server mid-download before the pull gives up.
 const MAX_RESTARTS: u32 = 3;
+
+/// How a mirror failed a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MirrorFault {
+    /// An error, a stall mid-body, or an answer without the bytes: the range goes on, and
+    /// errors (not answers) three in a row drop the mirror.
+    Failed,
+    /// It answered nothing for the whole connect or stall timeout: cut off from this node, or
+    /// hung. Asking it again would cost every range another timeout, so it is dropped at once.
+    Unresponsive,
+    /// It contradicted the origin (a chunk's CRC, a range, a size): caught, and not asked again.
+    Untrusted,
+}
+
+/// While the mirror that fetches a block from the origin answers that it has not got a range
+/// of it yet, the other mirrors are asked for it every this many of its answers only.
+const ASK_OTHERS_EVERY: u32 = 8;
 
 impl Job {
     /// A request failed at chunk `from`: queue the rest again after a pause, or end the pull
@@ -115,11 +133,10 @@ impl Job {
 
     /// A request to a mirror failed at chunk `from`: the rest of its range goes to another
     /// source at once, without spending an attempt (a range's attempts are the origin's).
-    /// `untrusted`: the mirror contradicted the origin (a chunk's CRC, a range or a size), and
-    /// is dropped for the rest of the pull. Answering that it is busy (429, 503) or does not
+    /// `fault` says what it costs the mirror. Answering that it is busy (429, 503) or does not
     /// hold these bytes (416) is no mark against it, nor is answering that it does not have
     /// the file (404, 410: no more of the file's ranges go to it).
-    pub fn mirror_failed(&self, claim: &Claim, from: u64, err: HttpError, untrusted: bool) {
+    pub fn mirror_failed(&self, claim: &Claim, from: u64, err: HttpError, fault: MirrorFault) {
         let meta = &self.metas[claim.file];
         let mut st = self.lock();
         if st.failed.is_some() {
@@ -131,31 +148,59 @@ impl Job {
         // origin gate the mirrors are peers pulling the same model, so a 404 only means that a
         // peer's pull has not started the file yet.
         let peers = self.opts.origin_gate.is_some();
-        let (lacking, no_mark) = match err {
-            HttpError::Status { status, .. } => (
-                !peers && matches!(status, 404 | 410),
-                matches!(status, 416 | 429 | 503) || peers && matches!(status, 404 | 410),
-            ),
-            _ => (false, false),
+        let (lacking, not_yet, no_mark) = match err {
+            HttpError::Status { status, .. } => {
+                let not_yet = status == 416 || peers && matches!(status, 404 | 410);
+                (
+                    !peers && matches!(status, 404 | 410),
+                    not_yet,
+                    not_yet || matches!(status, 429 | 503),
+                )
+            }
+            _ => (false, false, false),
         };
         if lacking && st.files[claim.file].generation == claim.generation {
             st.files[claim.file].lacking |= 1 << claim.source;
         } else if !no_mark {
-            self.count_mirror_failure(&mut st, host, untrusted, &err);
+            self.count_mirror_failure(&mut st, host, fault, &err);
         }
         tracing::debug!(file = %meta.target.path, error = %err, "a mirror failed a range; it goes to another source");
         self.progress.retries.fetch_add(1, Relaxed);
         self.metrics.retries.inc();
+        // The peer that fetches the block from the origin has not got these bytes yet. The
+        // others get the block from it, so they have not either, unless the stripe changed
+        // hands: the range waits for it, and asks the others only now and then. (Asking every
+        // peer each time made a group of 8 send each other over a hundred "not yet" a second
+        // per node.)
+        let holder = self.opts.origin_gate.as_ref().and_then(|g| {
+            let offset = from * self.chunk_size();
+            g.holder(&meta.target.path, offset).map(|m| m + 1)
+        });
+        let waited = claim.waiting.map_or(0, |w| w.not_yet) + 1;
+        let holder_not_yet = not_yet && holder == Some(claim.source);
+        let wait = holder_not_yet && !waited.is_multiple_of(ASK_OTHERS_EVERY);
         let fs = &mut st.files[claim.file];
         if fs.generation != claim.generation {
             return;
         }
+        let now = Instant::now();
         fs.requeue(claim.id, from, |end| Pending {
             end,
             attempts: claim.attempts,
-            not_before: None,
-            avoid: claim.avoid | 1 << claim.source,
-            waiting: claim.waiting,
+            not_before: wait.then(|| now + NOT_YET),
+            avoid: if wait {
+                claim.avoid
+            } else {
+                claim.avoid | 1 << claim.source
+            },
+            waiting: if holder_not_yet {
+                Some(Waited {
+                    since: claim.waiting.map_or(now, |w| w.since),
+                    not_yet: waited,
+                })
+            } else {
+                claim.waiting
+            },
         });
     }
 

@@ -11,14 +11,14 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    ActiveRange, Claim, ClaimKind, FileState, Job, JobState, Pending, Phase, Pick, Work,
+    ActiveRange, Claim, ClaimKind, FileState, Job, JobState, Pending, Phase, Pick, Waited, Work,
 };
 
 /// How long a worker waits before it asks again when nothing can be claimed.
 const POLL: Duration = Duration::from_millis(5);
 
 /// How long a range no mirror has yet waits before the mirrors are asked again.
-const NOT_YET: Duration = Duration::from_millis(250);
+pub(super) const NOT_YET: Duration = Duration::from_millis(250);
 
 impl Job {
     /// Hands out the next piece of work: probes first, then the lowest pending range of the
@@ -65,7 +65,7 @@ impl Job {
                         e.min(s + span)
                     };
                     let fits = self.fits_window(meta, fs, window, committed, s, e);
-                    match self.source_for(st, file, s, avoid, waiting) {
+                    match self.source_for(st, file, s, avoid, waiting.map(|w| w.since)) {
                         Pick::Source(source) if fits => {
                             return self.claim_range(st, file, s, e, source, now);
                         }
@@ -76,7 +76,10 @@ impl Job {
                             // Asked of every mirror: ask again, after a pause.
                             let p = st.files[file].pending.get_mut(&s).expect("pending range");
                             p.avoid = 0;
-                            p.waiting.get_or_insert(now);
+                            p.waiting.get_or_insert(Waited {
+                                since: now,
+                                not_yet: 0,
+                            });
                             p.not_before = Some(now + NOT_YET);
                             wait = wait.min(NOT_YET);
                         }
@@ -186,7 +189,7 @@ impl JobState {
 impl FileState {
     /// The lowest pending range whose pause (after a failure) is over, as `(start, end)`, the
     /// sources it must avoid and since when it has waited for a mirror.
-    pub(super) fn ready_range(&self, now: Instant) -> Option<(u64, u64, u64, Option<Instant>)> {
+    pub(super) fn ready_range(&self, now: Instant) -> Option<(u64, u64, u64, Option<Waited>)> {
         self.pending
             .iter()
             .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
