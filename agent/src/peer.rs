@@ -135,8 +135,13 @@ pub async fn serve(
                 let busy = permit.is_none();
                 async move {
                     Ok::<_, Infallible>(if busy {
+                        // The connection holds no place: every request on it would be told the
+                        // same, so it is closed, and the peer asks again on a new one.
                         state.metrics.requests.with_label_values(&["busy"]).inc();
-                        plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n")
+                        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n");
+                        r.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        r
                     } else {
                         answer(&state, &req).await
                     })

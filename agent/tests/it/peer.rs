@@ -20,14 +20,16 @@ const KIB: usize = 1024;
 
 /// An agent without a cluster (no node name: it idles) serving `root`'s models to peers.
 fn peer_agent(root: &Path) -> (Agent, u16) {
+    peer_agent_with(root, &[])
+}
+
+/// [`peer_agent`] with `extra` arguments.
+fn peer_agent_with(root: &Path, extra: &[&str]) -> (Agent, u16) {
     let port = fixed_port();
     let addr = format!("127.0.0.1:{port}");
-    let agent = Agent::start(
-        Path::new("/nonexistent"),
-        root,
-        "",
-        &["--peer-bind-address", &addr],
-    );
+    let mut args = vec!["--peer-bind-address", addr.as_str()];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(Path::new("/nonexistent"), root, "", &args);
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -54,6 +56,35 @@ fn get(port: u16, path: &str, headers: &str) -> (u16, String) {
     let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
     let head = text.split("\r\n\r\n").next().unwrap().to_lowercase();
     (status, head)
+}
+
+#[test]
+fn a_connection_over_the_limit_is_told_busy_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, port) = peer_agent_with(dir.path(), &["--peer-max-connections", "1"]);
+    // The connection that found the port open gives its place back when the server sees it
+    // closed; then this one, kept open, holds the one place.
+    std::thread::sleep(Duration::from_millis(300));
+    let _first = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Asked to keep the connection (HTTP/1.1's default): a busy answer closes it anyway, or
+    // a reader that reuses connections would be told "busy" on it forever.
+    write!(
+        second,
+        "GET /models/0123456789abcdef/a.bin HTTP/1.1\r\nHost: peer\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = Vec::new();
+    second
+        .read_to_end(&mut text)
+        .expect("the server closes the connection after a busy answer");
+    let text = String::from_utf8_lossy(&text).to_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
 }
 
 fn mirrored(fx: &Fixture, name: &str, port: u16, key: &str) -> Target {
