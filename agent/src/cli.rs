@@ -96,7 +96,8 @@ pub struct Args {
     #[arg(long, env = "PEER_BIND_ADDRESS")]
     pub peer_bind_address: Option<BindAddress>,
 
-    /// Peers served at once; more are answered 503 (busy) and come back later.
+    /// Peers' requests served at once; more are answered 503 (busy) and ask again. Idle
+    /// connections hold no place (up to four times as many are kept open).
     #[arg(long, env = "PEER_MAX_CONNECTIONS", default_value_t = 64, value_parser = at_least_one)]
     pub peer_max_connections: usize,
 

@@ -42,7 +42,8 @@ use crate::keys;
 /// How the peer server is bounded.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections served at once; more are answered 503.
+    /// Requests served at once; more are answered 503. Idle connections hold no place; open
+    /// connections are bounded at [`CONNECTIONS_PER_PLACE`] times this.
     pub max_connections: usize,
     /// Bytes per second over every connection, if capped.
     pub limit_rate: Option<u64>,
@@ -92,7 +93,14 @@ struct State {
     memory: Arc<Semaphore>,
     /// Running pulls' journals as last read: each request reads only what was appended since.
     journals: Arc<Journals>,
+    /// Places for requests being answered: one from the request until its body is sent.
+    places: Arc<Semaphore>,
 }
+
+/// Open connections per place: readers keep idle connections for their next requests (and a
+/// reader whose tuner lowered its count may keep more than it uses), which cost a socket each,
+/// not a place.
+pub const CONNECTIONS_PER_PLACE: usize = 4;
 
 /// Mebibytes of file data the peer server holds at once, over every connection.
 const MEMORY_MIB: usize = 256;
@@ -110,13 +118,15 @@ pub async fn serve(
     metrics: PeerMetrics,
 ) -> io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let places = limits.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(places * CONNECTIONS_PER_PLACE));
     let state = Arc::new(State {
         models,
         limiter: limits.limit_rate.map(RateLimiter::new),
         metrics,
         memory: Arc::new(Semaphore::new(MEMORY_MIB)),
         journals: Arc::default(),
+        places: Arc::new(Semaphore::new(places)),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -135,7 +145,7 @@ pub async fn serve(
                 let busy = permit.is_none();
                 async move {
                     Ok::<_, Infallible>(if busy {
-                        // The connection holds no place: every request on it would be told the
+                        // Over the connections' bound: every request on it would be told the
                         // same, so it is closed, and the peer asks again on a new one.
                         state.metrics.requests.with_label_values(&["busy"]).inc();
                         let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n");
@@ -166,6 +176,10 @@ enum Wanted {
 
 async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
     let count = |result: &str| state.metrics.requests.with_label_values(&[result]).inc();
+    let Ok(place) = state.places.clone().try_acquire_owned() else {
+        count("busy");
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n");
+    };
     if req.method() != Method::GET {
         count("bad_request");
         return plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
@@ -245,7 +259,7 @@ async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
     let crcs = chunk.filter(|c| first % c == 0).map(|c| {
         modelpull::mirror::format_crcs(&modelpull::mirror::chunk_crcs(&bytes, c as usize))
     });
-    let body = paced(Bytes::from(bytes), state, memory);
+    let body = paced(Bytes::from(bytes), state, (memory, place));
     let mut r = Response::new(body);
     *r.status_mut() = if wanted == Wanted::Whole {
         StatusCode::OK
@@ -366,14 +380,18 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 }
 
 /// `bytes` as a body of [`FRAME`]-sized frames, each booked with the rate limiter first;
-/// `memory` is given back once the last frame is sent.
-fn paced(bytes: Bytes, state: &Arc<State>, memory: OwnedSemaphorePermit) -> Body {
-    let state = (state.clone(), memory);
+/// `held` (its memory and its place) is given back once the last frame is sent.
+fn paced(
+    bytes: Bytes,
+    state: &Arc<State>,
+    held: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) -> Body {
+    let state = (state.clone(), held);
     let frames = futures::stream::unfold((bytes, state), |(mut rest, state)| async move {
         if rest.is_empty() {
             return None;
         }
-        let (state, memory) = state;
+        let (state, held) = state;
         let n = rest.len().min(FRAME);
         if let Some(limiter) = &state.limiter {
             let wait = limiter.book(n);
@@ -385,7 +403,7 @@ fn paced(bytes: Bytes, state: &Arc<State>, memory: OwnedSemaphorePermit) -> Body
         let frame = rest.split_to(n);
         Some((
             Ok::<_, Infallible>(Frame::data(frame)),
-            (rest, (state, memory)),
+            (rest, (state, held)),
         ))
     });
     StreamBody::new(frames).boxed()

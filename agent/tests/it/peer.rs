@@ -58,33 +58,67 @@ fn get(port: u16, path: &str, headers: &str) -> (u16, String) {
     (status, head)
 }
 
+/// Sends `GET path` on `s`, keeping the connection, and returns the response head, lowercase.
+fn head_on(s: &mut TcpStream, path: &str) -> String {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: peer\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "closed before the head ended"
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
 #[test]
-fn a_connection_over_the_limit_is_told_busy_and_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_agent, port) = peer_agent_with(dir.path(), &["--peer-max-connections", "1"]);
-    // The connection that found the port open gives its place back when the server sees it
-    // closed; then this one, kept open, holds the one place.
-    std::thread::sleep(Duration::from_millis(300));
-    let _first = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut second = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    // Asked to keep the connection (HTTP/1.1's default): a busy answer closes it anyway, or
-    // a reader that reuses connections would be told "busy" on it forever.
-    write!(
-        second,
-        "GET /models/0123456789abcdef/a.bin HTTP/1.1\r\nHost: peer\r\n\r\n"
+fn requests_over_the_limit_are_told_busy_and_idle_connections_hold_no_place() {
+    let content = data(22, 512 * KIB);
+    let fx = Fixture::new(&[("w.bin", &content)]);
+    let seed = tempfile::tempdir().unwrap();
+    let key = storage_key("hf://org/model");
+    let opts = options(Driver::Epoll);
+    pull(
+        vec![fx.target("w.bin", true)],
+        &seed.path().join("models").join(&key),
+        &opts,
     )
     .unwrap();
-    let mut text = Vec::new();
-    second
-        .read_to_end(&mut text)
-        .expect("the server closes the connection after a busy answer");
-    let text = String::from_utf8_lossy(&text).to_lowercase();
-    assert!(text.starts_with("http/1.1 503"), "{text}");
-    assert!(text.contains("connection: close"), "{text}");
+    // One place, and 64 KiB/s: the whole file takes eight seconds to send.
+    let (_agent, port) = peer_agent_with(
+        seed.path(),
+        &["--peer-max-connections", "1", "--peer-limit-rate", "64K"],
+    );
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let path = format!("/models/{key}/w.bin");
+    // The connections that found the port open count until the server sees them closed.
+    std::thread::sleep(Duration::from_millis(300));
+    // An idle connection holds no place: the next request is served.
+    let _idle = connect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut sending = connect();
+    assert!(head_on(&mut sending, &path).starts_with("http/1.1 200"));
+    // While that body is sent, a request on another connection is told to come back, and
+    // may ask again on the same connection.
+    let mut second = connect();
+    let busy = head_on(&mut second, &path);
+    assert!(busy.starts_with("http/1.1 503"), "{busy}");
+    assert!(!busy.contains("connection: close"), "{busy}");
+    // Four connections per place are open (with this fourth one): a fifth is told busy and
+    // closed, as asking again on it would be told the same.
+    let _fourth = connect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut fifth = connect();
+    let refused = head_on(&mut fifth, &path);
+    assert!(refused.starts_with("http/1.1 503"), "{refused}");
+    assert!(refused.contains("connection: close"), "{refused}");
 }
 
 fn mirrored(fx: &Fixture, name: &str, port: u16, key: &str) -> Target {
