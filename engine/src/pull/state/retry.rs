@@ -170,8 +170,8 @@ impl Job {
         // The peer that fetches the block from the origin has not got these bytes yet. The
         // others get the block from it, so they have not either, unless the stripe changed
         // hands: the range waits for it, and asks the others only now and then. (Asking every
-        // peer each time made a group of 8 send each other over a hundred "not yet" a second
-        // per node.)
+        // peer each time made each node of a group of 8 send over a hundred "not yet" a
+        // second.)
         let holder = self.opts.origin_gate.as_ref().and_then(|g| {
             let offset = from * self.chunk_size();
             g.holder(&meta.target.path, offset).map(|m| m + 1)
@@ -184,6 +184,18 @@ impl Job {
             return;
         }
         let now = Instant::now();
+        if wait && let Some(gate) = &self.opts.origin_gate {
+            // The holder fetches its block in order, so the rest of the block is not there
+            // either: its pending ranges wait too, instead of each asking on its own (claims
+            // of one chunk made that a request per chunk of the window every quarter second).
+            let block = (gate.block() / self.chunk_size()).max(1);
+            let block_end = (from / block + 1) * block;
+            for (_, p) in fs.pending.range_mut(from..block_end) {
+                if p.not_before.is_none_or(|nb| nb < now + NOT_YET) {
+                    p.not_before = Some(now + NOT_YET);
+                }
+            }
+        }
         fs.requeue(claim.id, from, |end| Pending {
             end,
             attempts: claim.attempts,
