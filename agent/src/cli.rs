@@ -117,7 +117,7 @@ pub struct Args {
     pub peer_lease_duration: std::time::Duration,
 
     /// Bytes per block of a model dealt to the nodes' stripes.
-    #[arg(long, env = "PEER_STRIPE_SIZE", default_value = "64M", value_parser = parse_rate)]
+    #[arg(long, env = "PEER_STRIPE_SIZE", default_value = "16M", value_parser = parse_rate)]
     pub peer_stripe_size: u64,
 
     /// KServe's flag; accepted, and ignored with a warning: every node's agent must reconcile

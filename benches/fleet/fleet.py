@@ -251,10 +251,28 @@ http {{
     return proc, log
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has spent."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and kernel CPU time a process has spent."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def peer_answers(ip: str) -> dict[str, int]:
+    """What an agent's peer server answered so far, by result (ok, not_yet, busy…), from its
+    metrics."""
+    try:
+        with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    prefix = 'modelpull_peer_requests_total{result="'
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            result, value = line[len(prefix):].split('"} ')
+            out[result] = int(float(value))
+    return out
 
 
 def busy_seconds() -> float:
@@ -297,11 +315,20 @@ def run(n: int, args, api: Api, agent: str, work: Path, log: Path, uri: str,
     want = {f"n{i}" for i in range(1, n + 1)}
     while api.downloaded() != want:
         if time.monotonic() - started > args.timeout:
+            for a in agents:
+                a.kill()
+                a.wait()
             raise SystemExit(f"N={n}: not every node had the model after {args.timeout} s")
         time.sleep(0.2)
     seconds = time.monotonic() - started
     busy = busy_seconds() - busy_before
-    agent_cpu = {f"n{i}": cpu_seconds(a.pid) for i, a in enumerate(agents, 1)}
+    times = {f"n{i}": cpu_seconds(a.pid) for i, a in enumerate(agents, 1)}
+    agent_cpu = {k: user + kernel for k, (user, kernel) in times.items()}
+    agent_kernel = {k: kernel for k, (_, kernel) in times.items()}
+    answers: dict[str, int] = {}
+    for i in range(1, n + 1):
+        for result, count in peer_answers(node_ip(i)).items():
+            answers[result] = answers.get(result, 0) + count
     for a in agents:
         a.send_signal(signal.SIGTERM)
     for a in agents:
@@ -330,7 +357,9 @@ def run(n: int, args, api: Api, agent: str, work: Path, log: Path, uri: str,
                     got[peer] = got.get(peer, 0) + int(count)
         matrix[f"n{i}"] = got
     return {"n": n, "seconds": seconds, "origin_sent": origin_sent, "size": size,
-            "links": links, "matrix": matrix, "agent_cpu": agent_cpu, "busy": busy}
+            "links": links, "matrix": matrix, "agent_cpu": agent_cpu,
+            "agent_kernel": agent_kernel, "busy": busy, "cores": os.cpu_count(),
+            "peer_answers": answers}
 
 
 def chart(results: dict[str, list[dict]], path: Path) -> None:
@@ -376,30 +405,50 @@ def chart(results: dict[str, list[dict]], path: Path) -> None:
     path.write_text("\n".join(out))
 
 
+def answers(r: dict) -> str:
+    """A run's peer answers as `ok / not yet`, or a dash without peers."""
+    a = r.get("peer_answers") or {}
+    if not a:
+        return "–"
+    return f"{a.get('ok', 0)} / {a.get('not_yet', 0) + a.get('not_found', 0)}"
+
+
 def report(results: dict[str, list[dict]], args, path: Path) -> None:
     mib = lambda b: f"{b / 2**20:.0f}"
     lines = [f"# Node group bench, {time.strftime('%Y-%m-%d')}", "",
              f"Two models of {args.size} each: `file`, one file (an http:// URI with its "
              f"sha256), and `shards`, {SHARDS} safetensors shards and a config (an hf:// "
              f"repository whose Hub API nginx serves). Every link is capped at {args.rate} "
-             "each way (tc tbf); nodes and origin are network namespaces on one 2-core "
-             "machine, which also runs every agent.", "",
+             "each way (tc tbf); nodes and origin are network namespaces on one "
+             f"{os.cpu_count()}-core machine, which also runs every agent.", "",
              "nginx counts what it wrote to a connection the reader may have cut (a range "
              "split, a stall); the origin's link counts what crossed it, TCP/IP headers "
-             "included (about 3%). Agents' CPU is the sum over the nodes; the machine's is "
-             "everything it ran (agents, nginx, the links' forwarding, the API server) over "
-             "its 2 cores.", "",
-             "| model | nodes | every node has it (s) | ÷ one node alone | origin bytes ÷ "
-             "size (nginx) | origin link ÷ size | agents' CPU (s) | machine busy |",
-             "|---|---|---|---|---|---|---|---|"]
+             "included (about 3%). Agents' CPU is the sum over the nodes, with the kernel's "
+             "share of it (the links' packets are handled in the kernel, mostly charged to "
+             "the agents that send and receive them); the machine's is everything it ran "
+             "(agents, nginx, the links' forwarding, the API server) over its cores. "
+             "\"Cores' floor\" is the least time that work could take on those cores, over "
+             "the time of one node alone: a ratio close to it was bound by the machine's "
+             "CPU, not by how the nodes share. Peers' answers: what the agents' peer servers "
+             "answered each other, with bytes (ok) and \"not these bytes yet\" (416, or 404 "
+             "before a peer's pull has the file).", "",
+             "| model | nodes | every node has it (s) | ÷ one node alone | cores' floor "
+             "÷ alone | origin bytes ÷ size (nginx) | origin link ÷ size | agents' CPU (s) "
+             "| of it kernel | machine busy | peers' answers: ok / not yet |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, runs in results.items():
         alone = runs[0]["seconds"]
         for r in runs:
+            cores = r.get("cores") or 2
+            cpu = sum(r["agent_cpu"].values())
+            kernel = sum(r.get("agent_kernel", {}).values())
             lines.append(f"| {model} | {r['n']} | {r['seconds']:.1f} | "
-                         f"{r['seconds'] / alone:.2f} | {r['origin_sent'] / r['size']:.2f} | "
-                         f"{r['links']['origin'][1] / r['size']:.2f} | "
-                         f"{sum(r['agent_cpu'].values()):.1f} | "
-                         f"{r['busy'] / (2 * r['seconds']):.0%} |")
+                         f"{r['seconds'] / alone:.2f} | {r['busy'] / cores / alone:.2f} | "
+                         f"{r['origin_sent'] / r['size']:.2f} | "
+                         f"{r['links']['origin'][1] / r['size']:.2f} | {cpu:.1f} | "
+                         f"{kernel / cpu if cpu else 0:.0%} | "
+                         f"{r['busy'] / (cores * r['seconds']):.0%} | "
+                         f"{answers(r)} |")
     for model, runs in results.items():
         last = runs[-1]
         names = sorted(last["matrix"], key=lambda s: int(s[1:]))
@@ -429,7 +478,7 @@ def main() -> None:
                     help="models to run: file (one file), shards (an hf:// repository)")
     ap.add_argument("--size", default="4G", help="each model's size (K, M, G)")
     ap.add_argument("--rate", default="400mbit", help="each link's cap, as tc writes it")
-    ap.add_argument("--stripe-size", default="64M", help="the agents' --peer-stripe-size")
+    ap.add_argument("--stripe-size", default="16M", help="the agents' --peer-stripe-size")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per group size")
     ap.add_argument("--agent", required=True, help="the agent binary")
     ap.add_argument("--python", required=True, help="a Python with aiohttp (the API server)")

@@ -231,7 +231,7 @@ fn the_helm_chart_with_peers_renders_what_the_peers_overlay_adds() {
     assert_eq!(args.peer_limit_rate, None);
     assert_eq!(args.peer_max_connections, 64);
     assert_eq!(args.peer_lease_duration, Duration::from_secs(15));
-    assert_eq!(args.peer_stripe_size, 64 << 20);
+    assert_eq!(args.peer_stripe_size, 16 << 20);
 
     let Some(overlay) = kustomize("overlays/peers") else {
         return;

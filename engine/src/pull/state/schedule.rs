@@ -55,16 +55,36 @@ impl Job {
                     if let Some(nb) = fs.pending.values().filter_map(|p| p.not_before).min() {
                         wait = wait.min(nb.saturating_duration_since(now));
                     }
-                    let Some((s, e, avoid, waiting)) = fs.ready_range(now) else {
+                    let Some(mut ready) = fs.ready_range(now) else {
                         continue;
                     };
                     let meta = &self.metas[file];
-                    let e = if meta.ordered.is_empty() {
-                        e
-                    } else {
-                        e.min(s + span)
+                    let span_of = |(s, e): (u64, u64)| {
+                        if meta.ordered.is_empty() { e } else { e.min(s + span) }
                     };
-                    let fits = self.fits_window(meta, fs, window, committed, s, e);
+                    let mut fits = self.fits_window(
+                        meta,
+                        fs,
+                        window,
+                        committed,
+                        ready.0,
+                        span_of((ready.0, ready.1)),
+                    );
+                    // This node's own share of a group's pull (the gate gives it the origin)
+                    // is claimed beyond the window: the group's other nodes wait for it, and
+                    // holding it back behind ranges that wait for them left the origin idle
+                    // much of the time. What memory cannot park is read back to be hashed.
+                    let chunk = self.chunk_size();
+                    if !fits
+                        && let Some(gate) = &self.opts.origin_gate
+                        && let Some(own) = fs
+                            .ready_range_where(now, |s| gate.allows(&meta.target.path, s * chunk))
+                    {
+                        ready = own;
+                        fits = true;
+                    }
+                    let (s, e, avoid, waiting) = ready;
+                    let e = span_of((s, e));
                     match self.source_for(st, file, s, avoid, waiting.map(|w| w.since)) {
                         Pick::Source(source) if fits => {
                             return self.claim_range(st, file, s, e, source, now);
@@ -190,9 +210,18 @@ impl FileState {
     /// The lowest pending range whose pause (after a failure) is over, as `(start, end)`, the
     /// sources it must avoid and since when it has waited for a mirror.
     pub(super) fn ready_range(&self, now: Instant) -> Option<(u64, u64, u64, Option<Waited>)> {
+        self.ready_range_where(now, |_| true)
+    }
+
+    /// [`FileState::ready_range`] among the ranges whose first chunk `take` accepts.
+    pub(super) fn ready_range_where(
+        &self,
+        now: Instant,
+        mut take: impl FnMut(u64) -> bool,
+    ) -> Option<(u64, u64, u64, Option<Waited>)> {
         self.pending
             .iter()
-            .find(|(_, p)| p.not_before.is_none_or(|nb| nb <= now))
+            .find(|&(&s, p)| p.not_before.is_none_or(|nb| nb <= now) && take(s))
             .map(|(&s, p)| (s, p.end, p.avoid, p.waiting))
     }
 }

@@ -231,6 +231,63 @@ mod tests {
         assert!(job_files[claims[0].0].pending.keys().all(|&s| s >= last));
     }
 
+    /// A group's gate that gives this node the file's bytes from `0` on.
+    #[derive(Debug)]
+    struct OwnFrom(u64);
+
+    impl crate::mirror::OriginGate for OwnFrom {
+        fn allows(&self, _: &str, offset: u64) -> bool {
+            offset >= self.0
+        }
+
+        fn block(&self) -> u64 {
+            8192
+        }
+    }
+
+    #[test]
+    fn a_groups_own_share_is_claimed_beyond_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let sha = format!("#sha256={}", "0".repeat(64));
+        let mut meta = test_meta(dir.path(), "a.bin", &sha);
+        let peer = crate::mirror::parse_base("http://127.0.0.1:9/peer/").unwrap();
+        meta.target.add_mirrors(&[peer]);
+        // This node's share: chunks 32 to 39.
+        let opts = Options {
+            chunk_size: 4096,
+            range_size: 8192,
+            memory_limit: 12 * 4096,
+            connections: Some(4),
+            origin_gate: Some(std::sync::Arc::new(OwnFrom(32 * 4096))),
+            ..Options::default()
+        };
+        let job = test_job(opts, vec![meta]);
+        let probe = match job.claim() {
+            Work::Fetch(p) => p,
+            other => panic!("a probe, not {other:?}"),
+        };
+        let url = job.metas[0].target.url.clone();
+        job.start_file(&probe, 40 * 4096, "\"v\"".into(), url, true)
+            .unwrap();
+        // The window is spent by chunks parked far ahead of the cursor.
+        for c in 20..28 {
+            job.lock().files[0]
+                .parked
+                .insert(c, AlignedBuf::new(4096));
+        }
+        // The range at the cursor is claimed whatever the window (of a peer: it is another
+        // node's share); the next ones are others' too and wait for the window, and this
+        // node's own share goes to the origin all the same.
+        match job.claim() {
+            Work::Fetch(c) => assert_eq!((c.start, c.source), (0, 1), "{c:?}"),
+            other => panic!("the range at the cursor, not {other:?}"),
+        }
+        match job.claim() {
+            Work::Fetch(c) => assert_eq!((c.start, c.source), (32, 0), "{c:?}"),
+            other => panic!("this node's share, not {other:?}"),
+        }
+    }
+
     #[test]
     fn files_share_one_window_ahead_of_their_hash_cursors() {
         let dir = tempfile::tempdir().unwrap();
