@@ -58,6 +58,21 @@ fn get(port: u16, path: &str, headers: &str) -> (u16, String) {
     (status, head)
 }
 
+/// An origin serving `w.bin` with `content`, and a models root where it is published under
+/// its storage key, which is returned.
+fn published(content: &[u8]) -> (Fixture, tempfile::TempDir, String) {
+    let fx = Fixture::new(&[("w.bin", content)]);
+    let seed = tempfile::tempdir().unwrap();
+    let key = storage_key("hf://org/model");
+    pull(
+        vec![fx.target("w.bin", true)],
+        &seed.path().join("models").join(&key),
+        &options(Driver::Epoll),
+    )
+    .unwrap();
+    (fx, seed, key)
+}
+
 /// Sends `GET path` on `s`, keeping the connection, and returns the response head, lowercase.
 fn head_on(s: &mut TcpStream, path: &str) -> String {
     write!(s, "GET {path} HTTP/1.1\r\nHost: peer\r\n\r\n").unwrap();
@@ -77,16 +92,7 @@ fn head_on(s: &mut TcpStream, path: &str) -> String {
 #[test]
 fn requests_over_the_limit_are_told_busy_and_idle_connections_hold_no_place() {
     let content = data(22, 512 * KIB);
-    let fx = Fixture::new(&[("w.bin", &content)]);
-    let seed = tempfile::tempdir().unwrap();
-    let key = storage_key("hf://org/model");
-    let opts = options(Driver::Epoll);
-    pull(
-        vec![fx.target("w.bin", true)],
-        &seed.path().join("models").join(&key),
-        &opts,
-    )
-    .unwrap();
+    let (_fx, seed, key) = published(&content);
     // One place, and 64 KiB/s: the whole file takes eight seconds to send.
     let (_agent, port) = peer_agent_with(
         seed.path(),
@@ -131,16 +137,8 @@ fn mirrored(fx: &Fixture, name: &str, port: u16, key: &str) -> Target {
 #[test]
 fn a_published_model_goes_from_node_to_node_without_the_origin() {
     let content = data(21, 3 * 1024 * KIB + 17);
-    let fx = Fixture::new(&[("w.bin", &content)]);
-    let seed = tempfile::tempdir().unwrap();
-    let key = storage_key("hf://org/model");
+    let (fx, seed, key) = published(&content);
     let opts = options(Driver::Epoll);
-    pull(
-        vec![fx.target("w.bin", true)],
-        &seed.path().join("models").join(&key),
-        &opts,
-    )
-    .unwrap();
     let (agent, port) = peer_agent(seed.path());
 
     let before = fx.origin.stats().body_bytes.load(Relaxed);

@@ -110,6 +110,44 @@ impl S3 {
     }
 }
 
+/// Seeds bucket `models` of the moto `server` (started with auth) with one object, `key`
+/// holding `content` (`extra`: more of the object's plan fields, as `checksum`), and returns
+/// the environment of a temporary STS session that may read it: keys and a session token.
+pub fn session_bucket(
+    venv: &Venv,
+    server: &Server,
+    key: &str,
+    content: &[u8],
+    extra: serde_json::Value,
+) -> Env {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    std::fs::write(dir.path().join("obj"), content).expect("the object's file");
+    let mut object = json!({"key": key, "file": dir.path().join("obj")});
+    if let (Some(o), Some(e)) = (object.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    let plan = json!({
+        "endpoint": server.url(), "auth": true, "sts": true, "bucket": "models",
+        "objects": [object],
+    });
+    let seeded = servers::python(venv, "s3_seed.py", &[], &plan.to_string());
+    let out: serde_json::Value = serde_json::from_str(seeded.trim()).expect("the seed's JSON");
+    let field = |k: &str| {
+        out["session"][k]
+            .as_str()
+            .expect("the session's keys")
+            .to_owned()
+    };
+    [
+        ("AWS_ENDPOINT_URL", server.url()),
+        ("AWS_ACCESS_KEY_ID", field("access_key_id")),
+        ("AWS_SECRET_ACCESS_KEY", field("secret_access_key")),
+        ("AWS_SESSION_TOKEN", field("session_token")),
+    ]
+    .into_iter()
+    .collect()
+}
+
 /// No extra fields for an object of [`S3::start`]'s plan.
 pub fn none() -> serde_json::Value {
     json!({})

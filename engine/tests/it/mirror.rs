@@ -151,33 +151,15 @@ fn s3_signatures_and_session_tokens_never_reach_a_mirror() {
         return;
     };
     let server = modelpull_testkit::servers::moto(&venv, true);
-    let dir = tempfile::tempdir().unwrap();
     let content = data(16, 3 * 1024 * KIB);
-    std::fs::write(dir.path().join("obj"), &content).unwrap();
-    let plan = serde_json::json!({
-        "endpoint": server.url(), "auth": true, "sts": true, "bucket": "models",
-        "objects": [{"key": "m/w.bin", "file": dir.path().join("obj"), "checksum": "SHA256"}],
-    });
-    let seeded = modelpull_testkit::servers::python(&venv, "s3_seed.py", &[], &plan.to_string());
-    let out: serde_json::Value = serde_json::from_str(seeded.trim()).unwrap();
-    let session = &out["session"];
-    let env: modelpull::store::Env = [
-        ("AWS_ENDPOINT_URL", server.url()),
-        (
-            "AWS_ACCESS_KEY_ID",
-            session["access_key_id"].as_str().unwrap().to_owned(),
-        ),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            session["secret_access_key"].as_str().unwrap().to_owned(),
-        ),
-        (
-            "AWS_SESSION_TOKEN",
-            session["session_token"].as_str().unwrap().to_owned(),
-        ),
-    ]
-    .into_iter()
-    .collect();
+    let env = modelpull_testkit::stores::session_bucket(
+        &venv,
+        &server,
+        "m/w.bin",
+        &content,
+        serde_json::json!({"checksum": "SHA256"}),
+    );
+    let dir = tempfile::tempdir().unwrap();
     // A mirror of the bucket's layout: the file at its manifest path.
     let mirror = Fixture::new(&[("w.bin", &content)]);
     let opts = store_options();

@@ -5,7 +5,7 @@
 use modelpull::store::Env;
 use modelpull::{Error, ExitCode};
 use modelpull_testkit::servers;
-use modelpull_testkit::stores::{S3, none};
+use modelpull_testkit::stores::{self, S3, none};
 use modelpull_testkit::*;
 use serde_json::json;
 
@@ -276,34 +276,9 @@ fn session_tokens_sign_requests() {
         return;
     };
     let server = servers::moto(&venv, true);
-    let dir = tempfile::tempdir().unwrap();
     let content = data(5, 400_000);
-    std::fs::write(dir.path().join("obj"), &content).unwrap();
-    let plan = json!({
-        "endpoint": server.url(), "auth": true, "sts": true, "bucket": "models",
-        "objects": [{"key": "m/w.bin", "file": dir.path().join("obj")}],
-    });
-    let out: serde_json::Value =
-        serde_json::from_str(servers::python(&venv, "s3_seed.py", &[], &plan.to_string()).trim())
-            .unwrap();
-    let session = &out["session"];
-    let mut env: Env = [
-        ("AWS_ENDPOINT_URL", server.url()),
-        (
-            "AWS_ACCESS_KEY_ID",
-            session["access_key_id"].as_str().unwrap().to_owned(),
-        ),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            session["secret_access_key"].as_str().unwrap().to_owned(),
-        ),
-        (
-            "AWS_SESSION_TOKEN",
-            session["session_token"].as_str().unwrap().to_owned(),
-        ),
-    ]
-    .into_iter()
-    .collect();
+    let mut env = stores::session_bucket(&venv, &server, "m/w.bin", &content, none());
+    let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("out");
     pull_uri("s3://models/m", &env, &dest, &store_options()).unwrap();
     assert_file(&dest, "w.bin", &content);
