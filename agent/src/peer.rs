@@ -142,13 +142,13 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                let busy = permit.is_none();
+                let over = permit.is_none();
                 async move {
-                    Ok::<_, Infallible>(if busy {
+                    Ok::<_, Infallible>(if over {
                         // Over the connections' bound: every request on it would be told the
                         // same, so it is closed, and the peer asks again on a new one.
                         state.metrics.requests.with_label_values(&["busy"]).inc();
-                        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n");
+                        let mut r = busy();
                         r.headers_mut()
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                         r
@@ -178,7 +178,7 @@ async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
     let count = |result: &str| state.metrics.requests.with_label_values(&[result]).inc();
     let Ok(place) = state.places.clone().try_acquire_owned() else {
         count("busy");
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n");
+        return busy();
     };
     if req.method() != Method::GET {
         count("bad_request");
@@ -214,7 +214,7 @@ async fn answer(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
         .acquire_many_owned(most.div_ceil(1 << 20) as u32)
         .await
     else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n");
+        return busy();
     };
     let journals = state.journals.clone();
     let read =
@@ -377,6 +377,11 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
+}
+
+/// The answer to come back later: no place (or memory) for the request now.
+fn busy() -> Response<Body> {
+    plain(StatusCode::SERVICE_UNAVAILABLE, "busy: ask again\n")
 }
 
 /// `bytes` as a body of [`FRAME`]-sized frames, each booked with the rate limiter first;

@@ -172,19 +172,20 @@ impl Job {
         // hands: the range waits for it, and asks the others only now and then. (Asking every
         // peer each time made each node of a group of 8 send over a hundred "not yet" a
         // second.)
-        let holder = self.opts.origin_gate.as_ref().and_then(|g| {
-            let offset = from * self.chunk_size();
-            g.holder(&meta.target.path, offset).map(|m| m + 1)
-        });
+        let gate = self.opts.origin_gate.as_ref();
+        let holder_not_yet = not_yet
+            && gate
+                .and_then(|g| g.holder(&meta.target.path, from * self.chunk_size()))
+                .map(|m| m + 1)
+                == Some(claim.source);
         let waited = claim.waiting.map_or(0, |w| w.not_yet) + 1;
-        let holder_not_yet = not_yet && holder == Some(claim.source);
         let wait = holder_not_yet && !waited.is_multiple_of(ASK_OTHERS_EVERY);
         let fs = &mut st.files[claim.file];
         if fs.generation != claim.generation {
             return;
         }
         let now = Instant::now();
-        if wait && let Some(gate) = &self.opts.origin_gate {
+        if wait && let Some(gate) = gate {
             // The holder fetches its block in order, so the rest of the block is not there
             // either: its pending ranges wait too, instead of each asking on its own (claims
             // of one chunk made that a request per chunk of the window every quarter second).

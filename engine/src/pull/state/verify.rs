@@ -51,11 +51,11 @@ impl Job {
             fs.phase = Phase::Done;
             if let Some(s) = fs.suspects.take() {
                 let guilty = s.culprits(&fs.crcs[0]);
-                for source in (1..self.sources[file].len()).filter(|&i| s.mirrors & (1 << i) != 0) {
+                for (source, host) in self.mirrors_in(file, s.mirrors) {
                     let why = (guilty & (1 << source) != 0).then(|| {
                         format!("it sent chunks of `{}` that differ from the origin's", meta.target.path)
                     });
-                    self.acquit(&mut st, self.host_of(file, source), why.as_deref());
+                    self.acquit(&mut st, host, why.as_deref());
                 }
             }
             let fs = &mut st.files[file];
@@ -112,8 +112,8 @@ impl Job {
                     served: fs.served.clone(),
                     crcs: fs.crcs[0].clone(),
                 });
-                for source in (1..self.sources[file].len()).filter(|&i| mirrored & (1 << i) != 0) {
-                    self.suspect(&mut st, self.host_of(file, source));
+                for (_, host) in self.mirrors_in(file, mirrored) {
+                    self.suspect(&mut st, host);
                 }
             }
             drop(st);
@@ -129,6 +129,13 @@ impl Job {
         } else {
             Err(failure)
         }
+    }
+
+    /// The mirrors of `file` in `mask` (bit per source index), as `(source, host)`.
+    fn mirrors_in(&self, file: usize, mask: u64) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (1..self.sources[file].len())
+            .filter(move |&i| mask & (1 << i) != 0)
+            .map(move |i| (i, self.host_of(file, i)))
     }
 
     /// Marks a published file.
