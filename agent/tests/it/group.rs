@@ -182,6 +182,14 @@ impl Group {
         }
     }
 
+    /// Everything the running agents of `nodes` logged, one after the other.
+    fn all_logs(nodes: &[Node]) -> String {
+        nodes
+            .iter()
+            .filter_map(|n| Some(n.agent.as_ref()?.log()))
+            .collect()
+    }
+
     /// The end of what each agent logged, for a failure's message.
     fn logs(nodes: &[Node]) -> String {
         let tail = |log: String| {
@@ -427,10 +435,7 @@ async fn a_peer_cut_off_mid_transfer_loses_its_ranges_and_the_others_finish() {
     let took = stopped.elapsed();
     g.wait_statuses(&nodes).await;
     cut.agent.take().unwrap().kill();
-    let logs: String = nodes
-        .iter()
-        .filter_map(|n| Some(n.agent.as_ref()?.log()))
-        .collect();
+    let logs = Group::all_logs(&nodes);
     // Whoever asked it after the cut waited one stall timeout, then never asked it again.
     let dropped = logs.lines().any(|l| {
         l.contains("not using this mirror")
@@ -525,10 +530,7 @@ async fn a_peer_whose_flipped_bytes_only_the_digest_catches_is_caught_by_compari
     let nodes = g.nodes(2, &[]).await;
     g.wait_all(&nodes, Duration::from_secs(240)).await;
     g.wait_statuses(&nodes).await;
-    let logs: String = nodes
-        .iter()
-        .filter_map(|n| Some(n.agent.as_ref()?.log()))
-        .collect();
+    let logs = Group::all_logs(&nodes);
     let refetched = sum_metric(&nodes, "modelpull_verify_failures_total");
     // The file came again from the origin alone, and comparing its chunks with the failed
     // copy's named the liar: each drop names the mirror it drops.

@@ -243,6 +243,19 @@ fn a_file_whose_digest_fails_after_a_mirror_served_it_comes_again_from_the_origi
     );
 }
 
+/// Three stripes of `block`-byte blocks, as in a node group of three: this node holds the
+/// stripe of `model.bin`'s first byte, mirrors 0 and 1 fetch the next two. Returns the three
+/// in that order.
+fn three_stripes(block: u64) -> (Arc<Stripes>, [usize; 3]) {
+    let stripes = Arc::new(Stripes::new(3, block));
+    let first = stripes.stripe_of("model.bin", 0);
+    let order = [first, (first + 1) % 3, (first + 2) % 3];
+    stripes.hold(order[0], true);
+    stripes.set_holder(order[1], Some(0));
+    stripes.set_holder(order[2], Some(1));
+    (stripes, order)
+}
+
 /// The host of a fixture as a pull names it (and [`Distrust`] remembers it).
 fn host_of(fx: &Fixture) -> String {
     let url = base(fx);
@@ -256,14 +269,9 @@ fn only_the_mirror_whose_chunks_differ_from_the_origins_is_caught() {
     let (fx, liar) = origin_and_mirror(&files);
     let honest = Fixture::new(&files);
     let block = 256 * KIB as u64;
-    // Three stripes, as in a node group of three: this node's, the liar's and the honest
-    // peer's, each mirror sending the blocks of its own stripe.
-    let stripes = Arc::new(Stripes::new(3, block));
-    let first = stripes.stripe_of("model.bin", 0);
-    let (liar_stripe, honest_stripe) = ((first + 1) % 3, (first + 2) % 3);
-    stripes.hold(first, true);
-    stripes.set_holder(liar_stripe, Some(0));
-    stripes.set_holder(honest_stripe, Some(1));
+    // As in a node group of three: this node's stripe, the liar's and the honest peer's,
+    // each mirror sending the blocks of its own stripe.
+    let (stripes, [_, liar_stripe, _]) = three_stripes(block);
     let liars_block = (0..content.len() as u64 / block)
         .find(|&k| stripes.stripe_of("model.bin", k * block) == liar_stripe)
         .unwrap();
@@ -547,13 +555,7 @@ fn each_block_goes_to_the_mirror_that_fetches_it_from_the_origin() {
     let (fx, a) = origin_and_mirror(&files);
     let b = Fixture::new(&files);
     let block = 256 * KIB as u64;
-    // Three stripes: this node's, mirror a's and mirror b's.
-    let stripes = Arc::new(Stripes::new(3, block));
-    let first = stripes.stripe_of("model.bin", 0);
-    let (a_stripe, b_stripe) = ((first + 1) % 3, (first + 2) % 3);
-    stripes.hold(first, true);
-    stripes.set_holder(a_stripe, Some(0));
-    stripes.set_holder(b_stripe, Some(1));
+    let (stripes, [first, a_stripe, b_stripe]) = three_stripes(block);
     let opts = Options {
         origin_gate: Some(stripes.clone()),
         ..options(Driver::Epoll)
