@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 /// Connections a host starts with.
 pub const START: usize = 16;
+/// The most connections a mirror gets. A node group's peers answer from a disk on the same
+/// network, where a few connections fill a link; more only split a peer's uplink into more
+/// slow requests, and the one at a hash cursor arrives that much later.
+pub const MIRROR_MAX: usize = 4;
 /// How long one measurement runs; also the least an overloaded host's refused request waits.
 pub const EPOCH: Duration = Duration::from_millis(500);
 /// Time for connections just opened to reach their speed before their bytes are measured.
@@ -96,6 +100,15 @@ impl Tuner {
                 warm: false,
             },
         )
+    }
+
+    /// This tuner for a mirror: an adaptive one gets at most [`MIRROR_MAX`] (a fixed
+    /// count stays as it is).
+    pub fn for_mirror(&self) -> Self {
+        match self.phase {
+            Phase::Fixed => self.clone(),
+            _ => Self::adaptive(self.max.min(MIRROR_MAX)),
+        }
     }
 
     /// Exactly `n` connections, always.

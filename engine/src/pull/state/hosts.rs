@@ -45,7 +45,7 @@ pub(crate) struct HostState {
     /// A mirror's failures since its last range that ended well.
     failures: u32,
     /// Claims open on the host.
-    active: usize,
+    pub(super) active: usize,
     /// Of those, requests receiving a body.
     streaming: usize,
     /// Claims numbered up to this one were opened before the host's last cut.
@@ -89,7 +89,11 @@ pub(super) fn index(
                     tracing::warn!(mirror = %name, "not asking this mirror: it sent bytes that contradict the origin to an earlier pull");
                 }
                 hosts.push(HostState {
-                    tuner: tuner.clone(),
+                    tuner: if mirror {
+                        tuner.for_mirror()
+                    } else {
+                        tuner.clone()
+                    },
                     name,
                     mirror,
                     dropped,
