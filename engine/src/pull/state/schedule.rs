@@ -17,6 +17,13 @@ use super::{
 /// How long a worker waits before it asks again when nothing can be claimed.
 const POLL: Duration = Duration::from_millis(5);
 
+/// How many blocks of its own share a node group's pull fetches from the origin at once
+/// beyond its memory window (see [`crate::mirror::OriginGate`]).
+const OWN_BLOCKS_OPEN: usize = 1;
+
+/// How many of a file's ready ranges one claim looks at for one whose source has room.
+const SCAN: usize = 64;
+
 /// How long a range no mirror has yet waits before the mirrors are asked again.
 pub(super) const NOT_YET: Duration = Duration::from_millis(250);
 
@@ -55,53 +62,57 @@ impl Job {
                     if let Some(nb) = fs.pending.values().filter_map(|p| p.not_before).min() {
                         wait = wait.min(nb.saturating_duration_since(now));
                     }
-                    let Some(mut ready) = fs.ready_range(now) else {
-                        continue;
-                    };
                     let meta = &self.metas[file];
                     let span_of = |(s, e): (u64, u64)| {
                         if meta.ordered.is_empty() { e } else { e.min(s + span) }
                     };
-                    let mut fits = self.fits_window(
-                        meta,
-                        fs,
-                        window,
-                        committed,
-                        ready.0,
-                        span_of((ready.0, ready.1)),
-                    );
-                    // This node's own share of a group's pull (the gate gives it the origin)
-                    // is claimed beyond the window: the group's other nodes wait for it, and
-                    // holding it back behind ranges that wait for them left the origin idle
-                    // much of the time. What memory cannot park is read back to be hashed.
-                    let chunk = self.chunk_size();
-                    if !fits
-                        && let Some(gate) = &self.opts.origin_gate
-                        && let Some(own) = fs
-                            .ready_range_where(now, |s| gate.allows(&meta.target.path, s * chunk))
-                    {
-                        ready = own;
-                        fits = true;
-                    }
-                    let (s, e, avoid, waiting) = ready;
-                    let e = span_of((s, e));
-                    match self.source_for(st, file, s, avoid, waiting.map(|w| w.since)) {
-                        Pick::Source(source) if fits => {
-                            return self.claim_range(st, file, s, e, source, now);
+                    // The lowest ranges that fit the window, each to a source with room: one
+                    // whose mirrors are all busy or have not got it yet does not hold back
+                    // those after it that another peer can send now.
+                    let mut candidates: Vec<_> = Vec::new();
+                    for (s, e, avoid, waiting) in fs.ready_ranges(now).take(SCAN) {
+                        if !self.fits_window(meta, fs, window, committed, s, span_of((s, e))) {
+                            if candidates.is_empty()
+                                && matches!(
+                                    self.source_for(st, file, s, avoid, waiting.map(|w| w.since)),
+                                    Pick::Source(_)
+                                )
+                            {
+                                blocked = true;
+                            }
+                            break;
                         }
-                        Pick::Source(_) => blocked = true,
-                        Pick::Full(host) if fits => self.held_back(st, host),
-                        Pick::Full(_) => {}
-                        Pick::Wait => {
-                            // Asked of every mirror: ask again, after a pause.
-                            let p = st.files[file].pending.get_mut(&s).expect("pending range");
-                            p.avoid = 0;
-                            p.waiting.get_or_insert(Waited {
-                                since: now,
-                                not_yet: 0,
-                            });
-                            p.not_before = Some(now + NOT_YET);
-                            wait = wait.min(NOT_YET);
+                        candidates.push((s, e, avoid, waiting));
+                    }
+                    // This node's own share of a group's pull (the gate gives it the origin)
+                    // goes first, past the window too: the group's other nodes wait for it,
+                    // and holding it back behind ranges that wait for them left the origin
+                    // idle much of the time. What memory cannot park is read back to be
+                    // hashed. Only its lowest block, though: fetched all at once, every block
+                    // of the group would arrive at the end together, and no node could pass
+                    // any on before then.
+                    if let Some(own) = self.own_range(fs, meta, now) {
+                        candidates.retain(|c| c.0 != own.0);
+                        candidates.insert(0, own);
+                    }
+                    for (s, e, avoid, waiting) in candidates {
+                        let e = span_of((s, e));
+                        match self.source_for(st, file, s, avoid, waiting.map(|w| w.since)) {
+                            Pick::Source(source) => {
+                                return self.claim_range(st, file, s, e, source, now);
+                            }
+                            Pick::Full(host) => self.held_back(st, host),
+                            Pick::Wait => {
+                                // Asked of every mirror: ask again, after a pause.
+                                let p = st.files[file].pending.get_mut(&s).expect("pending range");
+                                p.avoid = 0;
+                                p.waiting.get_or_insert(Waited {
+                                    since: now,
+                                    not_yet: 0,
+                                });
+                                p.not_before = Some(now + NOT_YET);
+                                wait = wait.min(NOT_YET);
+                            }
                         }
                     }
                 }
@@ -110,6 +121,23 @@ impl Job {
         }
         self.split_range(st, blocked, now)
             .unwrap_or(Work::Wait(wait))
+    }
+
+    /// The lowest range of this node's own share of a group's pull (the ranges its
+    /// [`crate::mirror::OriginGate`] gives it) that is ready, within the lowest of its own
+    /// blocks still to fetch (see [`FileState::own_blocks_open`]); `None` without a gate.
+    fn own_range(
+        &self,
+        fs: &FileState,
+        meta: &super::FileMeta,
+        now: Instant,
+    ) -> Option<(u64, u64, u64, Option<Waited>)> {
+        let gate = self.opts.origin_gate.as_ref()?;
+        let chunk = self.chunk_size();
+        let block = (gate.block() / chunk).max(1);
+        let own = |b: u64| gate.allows(&meta.target.path, b * block * chunk);
+        let last = fs.own_blocks_open(block, own);
+        fs.ready_range_where(now, |s| own(s / block) && last.is_none_or(|l| s / block <= l))
     }
 
     /// Whether the pull is over: failed, or every file done.
@@ -213,6 +241,49 @@ impl FileState {
         self.ready_range_where(now, |_| true)
     }
 
+    /// The highest block (of `block` chunks) a pull may fetch of its own share past its
+    /// window: the [`OWN_BLOCKS_OPEN`]-th lowest block that `own` accepts and that has chunks
+    /// pending or in flight; `None` while there are fewer such blocks.
+    pub(super) fn own_blocks_open(&self, block: u64, own: impl Fn(u64) -> bool) -> Option<u64> {
+        let mut open: Vec<u64> = self
+            .active
+            .iter()
+            .map(|a| (a.end - 1) / block)
+            .filter(|&b| own(b))
+            .collect();
+        let mut last = None;
+        let mut found = 0;
+        for &s in self.pending.keys() {
+            let b = s / block;
+            if last == Some(b) {
+                continue;
+            }
+            last = Some(b);
+            if own(b) {
+                open.push(b);
+                found += 1;
+                if found == OWN_BLOCKS_OPEN {
+                    break;
+                }
+            }
+        }
+        open.sort_unstable();
+        open.dedup();
+        open.get(OWN_BLOCKS_OPEN - 1).copied()
+    }
+
+    /// The pending ranges whose pause is over, lowest first, as [`FileState::ready_range`]
+    /// gives them.
+    pub(super) fn ready_ranges(
+        &self,
+        now: Instant,
+    ) -> impl Iterator<Item = (u64, u64, u64, Option<Waited>)> {
+        self.pending
+            .iter()
+            .filter(move |(_, p)| p.not_before.is_none_or(|nb| nb <= now))
+            .map(|(&s, p)| (s, p.end, p.avoid, p.waiting))
+    }
+
     /// [`FileState::ready_range`] among the ranges whose first chunk `take` accepts.
     pub(super) fn ready_range_where(
         &self,
@@ -230,6 +301,42 @@ impl FileState {
 mod tests {
     use super::super::{FileMeta, Work, test_job, test_meta};
     use crate::pull::Options;
+
+    #[test]
+    fn a_range_whose_mirror_is_full_does_not_hold_back_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let sha = format!("#sha256={}", "0".repeat(64));
+        let mut meta = test_meta(dir.path(), "a.bin", &sha);
+        let peers = ["http://127.0.0.1:8/p/", "http://127.0.0.2:8/p/"]
+            .map(|u| crate::mirror::parse_base(u).unwrap());
+        meta.target.add_mirrors(&peers);
+        let opts = Options {
+            chunk_size: 4096,
+            range_size: 4096,
+            memory_limit: 64 * 4096,
+            ..Options::default()
+        };
+        let job = test_job(opts, vec![meta]);
+        let probe = match job.claim() {
+            Work::Fetch(p) => p,
+            other => panic!("a probe, not {other:?}"),
+        };
+        let url = job.metas[0].target.url.clone();
+        job.start_file(&probe, 8 * 4096, "\"v\"".into(), url, true)
+            .unwrap();
+        // The first peer has every connection it may have; the lowest range may go to it
+        // only (the second said it has not got it), the next to either.
+        {
+            let mut st = job.lock();
+            let first = job.sources[0][1];
+            st.hosts[first].active = crate::pull::tune::MIRROR_MAX;
+            st.files[0].pending.get_mut(&0).unwrap().avoid = 1 << 2;
+        }
+        match job.claim() {
+            Work::Fetch(c) => assert_eq!((c.start, c.source), (1, 2), "{c:?}"),
+            other => panic!("the next range, from the second peer, not {other:?}"),
+        }
+    }
 
     #[test]
     fn a_file_is_in_flight_while_a_claim_on_it_is_out() {

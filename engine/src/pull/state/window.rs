@@ -275,17 +275,22 @@ mod tests {
                 .parked
                 .insert(c, AlignedBuf::new(4096));
         }
-        // The range at the cursor is claimed whatever the window (of a peer: it is another
-        // node's share); the next ones are others' too and wait for the window, and this
-        // node's own share goes to the origin all the same.
-        match job.claim() {
-            Work::Fetch(c) => assert_eq!((c.start, c.source), (0, 1), "{c:?}"),
-            other => panic!("the range at the cursor, not {other:?}"),
-        }
+        // This node's own share goes to the origin first, past the window, one block (two
+        // chunks here) at a time; the range at the cursor is claimed whatever the window (of
+        // a peer: it is another node's share); the next ones are others' too and wait for
+        // the window.
         match job.claim() {
             Work::Fetch(c) => assert_eq!((c.start, c.source), (32, 0), "{c:?}"),
             other => panic!("this node's share, not {other:?}"),
         }
+        match job.claim() {
+            Work::Fetch(c) => assert_eq!((c.start, c.source), (0, 1), "{c:?}"),
+            other => panic!("the range at the cursor, not {other:?}"),
+        }
+        assert!(
+            !matches!(job.claim(), Work::Fetch(_)),
+            "the next block of its share waits for the first"
+        );
     }
 
     #[test]
