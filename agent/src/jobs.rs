@@ -31,7 +31,7 @@ use crate::plan::Download;
 use crate::retry::RetryPolicy;
 
 /// How often a pull shared with peers flushes and records its chunks (they serve only those).
-const SHARED_CHECKPOINT: Duration = Duration::from_secs(1);
+const SHARED_CHECKPOINT: Duration = Duration::from_millis(250);
 
 /// How the engine pulls.
 #[derive(Debug, Clone)]
