@@ -510,6 +510,20 @@ fn test_job(opts: Options, metas: Vec<FileMeta>) -> Job {
     )
 }
 
+/// Claims the probe of the job's first file and starts the file at `size` bytes, ranged, as
+/// its answer would: the state's unit tests' common start.
+#[cfg(test)]
+fn test_started(job: &Job, size: u64) {
+    let probe = match job.claim() {
+        Work::Fetch(p) => p,
+        other => panic!("a probe, not {other:?}"),
+    };
+    assert_eq!(probe.kind, ClaimKind::Probe);
+    let url = job.metas[0].target.url.clone();
+    job.start_file(&probe, size, "\"v\"".into(), url, true)
+        .unwrap();
+}
+
 /// A file `name` in `dir` for the state's unit tests: fetched from a port nothing answers,
 /// `fragment` appended to its URL (`""` or `#sha256=…`), its part and journal beside it.
 #[cfg(test)]

@@ -299,7 +299,7 @@ impl FileState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{FileMeta, Work, test_job, test_meta};
+    use super::super::{FileMeta, Work, test_job, test_meta, test_started};
     use crate::pull::Options;
 
     #[test]
@@ -317,13 +317,7 @@ mod tests {
             ..Options::default()
         };
         let job = test_job(opts, vec![meta]);
-        let probe = match job.claim() {
-            Work::Fetch(p) => p,
-            other => panic!("a probe, not {other:?}"),
-        };
-        let url = job.metas[0].target.url.clone();
-        job.start_file(&probe, 8 * 4096, "\"v\"".into(), url, true)
-            .unwrap();
+        test_started(&job, 8 * 4096);
         // The first peer has every connection it may have; the lowest range may go to it
         // only (the second said it has not got it), the next to either.
         {

@@ -159,7 +159,7 @@ mod tests {
     use std::time::Instant;
 
     use super::super::steal::SLOW_RANGE;
-    use super::super::{Claim, ClaimKind, FileMeta, Job, Work, test_job, test_meta};
+    use super::super::{Claim, ClaimKind, FileMeta, Job, Work, test_job, test_meta, test_started};
     use crate::buf::AlignedBuf;
     use crate::pull::Options;
 
@@ -262,13 +262,7 @@ mod tests {
             ..Options::default()
         };
         let job = test_job(opts, vec![meta]);
-        let probe = match job.claim() {
-            Work::Fetch(p) => p,
-            other => panic!("a probe, not {other:?}"),
-        };
-        let url = job.metas[0].target.url.clone();
-        job.start_file(&probe, 40 * 4096, "\"v\"".into(), url, true)
-            .unwrap();
+        test_started(&job, 40 * 4096);
         // The window is spent by chunks parked far ahead of the cursor.
         for c in 20..28 {
             job.lock().files[0]
