@@ -7,6 +7,7 @@
 //! as much less); where it no longer does, twice in a row (one dip of a busy machine is not a
 //! knee), it settles on the smaller count that gave (nearly) the same rate. Settled, it tries
 //! a quarter more now and then ([`PROBE_EVERY`]) and keeps them only if they pay.
+//! A mirror's tuner works the same way, up to [`MIRROR_MAX`] connections.
 //!
 //! A server that says it is overloaded (503, 429, S3's `SlowDown`, a refused connection) gets
 //! fewer at once: half as many, or as many as were receiving bodies when it answered if that

@@ -17,10 +17,6 @@ use super::{
 /// How long a worker waits before it asks again when nothing can be claimed.
 const POLL: Duration = Duration::from_millis(5);
 
-/// How many blocks of its own share a node group's pull fetches from the origin at once
-/// beyond its memory window (see [`crate::mirror::OriginGate`]).
-const OWN_BLOCKS_OPEN: usize = 1;
-
 /// How many of a file's ready ranges one claim looks at for one whose source has room.
 const SCAN: usize = 64;
 
@@ -70,7 +66,7 @@ impl Job {
                     // whose mirrors are all busy or have not got it yet does not hold back
                     // those after it that another peer can send now.
                     let mut candidates: Vec<_> = Vec::new();
-                    for (s, e, avoid, waiting) in fs.ready_ranges(now).take(SCAN) {
+                    for (s, e, avoid, waiting) in fs.ready_ranges(now, ..).take(SCAN) {
                         if !self.fits_window(meta, fs, window, committed, s, span_of((s, e))) {
                             if candidates.is_empty()
                                 && matches!(
@@ -123,9 +119,9 @@ impl Job {
             .unwrap_or(Work::Wait(wait))
     }
 
-    /// The lowest range of this node's own share of a group's pull (the ranges its
-    /// [`crate::mirror::OriginGate`] gives it) that is ready, within the lowest of its own
-    /// blocks still to fetch (see [`FileState::own_blocks_open`]); `None` without a gate.
+    /// The lowest ready range of the lowest block of this node's own share of a group's pull
+    /// (the blocks its [`crate::mirror::OriginGate`] gives it) that has chunks pending or in
+    /// flight; `None` without a gate, or while that block has no range ready.
     fn own_range(
         &self,
         fs: &FileState,
@@ -136,8 +132,9 @@ impl Job {
         let chunk = self.chunk_size();
         let block = (gate.block() / chunk).max(1);
         let own = |b: u64| gate.allows(&meta.target.path, b * block * chunk);
-        let last = fs.own_blocks_open(block, own);
-        fs.ready_range_where(now, |s| own(s / block) && last.is_none_or(|l| s / block <= l))
+        let lowest = fs.lowest_own_block(block, own)?;
+        fs.ready_ranges(now, lowest * block..(lowest + 1) * block)
+            .next()
     }
 
     /// Whether the pull is over: failed, or every file done.
@@ -238,62 +235,33 @@ impl FileState {
     /// The lowest pending range whose pause (after a failure) is over, as `(start, end)`, the
     /// sources it must avoid and since when it has waited for a mirror.
     pub(super) fn ready_range(&self, now: Instant) -> Option<(u64, u64, u64, Option<Waited>)> {
-        self.ready_range_where(now, |_| true)
+        self.ready_ranges(now, ..).next()
     }
 
-    /// The highest block (of `block` chunks) a pull may fetch of its own share past its
-    /// window: the [`OWN_BLOCKS_OPEN`]-th lowest block that `own` accepts and that has chunks
-    /// pending or in flight; `None` while there are fewer such blocks.
-    pub(super) fn own_blocks_open(&self, block: u64, own: impl Fn(u64) -> bool) -> Option<u64> {
-        let mut open: Vec<u64> = self
-            .active
-            .iter()
-            .map(|a| (a.end - 1) / block)
-            .filter(|&b| own(b))
-            .collect();
-        let mut last = None;
-        let mut found = 0;
-        for &s in self.pending.keys() {
-            let b = s / block;
-            if last == Some(b) {
-                continue;
-            }
-            last = Some(b);
-            if own(b) {
-                open.push(b);
-                found += 1;
-                if found == OWN_BLOCKS_OPEN {
-                    break;
-                }
-            }
-        }
-        open.sort_unstable();
-        open.dedup();
-        open.get(OWN_BLOCKS_OPEN - 1).copied()
-    }
-
-    /// The pending ranges whose pause is over, lowest first, as [`FileState::ready_range`]
-    /// gives them.
+    /// The pending ranges starting within `starts` whose pause is over, lowest first, as
+    /// [`FileState::ready_range`] gives them.
     pub(super) fn ready_ranges(
         &self,
         now: Instant,
+        starts: impl std::ops::RangeBounds<u64>,
     ) -> impl Iterator<Item = (u64, u64, u64, Option<Waited>)> {
         self.pending
-            .iter()
+            .range(starts)
             .filter(move |(_, p)| p.not_before.is_none_or(|nb| nb <= now))
             .map(|(&s, p)| (s, p.end, p.avoid, p.waiting))
     }
 
-    /// [`FileState::ready_range`] among the ranges whose first chunk `take` accepts.
-    pub(super) fn ready_range_where(
-        &self,
-        now: Instant,
-        mut take: impl FnMut(u64) -> bool,
-    ) -> Option<(u64, u64, u64, Option<Waited>)> {
-        self.pending
+    /// The lowest block (of `block` chunks) that `own` accepts and that has chunks pending or
+    /// in flight: the one block of its own share a group's pull fetches past its window.
+    pub(super) fn lowest_own_block(&self, block: u64, own: impl Fn(u64) -> bool) -> Option<u64> {
+        let active = self
+            .active
             .iter()
-            .find(|&(&s, p)| p.not_before.is_none_or(|nb| nb <= now) && take(s))
-            .map(|(&s, p)| (s, p.end, p.avoid, p.waiting))
+            .map(|a| (a.end - 1) / block)
+            .filter(|&b| own(b))
+            .min();
+        let pending = self.pending.keys().map(|&s| s / block).find(|&b| own(b));
+        active.into_iter().chain(pending).min()
     }
 }
 
