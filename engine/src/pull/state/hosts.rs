@@ -296,7 +296,9 @@ impl Job {
 
     /// A claim's response has come and its body is being received.
     pub fn streaming(&self, claim: &Claim) {
-        self.lock().hosts[self.host_of(claim.file, claim.source)].streaming += 1;
+        let mut st = self.lock();
+        st.hosts[self.host_of(claim.file, claim.source)].streaming += 1;
+        self.block_arrives(&mut st.files[claim.file], claim);
     }
 
     /// Called when a worker is done with a claim, whatever the outcome; `streamed` says

@@ -45,6 +45,7 @@ use crate::target::Target;
 mod checkpoint;
 mod hash;
 mod hosts;
+mod peer_wait;
 mod probe;
 mod resume;
 mod retry;

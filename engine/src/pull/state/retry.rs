@@ -172,9 +172,11 @@ impl Job {
         // hands: the range waits for it, and asks the others only now and then. (Asking every
         // peer each time made each node of a group of 8 send over a hundred "not yet" a
         // second.)
-        let gate = self.opts.origin_gate.as_ref();
         let holder_not_yet = not_yet
-            && gate
+            && self
+                .opts
+                .origin_gate
+                .as_ref()
                 .and_then(|g| g.holder(&meta.target.path, from * self.chunk_size()))
                 .map(|m| m + 1)
                 == Some(claim.source);
@@ -185,17 +187,10 @@ impl Job {
             return;
         }
         let now = Instant::now();
-        if wait && let Some(gate) = gate {
+        if wait && let Some(block) = self.block_around(from) {
             // The holder fetches its block in order, so the rest of the block is not there
-            // either: its pending ranges wait too, instead of each asking on its own (claims
-            // of one chunk made that a request per chunk of the window every quarter second).
-            let block = (gate.block() / self.chunk_size()).max(1);
-            let block_end = (from / block + 1) * block;
-            for (_, p) in fs.pending.range_mut(from..block_end) {
-                if p.not_before.is_none_or(|nb| nb < now + NOT_YET) {
-                    p.not_before = Some(now + NOT_YET);
-                }
-            }
+            // either: its pending ranges wait too (see `peer_wait`).
+            fs.park(block, now + NOT_YET, claim.waiting.map_or(now, |w| w.since));
         }
         fs.requeue(claim.id, from, |end| Pending {
             end,

@@ -39,6 +39,7 @@ impl Job {
         let committed = self.window_committed(&st.files);
         let window = self.window(st);
         let span = self.claim_span(st);
+        let own = self.own_front(st);
         for file in 0..st.files.len() {
             let fs = &st.files[file];
             match fs.phase {
@@ -66,7 +67,11 @@ impl Job {
                     // whose mirrors are all busy or have not got it yet does not hold back
                     // those after it that another peer can send now.
                     let mut candidates: Vec<_> = Vec::new();
-                    for (s, e, avoid, waiting) in fs.ready_ranges(now, ..).take(SCAN) {
+                    let ready = fs.ready_ranges(now, ..);
+                    for (s, e, avoid, waiting) in ready
+                        .filter(|r| !self.owned_later(file, r.0, own.as_ref()))
+                        .take(SCAN)
+                    {
                         if !self.fits_window(meta, fs, window, committed, s, span_of((s, e))) {
                             if candidates.is_empty()
                                 && matches!(
@@ -84,12 +89,13 @@ impl Job {
                     // goes first, past the window too: the group's other nodes wait for it,
                     // and holding it back behind ranges that wait for them left the origin
                     // idle much of the time. What memory cannot park is read back to be
-                    // hashed. Only its lowest block, though: fetched all at once, every block
-                    // of the group would arrive at the end together, and no node could pass
-                    // any on before then.
-                    if let Some(own) = self.own_range(fs, meta, now) {
-                        candidates.retain(|c| c.0 != own.0);
-                        candidates.insert(0, own);
+                    // hashed.
+                    if let Some((f, block)) = &own
+                        && *f == file
+                        && let Some(first) = fs.ready_ranges(now, block.clone()).next()
+                    {
+                        candidates.retain(|c| c.0 != first.0);
+                        candidates.insert(0, first);
                     }
                     for (s, e, avoid, waiting) in candidates {
                         let e = span_of((s, e));
@@ -119,22 +125,45 @@ impl Job {
             .unwrap_or(Work::Wait(wait))
     }
 
-    /// The lowest ready range of the lowest block of this node's own share of a group's pull
-    /// (the blocks its [`crate::mirror::OriginGate`] gives it) that has chunks pending or in
-    /// flight; `None` without a gate, or while that block has no range ready.
-    fn own_range(
-        &self,
-        fs: &FileState,
-        meta: &super::FileMeta,
-        now: Instant,
-    ) -> Option<(u64, u64, u64, Option<Waited>)> {
+    /// The group's front as this node fetches it: the lowest block of the model (its earliest
+    /// file first) of this node's own share of a group's pull (the blocks its
+    /// [`crate::mirror::OriginGate`] gives it) that has chunks pending or in flight, as its
+    /// file and chunks; `None` without a gate, or when no such block is left.
+    ///
+    /// Only that block goes to the origin. Fetched all at once, every block of the share
+    /// arrives at the end together and no node can pass any on before then: each node's tuner
+    /// grows its connections to the shared origin for a larger slice of it, and a group of 8
+    /// had the whole of a sharded model in flight at once, each block at 1/64 of the origin.
+    /// One block at a time, the group fetches the model front to back at the origin's pace,
+    /// and each block is passed on while the next one comes.
+    fn own_front(&self, st: &JobState) -> Option<(usize, std::ops::Range<u64>)> {
         let gate = self.opts.origin_gate.as_ref()?;
-        let chunk = self.chunk_size();
-        let block = (gate.block() / chunk).max(1);
-        let own = |b: u64| gate.allows(&meta.target.path, b * block * chunk);
-        let lowest = fs.lowest_own_block(block, own)?;
-        fs.ready_ranges(now, lowest * block..(lowest + 1) * block)
-            .next()
+        let block = self.block_chunks()?;
+        st.files
+            .iter()
+            .zip(&self.metas)
+            .enumerate()
+            .filter(|(_, (fs, _))| fs.phase == Phase::Active)
+            .find_map(|(file, (fs, meta))| {
+                let own = |b: u64| gate.allows(&meta.target.path, b * block * self.chunk_size());
+                let lowest = fs.lowest_own_block(block, own)?;
+                Some((file, lowest * block..(lowest + 1) * block))
+            })
+    }
+
+    /// Whether the range of `file` starting at chunk `start` is of this node's own share but
+    /// not of the block at its front (`front`, see [`Job::own_front`]): it waits its turn.
+    fn owned_later(
+        &self,
+        file: usize,
+        start: u64,
+        front: Option<&(usize, std::ops::Range<u64>)>,
+    ) -> bool {
+        let Some(gate) = &self.opts.origin_gate else {
+            return false;
+        };
+        let at_front = front.is_some_and(|(f, b)| *f == file && b.contains(&start));
+        !at_front && gate.allows(&self.metas[file].target.path, start * self.chunk_size())
     }
 
     /// Whether the pull is over: failed, or every file done.
@@ -204,6 +233,7 @@ impl Job {
         }
         let id = self.open_claim(st, file, source);
         let fs = &mut st.files[file];
+        self.asking_for_block(fs, start, p.waiting, now);
         fs.active.push(ActiveRange {
             id,
             next: start,

@@ -287,6 +287,100 @@ mod tests {
         );
     }
 
+    /// Two started files of 40 chunks, a.bin and b.bin, each also at one peer, in a group's
+    /// pull whose gate gives this node their chunks from `own_from` on, in blocks of two.
+    fn two_shared(dir: &std::path::Path, own_from: u64) -> Job {
+        let sha = format!("#sha256={}", "0".repeat(64));
+        let peer = crate::mirror::parse_base("http://127.0.0.1:9/peer/").unwrap();
+        let metas: Vec<FileMeta> = ["a.bin", "b.bin"]
+            .iter()
+            .map(|name| {
+                let mut meta = test_meta(dir, name, &sha);
+                meta.target.add_mirrors(std::slice::from_ref(&peer));
+                meta
+            })
+            .collect();
+        let opts = Options {
+            chunk_size: 4096,
+            range_size: 8192,
+            memory_limit: 12 * 4096,
+            connections: Some(4),
+            origin_gate: Some(std::sync::Arc::new(OwnFrom(own_from * 4096))),
+            ..Options::default()
+        };
+        let job = test_job(opts, metas);
+        let probes: Vec<Claim> = (0..2)
+            .map(|_| match job.claim() {
+                Work::Fetch(p) => p,
+                other => panic!("a probe, not {other:?}"),
+            })
+            .collect();
+        for p in &probes {
+            let url = job.metas[p.file].target.url.clone();
+            job.start_file(p, 40 * 4096, "\"v\"".into(), url, true)
+                .unwrap();
+            job.release_host(p, true);
+        }
+        job
+    }
+
+    fn all_claims(job: &Job) -> Vec<Claim> {
+        std::iter::from_fn(|| match job.claim() {
+            Work::Fetch(c) => Some(c),
+            _ => None,
+        })
+        .take(8)
+        .collect()
+    }
+
+    #[test]
+    fn a_groups_own_share_is_claimed_one_block_of_the_model_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        // This node's share of each file: chunks 32 to 39, four blocks of two chunks, past a
+        // window spent by chunks parked far ahead of a's cursor.
+        let job = two_shared(dir.path(), 32);
+        for c in 20..28 {
+            job.lock().files[0]
+                .parked
+                .insert(c, AlignedBuf::new(4096));
+        }
+        // Of the whole model, only a's lowest block of the share goes to the origin; each
+        // file's range at its cursor goes to the peer.
+        let claims = all_claims(&job);
+        let got: Vec<_> = claims.iter().map(|c| (c.file, c.start, c.source)).collect();
+        assert_eq!(got, [(0, 32, 0), (0, 0, 1), (1, 0, 1)]);
+        // Once a's share is all fetched, b's lowest block is next.
+        job.release_host(&claims[0], true);
+        {
+            let mut st = job.lock();
+            let fs = &mut st.files[0];
+            fs.active.retain(|a| a.id != claims[0].id);
+            fs.pending.retain(|&s, _| s < 32);
+        }
+        match job.claim() {
+            Work::Fetch(c) => assert_eq!((c.file, c.start, c.source), (1, 32, 0), "{c:?}"),
+            other => panic!("b's share, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn within_the_window_too_only_the_front_block_of_a_share_goes_to_the_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every chunk is this node's to fetch, and the window is free: still, a's first
+        // block is all that goes to the origin until it is fetched.
+        let job = two_shared(dir.path(), 0);
+        let claims = all_claims(&job);
+        let got: Vec<_> = claims.iter().map(|c| (c.file, c.start, c.end, c.source)).collect();
+        assert_eq!(got, [(0, 0, 2, 0)]);
+        job.release_host(&claims[0], true);
+        job.lock().files[0].active.clear();
+        let got: Vec<_> = all_claims(&job)
+            .iter()
+            .map(|c| (c.file, c.start, c.source))
+            .collect();
+        assert_eq!(got, [(0, 2, 0)], "then a's second block");
+    }
+
     #[test]
     fn files_share_one_window_ahead_of_their_hash_cursors() {
         let dir = tempfile::tempdir().unwrap();
