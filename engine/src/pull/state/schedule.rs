@@ -69,7 +69,7 @@ impl Job {
                     let mut candidates: Vec<_> = Vec::new();
                     let ready = fs.ready_ranges(now, ..);
                     for (s, e, avoid, waiting) in ready
-                        .filter(|r| !self.owned_later(file, r.0, own.as_ref()))
+                        .filter(|r| !self.owned_later(file, r.0, own.as_ref().map(|o| o.0)))
                         .take(SCAN)
                     {
                         if !self.fits_window(meta, fs, window, committed, s, span_of((s, e))) {
@@ -130,12 +130,14 @@ impl Job {
     /// [`crate::mirror::OriginGate`] gives it) that has chunks pending or in flight, as its
     /// file and chunks; `None` without a gate, or when no such block is left.
     ///
-    /// Only that block goes to the origin. Fetched all at once, every block of the share
-    /// arrives at the end together and no node can pass any on before then: each node's tuner
-    /// grows its connections to the shared origin for a larger slice of it, and a group of 8
-    /// had the whole of a sharded model in flight at once, each block at 1/64 of the origin.
-    /// One block at a time, the group fetches the model front to back at the origin's pace,
-    /// and each block is passed on while the next one comes.
+    /// Only that file's share goes to the origin: what of it fits the window, and past the
+    /// window that one block. Fetched all at once, every block of the share arrives at the end
+    /// together and no node can pass any on before then: each node's tuner grows its
+    /// connections to the shared origin for a larger slice of it, and a group of 8 had the
+    /// whole of a sharded model in flight at once, each block at 1/64 of the origin (the
+    /// window judges each file's ranges by that file's own cursor, so every shard's share fit
+    /// in it). Front to back, the group fetches the model at the origin's pace, and each block
+    /// is passed on while the next ones come.
     fn own_front(&self, st: &JobState) -> Option<(usize, std::ops::Range<u64>)> {
         let gate = self.opts.origin_gate.as_ref()?;
         let block = self.block_chunks()?;
@@ -151,19 +153,13 @@ impl Job {
             })
     }
 
-    /// Whether the range of `file` starting at chunk `start` is of this node's own share but
-    /// not of the block at its front (`front`, see [`Job::own_front`]): it waits its turn.
-    fn owned_later(
-        &self,
-        file: usize,
-        start: u64,
-        front: Option<&(usize, std::ops::Range<u64>)>,
-    ) -> bool {
+    /// Whether the range of `file` starting at chunk `start` is of this node's own share of a
+    /// file after the one at its front (`front`, the file of [`Job::own_front`]): it waits its turn.
+    fn owned_later(&self, file: usize, start: u64, front: Option<usize>) -> bool {
         let Some(gate) = &self.opts.origin_gate else {
             return false;
         };
-        let at_front = front.is_some_and(|(f, b)| *f == file && b.contains(&start));
-        !at_front && gate.allows(&self.metas[file].target.path, start * self.chunk_size())
+        front != Some(file) && gate.allows(&self.metas[file].target.path, start * self.chunk_size())
     }
 
     /// Whether the pull is over: failed, or every file done.

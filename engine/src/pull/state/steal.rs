@@ -48,8 +48,9 @@ impl Job {
         self.metrics.ranges.inc();
     }
 
-    /// Nothing to claim: at the end of a file, takes over the upper half of the range with
-    /// the most left, so that one slow connection never holds the end of the pull. When a
+    /// Nothing to claim: at the end of a file (none of its ranges pending), takes over the
+    /// upper half of the range with the most left, so that one slow connection never holds
+    /// the end of the pull. When a
     /// window is full instead (`blocked`), only a range that has been slow is split: one at a
     /// file's cursor, holding the window back (any file's, since the window is shared).
     pub(super) fn split_range(
@@ -101,6 +102,10 @@ impl Job {
             .iter()
             .enumerate()
             .filter(|&(_, fs)| fs.phase == Phase::Active && fs.ranged)
+            // Not blocked, only a file's end is split: while ranges of it are pending (waiting
+            // for a peer, or, of a group's share, for their turn), a split only cuts a
+            // request the origin has already sent past the cut into the socket's buffers.
+            .filter(|&(_, fs)| blocked || fs.pending.is_empty())
             .flat_map(|(i, fs)| {
                 fs.active
                     .iter()
@@ -187,6 +192,31 @@ mod tests {
         // Chunks 2..8 and 10..16 are left: the upper half of one goes to a new claim.
         let (start, end) = split(&job).unwrap();
         assert!(matches!((start, end), (5, 8) | (13, 16)), "{start}..{end}");
+    }
+
+    #[test]
+    fn a_file_with_ranges_pending_is_not_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = ranges_in_flight(dir.path(), false, 2);
+        // The second range's last chunks wait their turn (a group's share, a peer's bytes):
+        // the file is not at its end, and nothing is cut.
+        {
+            let mut st = job.lock();
+            let fs = &mut st.files[0];
+            let a = fs.active.iter_mut().find(|a| a.end == 16).unwrap();
+            a.end = 14;
+            fs.pending.insert(
+                14,
+                super::super::Pending {
+                    end: 16,
+                    attempts: 0,
+                    not_before: Some(Instant::now() + std::time::Duration::from_secs(60)),
+                    avoid: 0,
+                    waiting: None,
+                },
+            );
+        }
+        assert_eq!(split(&job), None);
     }
 
     #[test]

@@ -364,21 +364,32 @@ mod tests {
     }
 
     #[test]
-    fn within_the_window_too_only_the_front_block_of_a_share_goes_to_the_origin() {
+    fn within_the_window_a_later_files_share_waits_for_the_front_files() {
         let dir = tempfile::tempdir().unwrap();
-        // Every chunk is this node's to fetch, and the window is free: still, a's first
-        // block is all that goes to the origin until it is fetched.
+        // Every chunk is this node's to fetch. The first claims are a's; while a's other
+        // ranges wait (after a failure, say), b's, its range at the cursor included, wait too.
         let job = two_shared(dir.path(), 0);
         let claims = all_claims(&job);
-        let got: Vec<_> = claims.iter().map(|c| (c.file, c.start, c.end, c.source)).collect();
-        assert_eq!(got, [(0, 0, 2, 0)]);
-        job.release_host(&claims[0], true);
-        job.lock().files[0].active.clear();
+        assert!(claims.iter().all(|c| c.file == 0 && c.source == 0), "{claims:?}");
+        for c in &claims {
+            job.release_host(c, true);
+        }
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        for p in job.lock().files[0].pending.values_mut() {
+            p.not_before = Some(later);
+        }
+        assert!(all_claims(&job).is_empty(), "b's share waits for a's");
+        // Once a's share is done, b's goes to the origin.
+        {
+            let mut st = job.lock();
+            st.files[0].active.clear();
+            st.files[0].pending.clear();
+        }
         let got: Vec<_> = all_claims(&job)
             .iter()
             .map(|c| (c.file, c.start, c.source))
             .collect();
-        assert_eq!(got, [(0, 2, 0)], "then a's second block");
+        assert_eq!(got[0], (1, 0, 0), "then b's: {got:?}");
     }
 
     #[test]
