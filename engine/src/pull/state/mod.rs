@@ -539,6 +539,19 @@ fn test_meta(dir: &std::path::Path, name: &str, fragment: &str) -> FileMeta {
     )
 }
 
+/// A file `name` in `dir` for the state's unit tests, as [`test_meta`] makes it, with a
+/// sha256 (so that mirrors may serve it) and at each of the `mirrors` (base URLs) too.
+#[cfg(test)]
+fn test_mirrored_meta(dir: &std::path::Path, name: &str, mirrors: &[&str]) -> FileMeta {
+    let mut meta = test_meta(dir, name, &format!("#sha256={}", "0".repeat(64)));
+    let bases: Vec<Url> = mirrors
+        .iter()
+        .map(|u| crate::mirror::parse_base(u).unwrap())
+        .collect();
+    meta.target.add_mirrors(&bases);
+    meta
+}
+
 /// Length of chunk `c` of a file of `size` bytes cut in chunks of `chunk` bytes.
 fn chunk_len(size: u64, chunk: u64, c: u64) -> usize {
     (size - c * chunk).min(chunk) as usize

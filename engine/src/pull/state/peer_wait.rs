@@ -84,7 +84,7 @@ impl FileState {
 mod tests {
     use std::time::Instant;
 
-    use super::super::{Claim, Job, Work, test_job, test_meta, test_started};
+    use super::super::{Claim, Job, Work, test_job, test_mirrored_meta, test_started};
     use crate::http::HttpError;
     use crate::pull::Options;
     use crate::pull::state::MirrorFault;
@@ -127,10 +127,7 @@ mod tests {
     #[test]
     fn a_block_its_holder_has_not_got_is_asked_for_by_one_range_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let sha = format!("#sha256={}", "0".repeat(64));
-        let mut meta = test_meta(dir.path(), "a.bin", &sha);
-        let peer = crate::mirror::parse_base("http://127.0.0.1:8/p/").unwrap();
-        meta.target.add_mirrors(&[peer]);
+        let meta = test_mirrored_meta(dir.path(), "a.bin", &["http://127.0.0.1:8/p/"]);
         let opts = Options {
             chunk_size: 4096,
             range_size: 4096,

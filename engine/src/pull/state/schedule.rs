@@ -293,17 +293,14 @@ impl FileState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{FileMeta, Work, test_job, test_meta, test_started};
+    use super::super::{FileMeta, Work, test_job, test_meta, test_mirrored_meta, test_started};
     use crate::pull::Options;
 
     #[test]
     fn a_range_whose_mirror_is_full_does_not_hold_back_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let sha = format!("#sha256={}", "0".repeat(64));
-        let mut meta = test_meta(dir.path(), "a.bin", &sha);
-        let peers = ["http://127.0.0.1:8/p/", "http://127.0.0.2:8/p/"]
-            .map(|u| crate::mirror::parse_base(u).unwrap());
-        meta.target.add_mirrors(&peers);
+        let peers = ["http://127.0.0.1:8/p/", "http://127.0.0.2:8/p/"];
+        let meta = test_mirrored_meta(dir.path(), "a.bin", &peers);
         let opts = Options {
             chunk_size: 4096,
             range_size: 4096,

@@ -159,7 +159,9 @@ mod tests {
     use std::time::Instant;
 
     use super::super::steal::SLOW_RANGE;
-    use super::super::{Claim, ClaimKind, FileMeta, Job, Work, test_job, test_meta, test_started};
+    use super::super::{
+        Claim, ClaimKind, FileMeta, Job, Work, test_job, test_meta, test_mirrored_meta, test_started,
+    };
     use crate::buf::AlignedBuf;
     use crate::pull::Options;
 
@@ -185,6 +187,13 @@ mod tests {
             ..Options::default()
         };
         let job = test_job(opts, metas);
+        let probes = start_both(&job);
+        (job, probes)
+    }
+
+    /// Claims the probes of a job's two files and starts each at 40 chunks of 4 KiB, ranged;
+    /// returns the probes, still open.
+    fn start_both(job: &Job) -> Vec<Claim> {
         let probes: Vec<Claim> = (0..2)
             .map(|_| match job.claim() {
                 Work::Fetch(probe) if probe.kind == ClaimKind::Probe => probe,
@@ -196,8 +205,11 @@ mod tests {
             job.start_file(probe, 40 * 4096, "\"v\"".into(), url, true)
                 .unwrap();
         }
-        (job, probes)
+        probes
     }
+
+    /// The base URL of the peer that the group's files of these tests are also at.
+    const PEER: &str = "http://127.0.0.1:9/peer/";
 
     #[test]
     fn the_window_is_the_free_buffers_or_a_claim_per_connection() {
@@ -248,10 +260,7 @@ mod tests {
     #[test]
     fn a_groups_own_share_is_claimed_beyond_the_window() {
         let dir = tempfile::tempdir().unwrap();
-        let sha = format!("#sha256={}", "0".repeat(64));
-        let mut meta = test_meta(dir.path(), "a.bin", &sha);
-        let peer = crate::mirror::parse_base("http://127.0.0.1:9/peer/").unwrap();
-        meta.target.add_mirrors(&[peer]);
+        let meta = test_mirrored_meta(dir.path(), "a.bin", &[PEER]);
         // This node's share: chunks 32 to 39.
         let opts = Options {
             chunk_size: 4096,
@@ -290,15 +299,9 @@ mod tests {
     /// Two started files of 40 chunks, a.bin and b.bin, each also at one peer, in a group's
     /// pull whose gate gives this node their chunks from `own_from` on, in blocks of two.
     fn two_shared(dir: &std::path::Path, own_from: u64) -> Job {
-        let sha = format!("#sha256={}", "0".repeat(64));
-        let peer = crate::mirror::parse_base("http://127.0.0.1:9/peer/").unwrap();
         let metas: Vec<FileMeta> = ["a.bin", "b.bin"]
             .iter()
-            .map(|name| {
-                let mut meta = test_meta(dir, name, &sha);
-                meta.target.add_mirrors(std::slice::from_ref(&peer));
-                meta
-            })
+            .map(|name| test_mirrored_meta(dir, name, &[PEER]))
             .collect();
         let opts = Options {
             chunk_size: 4096,
@@ -309,16 +312,7 @@ mod tests {
             ..Options::default()
         };
         let job = test_job(opts, metas);
-        let probes: Vec<Claim> = (0..2)
-            .map(|_| match job.claim() {
-                Work::Fetch(p) => p,
-                other => panic!("a probe, not {other:?}"),
-            })
-            .collect();
-        for p in &probes {
-            let url = job.metas[p.file].target.url.clone();
-            job.start_file(p, 40 * 4096, "\"v\"".into(), url, true)
-                .unwrap();
+        for p in &start_both(&job) {
             job.release_host(p, true);
         }
         job
