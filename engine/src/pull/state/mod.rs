@@ -525,6 +525,18 @@ fn test_started(job: &Job, size: u64) {
         .unwrap();
 }
 
+/// What the job hands out until it has nothing to fetch now (at most 16 claims), for the
+/// state's unit tests.
+#[cfg(test)]
+fn test_claims(job: &Job) -> Vec<Claim> {
+    std::iter::from_fn(|| match job.claim() {
+        Work::Fetch(c) => Some(c),
+        _ => None,
+    })
+    .take(16)
+    .collect()
+}
+
 /// A file `name` in `dir` for the state's unit tests: fetched from a port nothing answers,
 /// `fragment` appended to its URL (`""` or `#sha256=…`), its part and journal beside it.
 #[cfg(test)]

@@ -84,7 +84,7 @@ impl FileState {
 mod tests {
     use std::time::Instant;
 
-    use super::super::{Claim, Job, Work, test_job, test_mirrored_meta, test_started};
+    use super::super::{test_claims, test_job, test_mirrored_meta, test_started};
     use crate::http::HttpError;
     use crate::pull::Options;
     use crate::pull::state::MirrorFault;
@@ -105,15 +105,6 @@ mod tests {
         fn holder(&self, _: &str, _: u64) -> Option<usize> {
             Some(0)
         }
-    }
-
-    fn claims(job: &Job) -> Vec<Claim> {
-        std::iter::from_fn(|| match job.claim() {
-            Work::Fetch(c) => Some(c),
-            _ => None,
-        })
-        .take(16)
-        .collect()
     }
 
     fn not_yet() -> HttpError {
@@ -140,24 +131,24 @@ mod tests {
         test_started(&job, 8 * 4096);
         // The first round asks for each chunk of the block (nothing is known yet); the holder
         // has none of them.
-        let first = claims(&job);
+        let first = test_claims(&job);
         assert!(first.len() > 1, "{first:?}");
         for c in &first {
             job.release_host(c, false);
             job.mirror_failed(c, c.start, not_yet(), MirrorFault::Failed);
         }
-        assert!(claims(&job).is_empty(), "the block waits");
+        assert!(test_claims(&job).is_empty(), "the block waits");
         // Once the pause is over, one range asks; the rest wait for its answer.
         let past = Instant::now() - std::time::Duration::from_secs(1);
         for p in job.lock().files[0].pending.values_mut() {
             p.not_before = Some(past);
         }
-        let asking = claims(&job);
+        let asking = test_claims(&job);
         assert_eq!(asking.len(), 1, "{asking:?}");
         assert_eq!((asking[0].start, asking[0].source), (0, 1));
         // Its bytes come: the holder has the block from there on, and every range goes.
         job.streaming(&asking[0]);
-        let rest = claims(&job);
+        let rest = test_claims(&job);
         let starts: Vec<u64> = rest.iter().map(|c| c.start).collect();
         assert_eq!(starts, (1..8).collect::<Vec<_>>());
     }

@@ -160,7 +160,7 @@ mod tests {
 
     use super::super::steal::SLOW_RANGE;
     use super::super::{
-        Claim, ClaimKind, FileMeta, Job, Work, test_job, test_meta, test_mirrored_meta, test_started,
+        Claim, ClaimKind, FileMeta, Job, Work, test_job, test_meta, test_claims, test_mirrored_meta, test_started,
     };
     use crate::buf::AlignedBuf;
     use crate::pull::Options;
@@ -318,15 +318,6 @@ mod tests {
         job
     }
 
-    fn all_claims(job: &Job) -> Vec<Claim> {
-        std::iter::from_fn(|| match job.claim() {
-            Work::Fetch(c) => Some(c),
-            _ => None,
-        })
-        .take(8)
-        .collect()
-    }
-
     #[test]
     fn a_groups_own_share_is_claimed_one_block_of_the_model_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
@@ -340,7 +331,7 @@ mod tests {
         }
         // Of the whole model, only a's lowest block of the share goes to the origin; each
         // file's range at its cursor goes to the peer.
-        let claims = all_claims(&job);
+        let claims = test_claims(&job);
         let got: Vec<_> = claims.iter().map(|c| (c.file, c.start, c.source)).collect();
         assert_eq!(got, [(0, 32, 0), (0, 0, 1), (1, 0, 1)]);
         // Once a's share is all fetched, b's lowest block is next.
@@ -363,7 +354,7 @@ mod tests {
         // Every chunk is this node's to fetch. The first claims are a's; while a's other
         // ranges wait (after a failure, say), b's, its range at the cursor included, wait too.
         let job = two_shared(dir.path(), 0);
-        let claims = all_claims(&job);
+        let claims = test_claims(&job);
         assert!(claims.iter().all(|c| c.file == 0 && c.source == 0), "{claims:?}");
         for c in &claims {
             job.release_host(c, true);
@@ -372,14 +363,14 @@ mod tests {
         for p in job.lock().files[0].pending.values_mut() {
             p.not_before = Some(later);
         }
-        assert!(all_claims(&job).is_empty(), "b's share waits for a's");
+        assert!(test_claims(&job).is_empty(), "b's share waits for a's");
         // Once a's share is done, b's goes to the origin.
         {
             let mut st = job.lock();
             st.files[0].active.clear();
             st.files[0].pending.clear();
         }
-        let got: Vec<_> = all_claims(&job)
+        let got: Vec<_> = test_claims(&job)
             .iter()
             .map(|c| (c.file, c.start, c.source))
             .collect();
