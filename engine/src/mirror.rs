@@ -55,7 +55,7 @@ pub const MAX_MIRRORS: usize = 32;
 /// origin's work between its nodes ([`Stripes`]) gives each node's pull a gate: the ranges of
 /// its own share go to the origin first (nobody else fetches them), the others wait for a
 /// mirror (the peer whose share they are) instead of going to the origin, unless every mirror
-/// of the file is gone or the range waited [`PATIENCE`].
+/// of the file is gone or the range waited [`PATIENCE`] (see there).
 pub trait OriginGate: Send + Sync + std::fmt::Debug {
     /// Whether the range starting at byte `offset` of the file at manifest path `path` is this
     /// pull's to take from the origin.
@@ -75,8 +75,10 @@ pub trait OriginGate: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// How long a range waits for mirrors before it goes to the origin, whatever the gate says:
-/// the gate keeps the origin's load down, it must never keep a pull from ending.
+/// How long a range waits for mirrors before it goes to the origin, whatever the gate says,
+/// once the mirror that fetches its block ([`OriginGate::holder`]) has sent this pull nothing
+/// for as long either: the gate keeps the origin's load down, it must never keep a pull from
+/// ending.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A model's files cut into blocks, dealt to `count` stripes: the gate of a node that fetches

@@ -48,6 +48,8 @@ pub(crate) struct HostState {
     pub(super) active: usize,
     /// Of those, requests receiving a body.
     streaming: usize,
+    /// When a body from it last began to come.
+    streamed_at: Option<Instant>,
     /// Claims numbered up to this one were opened before the host's last cut.
     cut_at: u64,
     tuner: Tuner,
@@ -101,6 +103,7 @@ pub(super) fn index(
                     failures: 0,
                     active: 0,
                     streaming: 0,
+                    streamed_at: None,
                     cut_at: 0,
                 });
                 hosts.len() - 1
@@ -231,7 +234,17 @@ impl Job {
                 (None, Some(h)) => return Pick::Full(h),
                 (None, None) => {}
             }
-            let patient = waiting.is_none_or(|since| since.elapsed() < mirror::PATIENCE);
+            // Patience runs out when the range waited that long and its block's holder has not
+            // sent this node anything for as long either: a holder that sends other blocks is
+            // working its way to this one (front to back, file by file, which may take longer
+            // than `PATIENCE` on a large model), one that sends nothing may never get there.
+            let holder_sends = holder.and_then(|m| sources.get(m)).is_some_and(|&h| {
+                st.hosts[h]
+                    .streamed_at
+                    .is_some_and(|t| t.elapsed() < mirror::PATIENCE)
+            });
+            let patient =
+                holder_sends || waiting.is_none_or(|since| since.elapsed() < mirror::PATIENCE);
             if gate == Some(false) && patient && !alive.is_empty() {
                 return Pick::Wait;
             }
@@ -297,7 +310,9 @@ impl Job {
     /// A claim's response has come and its body is being received.
     pub fn streaming(&self, claim: &Claim) {
         let mut st = self.lock();
-        st.hosts[self.host_of(claim.file, claim.source)].streaming += 1;
+        let h = &mut st.hosts[self.host_of(claim.file, claim.source)];
+        h.streaming += 1;
+        h.streamed_at = Some(Instant::now());
         self.block_arrives(&mut st.files[claim.file], claim);
     }
 

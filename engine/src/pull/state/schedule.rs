@@ -229,7 +229,7 @@ impl Job {
         }
         let id = self.open_claim(st, file, source);
         let fs = &mut st.files[file];
-        self.asking_for_block(fs, start, p.waiting, now);
+        self.asking_for_block(fs, start, source, p.waiting, now);
         fs.active.push(ActiveRange {
             id,
             next: start,

@@ -48,9 +48,9 @@ impl Job {
         self.metrics.ranges.inc();
     }
 
-    /// Nothing to claim: at the end of a file (none of its ranges pending), takes over the
-    /// upper half of the range with the most left, so that one slow connection never holds
-    /// the end of the pull. When a
+    /// Nothing to claim: at the end of a file (in a group's pull, none of its ranges pending),
+    /// takes over the upper half of the range with the most left, so that one slow connection
+    /// never holds the end of the pull. When a
     /// window is full instead (`blocked`), only a range that has been slow is split: one at a
     /// file's cursor, holding the window back (any file's, since the window is shared).
     pub(super) fn split_range(
@@ -102,10 +102,13 @@ impl Job {
             .iter()
             .enumerate()
             .filter(|&(_, fs)| fs.phase == Phase::Active && fs.ranged)
-            // Not blocked, only a file's end is split: while ranges of it are pending (waiting
-            // for a peer, or, of a group's share, for their turn), a split only cuts a
-            // request the origin has already sent past the cut into the socket's buffers.
-            .filter(|&(_, fs)| blocked || fs.pending.is_empty())
+            // In a group's pull, not blocked, only a file's end is split: while ranges of it
+            // are pending (waiting for a peer, or, of the node's share, for their turn), a
+            // split only cuts a request the origin has already sent past the cut into the
+            // socket's buffers.
+            .filter(|&(_, fs)| {
+                blocked || self.opts.origin_gate.is_none() || fs.pending.is_empty()
+            })
             .flat_map(|(i, fs)| {
                 fs.active
                     .iter()
@@ -144,14 +147,16 @@ mod tests {
 
     /// One file of 16 MiB in 1 MiB chunks and 8 MiB ranges, both in flight (the probe's and
     /// one claimed) for longer than [`YOUNG_RANGE`], each with `done` chunks begun: the next
-    /// claim can only split.
-    fn ranges_in_flight(dir: &std::path::Path, proxied: bool, done: u64) -> Job {
+    /// claim can only split. `grouped`: a group's pull whose gate gives this node every block.
+    fn ranges_in_flight(dir: &std::path::Path, proxied: bool, grouped: bool, done: u64) -> Job {
         let opts = Options {
             chunk_size: MIB as usize,
             range_size: 8 * MIB,
             memory_limit: 64 * MIB as usize,
             connections: Some(4),
             proxy: proxied.then(|| Arc::new(ProxyConfig::default())),
+            origin_gate: grouped
+                .then(|| Arc::new(AllMine) as Arc<dyn crate::mirror::OriginGate>),
             ..Options::default()
         };
         let metas = vec![test_meta(dir, "w.bin", "")];
@@ -178,6 +183,20 @@ mod tests {
         job
     }
 
+    /// A group's gate that gives this node every block.
+    #[derive(Debug)]
+    struct AllMine;
+
+    impl crate::mirror::OriginGate for AllMine {
+        fn allows(&self, _: &str, _: u64) -> bool {
+            true
+        }
+
+        fn block(&self) -> u64 {
+            8 * MIB
+        }
+    }
+
     fn split(job: &Job) -> Option<(u64, u64)> {
         match job.claim() {
             Work::Fetch(c) => Some((c.start, c.end)),
@@ -188,35 +207,38 @@ mod tests {
     #[test]
     fn the_end_of_a_file_is_split_from_the_range_with_most_left() {
         let dir = tempfile::tempdir().unwrap();
-        let job = ranges_in_flight(dir.path(), false, 2);
+        let job = ranges_in_flight(dir.path(), false, false, 2);
         // Chunks 2..8 and 10..16 are left: the upper half of one goes to a new claim.
         let (start, end) = split(&job).unwrap();
         assert!(matches!((start, end), (5, 8) | (13, 16)), "{start}..{end}");
     }
 
     #[test]
-    fn a_file_with_ranges_pending_is_not_split() {
+    fn in_a_groups_pull_a_file_with_ranges_pending_is_not_split() {
         let dir = tempfile::tempdir().unwrap();
-        let job = ranges_in_flight(dir.path(), false, 2);
-        // The second range's last chunks wait their turn (a group's share, a peer's bytes):
-        // the file is not at its end, and nothing is cut.
-        {
-            let mut st = job.lock();
-            let fs = &mut st.files[0];
-            let a = fs.active.iter_mut().find(|a| a.end == 16).unwrap();
-            a.end = 14;
-            fs.pending.insert(
-                14,
-                super::super::Pending {
-                    end: 16,
-                    attempts: 0,
-                    not_before: Some(Instant::now() + std::time::Duration::from_secs(60)),
-                    avoid: 0,
-                    waiting: None,
-                },
-            );
+        // The second range's last chunks wait (their turn in a group's share, a peer's bytes,
+        // a pause after a failure): in a group's pull the file is not at its end, and nothing
+        // is cut; alone, the slow range is still split.
+        for grouped in [true, false] {
+            let job = ranges_in_flight(dir.path(), false, grouped, 2);
+            {
+                let mut st = job.lock();
+                let fs = &mut st.files[0];
+                let a = fs.active.iter_mut().find(|a| a.end == 16).unwrap();
+                a.end = 14;
+                fs.pending.insert(
+                    14,
+                    super::super::Pending {
+                        end: 16,
+                        attempts: 0,
+                        not_before: Some(Instant::now() + std::time::Duration::from_secs(60)),
+                        avoid: 0,
+                        waiting: None,
+                    },
+                );
+            }
+            assert_eq!(split(&job).is_some(), !grouped, "grouped: {grouped}");
         }
-        assert_eq!(split(&job), None);
     }
 
     #[test]
@@ -225,10 +247,10 @@ mod tests {
         let least = PROXY_MIN_RANGE / MIB;
         // Six chunks left in each range: an upper half of three is shorter than a claim
         // through a proxy may be, so the ranges run to their ends.
-        let job = ranges_in_flight(dir.path(), true, 2);
+        let job = ranges_in_flight(dir.path(), true, false, 2);
         assert_eq!(split(&job), None);
         // Eight left: the upper half is a whole claim.
-        let job = ranges_in_flight(dir.path(), true, 0);
+        let job = ranges_in_flight(dir.path(), true, false, 0);
         let (start, end) = split(&job).unwrap();
         assert_eq!(end - start, least, "{start}..{end}");
     }
