@@ -57,21 +57,44 @@
 //! and the micro-benchmarks; it is not part of the API.
 #![warn(missing_docs)]
 
-/// Declares the private layers: `pub` with the `internals` feature (fuzzing, micro-benchmarks),
-/// private otherwise, so what the API does not name stays free to change.
-macro_rules! layers {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[cfg(feature = "internals")]
-            #[allow(missing_docs)]
-            pub mod $name;
-            #[cfg(not(feature = "internals"))]
-            mod $name;
-        )*
-    };
-}
-
-layers!(archive, buf, digest, disk, http, pool, pull);
+// The private layers: `pub` with the `internals` feature (fuzzing, micro-benchmarks), private
+// otherwise, so what the API does not name stays free to change. Written out rather than made
+// by a macro: `cargo fmt` formats only the modules it sees declared.
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod archive;
+#[cfg(not(feature = "internals"))]
+mod archive;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod buf;
+#[cfg(not(feature = "internals"))]
+mod buf;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod digest;
+#[cfg(not(feature = "internals"))]
+mod digest;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod disk;
+#[cfg(not(feature = "internals"))]
+mod disk;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod http;
+#[cfg(not(feature = "internals"))]
+mod http;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod pool;
+#[cfg(not(feature = "internals"))]
+mod pool;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod pull;
+#[cfg(not(feature = "internals"))]
+mod pull;
 
 pub mod adopt;
 pub mod error;

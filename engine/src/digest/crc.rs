@@ -126,7 +126,11 @@ impl Field {
                 product ^= b;
             }
             // b·x: one place down in the reflected form, reduced when xʷ falls out.
-            b = if b & 1 != 0 { (b >> 1) ^ self.poly } else { b >> 1 };
+            b = if b & 1 != 0 {
+                (b >> 1) ^ self.poly
+            } else {
+                b >> 1
+            };
             bit >>= 1;
         }
         product
@@ -179,7 +183,9 @@ mod tests {
     fn combined_equals_crc_fast_over_lengths() {
         // Lengths that repeat, change, and are zero; large ones exercise the squaring.
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 + i / 11) as u8).collect();
-        let lens = [4096, 4096, 0, 4096, 1, 65_536, 65_536, 100_000, 7, 4096, 20_000];
+        let lens = [
+            4096, 4096, 0, 4096, 1, 65_536, 65_536, 100_000, 7, 4096, 20_000,
+        ];
         for a in [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64nvme] {
             let alg = crc_algorithm(a).unwrap();
             let mut at = 0;
@@ -195,10 +201,17 @@ mod tests {
                 });
                 parts.push((crc, len as u64));
             }
-            assert_eq!(combine(a, parts), Digest::from_crc(a, expected.unwrap()), "{a}");
+            assert_eq!(
+                combine(a, parts),
+                Digest::from_crc(a, expected.unwrap()),
+                "{a}"
+            );
             assert_eq!(
                 combine(a, [(checksum(a, &data[..5]), 5), (0, 1 << 40)]),
-                Digest::from_crc(a, crc_fast::checksum_combine(alg, checksum(a, &data[..5]), 0, 1 << 40)),
+                Digest::from_crc(
+                    a,
+                    crc_fast::checksum_combine(alg, checksum(a, &data[..5]), 0, 1 << 40)
+                ),
                 "{a}: a factor for a length far beyond any chunk"
             );
         }

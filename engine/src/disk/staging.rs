@@ -150,7 +150,13 @@ impl Staging {
         Staging::locked(dest, &parent, &name, lock_path, lock)
     }
 
-    fn locked(dest: &Path, parent: &Path, name: &str, lock_path: PathBuf, lock: File) -> Result<Self> {
+    fn locked(
+        dest: &Path,
+        parent: &Path,
+        name: &str,
+        lock_path: PathBuf,
+        lock: File,
+    ) -> Result<Self> {
         let dir = parent.join(format!(".{name}.modelpull"));
         std::fs::create_dir_all(&dir).map_err(|e| Error::local("create directory", &dir, e))?;
         Ok(Staging {
@@ -412,7 +418,11 @@ mod tests {
         assert!(!tmp.is_symlink());
         assert_eq!(std::fs::read(&tmp).unwrap(), b"ours");
         write_durably(&tmp, b"again").unwrap();
-        assert_eq!(std::fs::read(&tmp).unwrap(), b"again", "a stale file is replaced");
+        assert_eq!(
+            std::fs::read(&tmp).unwrap(),
+            b"again",
+            "a stale file is replaced"
+        );
     }
 
     #[test]

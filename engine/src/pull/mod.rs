@@ -600,11 +600,7 @@ pub(crate) fn is_disk_full(err: &Error) -> bool {
     matches!(err, Error::Local { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT))
 }
 
-pub(crate) fn up_to_date_report(
-    req: &PullRequest,
-    marker: &Marker,
-    started: Instant,
-) -> Report {
+pub(crate) fn up_to_date_report(req: &PullRequest, marker: &Marker, started: Instant) -> Report {
     let files: Vec<FileReport> = marker
         .files
         .iter()
@@ -693,7 +689,12 @@ mod tests {
         };
         let none = fitted(Limits::default());
         assert_eq!(
-            (none.cores, none.pin, none.memory_limit, none.connection_cap()),
+            (
+                none.cores,
+                none.pin,
+                none.memory_limit,
+                none.connection_cap()
+            ),
             (8, true, 192 * MIB, 94)
         );
 

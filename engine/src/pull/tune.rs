@@ -234,7 +234,9 @@ impl Tuner {
                     self.raise(now, self.limit * 2);
                 }
             },
-            Phase::Settled { probing: Some((l, r)) } => {
+            Phase::Settled {
+                probing: Some((l, r)),
+            } => {
                 if rate < r * (1.0 + PROBE_GAIN) {
                     self.limit = l;
                 }

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::state::{AfterChunk, Claim, ClaimKind, HashStep, Job, Kick, MirrorFault, Overload, Work};
+use super::state::{
+    AfterChunk, Claim, ClaimKind, HashStep, Job, Kick, MirrorFault, Overload, Work,
+};
 use crate::buf::AlignedBuf;
 use crate::digest::Algorithm;
 use crate::digest::crc;
@@ -396,7 +398,10 @@ fn mirrored_span(
     match resp.status() {
         206 => {}
         200 => {
-            let message = format!("{} ignored the Range header (HTTP 200)", crate::redact(&resp.url));
+            let message = format!(
+                "{} ignored the Range header (HTTP 200)",
+                crate::redact(&resp.url)
+            );
             return Err(distrust(protocol(from, message)));
         }
         _ => {
@@ -407,9 +412,11 @@ fn mirrored_span(
     // A peer may send the part of the range it holds from its first byte on, in whole chunks.
     let asked = (claim.end * chunk).min(size) - 1;
     let last = match resp.head.content_range {
-        Some(ContentRange::Bytes {
-            first, last: l, ..
-        }) if first == from * chunk && l < asked && (l + 1).is_multiple_of(chunk) => l,
+        Some(ContentRange::Bytes { first, last: l, .. })
+            if first == from * chunk && l < asked && (l + 1).is_multiple_of(chunk) =>
+        {
+            l
+        }
         _ => asked,
     };
     check_range(resp, from * chunk, last, Some(size), from).map_err(distrust)?;
@@ -629,7 +636,13 @@ async fn fetch(
             return (Err(Failure::Unresponsive { err }), buf);
         }
         Err(err) if mirror.is_some() => {
-            return (Err(Failure::Retry { from: claim.start, err }), buf);
+            return (
+                Err(Failure::Retry {
+                    from: claim.start,
+                    err,
+                }),
+                buf,
+            );
         }
         Err(e) => return (Err(classify(job, claim, claim.start, e)), buf),
     };
@@ -744,13 +757,12 @@ async fn fetch(
     }
     // A peer that sent the part it holds: the rest is asked of the next source, as a range
     // the peer does not hold yet is.
-    let partial = (span.1 < claim.end && claim.kind == ClaimKind::Range).then(|| {
-        HttpError::Status {
+    let partial =
+        (span.1 < claim.end && claim.kind == ClaimKind::Range).then(|| HttpError::Status {
             status: 416,
             url: crate::redact(&resp.url),
             retry_after: None,
-        }
-    });
+        });
     if resp.body_done() {
         resp.release(&ctx.client);
     }

@@ -196,18 +196,33 @@ mod tests {
     fn other_storage_types_and_no_spec_change_nothing() {
         let plain: Env = [("AWS_ACCESS_KEY_ID", "a")].into_iter().collect();
         assert_eq!(plain.clone().with_storage_config().unwrap(), plain);
-        let hdfs: Env = [("STORAGE_CONFIG", r#"{"type": "hdfs", "HDFS_NAMENODE": "nn"}"#)]
-            .into_iter()
-            .collect();
+        let hdfs: Env = [(
+            "STORAGE_CONFIG",
+            r#"{"type": "hdfs", "HDFS_NAMENODE": "nn"}"#,
+        )]
+        .into_iter()
+        .collect();
         assert_eq!(hdfs.clone().with_storage_config().unwrap(), hdfs);
     }
 
     #[test]
     fn a_malformed_storage_spec_is_refused_without_its_value() {
         for (name, value, says) in [
-            ("STORAGE_CONFIG", "{\"type\": \"s3\", \"secret_access_key\": hunter2", "STORAGE_CONFIG is not a JSON object"),
-            ("STORAGE_OVERRIDE_CONFIG", "[\"hunter2\"]", "STORAGE_OVERRIDE_CONFIG is not a JSON object"),
-            ("STORAGE_CONFIG", r#"{"type": "s3", "access_key_id": ["hunter2"]}"#, "`access_key_id` must be a string"),
+            (
+                "STORAGE_CONFIG",
+                "{\"type\": \"s3\", \"secret_access_key\": hunter2",
+                "STORAGE_CONFIG is not a JSON object",
+            ),
+            (
+                "STORAGE_OVERRIDE_CONFIG",
+                "[\"hunter2\"]",
+                "STORAGE_OVERRIDE_CONFIG is not a JSON object",
+            ),
+            (
+                "STORAGE_CONFIG",
+                r#"{"type": "s3", "access_key_id": ["hunter2"]}"#,
+                "`access_key_id` must be a string",
+            ),
         ] {
             let env: Env = [(name, value)].into_iter().collect();
             let err = env.with_storage_config().unwrap_err().to_string();

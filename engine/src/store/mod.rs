@@ -16,7 +16,52 @@
 //! Every path in a listing is untrusted: [`crate::target::check_targets`] refuses anything
 //! that could escape the destination before a byte is written.
 
-layers!(aws_auth, control, env, filter, gcp_auth, gs, hf, http, s3);
+// Private, or `pub` with the `internals` feature, as the crate's layers are (see lib.rs).
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod aws_auth;
+#[cfg(not(feature = "internals"))]
+mod aws_auth;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod control;
+#[cfg(not(feature = "internals"))]
+mod control;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod env;
+#[cfg(not(feature = "internals"))]
+mod env;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod filter;
+#[cfg(not(feature = "internals"))]
+mod filter;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod gcp_auth;
+#[cfg(not(feature = "internals"))]
+mod gcp_auth;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod gs;
+#[cfg(not(feature = "internals"))]
+mod gs;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod hf;
+#[cfg(not(feature = "internals"))]
+mod hf;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod http;
+#[cfg(not(feature = "internals"))]
+mod http;
+#[cfg(feature = "internals")]
+#[allow(missing_docs)]
+pub mod s3;
+#[cfg(not(feature = "internals"))]
+mod s3;
 
 use serde::Serialize;
 

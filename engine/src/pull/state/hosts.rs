@@ -83,7 +83,10 @@ pub(super) fn index(
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        match hosts.iter().position(|h| h.name == name && h.mirror == mirror) {
+        match hosts
+            .iter()
+            .position(|h| h.name == name && h.mirror == mirror)
+        {
             Some(i) => i,
             None => {
                 let dropped = mirror && distrust.is_some_and(|d| d.is_distrusted(&name));
@@ -154,9 +157,7 @@ pub(crate) enum Overload {
 fn overload(err: &HttpError) -> bool {
     match err {
         HttpError::Status { status, .. } => matches!(status, 429 | 503),
-        HttpError::Connect { source, .. } => {
-            source.kind() == std::io::ErrorKind::ConnectionRefused
-        }
+        HttpError::Connect { source, .. } => source.kind() == std::io::ErrorKind::ConnectionRefused,
         _ => false,
     }
 }
@@ -203,7 +204,10 @@ impl Job {
         // Whether the gate lets the range go to the origin, and the mirror that fetches its
         // block from the origin, which goes first while it has room.
         let (gate, holder) = match &self.opts.origin_gate {
-            Some(g) => (Some(g.allows(path, offset)), g.holder(path, offset).map(|m| m + 1)),
+            Some(g) => (
+                Some(g.allows(path, offset)),
+                g.holder(path, offset).map(|m| m + 1),
+            ),
             None => (None, None),
         };
         if !fs.origin_only && sources.len() > 1 && gate != Some(true) {
@@ -221,9 +225,9 @@ impl Job {
                 let room = host.tuner.limit().saturating_sub(host.active);
                 if room == 0 {
                     busy.get_or_insert(h);
-                } else if best.is_none_or(|(b, r)| {
-                    (Some(i) == holder, room) > (Some(b) == holder, r)
-                }) {
+                } else if best
+                    .is_none_or(|(b, r)| (Some(i) == holder, room) > (Some(b) == holder, r))
+                {
                     best = Some((i, room));
                 }
             }
@@ -302,8 +306,7 @@ impl Job {
     pub(super) fn open_claim(&self, st: &mut JobState, file: usize, source: usize) -> u64 {
         st.next_id += 1;
         st.hosts[self.host_of(file, source)].active += 1;
-        self.progress
-            .request_started(&self.metas[file].target.path);
+        self.progress.request_started(&self.metas[file].target.path);
         st.next_id
     }
 
@@ -326,7 +329,8 @@ impl Job {
             h.streaming = h.streaming.saturating_sub(1);
         }
         drop(st);
-        self.progress.request_ended(&self.metas[claim.file].target.path);
+        self.progress
+            .request_ended(&self.metas[claim.file].target.path);
     }
 
     /// A released request failed with `err`: when it says the host is overloaded, the host
@@ -410,7 +414,13 @@ impl Job {
 
     /// A mirror failed a range: caught at once when it contradicted the origin, dropped at
     /// once when it answered nothing at all, else dropped after [`MIRROR_FAILURES`] in a row.
-    pub(super) fn count_mirror_failure(&self, st: &mut JobState, host: usize, fault: MirrorFault, err: &HttpError) {
+    pub(super) fn count_mirror_failure(
+        &self,
+        st: &mut JobState,
+        host: usize,
+        fault: MirrorFault,
+        err: &HttpError,
+    ) {
         let h = &mut st.hosts[host];
         h.failures += 1;
         if fault == MirrorFault::Untrusted {

@@ -55,8 +55,8 @@ mod verify;
 mod window;
 
 pub(crate) use hosts::Overload;
-pub(crate) use retry::MirrorFault;
 use hosts::Pick;
+pub(crate) use retry::MirrorFault;
 pub(crate) use verify::first_mismatch;
 
 /// What never changes about a file during a pull.

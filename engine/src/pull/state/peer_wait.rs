@@ -213,12 +213,18 @@ mod tests {
         let (job, _) = waiting_block(dir.path(), Arc::default());
         waited_long(&job);
         let claims = test_claims(&job);
-        assert!(!claims.is_empty() && claims.iter().all(|c| c.source == 0), "{claims:?}");
+        assert!(
+            !claims.is_empty() && claims.iter().all(|c| c.source == 0),
+            "{claims:?}"
+        );
         // It sent bytes a moment ago (of another block): it is working its way to this one,
         // and the ranges wait for it still.
         let (job, first) = waiting_block(dir.path(), Arc::default());
         job.streaming(&first[0]);
         waited_long(&job);
-        assert!(test_claims(&job).is_empty(), "the ranges wait for the holder");
+        assert!(
+            test_claims(&job).is_empty(),
+            "the ranges wait for the holder"
+        );
     }
 }

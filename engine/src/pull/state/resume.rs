@@ -395,7 +395,9 @@ mod tests {
             dir.path().join("m.bin"),
         );
         let chunk = 4096u64;
-        let data: Vec<u8> = (0..chunk as usize * 3 - 100).map(|i| (i * 7) as u8).collect();
+        let data: Vec<u8> = (0..chunk as usize * 3 - 100)
+            .map(|i| (i * 7) as u8)
+            .collect();
         std::fs::write(&meta.part, &data).unwrap();
         let crc = |c: u64| {
             let end = ((c + 1) * chunk).min(data.len() as u64) as usize;
@@ -410,7 +412,8 @@ mod tests {
             // A record from a journal with other CRCs.
             (1, vec![crc(1), 0]),
         ];
-        let trusted = super::trusted_chunks(&meta, &part, data.len() as u64, chunk, vec![], unsynced);
+        let trusted =
+            super::trusted_chunks(&meta, &part, data.len() as u64, chunk, vec![], unsynced);
         assert_eq!(trusted, [(0, vec![crc(0)]), (2, vec![crc(2)])]);
     }
 }

@@ -61,7 +61,11 @@ impl Job {
                     }
                     let meta = &self.metas[file];
                     let span_of = |(s, e): (u64, u64)| {
-                        if meta.ordered.is_empty() { e } else { e.min(s + span) }
+                        if meta.ordered.is_empty() {
+                            e
+                        } else {
+                            e.min(s + span)
+                        }
                     };
                     // The lowest ranges that fit the window, each to a source with room: one
                     // whose mirrors are all busy or have not got it yet does not hold back

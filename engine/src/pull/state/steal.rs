@@ -106,9 +106,7 @@ impl Job {
             // are pending (waiting for a peer, or, of the node's share, for their turn), a
             // split only cuts a request the origin has already sent past the cut into the
             // socket's buffers.
-            .filter(|&(_, fs)| {
-                blocked || self.opts.origin_gate.is_none() || fs.pending.is_empty()
-            })
+            .filter(|&(_, fs)| blocked || self.opts.origin_gate.is_none() || fs.pending.is_empty())
             .flat_map(|(i, fs)| {
                 fs.active
                     .iter()
@@ -124,10 +122,12 @@ impl Job {
                     .map(move |(j, a)| (i, j, a.end - a.next, a.next + (a.end - a.next) / 2))
             })
             .filter(|&(_, _, left, _)| left >= 2 && left - left / 2 >= self.least_claim())
-            .filter_map(|(i, j, left, mid)| match self.source_for(st, i, mid, 0, None) {
-                Pick::Source(source) => Some((i, j, source, left)),
-                Pick::Full(_) | Pick::Wait => None,
-            })
+            .filter_map(
+                |(i, j, left, mid)| match self.source_for(st, i, mid, 0, None) {
+                    Pick::Source(source) => Some((i, j, source, left)),
+                    Pick::Full(_) | Pick::Wait => None,
+                },
+            )
             .max_by_key(|&(_, _, _, left)| left)
             .map(|(i, j, source, _)| (i, j, source))
     }
@@ -138,8 +138,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use super::YOUNG_RANGE;
     use super::super::{ClaimKind, Job, Work, test_job, test_meta};
+    use super::YOUNG_RANGE;
     use crate::http::proxy::ProxyConfig;
     use crate::pull::{Options, PROXY_MIN_RANGE};
 
@@ -155,8 +155,7 @@ mod tests {
             memory_limit: 64 * MIB as usize,
             connections: Some(4),
             proxy: proxied.then(|| Arc::new(ProxyConfig::default())),
-            origin_gate: grouped
-                .then(|| Arc::new(AllMine) as Arc<dyn crate::mirror::OriginGate>),
+            origin_gate: grouped.then(|| Arc::new(AllMine) as Arc<dyn crate::mirror::OriginGate>),
             ..Options::default()
         };
         let metas = vec![test_meta(dir, "w.bin", "")];

@@ -53,7 +53,10 @@ impl Job {
                 let guilty = s.culprits(&fs.crcs[0]);
                 for (source, host) in self.mirrors_in(file, s.mirrors) {
                     let why = (guilty & (1 << source) != 0).then(|| {
-                        format!("it sent chunks of `{}` that differ from the origin's", meta.target.path)
+                        format!(
+                            "it sent chunks of `{}` that differ from the origin's",
+                            meta.target.path
+                        )
                     });
                     self.acquit(&mut st, host, why.as_deref());
                 }
@@ -103,7 +106,9 @@ impl Job {
         // the origin's attempts, and the mirrors that served it are set aside until the
         // origin's copy tells which of them sent other bytes.
         let mirrored = fs.mirrored;
-        if !fs.origin_only && (mirrored != 0 || fs.resumed_bytes > 0 && self.sources[file].len() > 1) {
+        if !fs.origin_only
+            && (mirrored != 0 || fs.resumed_bytes > 0 && self.sources[file].len() > 1)
+        {
             fs.origin_only = true;
             fs.downloads -= 1;
             if mirrored != 0 {
@@ -180,7 +185,11 @@ impl Suspects {
                 }
             }
         }
-        if differed { blamed & self.mirrors } else { self.mirrors }
+        if differed {
+            blamed & self.mirrors
+        } else {
+            self.mirrors
+        }
     }
 }
 

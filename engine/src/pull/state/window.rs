@@ -62,7 +62,10 @@ impl Job {
     pub(super) fn claim_span(&self, st: &JobState) -> u64 {
         let allowed = self.connections_allowed(st).max(1) as u64;
         let spare = (self.buffers() as u64).saturating_sub(allowed);
-        (spare / allowed).clamp(self.least_claim().min(self.range_chunks()), self.range_chunks())
+        (spare / allowed).clamp(
+            self.least_claim().min(self.range_chunks()),
+            self.range_chunks(),
+        )
     }
 
     /// The fewest chunks a new request may ask for: one, or through a proxy
@@ -160,7 +163,8 @@ mod tests {
 
     use super::super::steal::SLOW_RANGE;
     use super::super::{
-        Claim, ClaimKind, FileMeta, Job, Work, test_job, test_meta, test_claims, test_mirrored_meta, test_started,
+        Claim, ClaimKind, FileMeta, Job, Work, test_claims, test_job, test_meta,
+        test_mirrored_meta, test_started,
     };
     use crate::buf::AlignedBuf;
     use crate::pull::Options;
@@ -234,7 +238,11 @@ mod tests {
         let claims: Vec<_> = (0..5).map(|_| claimed(&job).unwrap()).collect();
         for (k, w) in claims.windows(2).enumerate() {
             assert_eq!(w[0].2 - w[0].1, 1, "claim {k} is one chunk: {claims:?}");
-            assert_eq!((w[1].0, w[1].1), (w[0].0, w[0].2), "claims follow each other");
+            assert_eq!(
+                (w[1].0, w[1].1),
+                (w[0].0, w[0].2),
+                "claims follow each other"
+            );
         }
         // The rest of each range stays pending and is claimed next, so none is lost.
         let job_files = &job.lock().files;
@@ -274,9 +282,7 @@ mod tests {
         test_started(&job, 40 * 4096);
         // The window is spent by chunks parked far ahead of the cursor.
         for c in 20..28 {
-            job.lock().files[0]
-                .parked
-                .insert(c, AlignedBuf::new(4096));
+            job.lock().files[0].parked.insert(c, AlignedBuf::new(4096));
         }
         // This node's own share goes to the origin first, past the window, one block (two
         // chunks here) at a time; the range at the cursor is claimed whatever the window (of
@@ -325,9 +331,7 @@ mod tests {
         // window spent by chunks parked far ahead of a's cursor.
         let job = two_shared(dir.path(), 32);
         for c in 20..28 {
-            job.lock().files[0]
-                .parked
-                .insert(c, AlignedBuf::new(4096));
+            job.lock().files[0].parked.insert(c, AlignedBuf::new(4096));
         }
         // Of the whole model, only a's lowest block of the share goes to the origin; each
         // file's range at its cursor goes to the peer.
@@ -355,7 +359,10 @@ mod tests {
         // ranges wait (after a failure, say), b's, its range at the cursor included, wait too.
         let job = two_shared(dir.path(), 0);
         let claims = test_claims(&job);
-        assert!(claims.iter().all(|c| c.file == 0 && c.source == 0), "{claims:?}");
+        assert!(
+            claims.iter().all(|c| c.file == 0 && c.source == 0),
+            "{claims:?}"
+        );
         for c in &claims {
             job.release_host(c, true);
         }
@@ -385,9 +392,7 @@ mod tests {
         // File a has 8 chunks parked far ahead of its cursor: neither file may claim a range
         // ahead of its cursor, b included, since the window is one for the pull.
         for c in 20..28 {
-            job.lock().files[0]
-                .parked
-                .insert(c, AlignedBuf::new(4096));
+            job.lock().files[0].parked.insert(c, AlignedBuf::new(4096));
         }
         assert_eq!(claimed(&job), None, "the window is spent");
         // As the cursor takes them, ranges ahead are claimed again.
@@ -398,9 +403,7 @@ mod tests {
         // A slow range at any file's cursor holds the shared window back and is split, here
         // b's, though a was the file found blocked (a's probe has one chunk left to give).
         for c in 20..24 {
-            job.lock().files[0]
-                .parked
-                .insert(c, AlignedBuf::new(4096));
+            job.lock().files[0].parked.insert(c, AlignedBuf::new(4096));
         }
         assert!(job.begin_chunk(&probes[0], 0));
         let long_ago = Instant::now() - 2 * SLOW_RANGE;
@@ -424,10 +427,16 @@ mod tests {
         assert!(job.take_buffer().is_some());
         let st = job.lock();
         assert!(st.files[0].parked.contains_key(&5));
-        assert!(st.files[1].parked.is_empty(), "chunk 30 of b is read back instead");
+        assert!(
+            st.files[1].parked.is_empty(),
+            "chunk 30 of b is read back instead"
+        );
         drop(st);
         assert!(job.take_buffer().is_some());
-        assert!(job.take_buffer().is_none(), "every buffer is held by a connection");
+        assert!(
+            job.take_buffer().is_none(),
+            "every buffer is held by a connection"
+        );
     }
 
     #[test]

@@ -340,7 +340,11 @@ mod tests {
         now.store(exp - 5, SeqCst);
         let err = c.current().unwrap_err().to_string();
         assert!(err.contains("cannot reach sts"), "{err}");
-        assert_eq!(calls.load(SeqCst), 4, "expired: the caller waits for a fetch");
+        assert_eq!(
+            calls.load(SeqCst),
+            4,
+            "expired: the caller waits for a fetch"
+        );
     }
 
     #[test]
@@ -356,8 +360,21 @@ mod tests {
         assert!(err.contains("cannot reach sts"), "{err}");
         now.store(T0 + 3, SeqCst);
         let err = c.current().unwrap_err();
-        assert!(matches!(err, CredentialError::Failing { ago: 3, next: 7, .. }), "{err}");
-        assert!(err.to_string().starts_with("test: cannot reach sts"), "{err}");
+        assert!(
+            matches!(
+                err,
+                CredentialError::Failing {
+                    ago: 3,
+                    next: 7,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("test: cannot reach sts"),
+            "{err}"
+        );
         now.store(T0 + 9, SeqCst);
         assert!(c.current().is_err());
         assert_eq!(calls.load(SeqCst), 1, "failing fast, not fetching again");

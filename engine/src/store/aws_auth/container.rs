@@ -234,7 +234,10 @@ mod tests {
         ] {
             let c = container(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", bad)]);
             let err = c.url().unwrap_err().to_string();
-            assert!(err.starts_with("AWS_CONTAINER_CREDENTIALS_FULL_URI"), "{err}");
+            assert!(
+                err.starts_with("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+                "{err}"
+            );
         }
     }
 
@@ -242,7 +245,10 @@ mod tests {
     fn the_relative_uri_wins_and_goes_to_the_ecs_agent() {
         let c = container(&[
             ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://10.0.0.1/x"),
-            ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/abc"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "/v2/credentials/abc",
+            ),
         ]);
         assert_eq!(
             c.url().unwrap().as_str(),
@@ -308,7 +314,10 @@ mod tests {
         ));
         let missing = container(&[
             ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1/x"),
-            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/nonexistent/token"),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                "/nonexistent/token",
+            ),
         ]);
         let err = missing.authorization().unwrap_err().to_string();
         assert!(

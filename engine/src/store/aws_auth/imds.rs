@@ -200,7 +200,10 @@ mod tests {
             .endpoint,
             "http://[fd00:ec2::254]"
         );
-        let named = env(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1338/")]);
+        let named = env(&[(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            "http://127.0.0.1:1338/",
+        )]);
         assert_eq!(
             Imds::from_env(&named, false).unwrap().endpoint,
             "http://127.0.0.1:1338"

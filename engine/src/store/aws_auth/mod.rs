@@ -99,7 +99,10 @@ impl JsonCreds {
         let expires = match json.expiration.as_deref() {
             None => None,
             Some(text) => Some(parse_time(text).ok_or_else(|| {
-                bad(&format!("Expiration `{}` is not an ISO 8601 time", text.escape_debug()))
+                bad(&format!(
+                    "Expiration `{}` is not an ISO 8601 time",
+                    text.escape_debug()
+                ))
             })?),
         };
         if json.access_key_id.is_empty() || json.secret_access_key.is_empty() {
@@ -125,7 +128,9 @@ fn parse_time(text: &str) -> Option<SystemTime> {
 /// never a key or token.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    #[error("{var}: cannot read the token file {path}: {source}; mount the token there or unset {var}")]
+    #[error(
+        "{var}: cannot read the token file {path}: {source}; mount the token there or unset {var}"
+    )]
     TokenFile {
         var: &'static str,
         path: String,
@@ -180,7 +185,10 @@ pub enum CredentialError {
 #[derive(Debug, Clone)]
 pub enum Provider {
     /// Long-term (or caller-given session) keys: from the environment or a profile.
-    Static { creds: Creds, origin: String },
+    Static {
+        creds: Creds,
+        origin: String,
+    },
     WebIdentity(WebIdentity),
     Container(Container),
     Process(Process),
@@ -423,7 +431,10 @@ mod tests {
             ("AWS_SECRET_ACCESS_KEY", "SK"),
             ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
             ("AWS_WEB_IDENTITY_TOKEN_FILE", token),
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9/creds"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
             ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9"),
             ("HOME", "/nonexistent"),
         ];
@@ -440,7 +451,10 @@ mod tests {
         assert!(chosen(4).unwrap().starts_with("container credentials"));
         assert!(chosen(5).unwrap().starts_with("the EC2 instance role"));
         // Half a web identity is not one (as the SDKs): the next source is asked.
-        let half = env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", token), ("HOME", "/nonexistent")]);
+        let half = env(&[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token),
+            ("HOME", "/nonexistent"),
+        ]);
         assert!(Provider::from_env(&half, false).unwrap().is_none());
         assert!(
             Provider::from_env(&env(&[("AWS_SECRET_ACCESS_KEY", "SK")]), true)
@@ -454,7 +468,11 @@ mod tests {
         let home = [("HOME", "/nonexistent")];
         assert!(Provider::from_env(&env(&home), false).unwrap().is_none());
         let on_aws = Provider::from_env(&env(&home), true).unwrap().unwrap();
-        assert!(on_aws.describe().contains("169.254.169.254"), "{}", on_aws.describe());
+        assert!(
+            on_aws.describe().contains("169.254.169.254"),
+            "{}",
+            on_aws.describe()
+        );
         let disabled = env(&[
             ("HOME", "/nonexistent"),
             ("AWS_EC2_METADATA_DISABLED", "TRUE"),
@@ -490,8 +508,13 @@ mod tests {
             br#"{"AccessKeyId": "A", "SecretAccessKey": "S", "Expiration": "soon"}"#,
             b"<xml/>",
         ] {
-            let err = JsonCreds::parse(bad, "test", "here").unwrap_err().to_string();
-            assert!(err.starts_with("test: the answer of here cannot be used"), "{err}");
+            let err = JsonCreds::parse(bad, "test", "here")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("test: the answer of here cannot be used"),
+                "{err}"
+            );
         }
     }
 

@@ -110,10 +110,7 @@ pub(super) fn from_env(env: &Env) -> Option<Provider> {
 /// What a profile's settings configure.
 fn choose(name: &str, settings: &Settings, origin: &str) -> Option<Provider> {
     let get = |k: &str| settings.get(k).filter(|v| !v.is_empty());
-    if let (Some(id), Some(secret)) = (
-        get("aws_access_key_id"),
-        get("aws_secret_access_key"),
-    ) {
+    if let (Some(id), Some(secret)) = (get("aws_access_key_id"), get("aws_secret_access_key")) {
         return Some(Provider::Static {
             creds: Creds {
                 access_key_id: id.clone(),
@@ -380,8 +377,14 @@ aws_session_token = CRED-T
 
     /// Whether `pid` still runs (a zombie waiting for its reaper does not).
     fn running(pid: &str) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
     }
 
     #[test]
@@ -418,9 +421,14 @@ aws_session_token = CRED-T
         let dir = tempfile::tempdir().unwrap();
         assert!(provider(dir.path(), Some("assumed")).is_none());
         assert!(provider(dir.path(), Some("absent")).is_none());
-        assert!(provider(dir.path(), Some("ignored")).is_none(), "no `profile ` prefix in config");
+        assert!(
+            provider(dir.path(), Some("ignored")).is_none(),
+            "no `profile ` prefix in config"
+        );
         assert!(from_env(&Env::default()).is_none(), "no HOME, no files");
-        let home: Env = [("HOME", dir.path().to_str().unwrap())].into_iter().collect();
+        let home: Env = [("HOME", dir.path().to_str().unwrap())]
+            .into_iter()
+            .collect();
         std::fs::create_dir(dir.path().join(".aws")).unwrap();
         write(&dir.path().join(".aws"), "credentials", CREDENTIALS);
         assert!(matches!(from_env(&home), Some(Provider::Static { .. })));

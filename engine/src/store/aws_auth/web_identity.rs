@@ -250,7 +250,11 @@ mod tests {
         ] {
             assert!(check_transport(&Url::parse(ok).unwrap()).is_ok(), "{ok}");
         }
-        for bad in ["http://minio:9000", "http://10.0.0.5/", "http://sts.example.com"] {
+        for bad in [
+            "http://minio:9000",
+            "http://10.0.0.5/",
+            "http://sts.example.com",
+        ] {
             let err = check_transport(&Url::parse(bad).unwrap()).unwrap_err();
             assert!(matches!(err, CredentialError::PlainHttpSts { .. }), "{bad}");
         }
