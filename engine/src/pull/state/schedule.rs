@@ -158,7 +158,8 @@ impl Job {
     }
 
     /// Whether the range of `file` starting at chunk `start` is of this node's own share of a
-    /// file after the one at its front (`front`, the file of [`Job::own_front`]): it waits its turn.
+    /// file after the one at its front (`front`, the file of [`Job::own_front`]): it waits its
+    /// turn.
     fn owned_later(&self, file: usize, start: u64, front: Option<usize>) -> bool {
         let Some(gate) = &self.opts.origin_gate else {
             return false;
@@ -290,8 +291,17 @@ impl FileState {
             .map(|a| (a.end - 1) / block)
             .filter(|&b| own(b))
             .min();
-        let pending = self.pending.keys().map(|&s| s / block).find(|&b| own(b));
-        active.into_iter().chain(pending).min()
+        // One question to `own` per block with ranges pending, not per range: it hashes the
+        // file's path, and this runs on every claim.
+        let mut next = self.pending.keys().next().map(|&s| s / block);
+        while let Some(b) = next.filter(|&b| !own(b)) {
+            next = self
+                .pending
+                .range((b + 1) * block..)
+                .next()
+                .map(|(&s, _)| s / block);
+        }
+        active.into_iter().chain(next).min()
     }
 }
 

@@ -50,9 +50,9 @@ impl Job {
 
     /// Nothing to claim: at the end of a file (in a group's pull, none of its ranges pending),
     /// takes over the upper half of the range with the most left, so that one slow connection
-    /// never holds the end of the pull. When a
-    /// window is full instead (`blocked`), only a range that has been slow is split: one at a
-    /// file's cursor, holding the window back (any file's, since the window is shared).
+    /// never holds the end of the pull. When a window is full instead (`blocked`), only a range
+    /// that has been slow is split: one at a file's cursor, holding the window back (any
+    /// file's, since the window is shared).
     pub(super) fn split_range(
         &self,
         st: &mut JobState,
